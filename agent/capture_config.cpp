@@ -1,0 +1,152 @@
+#include "capture_config.h"
+
+#include <arpa/inet.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+
+namespace meshcap {
+
+namespace {
+
+bool all_digits(const std::string& s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isdigit(c); });
+}
+
+[[noreturn]] void bad(const std::string& what, const std::string& value, const std::string& why) {
+  throw UsageError(what + ": invalid value '" + value + "': " + why);
+}
+
+}  // namespace
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t comma = text.find(',', start);
+    if (comma == std::string::npos) comma = text.size();
+    if (comma > start) out.push_back(text.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
+uint16_t parse_port(const std::string& text, const std::string& what) {
+  if (!all_digits(text)) bad(what, text, "not a port number (1-65535)");
+  if (text.size() > 1 && text[0] == '0') bad(what, text, "leading zero in port number");
+  if (text.size() > 5 || std::stoul(text) > 65535 || std::stoul(text) == 0)
+    bad(what, text, "port out of range (1-65535)");
+  return static_cast<uint16_t>(std::stoul(text));
+}
+
+PortList parse_port_list(const std::string& text, const std::string& what, bool allow_wildcard) {
+  PortList list;
+  if (text == "*") {
+    if (!allow_wildcard) bad(what, text, "'*' is not allowed here");
+    list.wildcard = true;
+    return list;
+  }
+  for (const auto& token : split_list(text)) {
+    list.ports.push_back(parse_port(token, what));
+    list.tokens.push_back(token);
+  }
+  return list;
+}
+
+std::string Cidr::str() const {
+  char buf[INET6_ADDRSTRLEN] = {};
+  inet_ntop(family, addr.data(), buf, sizeof(buf));
+  return std::string(buf) + "/" + std::to_string(prefix_len);
+}
+
+bool Cidr::is_loopback() const {
+  if (family == AF_INET) return addr[0] == 127;
+  static const std::array<uint8_t, 16> kLoop6 = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+  return addr == kLoop6;
+}
+
+Cidr parse_cidr(const std::string& text, const std::string& what) {
+  auto slash = text.find('/');
+  if (slash == std::string::npos) bad(what, text, "not a CIDR (expected ADDRESS/PREFIX)");
+  std::string address = text.substr(0, slash);
+  std::string bits = text.substr(slash + 1);
+  Cidr c;
+  if (address.find(':') != std::string::npos) {
+    c.family = AF_INET6;
+    if (address.find('%') != std::string::npos) bad(what, text, "zones are not allowed in a CIDR");
+  } else {
+    c.family = AF_INET;
+  }
+  if (inet_pton(c.family, address.c_str(), c.addr.data()) != 1) bad(what, text, "not a valid IP address");
+  const unsigned max_bits = c.family == AF_INET ? 32 : 128;
+  if (!all_digits(bits) || bits.size() > 3 || (bits.size() > 1 && bits[0] == '0') ||
+      std::stoul(bits) > max_bits)
+    bad(what, text, "prefix length must be 0-" + std::to_string(max_bits));
+  c.prefix_len = static_cast<uint8_t>(std::stoul(bits));
+  return c;
+}
+
+CidrList parse_cidr_list(const std::string& text, const std::string& what, bool allow_wildcard) {
+  CidrList list;
+  if (text == "*") {
+    if (!allow_wildcard) bad(what, text, "'*' is not allowed here");
+    list.wildcard = true;
+    return list;
+  }
+  for (const auto& token : split_list(text)) {
+    Cidr c = parse_cidr(token, what);
+    if (c.family == AF_INET) {
+      list.has_loopback_v4 |= c.is_loopback();
+      list.v4.push_back(c);
+    } else {
+      list.has_loopback_v6 |= c.is_loopback();
+      list.v6.push_back(c);
+    }
+  }
+  return list;
+}
+
+IdList parse_id_list(const std::string& text, const std::string& what, bool is_group) {
+  IdList list;
+  for (const auto& token : split_list(text)) {
+    std::optional<uint32_t> id;
+    if (all_digits(token)) {
+      if (token.size() > 10 || std::stoull(token) >= 0xffffffffULL)
+        bad(what, token, is_group ? "GID out of range" : "UID out of range");
+      id = static_cast<uint32_t>(std::stoull(token));
+    } else {
+      // A user or group name as useradd takes it: [a-z_][a-z0-9_.-]*, 1-32 chars.
+      bool ok = token.size() <= 32 && (std::isalpha(static_cast<unsigned char>(token[0])) || token[0] == '_');
+      for (unsigned char ch : token) ok = ok && (std::isalnum(ch) || ch == '_' || ch == '.' || ch == '-');
+      if (!ok) bad(what, token, is_group ? "not a GID or group name" : "not a UID or user name");
+      if (is_group) {
+        if (const struct group* g = getgrnam(token.c_str())) id = g->gr_gid;
+      } else if (const struct passwd* p = getpwnam(token.c_str())) {
+        id = p->pw_uid;
+      }
+    }
+    list.tokens.push_back(token);
+    list.ids.push_back(id);
+  }
+  return list;
+}
+
+std::vector<std::string> parse_interface_list(const std::string& text, const std::string& what) {
+  std::vector<std::string> out;
+  for (const auto& name : split_list(text)) {
+    if (name.size() > 15) bad(what, name, "interface names are at most 15 characters");
+    for (unsigned char ch : name) {
+      if (std::isspace(ch) || ch == '/' || ch == ':' || ch == '*' || !std::isprint(ch))
+        bad(what, name, "not a valid interface name");
+    }
+    if (name == "." || name == "..") bad(what, name, "not a valid interface name");
+    out.push_back(name);
+  }
+  return out;
+}
+
+}  // namespace meshcap

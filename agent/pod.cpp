@@ -1,0 +1,92 @@
+#include "pod.h"
+
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <linux/nsfs.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "capture_config.h"
+
+namespace meshcap {
+
+std::optional<std::string> cgroup2_mount() {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    // id parent major:minor root mountpoint options [optional...] - fstype source super
+    auto dash = line.find(" - ");
+    if (dash == std::string::npos) continue;
+    std::istringstream tail(line.substr(dash + 3));
+    std::string fstype;
+    tail >> fstype;
+    if (fstype != "cgroup2") continue;
+    std::istringstream head(line.substr(0, dash));
+    std::string id, parent, dev, root, mountpoint;
+    head >> id >> parent >> dev >> root >> mountpoint;
+    return mountpoint;
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> own_cgroup_dir() {
+  auto mount = cgroup2_mount();
+  if (!mount) return std::nullopt;
+  std::ifstream in("/proc/self/cgroup");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("0::", 0) == 0) {
+      std::string rel = line.substr(3);
+      return rel == "/" ? *mount : *mount + rel;
+    }
+  }
+  return std::nullopt;
+}
+
+std::string resolve_netns(const std::string& given) {
+  std::string path = given.empty() ? "/proc/self/ns/net"
+                     : given.find('/') == std::string::npos ? "/run/netns/" + given
+                                                            : given;
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    throw UsageError("--netns: invalid value '" + given + "': cannot open " + path + ": " + std::strerror(errno));
+  int type = ioctl(fd, NS_GET_NSTYPE);
+  close(fd);
+  if (type != CLONE_NEWNET)
+    throw UsageError("--netns: invalid value '" + given + "': " + path + " is not a network namespace");
+  return path;
+}
+
+std::string validate_cgroup(const std::string& dir) {
+  const std::string flag = "--cgroup: invalid value '" + dir + "': ";
+  if (dir.empty() || dir[0] != '/') throw UsageError(flag + "expected an absolute path");
+  struct statfs sfs {};
+  if (statfs(dir.c_str(), &sfs)) throw UsageError(flag + std::strerror(errno));
+  if (sfs.f_type != CGROUP2_SUPER_MAGIC) throw UsageError(flag + "not a cgroup v2 directory");
+  struct stat self {}, parent {};
+  if (stat(dir.c_str(), &self) || !S_ISDIR(self.st_mode)) throw UsageError(flag + "not a directory");
+  std::string up = dir + "/..";
+  if (stat(up.c_str(), &parent) || parent.st_dev != self.st_dev || parent.st_ino == self.st_ino)
+    throw UsageError(flag + "the root of the cgroup hierarchy; meshcap attaches only to a pod's own cgroup");
+  return std::filesystem::weakly_canonical(dir).string();
+}
+
+std::string derive_pod_name(const std::string& cgroup_dir, const std::string& netns_path) {
+  struct stat cg {}, ns {};
+  if (stat(cgroup_dir.c_str(), &cg) || stat(netns_path.c_str(), &ns))
+    throw UsageError("--name: cannot derive a name from '" + cgroup_dir + "' and '" + netns_path + "'");
+  return "cg" + std::to_string(cg.st_ino) + "-ns" + std::to_string(ns.st_ino);
+}
+
+std::string state_file(const std::string& name) { return "/run/meshcap/pods/" + name + ".json"; }
+
+}  // namespace meshcap

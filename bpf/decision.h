@@ -1,0 +1,158 @@
+/* The outbound capture decision: istio's nat OUTPUT rules (ISTIO_OUTPUT,
+ * tools/istio-iptables/pkg/capture/run.go) evaluated for one TCP connect(),
+ * first match wins, without netfilter.
+ *
+ * Plain C over plain structs so that the same code runs in the BPF programs
+ * and in the user-space unit tests. The includer defines, before including
+ * this file:
+ *   MC_INLINE                       inline qualifier
+ *   bool mc_env_pod_addr(const struct mc_addr *)       pod's own address?
+ *   bool mc_env_excluded(const struct mc_addr *, bool v4)  in -x?
+ *   bool mc_env_included(const struct mc_addr *, bool v4)  in -i?
+ *   __u8 mc_env_port_flags(__u16 port)                 MC_PORT_* bits
+ *   bool mc_env_owner_group(__u32 gid)                 listed owner group?
+ */
+#ifndef MESHCAP_BPF_DECISION_H
+#define MESHCAP_BPF_DECISION_H
+
+#include "meshcap.h"
+
+/* One connect(): who, from where, to where. */
+struct mc_connect {
+	struct mc_addr dst; /* v4 mapped when v4 */
+	struct mc_addr src; /* bound source, zero when unbound */
+	__u16 dport;        /* host order */
+	__u8 v4;            /* the connection is IPv4 (incl. v4-mapped) */
+	__u8 pad;
+	__u32 uid;
+	__u32 gid;
+};
+
+struct mc_decision {
+	enum mc_verdict verdict;
+	enum mc_counter reason;
+};
+
+/* A 32-bit constant in network byte order, for BPF and user space alike. */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define MC_NET32(x) __builtin_bswap32(x)
+#else
+#define MC_NET32(x) (x)
+#endif
+#define MC_V4_MAPPED_WORD MC_NET32(0x0000ffff)
+
+static MC_INLINE bool __mc_is_v4_mapped(const struct mc_addr *a)
+{
+	return a->ip[0] == 0 && a->ip[1] == 0 && a->ip[2] == MC_V4_MAPPED_WORD;
+}
+
+/* 127.0.0.6 / ::6: the proxy's inbound passthrough source. */
+static MC_INLINE bool __mc_is_passthrough_src(const struct mc_addr *a, bool v4)
+{
+	if (v4)
+		return a->ip[3] == MC_NET32(0x7f000006); /* 127.0.0.6 */
+	return a->ip[0] == 0 && a->ip[1] == 0 && a->ip[2] == 0 && a->ip[3] == MC_NET32(6);
+}
+
+/* The istio loopback CIDR: ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR or ::1/128. */
+static MC_INLINE bool __mc_in_loopback_cidr(const volatile struct mc_config *cfg,
+					    const struct mc_addr *a, bool v4)
+{
+	if (v4)
+		return (a->ip[3] & cfg->loopback4_mask) == (cfg->loopback4 & cfg->loopback4_mask);
+	return a->ip[0] == 0 && a->ip[1] == 0 && a->ip[2] == 0 && a->ip[3] == MC_NET32(1);
+}
+
+/* Would the kernel route this destination over lo ("-o lo")? Loopback, the
+ * unspecified address, or one of the pod's own addresses. */
+static MC_INLINE bool __mc_via_lo(const struct mc_addr *a, bool v4)
+{
+	if (v4) {
+		/* 127.0.0.0/8 or 0.0.0.0 */
+		if ((a->ip[3] & MC_NET32(0xff000000)) == MC_NET32(0x7f000000) || a->ip[3] == 0)
+			return true;
+	} else if (a->ip[0] == 0 && a->ip[1] == 0 && a->ip[2] == 0 &&
+		   (a->ip[3] == 0 || a->ip[3] == MC_NET32(1))) {
+		return true;
+	}
+	return mc_env_pod_addr(a);
+}
+
+static MC_INLINE struct mc_decision __mc_result(enum mc_verdict v, enum mc_counter r)
+{
+	struct mc_decision d = {v, r};
+	return d;
+}
+
+/* The decision for one TCP connect(), in the order of istio's ISTIO_OUTPUT
+ * chain. DNS capture and -c (interfaces) are not part of the eBPF path; the
+ * agent refuses them before loading. */
+static MC_INLINE struct mc_decision mc_decide_outbound(const volatile struct mc_config *cfg,
+						       const struct mc_connect *c)
+{
+	bool v4 = c->v4;
+	__u8 pflags = mc_env_port_flags(c->dport);
+	bool lo;
+	__u32 i;
+
+	/* -o: "-p tcp --dport P -j RETURN", before anything else. */
+	if (pflags & MC_PORT_OUT_EXCLUDE)
+		return __mc_result(MC_PASS, MC_CNT_EXCLUDED_PORT);
+
+	lo = __mc_via_lo(&c->dst, v4);
+	/* "-o lo -s 127.0.0.6/32 -j RETURN" */
+	if (lo && __mc_is_passthrough_src(&c->src, v4))
+		return __mc_result(MC_PASS, MC_CNT_PASSTHROUGH_SRC);
+
+	/* Per proxy UID: to the inbound listener when the proxy dials the pod
+	 * itself; other users' traffic over lo returns; the proxy's own
+	 * traffic returns. With several UIDs the first UID's "other users"
+	 * rule already returns lo traffic of the later ones, as in istio. */
+	for (i = 0; i < MC_MAX_IDS; i++) {
+		if (i >= cfg->n_uids)
+			break;
+		if (lo && !__mc_in_loopback_cidr(cfg, &c->dst, v4) &&
+		    c->dport != cfg->tunnel_port && c->uid == cfg->uids[i])
+			return __mc_result(MC_TO_INBOUND, MC_CNT_REDIRECTED_IN);
+		if (lo && !cfg->include_has_loopback && c->uid != cfg->uids[i])
+			return __mc_result(MC_PASS, MC_CNT_LOCAL_DST);
+		if (c->uid == cfg->uids[i])
+			return __mc_result(MC_PASS, MC_CNT_EXEMPT_UID);
+	}
+	for (i = 0; i < MC_MAX_IDS; i++) {
+		if (i >= cfg->n_gids)
+			break;
+		if (lo && !__mc_in_loopback_cidr(cfg, &c->dst, v4) &&
+		    c->dport != cfg->tunnel_port && c->gid == cfg->gids[i])
+			return __mc_result(MC_TO_INBOUND, MC_CNT_REDIRECTED_IN);
+		if (lo && !cfg->include_has_loopback && c->gid != cfg->gids[i])
+			return __mc_result(MC_PASS, MC_CNT_LOCAL_DST);
+		if (c->gid == cfg->gids[i])
+			return __mc_result(MC_PASS, MC_CNT_EXEMPT_GID);
+	}
+
+	/* Owner groups: "--gid-owner G -j RETURN" per excluded group, or one
+	 * rule returning every group not listed. */
+	if (cfg->owner_groups_except) {
+		if (mc_env_owner_group(c->gid))
+			return __mc_result(MC_PASS, MC_CNT_OWNER_GROUP);
+	} else if (!mc_env_owner_group(c->gid)) {
+		return __mc_result(MC_PASS, MC_CNT_OWNER_GROUP);
+	}
+
+	/* "-d 127.0.0.1/32 -j RETURN" (::1/128) */
+	if (__mc_in_loopback_cidr(cfg, &c->dst, v4))
+		return __mc_result(MC_PASS, MC_CNT_LOCAL_DST);
+	/* -x */
+	if (mc_env_excluded(&c->dst, v4))
+		return __mc_result(MC_PASS, MC_CNT_EXCLUDED_CIDR);
+	/* -q */
+	if (pflags & MC_PORT_OUT_INCLUDE)
+		return __mc_result(MC_TO_OUTBOUND, MC_CNT_REDIRECTED_OUT);
+	/* -i */
+	if (cfg->include_all || mc_env_included(&c->dst, v4))
+		return __mc_result(MC_TO_OUTBOUND, MC_CNT_REDIRECTED_OUT);
+	return __mc_result(MC_PASS, MC_CNT_NOT_INCLUDED);
+}
+
+#endif /* MESHCAP_BPF_DECISION_H */

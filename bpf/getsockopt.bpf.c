@@ -1,0 +1,81 @@
+/* cgroup/getsockopt: answers SO_ORIGINAL_DST (IPv4) and IP6T_SO_ORIGINAL_DST
+ * (IPv6) on the proxy's accepted socket from the connection table, as
+ * conntrack does for iptables' REDIRECT. Every other option passes through
+ * untouched. */
+#include "common.bpf.h"
+
+SEC("cgroup/getsockopt")
+int mc_getsockopt(struct bpf_sockopt *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct mc_conn_key k = {};
+	struct mc_orig *orig;
+	void *optval = ctx->optval;
+	void *optval_end = ctx->optval_end;
+	bool want4 = ctx->level == SOL_IP && ctx->optname == SO_ORIGINAL_DST;
+	bool want6 = ctx->level == SOL_IPV6 && ctx->optname == IP6T_SO_ORIGINAL_DST;
+
+	if (!want4 && !want6) {
+		/* Buffers over a page are not handed to BPF; optlen 0 tells
+		 * the kernel to return its own answer (older kernels fail the
+		 * call with EFAULT otherwise). */
+		if (ctx->optlen > MC_PAGE_SIZE)
+			ctx->optlen = 0;
+		return 1;
+	}
+	/* conntrack already answered (iptables REDIRECT in this pod): keep it. */
+	if (ctx->retval == 0 || !sk)
+		return 1;
+
+	if (sk->family == AF_INET) {
+		__u32 src4, dst4;
+
+		MC_LOAD(src4, sk->src_ip4);
+		MC_LOAD(dst4, sk->dst_ip4);
+		mc_addr_from4(&k.server, src4);
+		mc_addr_from4(&k.client, dst4);
+	} else {
+		MC_LOAD_ADDR6(&k.server, sk->src_ip6);
+		MC_LOAD_ADDR6(&k.client, sk->dst_ip6);
+	}
+	MC_LOAD(k.server_port, sk->src_port);            /* host order */
+	MC_LOAD(k.client_port, sk->dst_port);
+	k.client_port = bpf_ntohs(k.client_port);        /* was network order */
+
+	orig = bpf_map_lookup_elem(&orig_dst, &k);
+	if (!orig) {
+		mc_count(MC_CNT_ORIG_NOT_FOUND);
+		return 1;
+	}
+	if (want4 && orig->family == AF_INET) {
+		struct sockaddr_in *sa = optval;
+
+		if ((void *)(sa + 1) > optval_end)
+			return 1;
+		sa->sin_family = AF_INET;
+		sa->sin_port = orig->port;
+		sa->sin_addr.s_addr = orig->addr.ip[3];
+		ctx->optlen = sizeof(*sa);
+	} else if (want6 && orig->family == AF_INET6) {
+		struct sockaddr_in6 *sa6 = optval;
+
+		if ((void *)(sa6 + 1) > optval_end)
+			return 1;
+		sa6->sin6_family = AF_INET6;
+		sa6->sin6_port = orig->port;
+		sa6->sin6_flowinfo = 0;
+		sa6->sin6_addr.in6_u.u6_addr32[0] = orig->addr.ip[0];
+		sa6->sin6_addr.in6_u.u6_addr32[1] = orig->addr.ip[1];
+		sa6->sin6_addr.in6_u.u6_addr32[2] = orig->addr.ip[2];
+		sa6->sin6_addr.in6_u.u6_addr32[3] = orig->addr.ip[3];
+		sa6->sin6_scope_id = 0;
+		ctx->optlen = sizeof(*sa6);
+	} else {
+		/* Asked in the other family than the connection's: as conntrack. */
+		mc_count(MC_CNT_ORIG_NOT_FOUND);
+		return 1;
+	}
+	ctx->retval = 0;
+	mc_count(MC_CNT_ORIG_ANSWERED);
+	return 1;
+}

@@ -1,0 +1,127 @@
+/* Types shared by meshcap's BPF programs and its C++ loader: one definition,
+ * fixed-width fields, explicit padding, sizes checked on both sides. */
+#ifndef MESHCAP_BPF_MESHCAP_H
+#define MESHCAP_BPF_MESHCAP_H
+
+#include <linux/types.h>
+
+/* Largest -u / -g list the eBPF path takes (istio's defaults have one). */
+#define MC_MAX_IDS 16
+/* Entries of the connection table (original destinations) by default. */
+#define MC_ORIG_DST_ENTRIES 65536
+/* Entries each CIDR trie may grow to (no preallocation: memory is used only
+ * for the prefixes present). */
+#define MC_CIDR_ENTRIES 262144
+#define MC_POD_ADDR_ENTRIES 256
+#define MC_OWNER_GROUP_ENTRIES 64
+
+/* Bits of mc_port_flags[port]. */
+#define MC_PORT_OUT_EXCLUDE 0x01 /* -o */
+#define MC_PORT_OUT_INCLUDE 0x02 /* -q */
+#define MC_PORT_IN_INCLUDE 0x04  /* -b (reserved for inbound capture) */
+#define MC_PORT_IN_EXCLUDE 0x08  /* -d (reserved for inbound capture) */
+
+/* Where a connect() goes. */
+enum mc_verdict {
+	MC_PASS = 0,        /* its real destination */
+	MC_TO_OUTBOUND = 1, /* the outbound listener (-p) */
+	MC_TO_INBOUND = 2,  /* the inbound listener (-z) */
+};
+
+/* Per-CPU counters, one per decision and event. Keep in sync with
+ * mc_counter_names in loader/bpf_loader.cpp (a static_assert checks the
+ * count). */
+enum mc_counter {
+	MC_CNT_REDIRECTED_OUT = 0, /* to the outbound listener */
+	MC_CNT_REDIRECTED_IN,      /* proxy to the pod's own address: inbound listener */
+	MC_CNT_PASSTHROUGH_SRC,    /* bound to 127.0.0.6 / ::6 */
+	MC_CNT_EXEMPT_UID,         /* -u */
+	MC_CNT_EXEMPT_GID,         /* -g */
+	MC_CNT_OWNER_GROUP,        /* ISTIO_OUTBOUND_OWNER_GROUPS(_EXCLUDE) */
+	MC_CNT_EXCLUDED_PORT,      /* -o */
+	MC_CNT_EXCLUDED_CIDR,      /* -x */
+	MC_CNT_LOCAL_DST,          /* loopback or the pod's own address */
+	MC_CNT_NOT_INCLUDED,       /* matched no include (-i / -q) */
+	MC_CNT_ORIG_ANSWERED,      /* SO_ORIGINAL_DST answered */
+	MC_CNT_ORIG_NOT_FOUND,     /* SO_ORIGINAL_DST asked, no record */
+	MC_CNT_MAP_FULL,           /* connection table full: not recorded */
+	MC_CNT_STORAGE_FAIL,       /* no socket storage: left uncaptured */
+	MC_CNT_BIND_FAIL,          /* could not keep the source address */
+	MC_CNT__MAX,
+};
+
+/* Load-time settings (read-only data, set before load). Addresses are in
+ * network byte order, ports in host order. */
+struct mc_config {
+	__u16 proxy_port;      /* -p: outbound listener */
+	__u16 inbound_port;    /* -z: inbound listener */
+	__u16 tunnel_port;     /* -e: never sent to the inbound listener */
+	__u8 include_all;      /* -i '*' */
+	__u8 include_has_loopback; /* -i holds a loopback prefix */
+	__u8 owner_groups_except;  /* owner groups: 1 = all but listed, 0 = only listed */
+	__u8 has_src4;         /* src4 is set */
+	__u8 has_src6;         /* src6 is set */
+	__u8 pad0;
+	__u32 n_uids;          /* entries used in uids */
+	__u32 n_gids;          /* entries used in gids */
+	__u32 uids[MC_MAX_IDS]; /* -u, in order */
+	__u32 gids[MC_MAX_IDS]; /* -g, in order */
+	__u32 loopback4;       /* ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR address */
+	__u32 loopback4_mask;  /* and its mask */
+	__u32 src4;            /* the pod's IPv4 source address */
+	__u32 src6[4];         /* the pod's IPv6 source address */
+};
+
+/* An address in 16 bytes: IPv4 as ::ffff:a.b.c.d, so one key type serves
+ * AF_INET sockets, AF_INET6 sockets and v4-mapped addresses alike. */
+struct mc_addr {
+	__u32 ip[4];
+};
+
+/* The connection table's key: the application's end (client) and the
+ * listener it was sent to (server). Ports in host order. */
+struct mc_conn_key {
+	struct mc_addr client;
+	struct mc_addr server;
+	__u16 client_port;
+	__u16 server_port;
+};
+
+/* Flags of struct mc_orig. */
+#define MC_ORIG_PROXY_SEEN 0x1   /* the proxy's accepted socket was seen */
+#define MC_ORIG_PROXY_CLOSED 0x2 /* ... and has closed */
+#define MC_ORIG_APP_CLOSED 0x4   /* the application's socket has closed */
+
+/* An original destination. */
+struct mc_orig {
+	struct mc_addr addr; /* as dialed (v4 mapped) */
+	__u16 port;          /* network order, as in sockaddr */
+	__u16 family;        /* AF_INET or AF_INET6: what SO_ORIGINAL_DST answers */
+	__u32 flags;         /* MC_ORIG_* */
+};
+
+/* LPM trie keys. */
+struct mc_lpm4 {
+	__u32 prefixlen;
+	__u32 addr;
+};
+struct mc_lpm6 {
+	__u32 prefixlen;
+	__u32 addr[4];
+};
+
+#ifdef __cplusplus
+static_assert(sizeof(struct mc_config) == 176, "mc_config layout");
+static_assert(sizeof(struct mc_conn_key) == 36, "mc_conn_key layout");
+static_assert(sizeof(struct mc_orig) == 24, "mc_orig layout");
+static_assert(sizeof(struct mc_lpm4) == 8, "mc_lpm4 layout");
+static_assert(sizeof(struct mc_lpm6) == 20, "mc_lpm6 layout");
+#else
+_Static_assert(sizeof(struct mc_config) == 176, "mc_config layout");
+_Static_assert(sizeof(struct mc_conn_key) == 36, "mc_conn_key layout");
+_Static_assert(sizeof(struct mc_orig) == 24, "mc_orig layout");
+_Static_assert(sizeof(struct mc_lpm4) == 8, "mc_lpm4 layout");
+_Static_assert(sizeof(struct mc_lpm6) == 20, "mc_lpm6 layout");
+#endif
+
+#endif /* MESHCAP_BPF_MESHCAP_H */

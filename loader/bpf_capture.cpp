@@ -1,0 +1,412 @@
+#include "bpf_capture.h"
+
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include <spdlog/spdlog.h>
+
+#include "meshcap.h"
+#include "meshcap.skel.h"
+
+namespace fs = std::filesystem;
+
+namespace meshcap::loader {
+
+namespace {
+
+constexpr const char* kBpffs = "/sys/fs/bpf";
+constexpr const char* kPinRoot = "/sys/fs/bpf/meshcap";
+// New pins are made here, then renamed into kPinRoot (bpffs allows no '.' in
+// names, so a hidden name in kPinRoot is not possible).
+constexpr const char* kStagingRoot = "/sys/fs/bpf/meshcap_staging";
+
+// Program name -> pin file name. Order is attach order.
+struct ProgSpec {
+  const char* pin;
+  const char* prog;
+};
+
+// Map pin names: what status and the tests read back.
+const std::vector<std::string> kPinnedMaps = {"counters",   "orig_dst",   "pod_addrs",  "excl_cidr4",
+                                              "incl_cidr4", "excl_cidr6", "incl_cidr6", "owner_gids"};
+
+std::string errstr(int err) { return std::strerror(err < 0 ? -err : err); }
+
+// Unique-fd helper.
+struct Fd {
+  int fd = -1;
+  explicit Fd(int f) : fd(f) {}
+  ~Fd() {
+    if (fd >= 0) close(fd);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+};
+
+uint32_t net32(const std::array<uint8_t, 16>& a) {
+  uint32_t v;
+  std::memcpy(&v, a.data(), 4);
+  return v;
+}
+
+mc_addr to_mc_addr(const PodAddress& a) {
+  mc_addr m{};
+  if (a.family == AF_INET) {
+    m.ip[2] = htonl(0xffff);
+    m.ip[3] = net32(a.addr);
+  } else {
+    std::memcpy(m.ip, a.addr.data(), 16);
+  }
+  return m;
+}
+
+void remove_tree(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) return;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string path = entry.path();
+    // A pinned link is detached explicitly: a process may still hold it.
+    if (entry.path().filename().string().rfind("link_", 0) == 0) {
+      int fd = bpf_obj_get(path.c_str());
+      if (fd >= 0) {
+        bpf_link_detach(fd);
+        close(fd);
+      }
+    }
+    if (unlink(path.c_str()) && errno != ENOENT)
+      spdlog::warn("cannot remove pin {}: {}", path, std::strerror(errno));
+  }
+  if (rmdir(dir.c_str()) && errno != ENOENT) spdlog::warn("cannot remove {}: {}", dir, std::strerror(errno));
+}
+
+}  // namespace
+
+LoaderError::LoaderError(std::string step, int err, const std::string& detail)
+    : std::runtime_error(step + ": " + (detail.empty() ? "" : detail + ": ") + errstr(err)),
+      step_(std::move(step)),
+      err_(err < 0 ? -err : err) {}
+
+std::string PodAddress::str() const {
+  char buf[INET6_ADDRSTRLEN] = {};
+  inet_ntop(family, addr.data(), buf, sizeof(buf));
+  return buf;
+}
+
+const std::vector<std::string>& counter_names() {
+  static const std::vector<std::string> names = {
+      "redirected_outbound", "redirected_inbound", "passthrough_source", "exempt_uid",
+      "exempt_gid",          "owner_group",        "excluded_port",      "excluded_cidr",
+      "local_destination",   "not_included",       "orig_dst_answered",  "orig_dst_not_found",
+      "map_full",            "storage_failed",     "bind_failed",
+  };
+  return names;
+}
+static_assert(MC_CNT__MAX == 15, "update counter_names()");
+
+std::vector<std::string> ebpf_unsupported(const CaptureConfig& cfg) {
+  std::vector<std::string> why;
+  if (cfg.redirect_dns) why.push_back("DNS capture (--redirect-dns) is iptables-only");
+  if (!cfg.exclude_interfaces.empty())
+    why.push_back("excluding interfaces (-c) is iptables-only: a connect hook cannot see the egress interface");
+  if (!cfg.inbound_ports_include.empty())
+    why.push_back("inbound capture (-b) is not implemented in eBPF mode yet");
+  if (!cfg.reroute_virtual_interfaces.empty())
+    why.push_back("virtual interfaces (-k) are inbound capture, not implemented in eBPF mode yet");
+  if (cfg.inbound_mode == InterceptionMode::Tproxy) why.push_back("-m TPROXY is iptables-only");
+  if (cfg.drop_invalid) why.push_back("--drop-invalid is iptables-only");
+  if (cfg.proxy_uids.tokens.size() > MC_MAX_IDS)
+    why.push_back("more than " + std::to_string(MC_MAX_IDS) + " UIDs in -u");
+  if (cfg.proxy_gids.tokens.size() > MC_MAX_IDS)
+    why.push_back("more than " + std::to_string(MC_MAX_IDS) + " GIDs in -g");
+  auto unresolved = [&](const IdList& l, const std::string& what) {
+    for (size_t i = 0; i < l.tokens.size(); i++)
+      if (!l.ids[i]) why.push_back(what + " '" + l.tokens[i] + "' does not exist on this machine");
+  };
+  unresolved(cfg.proxy_uids, "user");
+  unresolved(cfg.proxy_gids, "group");
+  unresolved(cfg.owner_groups, "owner group");
+  return why;
+}
+
+std::string pin_dir(const std::string& name) { return std::string(kPinRoot) + "/" + name; }
+
+void validate_pod_name(const std::string& name) {
+  // bpffs refuses '.' in names.
+  bool ok = !name.empty() && name.size() <= 64;
+  for (unsigned char c : name) ok = ok && (std::isalnum(c) || c == '_' || c == '-');
+  if (!ok) throw UsageError("--name: invalid value '" + name + "': use 1-64 of letters, digits, '_', '-'");
+}
+
+void ensure_bpffs() {
+  struct statfs st {};
+  if (statfs(kBpffs, &st) == 0 && st.f_type == BPF_FS_MAGIC) return;
+  // As bpftool does: mount the BPF filesystem where pins are expected.
+  if (mount("bpf", kBpffs, "bpf", 0, "mode=0700"))
+    throw LoaderError("mount bpffs at /sys/fs/bpf", errno);
+  spdlog::info("mounted the BPF filesystem at {}", kBpffs);
+}
+
+void BpfCapture::Deleter::operator()(meshcap_bpf* s) const { meshcap_bpf::destroy(s); }
+
+BpfCapture::BpfCapture() : skel_(meshcap_bpf::open()) {
+  if (!skel_) throw LoaderError("open BPF skeleton", errno);
+}
+
+BpfCapture::~BpfCapture() { detach_all(); }
+
+void BpfCapture::detach_all() {
+  for (auto* link : links_) bpf_link__destroy(link);
+  links_.clear();
+}
+
+void BpfCapture::configure(const CaptureConfig& cfg, const PodNetwork& pod) {
+  auto why = ebpf_unsupported(cfg);
+  if (!why.empty()) throw UsageError("--mode ebpf cannot honour this configuration: " + why.front());
+
+  mc_config c{};
+  c.proxy_port = cfg.proxy_port;
+  c.inbound_port = cfg.inbound_capture_port;
+  c.tunnel_port = cfg.inbound_tunnel_port;
+  c.include_all = cfg.outbound_ranges_include.wildcard;
+  c.include_has_loopback =
+      cfg.outbound_ranges_include.has_loopback_v4 || cfg.outbound_ranges_include.has_loopback_v6;
+  c.owner_groups_except = cfg.owner_groups_except;
+  c.n_uids = cfg.proxy_uids.ids.size();
+  for (size_t i = 0; i < c.n_uids; i++) c.uids[i] = *cfg.proxy_uids.ids[i];
+  c.n_gids = cfg.proxy_gids.ids.size();
+  for (size_t i = 0; i < c.n_gids; i++) c.gids[i] = *cfg.proxy_gids.ids[i];
+  c.loopback4 = net32(cfg.ipv4_loopback_cidr.addr);
+  c.loopback4_mask = cfg.ipv4_loopback_cidr.prefix_len == 0
+                         ? 0
+                         : htonl(~uint32_t{0} << (32 - cfg.ipv4_loopback_cidr.prefix_len));
+  if (pod.source4) {
+    c.has_src4 = 1;
+    c.src4 = net32(pod.source4->addr);
+  }
+  if (pod.source6) {
+    c.has_src6 = 1;
+    std::memcpy(c.src6, pod.source6->addr.data(), 16);
+  }
+  std::memcpy(const_cast<mc_config*>(&skel_->rodata->mc_cfg), &c, sizeof(c));
+
+  auto* ports = const_cast<uint8_t*>(skel_->rodata->mc_port_flags);
+  for (auto p : cfg.outbound_ports_exclude.ports) ports[p] |= MC_PORT_OUT_EXCLUDE;
+  for (auto p : cfg.outbound_ports_include.ports) ports[p] |= MC_PORT_OUT_INCLUDE;
+  for (auto p : cfg.inbound_ports_include.ports) ports[p] |= MC_PORT_IN_INCLUDE;
+  for (auto p : cfg.inbound_ports_exclude.ports) ports[p] |= MC_PORT_IN_EXCLUDE;
+
+  cfg_ = cfg;
+  pod_ = pod;
+  configured_ = true;
+}
+
+void BpfCapture::load() {
+  if (!configured_) throw LoaderError("load BPF programs", EINVAL, "configure() first");
+  if (int err = meshcap_bpf::load(skel_.get())) throw LoaderError("load BPF programs", err);
+
+  auto update = [](bpf_map* map, const void* key, const void* value, const std::string& what) {
+    if (bpf_map__update_elem(map, key, bpf_map__key_size(map), value, bpf_map__value_size(map), BPF_ANY))
+      throw LoaderError("fill map " + std::string(bpf_map__name(map)), errno, what);
+  };
+  const uint8_t one = 1;
+  for (const auto& a : pod_.addresses) {
+    mc_addr key = to_mc_addr(a);
+    update(skel_->maps.pod_addrs, &key, &one, a.str());
+  }
+  auto fill_cidrs = [&](const CidrList& list, bpf_map* map4, bpf_map* map6) {
+    for (const auto& c : list.v4) {
+      mc_lpm4 k{c.prefix_len, net32(c.addr)};
+      update(map4, &k, &one, c.str());
+    }
+    for (const auto& c : list.v6) {
+      mc_lpm6 k{};
+      k.prefixlen = c.prefix_len;
+      std::memcpy(k.addr, c.addr.data(), 16);
+      update(map6, &k, &one, c.str());
+    }
+  };
+  fill_cidrs(cfg_.outbound_ranges_exclude, skel_->maps.excl_cidr4, skel_->maps.excl_cidr6);
+  fill_cidrs(cfg_.outbound_ranges_include, skel_->maps.incl_cidr4, skel_->maps.incl_cidr6);
+  for (const auto& g : cfg_.owner_groups.ids) {
+    uint32_t gid = *g;
+    update(skel_->maps.owner_gids, &gid, &one, std::to_string(gid));
+  }
+}
+
+namespace {
+const std::vector<ProgSpec>& prog_specs() {
+  static const std::vector<ProgSpec> specs = {
+      // Records and lookups first, then the rewrites that depend on them.
+      {"link_sockops", "mc_sockops"},
+      {"link_getsockopt", "mc_getsockopt"},
+      {"link_getpeername4", "mc_getpeername4"},
+      {"link_getpeername6", "mc_getpeername6"},
+      {"link_connect4", "mc_connect4"},
+      {"link_connect6", "mc_connect6"},
+  };
+  return specs;
+}
+}  // namespace
+
+void BpfCapture::attach(const std::string& cgroup_dir) {
+  Fd cg(open(cgroup_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (cg.fd < 0) throw LoaderError("open cgroup " + cgroup_dir, errno);
+  for (const auto& spec : prog_specs()) {
+    bpf_program* prog = bpf_object__find_program_by_name(skel_->obj, spec.prog);
+    bpf_link* link = nullptr;
+    if (prog) link = bpf_program__attach_cgroup(prog, cg.fd);
+    if (!link) {
+      int err = prog ? errno : ENOENT;
+      detach_all();
+      throw LoaderError(std::string("attach ") + spec.prog + " to " + cgroup_dir, err);
+    }
+    links_.push_back(link);
+  }
+  spdlog::debug("attached {} programs to {}", links_.size(), cgroup_dir);
+}
+
+void BpfCapture::pin(const std::string& name) {
+  validate_pod_name(name);
+  ensure_bpffs();
+  for (const char* root : {kPinRoot, kStagingRoot})
+    if (mkdir(root, 0700) && errno != EEXIST) throw LoaderError(std::string("create ") + root, errno);
+  const std::string final_dir = pin_dir(name);
+  const std::string tmp_dir = std::string(kStagingRoot) + "/" + name + "-" + std::to_string(getpid());
+  remove_tree(tmp_dir);
+  if (mkdir(tmp_dir.c_str(), 0700)) throw LoaderError("create " + tmp_dir, errno);
+
+  auto fail = [&](const std::string& step, int err) {
+    // Unpin what this call pinned; the links stay owned by this object and
+    // are detached by detach_all().
+    for (auto* link : links_) bpf_link__unpin(link);
+    remove_tree(tmp_dir);
+    rmdir(kStagingRoot);
+    detach_all();
+    throw LoaderError(step, err);
+  };
+  for (size_t i = 0; i < links_.size(); i++) {
+    std::string path = tmp_dir + "/" + prog_specs()[i].pin;
+    if (bpf_link__pin(links_[i], path.c_str())) fail("pin " + path, errno);
+  }
+  for (const auto& m : kPinnedMaps) {
+    bpf_map* map = bpf_object__find_map_by_name(skel_->obj, m.c_str());
+    std::string path = tmp_dir + "/map_" + m;
+    if (!map || bpf_map__pin(map, path.c_str())) fail("pin " + path, map ? errno : ENOENT);
+  }
+  // The new capture is attached and pinned: only now retire an old one of
+  // the same name, then move the new pins into place.
+  if (remove_pins(name)) spdlog::info("replaced the previous capture of {}", name);
+  mkdir(kPinRoot, 0700);  // remove_pins() drops the root when it was the last pod
+  if (rename(tmp_dir.c_str(), final_dir.c_str())) fail("rename " + tmp_dir + " to " + final_dir, errno);
+  rmdir(kStagingRoot);  // only when empty: another init may be staging
+  // The pins now hold the links; this object no longer detaches them.
+  for (auto* link : links_) bpf_link__disconnect(link);
+  detach_all();
+}
+
+Counters BpfCapture::counters() const {
+  Counters out;
+  int ncpu = libbpf_num_possible_cpus();
+  std::vector<uint64_t> values(ncpu > 0 ? ncpu : 1);
+  for (uint32_t i = 0; i < MC_CNT__MAX; i++) {
+    uint64_t sum = 0;
+    if (bpf_map__lookup_elem(skel_->maps.counters, &i, sizeof(i), values.data(), values.size() * sizeof(uint64_t),
+                             0) == 0)
+      for (auto v : values) sum += v;
+    out[counter_names()[i]] = sum;
+  }
+  return out;
+}
+
+namespace {
+size_t count_entries(int map_fd, size_t key_size) {
+  std::vector<uint8_t> key(key_size), next(key_size);
+  size_t n = 0;
+  void* prev = nullptr;
+  while (bpf_map_get_next_key(map_fd, prev, next.data()) == 0) {
+    n++;
+    key = next;
+    prev = key.data();
+  }
+  return n;
+}
+
+Counters read_counters_fd(int fd) {
+  Counters out;
+  int ncpu = libbpf_num_possible_cpus();
+  std::vector<uint64_t> values(ncpu > 0 ? ncpu : 1);
+  for (uint32_t i = 0; i < MC_CNT__MAX; i++) {
+    uint64_t sum = 0;
+    if (bpf_map_lookup_elem(fd, &i, values.data()) == 0)
+      for (auto v : values) sum += v;
+    out[counter_names()[i]] = sum;
+  }
+  return out;
+}
+}  // namespace
+
+size_t BpfCapture::connection_entries() const {
+  return count_entries(bpf_map__fd(skel_->maps.orig_dst), sizeof(mc_conn_key));
+}
+
+PinnedState pinned_state(const std::string& name) {
+  PinnedState st;
+  std::error_code ec;
+  const std::string dir = pin_dir(name);
+  if (!fs::is_directory(dir, ec)) return st;
+  st.present = true;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    std::string f = e.path().filename();
+    if (f.rfind("link_", 0) == 0) st.links.push_back(f);
+    if (f.rfind("map_", 0) == 0) st.maps.push_back(f);
+  }
+  return st;
+}
+
+Counters pinned_counters(const std::string& name) {
+  std::string path = pin_dir(name) + "/map_counters";
+  Fd fd(bpf_obj_get(path.c_str()));
+  if (fd.fd < 0) throw LoaderError("open " + path, errno);
+  return read_counters_fd(fd.fd);
+}
+
+size_t pinned_connection_entries(const std::string& name) {
+  std::string path = pin_dir(name) + "/map_orig_dst";
+  Fd fd(bpf_obj_get(path.c_str()));
+  if (fd.fd < 0) throw LoaderError("open " + path, errno);
+  return count_entries(fd.fd, sizeof(mc_conn_key));
+}
+
+bool remove_pins(const std::string& name) {
+  validate_pod_name(name);
+  std::error_code ec;
+  const std::string dir = pin_dir(name);
+  if (!fs::is_directory(dir, ec)) return false;
+  remove_tree(dir);
+  rmdir(kPinRoot);  // only when no other pod is pinned
+  return true;
+}
+
+std::vector<std::string> pinned_pods() {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(kPinRoot, ec)) {
+    std::string f = e.path().filename();
+    out.push_back(f);
+  }
+  return out;
+}
+
+}  // namespace meshcap::loader

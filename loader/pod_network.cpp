@@ -1,0 +1,110 @@
+// Reads a pod network namespace's addresses from a helper thread that has
+// entered it (setns is per thread), so the caller's namespace is unchanged.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "bpf_capture.h"
+
+namespace meshcap::loader {
+
+namespace {
+
+// The interface of the default route of a family, from /proc/thread-self
+// (which follows this thread's network namespace).
+std::string default_route_interface(bool v6) {
+  std::ifstream in(v6 ? "/proc/thread-self/net/ipv6_route" : "/proc/thread-self/net/route");
+  std::string line;
+  if (!v6) std::getline(in, line);  // header
+  while (std::getline(in, line)) {
+    std::istringstream w(line);
+    if (v6) {
+      // dst dst_len src src_len next_hop metric refcnt use flags iface
+      std::string dst, dst_len, src, src_len, hop, metric, ref, use, flags, iface;
+      if (w >> dst >> dst_len >> src >> src_len >> hop >> metric >> ref >> use >> flags >> iface &&
+          dst == std::string(32, '0') && dst_len == "00" && iface != "lo")
+        return iface;
+    } else {
+      std::string iface, dst, gw, flags, ref, use, metric, mask;
+      if (w >> iface >> dst >> gw >> flags >> ref >> use >> metric >> mask && dst == "00000000" &&
+          mask == "00000000")
+        return iface;
+    }
+  }
+  return "";
+}
+
+bool is_global(int family, const uint8_t* a) {
+  if (family == AF_INET) return a[0] != 127 && !(a[0] == 169 && a[1] == 254);
+  static const uint8_t loop[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+  if (std::memcmp(a, loop, 16) == 0) return false;
+  if (a[0] == 0xfe && (a[1] & 0xc0) == 0x80) return false;  // link local
+  return true;
+}
+
+}  // namespace
+
+PodNetwork read_pod_network(const std::string& netns_path) {
+  PodNetwork out;
+  int error = 0;
+  std::string step;
+  std::thread worker([&] {
+    int fd = open(netns_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      error = errno;
+      step = "open network namespace " + netns_path;
+      return;
+    }
+    if (setns(fd, CLONE_NEWNET)) {
+      error = errno;
+      step = "enter network namespace " + netns_path;
+      close(fd);
+      return;
+    }
+    close(fd);
+    struct ifaddrs* list = nullptr;
+    if (getifaddrs(&list)) {
+      error = errno;
+      step = "list addresses in " + netns_path;
+      return;
+    }
+    const std::string dev4 = default_route_interface(false);
+    const std::string dev6 = default_route_interface(true);
+    std::optional<PodAddress> any4, any6;
+    for (auto* i = list; i; i = i->ifa_next) {
+      if (!i->ifa_addr) continue;
+      int fam = i->ifa_addr->sa_family;
+      if (fam != AF_INET && fam != AF_INET6) continue;
+      PodAddress a;
+      a.family = fam;
+      const uint8_t* bytes =
+          fam == AF_INET ? reinterpret_cast<const uint8_t*>(&reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr)
+                         : reinterpret_cast<const uint8_t*>(&reinterpret_cast<sockaddr_in6*>(i->ifa_addr)->sin6_addr);
+      std::memcpy(a.addr.data(), bytes, fam == AF_INET ? 4 : 16);
+      out.addresses.push_back(a);
+      if (!is_global(fam, bytes)) continue;
+      auto& any = fam == AF_INET ? any4 : any6;
+      auto& src = fam == AF_INET ? out.source4 : out.source6;
+      const std::string& dev = fam == AF_INET ? dev4 : dev6;
+      if (!any) any = a;
+      if (!src && !dev.empty() && dev == i->ifa_name) src = a;
+    }
+    freeifaddrs(list);
+    if (!out.source4) out.source4 = any4;
+    if (!out.source6) out.source6 = any6;
+  });
+  worker.join();
+  if (error) throw LoaderError(step, error);
+  return out;
+}
+
+}  // namespace meshcap::loader
