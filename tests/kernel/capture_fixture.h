@@ -1,0 +1,106 @@
+// Shared by the eBPF kernel and e2e tests: a throwaway pod, the meshcap
+// binary run for real, and checks that nothing is left attached or pinned.
+#pragma once
+
+#include <bpf/bpf.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+#include "bpf_capture.h"
+#include "support/common.h"
+#include "support/sockets.h"
+#include "support/test_pod.h"
+
+#ifndef MESHCAP_BIN
+#error "MESHCAP_BIN must name the meshcap binary under test"
+#endif
+
+namespace meshcap::test {
+
+/// The cgroup attach types meshcap's outbound capture uses.
+inline const std::vector<bpf_attach_type>& capture_attach_types() {
+  static const std::vector<bpf_attach_type> types = {
+      BPF_CGROUP_INET4_CONNECT,     BPF_CGROUP_INET6_CONNECT,     BPF_CGROUP_SOCK_OPS,
+      BPF_CGROUP_GETSOCKOPT,        BPF_CGROUP_INET4_GETPEERNAME, BPF_CGROUP_INET6_GETPEERNAME};
+  return types;
+}
+
+/// Programs attached to a cgroup at the capture's hooks.
+inline size_t programs_attached(const std::string& cgroup) {
+  int fd = open(cgroup.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return 0;
+  size_t total = 0;
+  for (auto type : capture_attach_types()) {
+    __u32 ids[64], count = 64, flags = 0;
+    if (bpf_prog_query(fd, type, 0, &flags, ids, &count) == 0) total += count;
+  }
+  close(fd);
+  return total;
+}
+
+class CaptureTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root: creates namespaces and cgroups and loads BPF";
+    pod_ = std::make_unique<TestPod>();
+    name_ = "t" + pod_->suffix();
+  }
+  void TearDown() override {
+    if (pod_) {
+      meshcap({"cleanup", "--name", name_});
+      EXPECT_FALSE(loader::pinned_state(name_).present);
+      pod_.reset();
+    }
+  }
+
+  /// Runs the meshcap binary; returns exit code and output.
+  CommandResult meshcap(std::vector<std::string> args) {
+    args.insert(args.begin(), MESHCAP_BIN);
+    return run_command(args);
+  }
+  /// meshcap init --mode ebpf for this pod, with istio flags.
+  CommandResult init_ebpf(std::vector<std::string> flags) {
+    std::vector<std::string> args = {"init", "--mode", "ebpf", "--name", name_, "--cgroup", pod_->cgroup_path(),
+                                     "--netns", pod_->pod_netns_path()};
+    args.insert(args.end(), flags.begin(), flags.end());
+    return meshcap(args);
+  }
+
+  /// A round trip made by an application in the pod (in its cgroup) as id.
+  RoundTrip app_roundtrip(const std::string& ip, uint16_t port, Identity id = Identity::user(1000, 1000),
+                          const ConnectOptions& options = {}) {
+    std::string out = pod_->run_in_pod_capture(
+        [&] {
+          RoundTrip r = tcp_roundtrip(ip, port, "ping", kIoTimeout, options);
+          return std::to_string(r.error) + "|" + r.reply + "|" + r.local + "|" + r.peer;
+        },
+        id);
+    RoundTrip r;
+    auto p1 = out.find('|'), p2 = out.find('|', p1 + 1), p3 = out.find('|', p2 + 1);
+    r.error = std::stoi(out.substr(0, p1));
+    r.reply = out.substr(p1 + 1, p2 - p1 - 1);
+    r.local = out.substr(p2 + 1, p3 - p2 - 1);
+    r.peer = out.substr(p3 + 1);
+    return r;
+  }
+
+  std::unique_ptr<TestPod> pod_;
+  std::string name_;
+};
+
+/// "[ip6]:port" or "ip:port".
+inline std::string endpoint(const std::string& ip, uint16_t port) {
+  return ip.find(':') == std::string::npos ? ip + ":" + std::to_string(port)
+                                            : "[" + ip + "]:" + std::to_string(port);
+}
+/// The address part of "ip:port" / "[ip6]:port".
+inline std::string host_of(const std::string& ep) {
+  if (!ep.empty() && ep[0] == '[') return ep.substr(1, ep.find(']') - 1);
+  return ep.substr(0, ep.rfind(':'));
+}
+
+}  // namespace meshcap::test
