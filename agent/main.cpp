@@ -128,6 +128,15 @@ void print_ebpf_plan(const PodTarget& t, const CaptureConfig& c, const loader::P
     return all.empty() ? std::string("(none)") : join(all, ",");
   };
   auto ports = [](const PortList& l) { return l.ports.empty() ? std::string("(none)") : join(l.tokens, ","); };
+  if (loader::wants_inbound(c)) {
+    auto ports = c.inbound_ports_include.wildcard ? std::string("* except ") + (c.inbound_ports_exclude.tokens.empty() ? "(none)" : join(c.inbound_ports_exclude.tokens, ","))
+                                                  : join(c.inbound_ports_include.tokens, ",");
+    std::cout << "  inbound (sk_lookup on the netns): ports " << ports << " to the inbound listener; -k "
+              << (c.reroute_virtual_interfaces.empty() ? "(none)" : join(c.reroute_virtual_interfaces, ","))
+              << " to the outbound listener\n";
+  }
+  std::cout << "  excluded interfaces (-c): "
+            << (c.exclude_interfaces.empty() ? "(none)" : join(c.exclude_interfaces, ",")) << "\n";
   std::cout << "  map incl_cidr4/6 (-i): " << cidrs(c.outbound_ranges_include) << "\n"
             << "  map excl_cidr4/6 (-x): " << cidrs(c.outbound_ranges_exclude) << "\n"
             << "  ports -q (captured): " << ports(c.outbound_ports_include)
@@ -150,11 +159,13 @@ int run_init_ebpf(const PodTarget& t, const CaptureConfig& cfg, bool dry_run) {
   loader::BpfCapture capture;
   capture.configure(cfg, pod);
   capture.load();
-  capture.attach(t.cgroup_dir);
+  capture.attach(t.cgroup_dir, t.netns_path);
+  const bool inbound = loader::wants_inbound(cfg);
+  if (inbound) capture.adopt_listeners(t.netns_path);
   capture.pin(t.name);
-  write_state(t, {{"mode", "ebpf"}, {"outbound", "ebpf"}, {"inbound", "none"}});
-  spdlog::info("pod {}: outbound TCP captured by eBPF (cgroup {}, pins {})", t.name, t.cgroup_dir,
-               loader::pin_dir(t.name));
+  write_state(t, {{"mode", "ebpf"}, {"outbound", "ebpf"}, {"inbound", inbound ? "ebpf" : "none"}});
+  spdlog::info("pod {}: outbound TCP captured by eBPF (cgroup {}){}; pins in {}", t.name, t.cgroup_dir,
+               inbound ? ", inbound by sk_lookup on " + t.netns_path : "", loader::pin_dir(t.name));
   return kExitOk;
 }
 

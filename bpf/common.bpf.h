@@ -118,6 +118,51 @@ MC_EXTERN struct {
 	__type(value, __u8);
 } owner_gids SEC(".maps");
 
+/* The pod's main routing table (snapshot): prefix -> 1 when its route
+ * leaves through a -c interface, 0 otherwise; longest prefix wins, as in
+ * the kernel's route lookup. */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MC_ROUTE_ENTRIES);
+	__type(key, struct mc_lpm4);
+	__type(value, __u8);
+} route4 SEC(".maps");
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MC_ROUTE_ENTRIES);
+	__type(key, struct mc_lpm6);
+	__type(value, __u8);
+} route6 SEC(".maps");
+
+/* Interfaces of the pod named by -c and -k: ifindex -> MC_IF_* bits. */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MC_IFACE_ENTRIES);
+	__type(key, __u32);
+	__type(value, __u8);
+} iface_flags SEC(".maps");
+
+/* The proxy's listening sockets (enum mc_listener_slot), added by sockops
+ * when the proxy listens, or by the loader from a running proxy; the kernel
+ * removes a socket from the map when it closes. */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, MC_LISTENER__MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} listeners SEC(".maps");
+
+/* Connections sk_lookup steered to a listener: their original destination
+ * is their own local address. Removed when the proxy's socket closes. */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MC_INBOUND_ORIG_ENTRIES);
+	__type(key, struct mc_conn_key);
+	__type(value, struct mc_orig);
+} inbound_orig SEC(".maps");
+
 /* One counter per decision and event (enum mc_counter). */
 MC_EXTERN struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -198,6 +243,22 @@ static __always_inline __u8 mc_env_port_flags(__u16 port)
 static __always_inline bool mc_env_owner_group(__u32 gid)
 {
 	return bpf_map_lookup_elem(&owner_gids, &gid) != 0;
+}
+
+static __always_inline bool mc_env_route_excluded(const struct mc_addr *a, bool v4)
+{
+	__u8 *v;
+
+	if (!mc_cfg.has_excluded_ifaces)
+		return false;
+	if (v4) {
+		struct mc_lpm4 k = {32, a->ip[3]};
+		v = bpf_map_lookup_elem(&route4, &k);
+	} else {
+		struct mc_lpm6 k6 = {128, {a->ip[0], a->ip[1], a->ip[2], a->ip[3]}};
+		v = bpf_map_lookup_elem(&route6, &k6);
+	}
+	return v && *v;
 }
 
 #include "decision.h"

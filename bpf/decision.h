@@ -11,6 +11,10 @@
  *   bool mc_env_included(const struct mc_addr *, bool v4)  in -i?
  *   __u8 mc_env_port_flags(__u16 port)                 MC_PORT_* bits
  *   bool mc_env_owner_group(__u32 gid)                 listed owner group?
+ *   bool mc_env_route_excluded(const struct mc_addr *, bool v4)
+ *                                  routed out of a -c interface?
+ * The inbound decision (mc_decide_inbound) follows istio's nat PREROUTING
+ * rules for a TCP connection arriving from outside the pod.
  */
 #ifndef MESHCAP_BPF_DECISION_H
 #define MESHCAP_BPF_DECISION_H
@@ -85,8 +89,8 @@ static MC_INLINE struct mc_decision __mc_result(enum mc_verdict v, enum mc_count
 }
 
 /* The decision for one TCP connect(), in the order of istio's ISTIO_OUTPUT
- * chain. DNS capture and -c (interfaces) are not part of the eBPF path; the
- * agent refuses them before loading. */
+ * chain. DNS capture is not part of the eBPF path; the agent refuses it
+ * before loading. */
 static MC_INLINE struct mc_decision mc_decide_outbound(const volatile struct mc_config *cfg,
 						       const struct mc_connect *c)
 {
@@ -95,11 +99,15 @@ static MC_INLINE struct mc_decision mc_decide_outbound(const volatile struct mc_
 	bool lo;
 	__u32 i;
 
-	/* -o: "-p tcp --dport P -j RETURN", before anything else. */
+	lo = __mc_via_lo(&c->dst, v4);
+	/* -c: "-A OUTPUT -o IF -j RETURN" comes before the jump to
+	 * ISTIO_OUTPUT. The egress interface is taken from the pod's routes. */
+	if (!lo && mc_env_route_excluded(&c->dst, v4))
+		return __mc_result(MC_PASS, MC_CNT_EXCLUDED_IFACE);
+	/* -o: "-p tcp --dport P -j RETURN", first in ISTIO_OUTPUT. */
 	if (pflags & MC_PORT_OUT_EXCLUDE)
 		return __mc_result(MC_PASS, MC_CNT_EXCLUDED_PORT);
 
-	lo = __mc_via_lo(&c->dst, v4);
 	/* "-o lo -s 127.0.0.6/32 -j RETURN" */
 	if (lo && __mc_is_passthrough_src(&c->src, v4))
 		return __mc_result(MC_PASS, MC_CNT_PASSTHROUGH_SRC);
@@ -153,6 +161,45 @@ static MC_INLINE struct mc_decision mc_decide_outbound(const volatile struct mc_
 	if (cfg->include_all || mc_env_included(&c->dst, v4))
 		return __mc_result(MC_TO_OUTBOUND, MC_CNT_REDIRECTED_OUT);
 	return __mc_result(MC_PASS, MC_CNT_NOT_INCLUDED);
+}
+
+/* One connection arriving at the pod from outside. */
+struct mc_arrival {
+	struct mc_addr dst; /* the pod's address it was sent to */
+	__u16 dport;        /* host order */
+	__u8 v4;
+	__u8 iface_flags;   /* MC_IF_* of the interface it arrived on */
+};
+
+/* The decision for one inbound TCP connection, in the order of istio's nat
+ * PREROUTING chain: -k interfaces first (inserted at the top: to the
+ * outbound listener when -i includes the destination, else RETURN), then -c
+ * interfaces, then ISTIO_INBOUND: the tunnel port, then -b / -d. */
+static MC_INLINE struct mc_decision mc_decide_inbound(const volatile struct mc_config *cfg,
+						      const struct mc_arrival *a)
+{
+	__u8 pflags;
+
+	if (a->iface_flags & MC_IF_VIRT) {
+		if (cfg->include_all || mc_env_included(&a->dst, a->v4))
+			return __mc_result(MC_TO_OUTBOUND, MC_CNT_IN_VIRT_REDIRECTED);
+		return __mc_result(MC_PASS, MC_CNT_IN_EXCLUDED_IFACE);
+	}
+	if (a->iface_flags & MC_IF_EXCLUDE)
+		return __mc_result(MC_PASS, MC_CNT_IN_EXCLUDED_IFACE);
+	if (!cfg->inbound)
+		return __mc_result(MC_PASS, MC_CNT_IN_NOT_INCLUDED);
+	if (a->dport == cfg->tunnel_port)
+		return __mc_result(MC_PASS, MC_CNT_IN_TUNNEL);
+	pflags = mc_env_port_flags(a->dport);
+	if (cfg->inbound == 2) {
+		if (pflags & MC_PORT_IN_EXCLUDE)
+			return __mc_result(MC_PASS, MC_CNT_IN_EXCLUDED_PORT);
+		return __mc_result(MC_TO_INBOUND, MC_CNT_IN_REDIRECTED);
+	}
+	if (pflags & MC_PORT_IN_INCLUDE)
+		return __mc_result(MC_TO_INBOUND, MC_CNT_IN_REDIRECTED);
+	return __mc_result(MC_PASS, MC_CNT_IN_NOT_INCLUDED);
 }
 
 #endif /* MESHCAP_BPF_DECISION_H */

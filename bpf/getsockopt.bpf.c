@@ -43,6 +43,8 @@ int mc_getsockopt(struct bpf_sockopt *ctx)
 	k.client_port = bpf_ntohs(k.client_port);        /* was network order */
 
 	orig = bpf_map_lookup_elem(&orig_dst, &k);
+	if (!orig)
+		orig = bpf_map_lookup_elem(&inbound_orig, &k);
 	if (!orig) {
 		mc_count(MC_CNT_ORIG_NOT_FOUND);
 		return 1;

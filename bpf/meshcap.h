@@ -14,6 +14,25 @@
 #define MC_CIDR_ENTRIES 262144
 #define MC_POD_ADDR_ENTRIES 256
 #define MC_OWNER_GROUP_ENTRIES 64
+#define MC_IFACE_ENTRIES 64
+/* Routes of the pod's main table (a snapshot taken at init), for -c. */
+#define MC_ROUTE_ENTRIES 16384
+/* Records of connections steered by sk_lookup (LRU: a SYN that never
+ * completes leaves nothing behind for long). */
+#define MC_INBOUND_ORIG_ENTRIES 65536
+
+/* Bits of iface_flags[ifindex]. */
+#define MC_IF_EXCLUDE 0x01 /* -c */
+#define MC_IF_VIRT 0x02    /* -k */
+
+/* Slots of the listeners socket map, filled when the proxy listens. */
+enum mc_listener_slot {
+	MC_LISTENER_IN4 = 0,  /* inbound listener (-z), AF_INET */
+	MC_LISTENER_IN6 = 1,  /* inbound listener, AF_INET6 */
+	MC_LISTENER_OUT4 = 2, /* outbound listener (-p), AF_INET */
+	MC_LISTENER_OUT6 = 3, /* outbound listener, AF_INET6 */
+	MC_LISTENER__MAX,
+};
 
 /* Bits of mc_port_flags[port]. */
 #define MC_PORT_OUT_EXCLUDE 0x01 /* -o */
@@ -47,6 +66,16 @@ enum mc_counter {
 	MC_CNT_MAP_FULL,           /* connection table full: not recorded */
 	MC_CNT_STORAGE_FAIL,       /* no socket storage: left uncaptured */
 	MC_CNT_BIND_FAIL,          /* could not keep the source address */
+	MC_CNT_EXCLUDED_IFACE,     /* -c: routed out of an excluded interface */
+	/* inbound (sk_lookup), connections arriving from outside the pod */
+	MC_CNT_IN_REDIRECTED,      /* to the inbound listener */
+	MC_CNT_IN_VIRT_REDIRECTED, /* -k interface: to the outbound listener */
+	MC_CNT_IN_EXCLUDED_IFACE,  /* -c, or -k without a matching -i */
+	MC_CNT_IN_TUNNEL,          /* -e */
+	MC_CNT_IN_EXCLUDED_PORT,   /* -d with -b '*' */
+	MC_CNT_IN_NOT_INCLUDED,    /* port not in -b */
+	MC_CNT_IN_PROXY_DOWN,      /* no proxy listener: refused */
+	MC_CNT_IN_ASSIGN_FAIL,     /* listener unusable for the packet: refused */
 	MC_CNT__MAX,
 };
 
@@ -61,7 +90,9 @@ struct mc_config {
 	__u8 owner_groups_except;  /* owner groups: 1 = all but listed, 0 = only listed */
 	__u8 has_src4;         /* src4 is set */
 	__u8 has_src6;         /* src6 is set */
-	__u8 pad0;
+	__u8 inbound;          /* inbound capture: 0 none, 1 -b list, 2 -b '*' */
+	__u8 has_excluded_ifaces; /* -c given: consult route4/route6 */
+	__u8 pad[3];
 	__u32 n_uids;          /* entries used in uids */
 	__u32 n_gids;          /* entries used in gids */
 	__u32 uids[MC_MAX_IDS]; /* -u, in order */
@@ -111,13 +142,15 @@ struct mc_lpm6 {
 };
 
 #ifdef __cplusplus
-static_assert(sizeof(struct mc_config) == 176, "mc_config layout");
+static_assert(sizeof(struct mc_config) == 180, "mc_config layout");
+static_assert(MC_CNT__MAX == 24, "counter names in loader/bpf_capture.cpp");
 static_assert(sizeof(struct mc_conn_key) == 36, "mc_conn_key layout");
 static_assert(sizeof(struct mc_orig) == 24, "mc_orig layout");
 static_assert(sizeof(struct mc_lpm4) == 8, "mc_lpm4 layout");
 static_assert(sizeof(struct mc_lpm6) == 20, "mc_lpm6 layout");
 #else
-_Static_assert(sizeof(struct mc_config) == 176, "mc_config layout");
+_Static_assert(sizeof(struct mc_config) == 180, "mc_config layout");
+_Static_assert(MC_CNT__MAX == 24, "counter names in loader/bpf_capture.cpp");
 _Static_assert(sizeof(struct mc_conn_key) == 36, "mc_conn_key layout");
 _Static_assert(sizeof(struct mc_orig) == 24, "mc_orig layout");
 _Static_assert(sizeof(struct mc_lpm4) == 8, "mc_lpm4 layout");

@@ -72,9 +72,14 @@ static __always_inline void __mc_on_passive(struct bpf_sock_ops *skops)
 	struct mc_conn_key k = {};
 	struct mc_orig *orig;
 
-	if (!__mc_is_listener_port(skops->local_port))
-		return;
 	__mc_server_key(skops, &k);
+	if (!__mc_is_listener_port(skops->local_port)) {
+		/* Steered by sk_lookup: the local port is the original one. */
+		if (bpf_map_lookup_elem(&inbound_orig, &k))
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+							 BPF_SOCK_OPS_STATE_CB_FLAG);
+		return;
+	}
 	orig = bpf_map_lookup_elem(&orig_dst, &k);
 	if (!orig)
 		return;
@@ -104,6 +109,10 @@ static __always_inline void __mc_on_close(struct bpf_sock_ops *skops)
 		return;
 	}
 	__mc_server_key(skops, &k);
+	if (!__mc_is_listener_port(skops->local_port)) {
+		bpf_map_delete_elem(&inbound_orig, &k);
+		return;
+	}
 	orig = bpf_map_lookup_elem(&orig_dst, &k);
 	if (!orig)
 		return;
@@ -112,10 +121,30 @@ static __always_inline void __mc_on_close(struct bpf_sock_ops *skops)
 		bpf_map_delete_elem(&orig_dst, &k);
 }
 
+/* The proxy listens on one of its ports: remember the socket for sk_lookup,
+ * without the proxy's cooperation. */
+static __always_inline void __mc_on_listen(struct bpf_sock_ops *skops)
+{
+	__u32 port = skops->local_port;
+	__u32 v6 = skops->family == AF_INET6;
+	__u32 slot;
+
+	if (port == mc_cfg.inbound_port)
+		slot = MC_LISTENER_IN4 + v6;
+	else if (port == mc_cfg.proxy_port)
+		slot = MC_LISTENER_OUT4 + v6;
+	else
+		return;
+	bpf_sock_map_update(skops, &listeners, &slot, BPF_ANY);
+}
+
 SEC("sockops")
 int mc_sockops(struct bpf_sock_ops *skops)
 {
 	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+		__mc_on_listen(skops);
+		break;
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		__mc_on_connect(skops);
 		break;

@@ -11,9 +11,13 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <sys/syscall.h>
 
 #include <spdlog/spdlog.h>
 
@@ -39,8 +43,9 @@ struct ProgSpec {
 };
 
 // Map pin names: what status and the tests read back.
-const std::vector<std::string> kPinnedMaps = {"counters",   "orig_dst",   "pod_addrs",  "excl_cidr4",
-                                              "incl_cidr4", "excl_cidr6", "incl_cidr6", "owner_gids"};
+const std::vector<std::string> kPinnedMaps = {
+    "counters",   "orig_dst",   "pod_addrs",  "excl_cidr4",  "incl_cidr4",   "excl_cidr6", "incl_cidr6",
+    "owner_gids", "route4",     "route6",     "iface_flags", "inbound_orig", "listeners"};
 
 std::string errstr(int err) { return std::strerror(err < 0 ? -err : err); }
 
@@ -109,22 +114,17 @@ const std::vector<std::string>& counter_names() {
       "redirected_outbound", "redirected_inbound", "passthrough_source", "exempt_uid",
       "exempt_gid",          "owner_group",        "excluded_port",      "excluded_cidr",
       "local_destination",   "not_included",       "orig_dst_answered",  "orig_dst_not_found",
-      "map_full",            "storage_failed",     "bind_failed",
+      "map_full",            "storage_failed",     "bind_failed",        "excluded_interface",
+      "in_redirected",       "in_virt_redirected", "in_excluded_interface", "in_tunnel_port",
+      "in_excluded_port",    "in_not_included",    "in_proxy_down",      "in_assign_failed",
   };
   return names;
 }
-static_assert(MC_CNT__MAX == 15, "update counter_names()");
+static_assert(MC_CNT__MAX == 24, "update counter_names()");
 
-std::vector<std::string> ebpf_unsupported(const CaptureConfig& cfg) {
+std::vector<std::string> ebpf_unsupported_outbound(const CaptureConfig& cfg) {
   std::vector<std::string> why;
   if (cfg.redirect_dns) why.push_back("DNS capture (--redirect-dns) is iptables-only");
-  if (!cfg.exclude_interfaces.empty())
-    why.push_back("excluding interfaces (-c) is iptables-only: a connect hook cannot see the egress interface");
-  if (!cfg.inbound_ports_include.empty())
-    why.push_back("inbound capture (-b) is not implemented in eBPF mode yet");
-  if (!cfg.reroute_virtual_interfaces.empty())
-    why.push_back("virtual interfaces (-k) are inbound capture, not implemented in eBPF mode yet");
-  if (cfg.inbound_mode == InterceptionMode::Tproxy) why.push_back("-m TPROXY is iptables-only");
   if (cfg.drop_invalid) why.push_back("--drop-invalid is iptables-only");
   if (cfg.proxy_uids.tokens.size() > MC_MAX_IDS)
     why.push_back("more than " + std::to_string(MC_MAX_IDS) + " UIDs in -u");
@@ -138,6 +138,33 @@ std::vector<std::string> ebpf_unsupported(const CaptureConfig& cfg) {
   unresolved(cfg.proxy_gids, "group");
   unresolved(cfg.owner_groups, "owner group");
   return why;
+}
+
+std::vector<std::string> ebpf_unsupported_inbound(const CaptureConfig& cfg) {
+  std::vector<std::string> why;
+  if (cfg.inbound_mode == InterceptionMode::Tproxy) why.push_back("-m TPROXY is iptables-only");
+  return why;
+}
+
+std::vector<std::string> ebpf_unsupported(const CaptureConfig& cfg) {
+  auto why = ebpf_unsupported_outbound(cfg);
+  if (wants_inbound(cfg))
+    for (auto& w : ebpf_unsupported_inbound(cfg)) why.push_back(w);
+  return why;
+}
+
+bool wants_inbound(const CaptureConfig& cfg) {
+  return !cfg.inbound_ports_include.empty() || !cfg.reroute_virtual_interfaces.empty();
+}
+
+bool kernel_has_sk_lookup() { return libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_LOOKUP, nullptr) == 1; }
+
+std::vector<std::string> missing_interfaces(const CaptureConfig& cfg, const PodNetwork& pod) {
+  std::vector<std::string> missing;
+  for (const auto* list : {&cfg.exclude_interfaces, &cfg.reroute_virtual_interfaces})
+    for (const auto& name : *list)
+      if (!pod.interfaces.count(name)) missing.push_back(name);
+  return missing;
 }
 
 std::string pin_dir(const std::string& name) { return std::string(kPinRoot) + "/" + name; }
@@ -169,6 +196,7 @@ BpfCapture::~BpfCapture() { detach_all(); }
 void BpfCapture::detach_all() {
   for (auto* link : links_) bpf_link__destroy(link);
   links_.clear();
+  link_pins_.clear();
 }
 
 void BpfCapture::configure(const CaptureConfig& cfg, const PodNetwork& pod) {
@@ -199,6 +227,19 @@ void BpfCapture::configure(const CaptureConfig& cfg, const PodNetwork& pod) {
     c.has_src6 = 1;
     std::memcpy(c.src6, pod.source6->addr.data(), 16);
   }
+  c.inbound = cfg.inbound_ports_include.wildcard ? 2 : cfg.inbound_ports_include.ports.empty() ? 0 : 1;
+  c.has_excluded_ifaces = !cfg.exclude_interfaces.empty();
+  auto missing = missing_interfaces(cfg, pod);
+  if (!missing.empty())
+    throw UsageError((std::count(cfg.exclude_interfaces.begin(), cfg.exclude_interfaces.end(), missing[0]) ? "-c"
+                                                                                                           : "-k") +
+                     std::string(": invalid value '") + missing[0] + "': no such interface in the pod's network namespace");
+  if (wants_inbound(cfg) && !kernel_has_sk_lookup())
+    throw LoaderError("inbound capture needs sk_lookup programs", EOPNOTSUPP,
+                      "this kernel has none: capture inbound with iptables");
+  // sk_lookup is loaded only when inbound capture is asked for, so outbound
+  // capture still loads on a kernel without it.
+  bpf_program__set_autoload(skel_->progs.mc_sk_lookup, wants_inbound(cfg));
   std::memcpy(const_cast<mc_config*>(&skel_->rodata->mc_cfg), &c, sizeof(c));
 
   auto* ports = const_cast<uint8_t*>(skel_->rodata->mc_port_flags);
@@ -243,6 +284,32 @@ void BpfCapture::load() {
     uint32_t gid = *g;
     update(skel_->maps.owner_gids, &gid, &one, std::to_string(gid));
   }
+  auto set_iface = [&](const std::string& name, uint8_t bit) {
+    uint32_t ifindex = pod_.interfaces.at(name);
+    uint8_t v = 0;
+    bpf_map__lookup_elem(skel_->maps.iface_flags, &ifindex, sizeof(ifindex), &v, sizeof(v), 0);
+    v |= bit;
+    update(skel_->maps.iface_flags, &ifindex, &v, name);
+  };
+  for (const auto& n : cfg_.exclude_interfaces) set_iface(n, MC_IF_EXCLUDE);
+  for (const auto& n : cfg_.reroute_virtual_interfaces) set_iface(n, MC_IF_VIRT);
+  if (!cfg_.exclude_interfaces.empty()) {
+    // The main table, each prefix marked by whether it leaves through a -c
+    // interface; the BPF side takes the longest match.
+    for (const auto& r : pod_.routes) {
+      uint8_t excluded = std::count(cfg_.exclude_interfaces.begin(), cfg_.exclude_interfaces.end(), r.interface) > 0;
+      std::string what = r.prefix.str() + "/" + std::to_string(r.prefix_len) + " dev " + r.interface;
+      if (r.prefix.family == AF_INET) {
+        mc_lpm4 k{r.prefix_len, net32(r.prefix.addr)};
+        update(skel_->maps.route4, &k, &excluded, what);
+      } else {
+        mc_lpm6 k{};
+        k.prefixlen = r.prefix_len;
+        std::memcpy(k.addr, r.prefix.addr.data(), 16);
+        update(skel_->maps.route6, &k, &excluded, what);
+      }
+    }
+  }
 }
 
 namespace {
@@ -260,9 +327,11 @@ const std::vector<ProgSpec>& prog_specs() {
 }
 }  // namespace
 
-void BpfCapture::attach(const std::string& cgroup_dir) {
+void BpfCapture::attach(const std::string& cgroup_dir, const std::string& netns_path) {
   Fd cg(open(cgroup_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (cg.fd < 0) throw LoaderError("open cgroup " + cgroup_dir, errno);
+  Fd ns(open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (ns.fd < 0) throw LoaderError("open network namespace " + netns_path, errno);
   for (const auto& spec : prog_specs()) {
     bpf_program* prog = bpf_object__find_program_by_name(skel_->obj, spec.prog);
     bpf_link* link = nullptr;
@@ -273,8 +342,19 @@ void BpfCapture::attach(const std::string& cgroup_dir) {
       throw LoaderError(std::string("attach ") + spec.prog + " to " + cgroup_dir, err);
     }
     links_.push_back(link);
+    link_pins_.push_back(spec.pin);
   }
-  spdlog::debug("attached {} programs to {}", links_.size(), cgroup_dir);
+  if (wants_inbound(cfg_)) {
+    bpf_link* link = bpf_program__attach_netns(skel_->progs.mc_sk_lookup, ns.fd);
+    if (!link) {
+      int err = errno;
+      detach_all();
+      throw LoaderError("attach mc_sk_lookup to " + netns_path, err);
+    }
+    links_.push_back(link);
+    link_pins_.push_back("link_sk_lookup");
+  }
+  spdlog::debug("attached {} programs to {} and {}", links_.size(), cgroup_dir, netns_path);
 }
 
 void BpfCapture::pin(const std::string& name) {
@@ -297,7 +377,7 @@ void BpfCapture::pin(const std::string& name) {
     throw LoaderError(step, err);
   };
   for (size_t i = 0; i < links_.size(); i++) {
-    std::string path = tmp_dir + "/" + prog_specs()[i].pin;
+    std::string path = tmp_dir + "/" + link_pins_[i];
     if (bpf_link__pin(links_[i], path.c_str())) fail("pin " + path, errno);
   }
   for (const auto& m : kPinnedMaps) {
@@ -314,6 +394,73 @@ void BpfCapture::pin(const std::string& name) {
   // The pins now hold the links; this object no longer detaches them.
   for (auto* link : links_) bpf_link__disconnect(link);
   detach_all();
+}
+
+namespace {
+
+// Listening TCP sockets on `ports` in a process's network namespace, from
+// /proc/PID/net/tcp{,6}: socket inode -> port.
+std::map<unsigned long, uint16_t> listening_inodes(pid_t pid, const std::vector<uint16_t>& ports) {
+  std::map<unsigned long, uint16_t> out;
+  for (const char* file : {"tcp", "tcp6"}) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/net/" + file);
+    std::string line;
+    std::getline(in, line);
+    while (std::getline(in, line)) {
+      std::istringstream w(line);
+      std::string sl, local, remote, st, queues, timer, retr, uid, timeout;
+      unsigned long inode = 0;
+      if (!(w >> sl >> local >> remote >> st >> queues >> timer >> retr >> uid >> timeout >> inode)) continue;
+      if (st != "0A") continue;  // TCP_LISTEN
+      uint16_t port = static_cast<uint16_t>(std::stoul(local.substr(local.find(':') + 1), nullptr, 16));
+      if (std::count(ports.begin(), ports.end(), port)) out[inode] = port;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+int BpfCapture::adopt_listeners(const std::string& netns_path) {
+  if (!wants_inbound(cfg_)) return 0;
+  struct stat ns {};
+  if (stat(netns_path.c_str(), &ns)) return 0;
+  int adopted = 0;
+  std::error_code ec;
+  for (const auto& proc : fs::directory_iterator("/proc", ec)) {
+    const std::string pid_s = proc.path().filename();
+    if (pid_s.find_first_not_of("0123456789") != std::string::npos) continue;
+    struct stat pns {};
+    if (stat((proc.path() / "ns/net").c_str(), &pns) || pns.st_ino != ns.st_ino || pns.st_dev != ns.st_dev) continue;
+    pid_t pid = std::stoi(pid_s);
+    auto inodes = listening_inodes(pid, {cfg_.inbound_capture_port, cfg_.proxy_port});
+    if (inodes.empty()) continue;
+    std::error_code fec;
+    for (const auto& fdent : fs::directory_iterator(proc.path() / "fd", fec)) {
+      std::error_code lec;
+      std::string target = fs::read_symlink(fdent.path(), lec);
+      if (lec || target.rfind("socket:[", 0) != 0) continue;
+      auto it = inodes.find(std::stoul(target.substr(8)));
+      if (it == inodes.end()) continue;
+      // Take a copy of the proxy's socket (pidfd_getfd, Linux 5.6).
+      Fd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
+      if (pidfd.fd < 0) continue;
+      Fd sock(static_cast<int>(syscall(SYS_pidfd_getfd, pidfd.fd, std::stoi(fdent.path().filename()), 0)));
+      if (sock.fd < 0) continue;
+      sockaddr_storage sa{};
+      socklen_t len = sizeof(sa);
+      if (getsockname(sock.fd, reinterpret_cast<sockaddr*>(&sa), &len)) continue;
+      uint32_t v6 = sa.ss_family == AF_INET6;
+      uint32_t slot = (it->second == cfg_.inbound_capture_port ? MC_LISTENER_IN4 : MC_LISTENER_OUT4) + v6;
+      uint64_t value = static_cast<uint64_t>(sock.fd);
+      if (bpf_map__update_elem(skel_->maps.listeners, &slot, sizeof(slot), &value, sizeof(value), BPF_ANY) == 0) {
+        spdlog::info("adopted the proxy's listener on port {} from pid {}", it->second, pid);
+        adopted++;
+      }
+      inodes.erase(it);
+    }
+  }
+  return adopted;
 }
 
 Counters BpfCapture::counters() const {

@@ -46,6 +46,14 @@ struct PodNetwork {
   std::vector<PodAddress> addresses;
   std::optional<PodAddress> source4;
   std::optional<PodAddress> source6;
+  std::map<std::string, uint32_t> interfaces;  // name -> ifindex
+  /// The main routing table: prefix and the interface it leaves through.
+  struct Route {
+    PodAddress prefix;
+    uint8_t prefix_len = 0;
+    std::string interface;
+  };
+  std::vector<Route> routes;
 };
 
 /// Reads the addresses of the network namespace at `netns_path` (entering it
@@ -57,10 +65,21 @@ using Counters = std::map<std::string, uint64_t>;
 /// Counter names in enum mc_counter order.
 const std::vector<std::string>& counter_names();
 
-/// Reasons the eBPF path cannot honour a configuration (flags it does not
-/// implement yet, unresolvable user or group names, lists too long). Empty
-/// when it can. Never throws.
+/// Reasons the eBPF path cannot honour a configuration's outbound part
+/// (flags it does not implement, unresolvable user or group names, lists
+/// too long). Empty when it can. Never throws.
+std::vector<std::string> ebpf_unsupported_outbound(const CaptureConfig& cfg);
+/// The same for the inbound part (sk_lookup).
+std::vector<std::string> ebpf_unsupported_inbound(const CaptureConfig& cfg);
+/// Both of the above.
 std::vector<std::string> ebpf_unsupported(const CaptureConfig& cfg);
+/// True when the configuration asks for inbound capture (-b or -k).
+bool wants_inbound(const CaptureConfig& cfg);
+/// True when the running kernel has sk_lookup programs (probed, not guessed
+/// from the version).
+bool kernel_has_sk_lookup();
+/// Interfaces named by -c / -k that the pod does not have.
+std::vector<std::string> missing_interfaces(const CaptureConfig& cfg, const PodNetwork& pod);
 
 /// The directory where a pod's pins live: /sys/fs/bpf/meshcap/NAME.
 std::string pin_dir(const std::string& name);
@@ -85,8 +104,13 @@ class BpfCapture {
   void configure(const CaptureConfig& cfg, const PodNetwork& pod);
   /// Loads the programs and fills the maps.
   void load();
-  /// Attaches every program to the cgroup v2 directory, all or nothing.
-  void attach(const std::string& cgroup_dir);
+  /// Attaches every program to the cgroup v2 directory, and sk_lookup (when
+  /// inbound capture is asked for) to the network namespace; all or nothing.
+  void attach(const std::string& cgroup_dir, const std::string& netns_path);
+  /// Puts the proxy's listeners into the listener map when the proxy is
+  /// already listening in the pod (processes started later are caught by
+  /// sockops when they listen). Returns how many were adopted.
+  int adopt_listeners(const std::string& netns_path);
   /// Pins links and maps under pin_dir(name), all or nothing: they are
   /// pinned in a temporary directory that is then renamed into place. An
   /// existing pin directory of the same name is replaced after the new one
@@ -103,6 +127,7 @@ class BpfCapture {
   };
   std::unique_ptr<meshcap_bpf, Deleter> skel_;
   std::vector<::bpf_link*> links_;
+  std::vector<std::string> link_pins_;  // pin file name of each link
   CaptureConfig cfg_;
   PodNetwork pod_;
   bool configured_ = false;

@@ -43,6 +43,42 @@ std::string default_route_interface(bool v6) {
   return "";
 }
 
+// The main table's routes (IPv4 and IPv6) of this thread's namespace.
+std::vector<PodNetwork::Route> main_routes() {
+  std::vector<PodNetwork::Route> routes;
+  std::ifstream in4("/proc/thread-self/net/route");
+  std::string line;
+  std::getline(in4, line);
+  while (std::getline(in4, line)) {
+    std::istringstream w(line);
+    std::string iface, dst, gw, flags, ref, use, metric, mask;
+    if (!(w >> iface >> dst >> gw >> flags >> ref >> use >> metric >> mask)) continue;
+    // The kernel prints the network-order words as host integers.
+    uint32_t d = static_cast<uint32_t>(std::stoul(dst, nullptr, 16));
+    uint32_t m = static_cast<uint32_t>(std::stoul(mask, nullptr, 16));
+    PodNetwork::Route r;
+    r.prefix.family = AF_INET;
+    std::memcpy(r.prefix.addr.data(), &d, 4);
+    r.prefix_len = static_cast<uint8_t>(__builtin_popcount(m));
+    r.interface = iface;
+    routes.push_back(r);
+  }
+  std::ifstream in6("/proc/thread-self/net/ipv6_route");
+  while (std::getline(in6, line)) {
+    std::istringstream w(line);
+    std::string dst, dst_len, src, src_len, hop, metric, ref, use, flags, iface;
+    if (!(w >> dst >> dst_len >> src >> src_len >> hop >> metric >> ref >> use >> flags >> iface)) continue;
+    if (dst.size() != 32 || iface == "lo") continue;  // lo: local and unreachable routes
+    PodNetwork::Route r;
+    r.prefix.family = AF_INET6;
+    for (int i = 0; i < 16; i++) r.prefix.addr[i] = static_cast<uint8_t>(std::stoul(dst.substr(2 * i, 2), nullptr, 16));
+    r.prefix_len = static_cast<uint8_t>(std::stoul(dst_len, nullptr, 16));
+    r.interface = iface;
+    routes.push_back(r);
+  }
+  return routes;
+}
+
 bool is_global(int family, const uint8_t* a) {
   if (family == AF_INET) return a[0] != 127 && !(a[0] == 169 && a[1] == 254);
   static const uint8_t loop[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
@@ -99,6 +135,11 @@ PodNetwork read_pod_network(const std::string& netns_path) {
       if (!src && !dev.empty() && dev == i->ifa_name) src = a;
     }
     freeifaddrs(list);
+    if (struct if_nameindex* names = if_nameindex()) {
+      for (auto* n = names; n->if_index != 0; n++) out.interfaces[n->if_name] = n->if_index;
+      if_freenameindex(names);
+    }
+    out.routes = main_routes();
     if (!out.source4) out.source4 = any4;
     if (!out.source6) out.source6 = any6;
   });

@@ -165,6 +165,20 @@ TEST_F(EbpfOutbound, OnlyIncludedCidrsAndPortsAreCapturedWithoutWildcard) {
   EXPECT_EQ(counters()["not_included"], 1u);
 }
 
+TEST_F(EbpfOutbound, TrafficRoutedOutOfAnExcludedInterfaceGoesDirect) {
+  // -c: istio's "-A OUTPUT -o IF -j RETURN". Both peers are routed out of
+  // the pod's veth; the pod's own addresses (over lo) are not.
+  ASSERT_EQ(init_ebpf({"-i", "*", "-c", pod_->pod_veth()}).exit_code, 0);
+  EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());
+  EXPECT_TRUE(app_roundtrip(pod_->peer_ipv6(), 8080).ok());
+  EXPECT_TRUE(app_roundtrip(pod_->pod_ipv4(), 8081, Identity::proxy()).ok());
+  EXPECT_EQ(peer4_->accepted(), 1u);
+  EXPECT_EQ(peer6_->accepted(), 1u);
+  EXPECT_EQ(out4_->accepted() + out6_->accepted(), 0u);
+  EXPECT_EQ(in_->accepted(), 1u);
+  EXPECT_EQ(counters()["excluded_interface"], 2u);
+}
+
 TEST_F(EbpfOutbound, UdpIsUntouched) {
   ASSERT_EQ(init_ebpf({"-i", "*"}).exit_code, 0);
   std::string peer = pod_->peer_ipv4();

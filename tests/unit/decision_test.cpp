@@ -19,6 +19,7 @@ struct FakeEnv {
   std::vector<std::pair<std::vector<uint8_t>, int>> excl4, incl4, excl6, incl6;  // addr bytes, prefix
   uint8_t port_flags[65536] = {};
   std::set<uint32_t> owner_groups;
+  std::vector<std::pair<std::vector<uint8_t>, int>> excluded_routes4;  // routes via a -c interface
 } env;
 
 bool prefix_match(const uint8_t* a, const std::vector<uint8_t>& p, int bits) {
@@ -36,6 +37,7 @@ static bool mc_env_excluded(const struct mc_addr* a, bool v4);
 static bool mc_env_included(const struct mc_addr* a, bool v4);
 static __u8 mc_env_port_flags(__u16 port) { return env.port_flags[port]; }
 static bool mc_env_owner_group(__u32 gid) { return env.owner_groups.count(gid) > 0; }
+static bool mc_env_route_excluded(const struct mc_addr* a, bool v4);
 
 #include "decision.h"
 
@@ -50,6 +52,9 @@ bool any_match(const mc_addr* a, bool v4, const std::vector<std::pair<std::vecto
   return false;
 }
 }  // namespace
+static bool mc_env_route_excluded(const struct mc_addr* a, bool v4) {
+  return v4 && any_match(a, v4, env.excluded_routes4);
+}
 static bool mc_env_excluded(const struct mc_addr* a, bool v4) { return any_match(a, v4, v4 ? env.excl4 : env.excl6); }
 static bool mc_env_included(const struct mc_addr* a, bool v4) { return any_match(a, v4, v4 ? env.incl4 : env.incl6); }
 
@@ -234,6 +239,63 @@ TEST_F(DecisionTest, V4MappedAddressesAreDecidedAsIpv4) {
   EXPECT_DECISION(decide("::ffff:10.9.1.1", 80), MC_PASS, MC_CNT_EXCLUDED_CIDR);
   EXPECT_DECISION(decide("::ffff:127.0.0.1", 80), MC_PASS, MC_CNT_LOCAL_DST);
   EXPECT_DECISION(decide("::ffff:10.8.1.1", 80), MC_TO_OUTBOUND, MC_CNT_REDIRECTED_OUT);
+}
+
+TEST_F(DecisionTest, ExcludedInterfaceRoutesComeFirst) {
+  // -c eth1 with 10.5.0.0/24 routed out of eth1: before even the -o ports.
+  env.excluded_routes4.push_back(prefix("10.5.0.0", 24));
+  env.port_flags[80] = MC_PORT_OUT_EXCLUDE;
+  EXPECT_DECISION(decide("10.5.0.9", 80), MC_PASS, MC_CNT_EXCLUDED_IFACE);
+  EXPECT_DECISION(decide("10.6.0.9", 443), MC_TO_OUTBOUND, MC_CNT_REDIRECTED_OUT);
+  // Traffic over lo never leaves through an excluded interface.
+  env.excluded_routes4.push_back(prefix("10.1.1.0", 24));
+  EXPECT_DECISION(decide("10.1.1.2", 8080, 1337, 1337), MC_TO_INBOUND, MC_CNT_REDIRECTED_IN);
+}
+
+class InboundDecisionTest : public DecisionTest {
+ protected:
+  mc_decision arrive(const std::string& dst, uint16_t port, uint8_t iface_flags = 0) {
+    mc_arrival a{};
+    a.dst = addr(dst);
+    a.dport = port;
+    a.v4 = __mc_is_v4_mapped(&a.dst);
+    a.iface_flags = iface_flags;
+    return mc_decide_inbound(&cfg, &a);
+  }
+};
+
+TEST_F(InboundDecisionTest, AllPortsExceptExcludedAndTunnel) {
+  cfg.inbound = 2;  // -b '*' -d 15090,15021
+  env.port_flags[15090] = MC_PORT_IN_EXCLUDE;
+  env.port_flags[15021] = MC_PORT_IN_EXCLUDE;
+  EXPECT_DECISION(arrive("10.1.1.2", 8080), MC_TO_INBOUND, MC_CNT_IN_REDIRECTED);
+  EXPECT_DECISION(arrive("fd00::2", 8080), MC_TO_INBOUND, MC_CNT_IN_REDIRECTED);
+  EXPECT_DECISION(arrive("10.1.1.2", 15090), MC_PASS, MC_CNT_IN_EXCLUDED_PORT);
+  EXPECT_DECISION(arrive("10.1.1.2", 15008), MC_PASS, MC_CNT_IN_TUNNEL);
+}
+
+TEST_F(InboundDecisionTest, PortListOnlyAndEmptyList) {
+  cfg.inbound = 1;  // -b 8080
+  env.port_flags[8080] = MC_PORT_IN_INCLUDE;
+  EXPECT_DECISION(arrive("10.1.1.2", 8080), MC_TO_INBOUND, MC_CNT_IN_REDIRECTED);
+  EXPECT_DECISION(arrive("10.1.1.2", 9090), MC_PASS, MC_CNT_IN_NOT_INCLUDED);
+  // -d only applies with '*'.
+  env.port_flags[8080] |= MC_PORT_IN_EXCLUDE;
+  EXPECT_DECISION(arrive("10.1.1.2", 8080), MC_TO_INBOUND, MC_CNT_IN_REDIRECTED);
+  cfg.inbound = 0;  // -b ''
+  EXPECT_DECISION(arrive("10.1.1.2", 8080), MC_PASS, MC_CNT_IN_NOT_INCLUDED);
+}
+
+TEST_F(InboundDecisionTest, ExcludedAndVirtualInterfaces) {
+  cfg.inbound = 2;
+  EXPECT_DECISION(arrive("10.1.1.2", 8080, MC_IF_EXCLUDE), MC_PASS, MC_CNT_IN_EXCLUDED_IFACE);
+  // -k with -i '*': everything to the outbound listener, before -c.
+  EXPECT_DECISION(arrive("10.9.9.9", 80, MC_IF_VIRT | MC_IF_EXCLUDE), MC_TO_OUTBOUND, MC_CNT_IN_VIRT_REDIRECTED);
+  // -k with -i CIDRs: only those; the rest returns.
+  cfg.include_all = 0;
+  env.incl4.push_back(prefix("10.9.0.0", 16));
+  EXPECT_DECISION(arrive("10.9.9.9", 80, MC_IF_VIRT), MC_TO_OUTBOUND, MC_CNT_IN_VIRT_REDIRECTED);
+  EXPECT_DECISION(arrive("10.8.9.9", 80, MC_IF_VIRT), MC_PASS, MC_CNT_IN_EXCLUDED_IFACE);
 }
 
 }  // namespace

@@ -20,15 +20,22 @@ TEST(LoaderUnit, SkeletonOpensAndConfiguresWithoutTheKernel) {
 }
 
 TEST(LoaderUnit, NamesWhatEbpfCannotHonour) {
-  EXPECT_TRUE(loader::ebpf_unsupported(parse({"-i", "*", "-x", "10.0.0.0/8", "-q", "80", "-o", "22"})).empty());
-  auto why = loader::ebpf_unsupported(parse({"--redirect-dns", "--dns-servers", "1.1.1.1", "-c", "eth1", "-m", "TPROXY"}));
+  EXPECT_TRUE(loader::ebpf_unsupported(parse({"-i", "*", "-x", "10.0.0.0/8", "-q", "80", "-o", "22", "-c", "eth1",
+                                              "-b", "*", "-d", "15090", "-k", "eth2"}))
+                  .empty());
+  auto why = loader::ebpf_unsupported(
+      parse({"--redirect-dns", "--dns-servers", "1.1.1.1", "--drop-invalid", "-b", "*", "-m", "TPROXY"}));
   ASSERT_EQ(why.size(), 3u);
   EXPECT_NE(why[0].find("--redirect-dns"), std::string::npos);
-  EXPECT_NE(why[1].find("-c"), std::string::npos);
+  EXPECT_NE(why[1].find("--drop-invalid"), std::string::npos);
   EXPECT_NE(why[2].find("TPROXY"), std::string::npos);
+  // TPROXY concerns inbound only: without inbound capture it is no reason.
+  EXPECT_TRUE(loader::ebpf_unsupported(parse({"-m", "TPROXY"})).empty());
   EXPECT_FALSE(loader::ebpf_unsupported(parse({"-u", "no-such-user-here"})).empty());
 
   loader::BpfCapture capture;
+  EXPECT_THROW(capture.configure(parse({"--redirect-dns", "--dns-servers", ""}), loader::PodNetwork{}), UsageError);
+  // An interface the pod does not have.
   EXPECT_THROW(capture.configure(parse({"-c", "eth1"}), loader::PodNetwork{}), UsageError);
 }
 
@@ -39,7 +46,7 @@ TEST(LoaderUnit, PodNames) {
 }
 
 TEST(LoaderUnit, CounterNamesMatchTheBpfEnum) {
-  EXPECT_EQ(loader::counter_names().size(), 15u);
+  EXPECT_EQ(loader::counter_names().size(), 24u);
   EXPECT_EQ(loader::counter_names().front(), "redirected_outbound");
 }
 
