@@ -159,10 +159,13 @@ void add_istio_flags(CLI::App& app, IstioFlagValues& values, bool with_dry_run) 
       app.add_option_function<std::string>(
              spec.flags, [target](const std::string& v) { *target = v; }, spec.help)
           ->expected(0, 1)
-          ->default_str("true");
+          ->default_str("true")
+          ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
     } else {
+      // Given twice, the last one wins, as with istio's pflag.
       app.add_option_function<std::string>(
-          spec.flags, [target](const std::string& v) { *target = v; }, spec.help);
+             spec.flags, [target](const std::string& v) { *target = v; }, spec.help)
+          ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
     }
   }
   if (with_dry_run) {

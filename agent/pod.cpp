@@ -16,27 +16,11 @@
 #include <sstream>
 
 #include "capture_config.h"
+#include "kernel_features.h"
 
 namespace meshcap {
 
-std::optional<std::string> cgroup2_mount() {
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    // id parent major:minor root mountpoint options [optional...] - fstype source super
-    auto dash = line.find(" - ");
-    if (dash == std::string::npos) continue;
-    std::istringstream tail(line.substr(dash + 3));
-    std::string fstype;
-    tail >> fstype;
-    if (fstype != "cgroup2") continue;
-    std::istringstream head(line.substr(0, dash));
-    std::string id, parent, dev, root, mountpoint;
-    head >> id >> parent >> dev >> root >> mountpoint;
-    return mountpoint;
-  }
-  return std::nullopt;
-}
+std::optional<std::string> cgroup2_mount() { return loader::find_cgroup2_mount(); }
 
 std::optional<std::string> own_cgroup_dir() {
   auto mount = cgroup2_mount();

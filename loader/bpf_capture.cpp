@@ -125,7 +125,6 @@ static_assert(MC_CNT__MAX == 24, "update counter_names()");
 std::vector<std::string> ebpf_unsupported_outbound(const CaptureConfig& cfg) {
   std::vector<std::string> why;
   if (cfg.redirect_dns) why.push_back("DNS capture (--redirect-dns) is iptables-only");
-  if (cfg.drop_invalid) why.push_back("--drop-invalid is iptables-only");
   if (cfg.proxy_uids.tokens.size() > MC_MAX_IDS)
     why.push_back("more than " + std::to_string(MC_MAX_IDS) + " UIDs in -u");
   if (cfg.proxy_gids.tokens.size() > MC_MAX_IDS)
@@ -142,14 +141,15 @@ std::vector<std::string> ebpf_unsupported_outbound(const CaptureConfig& cfg) {
 
 std::vector<std::string> ebpf_unsupported_inbound(const CaptureConfig& cfg) {
   std::vector<std::string> why;
-  if (cfg.inbound_mode == InterceptionMode::Tproxy) why.push_back("-m TPROXY is iptables-only");
+  if (cfg.inbound_mode == InterceptionMode::Tproxy && !cfg.inbound_ports_include.empty())
+    why.push_back("-m TPROXY is iptables-only");
+  if (cfg.drop_invalid) why.push_back("--drop-invalid is iptables-only");
   return why;
 }
 
 std::vector<std::string> ebpf_unsupported(const CaptureConfig& cfg) {
   auto why = ebpf_unsupported_outbound(cfg);
-  if (wants_inbound(cfg))
-    for (auto& w : ebpf_unsupported_inbound(cfg)) why.push_back(w);
+  for (auto& w : ebpf_unsupported_inbound(cfg)) why.push_back(w);
   return why;
 }
 

@@ -93,6 +93,11 @@ TEST(Flags, AdditionalEnvNamesOverrideThePrimaryOne) {
   EXPECT_TRUE(d.capture_all_dns);
 }
 
+TEST(Flags, RepeatedFlagLastOneWins) {
+  EXPECT_EQ(parse({"-p", "15001", "-p", "16001"}).proxy_port, 16001);
+  EXPECT_TRUE(parse({"-b", "80", "-b", "*"}).inbound_ports_include.wildcard);
+}
+
 TEST(Flags, BooleanForms) {
   EXPECT_TRUE(parse({"--dual-stack"}).dual_stack);
   EXPECT_TRUE(parse({"--dual-stack=true"}).dual_stack);
