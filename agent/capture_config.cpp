@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
 #include <cstring>
 
 namespace meshcap {
@@ -54,13 +55,54 @@ PortList parse_port_list(const std::string& text, const std::string& what, bool 
     list.ports.push_back(parse_port(token, what));
     list.tokens.push_back(token);
   }
+  // istio takes "," as "ports given" (and emits a jump to an empty chain);
+  // a list with nothing in it is a mistake.
+  if (!text.empty() && list.ports.empty()) bad(what, text, "no port in the list");
   return list;
 }
 
 std::string Cidr::str() const {
   char buf[INET6_ADDRSTRLEN] = {};
-  inet_ntop(family, addr.data(), buf, sizeof(buf));
-  return std::string(buf) + "/" + std::to_string(prefix_len);
+  if (family == AF_INET) {
+    inet_ntop(AF_INET, addr.data(), buf, sizeof(buf));
+    return std::string(buf) + "/" + std::to_string(prefix_len);
+  }
+  // RFC 5952 as Go's netip prints it: dotted quad only for ::ffff:a.b.c.d
+  // (glibc's inet_ntop also uses it for ::a.b.c.d, which Go prints in hex).
+  static const uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (std::memcmp(addr.data(), kMapped, 12) == 0) {
+    inet_ntop(AF_INET, addr.data() + 12, buf, sizeof(buf));
+    return "::ffff:" + std::string(buf) + "/" + std::to_string(prefix_len);
+  }
+  uint16_t g[8];
+  for (int i = 0; i < 8; i++) g[i] = static_cast<uint16_t>(addr[2 * i] << 8 | addr[2 * i + 1]);
+  int best = -1, best_len = 0;
+  for (int i = 0; i < 8;) {
+    if (g[i] != 0) {
+      i++;
+      continue;
+    }
+    int j = i;
+    while (j < 8 && g[j] == 0) j++;
+    if (j - i > best_len && j - i >= 2) {
+      best = i;
+      best_len = j - i;
+    }
+    i = j;
+  }
+  std::string out;
+  char hex[8];
+  for (int i = 0; i < 8; i++) {
+    if (i == best) {
+      out += "::";
+      i += best_len - 1;
+      continue;
+    }
+    if (!out.empty() && out.back() != ':') out += ":";
+    snprintf(hex, sizeof(hex), "%x", g[i]);
+    out += hex;
+  }
+  return out + "/" + std::to_string(prefix_len);
 }
 
 bool Cidr::is_loopback() const {

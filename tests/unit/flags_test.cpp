@@ -71,6 +71,13 @@ TEST(Flags, CidrTextIsCanonicalAndUnmasked) {
   auto c = parse({"-i", "10.0.0.1/8,2001:DB8:0:0::/32"});
   EXPECT_EQ(c.outbound_ranges_include.v4[0].str(), "10.0.0.1/8");
   EXPECT_EQ(c.outbound_ranges_include.v6[0].str(), "2001:db8::/32");
+  // Go's netip spelling: hex for ::a.b.c.d, dotted only for ::ffff:a.b.c.d.
+  auto g = parse({"-x", "::127.0.0.53/128,::ffff:10.0.0.1/128,2001:db8:0:1:0:0:0:1/64,1:0:0:2:0:0:0:3/64,1:0:0:2:0:0:3:4/64"});
+  EXPECT_EQ(g.outbound_ranges_exclude.v6[0].str(), "::7f00:35/128");
+  EXPECT_EQ(g.outbound_ranges_exclude.v6[1].str(), "::ffff:10.0.0.1/128");
+  EXPECT_EQ(g.outbound_ranges_exclude.v6[2].str(), "2001:db8:0:1::1/64");
+  EXPECT_EQ(g.outbound_ranges_exclude.v6[3].str(), "1:0:0:2::3/64");  // the longest run
+  EXPECT_EQ(g.outbound_ranges_exclude.v6[4].str(), "1::2:0:0:3:4/64");  // the first of equal runs
   auto l = parse({"-i", "127.0.0.0/8"});
   EXPECT_TRUE(l.outbound_ranges_include.has_loopback_v4);
 }
@@ -160,7 +167,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(BadInput{{"-p", "0"}, {}, "'0'"}, BadInput{{"-p", "65536"}, {}, "'65536'"},
                       BadInput{{"-p", "15x01"}, {}, "'15x01'"}, BadInput{{"-p", "-1"}, {}, "-1"},
                       BadInput{{"-z", "080"}, {}, "'080'"}, BadInput{{"-b", "80,abc"}, {}, "'abc'"},
-                      BadInput{{"-d", "*"}, {}, "'*'"}, BadInput{{"-q", "1,2,99999"}, {}, "'99999'"},
+                      BadInput{{"-d", "*"}, {}, "'*'"}, BadInput{{"-q", "1,2,99999"}, {}, "'99999'"}, BadInput{{"-b", ","}, {}, "','"},
                       BadInput{{"-o", " 80"}, {}, "' 80'"}, BadInput{{"-i", "10.0.0.0"}, {}, "'10.0.0.0'"},
                       BadInput{{"-i", "10.0.0.0/33"}, {}, "'10.0.0.0/33'"},
                       BadInput{{"-x", "300.1.1.1/8"}, {}, "'300.1.1.1/8'"}, BadInput{{"-x", "*"}, {}, "'*'"},

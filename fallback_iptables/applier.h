@@ -1,0 +1,70 @@
+// Applying and removing istio's capture rules in a network namespace:
+// one iptables-restore per family, idempotent, all-or-nothing.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "capture_config.h"
+#include "command_runner.h"
+#include "istio_rules.h"
+
+namespace meshcap::iptables {
+
+/// Where the applier keeps what it added to built-in chains, so a later apply
+/// or cleanup removes exactly that.
+struct ApplierOptions {
+  std::string state_dir = "/run/meshcap/iptables";
+};
+
+/// What apply() did.
+struct ApplyResult {
+  bool applied = false;               // false when --skip-rule-apply
+  Backend ipv4;                       // backend used for IPv4
+  std::optional<Backend> ipv6;        // backend used for IPv6, when enabled
+  RulePayloads rules;                 // istio's payloads (the dry-run output)
+  std::vector<std::string> restored;  // the restore inputs actually run, in order
+  bool tproxy_routes = false;         // TPROXY policy routing set up
+};
+
+/// What cleanup() removed.
+struct CleanupResult {
+  std::vector<std::string> backends;  // "ipv4 iptables-nft", ... that held meshcap state
+  std::vector<std::string> restored;  // the restore inputs run
+  bool routes_removed = false;        // a TPROXY ip rule or route was deleted
+};
+
+/// Applies and removes capture through an injected CommandRunner, which
+/// decides where commands run (a ProcessRunner bound to the target netns).
+class IptablesApplier {
+ public:
+  explicit IptablesApplier(CommandRunner& runner, ApplierOptions options = {});
+
+  /// Replaces any istio/meshcap capture in the namespace with the rules for
+  /// `cfg`, IPv6 too when `ipv6_enabled`. Per family one
+  /// `iptables-restore --noflush` runs that, table by table atomically,
+  /// removes the previous ISTIO_* chains and meshcap's rules in built-in
+  /// chains and adds the new ones, so capture never lapses. Leftovers in the
+  /// other backend (or in IPv6 when disabled) are removed too. Then TPROXY
+  /// policy routing (`ip rule` fwmark -> table, local default route) is set up
+  /// as istio does. If any step fails, the steps already done are undone and
+  /// IptablesError (naming the step) is thrown.
+  ApplyResult apply(const CaptureConfig& cfg, bool ipv6_enabled);
+
+  /// Removes every ISTIO_* chain, every rule meshcap added to built-in chains
+  /// (in both backends and both families) and the TPROXY policy routing of
+  /// `cfg` and of the last apply. Foreign rules are kept. Throws IptablesError
+  /// after trying every step if one failed.
+  CleanupResult cleanup(const CaptureConfig& cfg);
+
+  /// The file that records what the last apply added here.
+  std::string state_path() const;
+
+ private:
+  CommandRunner& runner_;
+  ApplierOptions options_;
+};
+
+}  // namespace meshcap::iptables

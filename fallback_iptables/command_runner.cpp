@@ -1,0 +1,231 @@
+#include "command_runner.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <sstream>
+
+#include "iptables_error.h"
+
+extern char** environ;
+
+namespace meshcap::iptables {
+
+namespace {
+
+// Closes an fd once; -1 means "nothing to close".
+struct Fd {
+  int fd = -1;
+  Fd() = default;
+  explicit Fd(int f) : fd(f) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() { reset(); }
+  void reset() {
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+  }
+};
+
+std::string errno_text(int e) { return std::strerror(e); }
+
+// iptables and ip live in sbin, which a non-login PATH may lack.
+std::string resolve_binary(const std::string& name) {
+  if (name.find('/') != std::string::npos) return name;
+  std::string path = std::getenv("PATH") ? std::getenv("PATH") : "";
+  path += ":/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin";
+  std::stringstream dirs(path);
+  std::string dir;
+  while (std::getline(dirs, dir, ':')) {
+    if (dir.empty()) continue;
+    std::string candidate = dir + "/" + name;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
+}
+
+std::string stat_id(const struct stat& st) {
+  return "netns-" + std::to_string(static_cast<unsigned long long>(st.st_dev)) + "-" +
+         std::to_string(static_cast<unsigned long long>(st.st_ino));
+}
+
+// What the child reports through the CLOEXEC error pipe before exec.
+struct ChildFailure {
+  char stage;  // 'n' setns, 'e' exec
+  int err;
+};
+
+[[noreturn]] void child_fail(int pipe_fd, char stage) {
+  ChildFailure f{stage, errno};
+  ssize_t ignored = ::write(pipe_fd, &f, sizeof(f));
+  (void)ignored;
+  _exit(127);
+}
+
+}  // namespace
+
+ProcessRunner::ProcessRunner() : where_("current network namespace") {}
+
+ProcessRunner::ProcessRunner(const std::string& netns_path) : where_("network namespace " + netns_path) {
+  netns_fd_ = ::open(netns_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (netns_fd_ < 0) {
+    const int e = errno;
+    throw IptablesError("open-netns", "cannot open network namespace " + netns_path + ": " + errno_text(e), -1, e);
+  }
+}
+
+ProcessRunner::ProcessRunner(int netns_fd) : where_("network namespace fd " + std::to_string(netns_fd)) {
+  netns_fd_ = ::fcntl(netns_fd, F_DUPFD_CLOEXEC, 0);
+  if (netns_fd_ < 0) {
+    const int e = errno;
+    throw IptablesError("open-netns", "cannot use network namespace fd " + std::to_string(netns_fd) + ": " +
+                                          errno_text(e),
+                        -1, e);
+  }
+}
+
+ProcessRunner::~ProcessRunner() {
+  if (netns_fd_ >= 0) ::close(netns_fd_);
+}
+
+std::string ProcessRunner::context_id() const {
+  struct stat st {};
+  const int rc = netns_fd_ >= 0 ? ::fstat(netns_fd_, &st) : ::stat("/proc/self/ns/net", &st);
+  if (rc != 0) return "netns-unknown";
+  return stat_id(st);
+}
+
+CommandResult ProcessRunner::run(const std::vector<std::string>& argv, const std::string& stdin_data) {
+  if (argv.empty()) throw IptablesError("run", "empty command line");
+  const std::string binary = resolve_binary(argv[0]);
+  if (binary.empty()) return CommandResult{127, "", argv[0] + ": command not found"};
+
+  std::vector<char*> cargv;
+  cargv.reserve(argv.size() + 1);
+  for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+  cargv.push_back(nullptr);
+
+  int out_pipe[2], err_pipe[2], fail_pipe[2], in_sock[2];
+  if (::pipe2(out_pipe, O_CLOEXEC) != 0) throw IptablesError("run", "pipe: " + errno_text(errno), -1, errno);
+  Fd out_r(out_pipe[0]), out_w(out_pipe[1]);
+  if (::pipe2(err_pipe, O_CLOEXEC) != 0) throw IptablesError("run", "pipe: " + errno_text(errno), -1, errno);
+  Fd err_r(err_pipe[0]), err_w(err_pipe[1]);
+  if (::pipe2(fail_pipe, O_CLOEXEC) != 0) throw IptablesError("run", "pipe: " + errno_text(errno), -1, errno);
+  Fd fail_r(fail_pipe[0]), fail_w(fail_pipe[1]);
+  // A socket for stdin, so writing to a child that exited early gives EPIPE
+  // (MSG_NOSIGNAL) instead of killing us with SIGPIPE.
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, in_sock) != 0) {
+    throw IptablesError("run", "socketpair: " + errno_text(errno), -1, errno);
+  }
+  Fd in_w(in_sock[0]), in_r(in_sock[1]);
+
+  spdlog::debug("running in {}: {}", where_, RecordingRunner::Call{argv, ""}.line());
+  const pid_t pid = ::fork();
+  if (pid < 0) throw IptablesError("run", "fork: " + errno_text(errno), -1, errno);
+  if (pid == 0) {
+    // Child: only async-signal-safe calls from here on.
+    if (netns_fd_ >= 0 && ::setns(netns_fd_, CLONE_NEWNET) != 0) child_fail(fail_w.fd, 'n');
+    if (::dup2(in_r.fd, STDIN_FILENO) < 0 || ::dup2(out_w.fd, STDOUT_FILENO) < 0 ||
+        ::dup2(err_w.fd, STDERR_FILENO) < 0) {
+      child_fail(fail_w.fd, 'e');
+    }
+    ::execve(binary.c_str(), cargv.data(), environ);
+    child_fail(fail_w.fd, 'e');
+  }
+
+  out_w.reset();
+  err_w.reset();
+  fail_w.reset();
+  in_r.reset();
+  if (stdin_data.empty()) {
+    in_w.reset();
+  } else {
+    ::fcntl(in_w.fd, F_SETFL, ::fcntl(in_w.fd, F_GETFL) | O_NONBLOCK);
+  }
+
+  CommandResult result;
+  size_t written = 0;
+  std::array<char, 65536> buf{};
+  while (out_r.fd >= 0 || err_r.fd >= 0 || in_w.fd >= 0) {
+    std::array<pollfd, 3> fds{};
+    nfds_t n = 0;
+    if (out_r.fd >= 0) fds[n++] = {out_r.fd, POLLIN, 0};
+    if (err_r.fd >= 0) fds[n++] = {err_r.fd, POLLIN, 0};
+    if (in_w.fd >= 0) fds[n++] = {in_w.fd, POLLOUT, 0};
+    if (::poll(fds.data(), n, -1) < 0) {
+      if (errno == EINTR) continue;
+      throw IptablesError("run", "poll: " + errno_text(errno), -1, errno);
+    }
+    for (nfds_t i = 0; i < n; ++i) {
+      if (fds[i].revents == 0) continue;
+      if (fds[i].fd == in_w.fd) {
+        const ssize_t w = ::send(in_w.fd, stdin_data.data() + written, stdin_data.size() - written, MSG_NOSIGNAL);
+        if (w > 0) written += static_cast<size_t>(w);
+        if ((w < 0 && errno != EAGAIN && errno != EINTR) || written == stdin_data.size()) in_w.reset();
+        continue;
+      }
+      const ssize_t r = ::read(fds[i].fd, buf.data(), buf.size());
+      if (r > 0) {
+        (fds[i].fd == out_r.fd ? result.out : result.err).append(buf.data(), static_cast<size_t>(r));
+      } else if (r == 0 || (errno != EINTR && errno != EAGAIN)) {
+        (fds[i].fd == out_r.fd ? out_r : err_r).reset();
+      }
+    }
+  }
+
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) throw IptablesError("run", "waitpid: " + errno_text(errno), -1, errno);
+  }
+  ChildFailure failure{};
+  if (::read(fail_r.fd, &failure, sizeof(failure)) == static_cast<ssize_t>(sizeof(failure))) {
+    if (failure.stage == 'n') {
+      throw IptablesError("enter-netns", "cannot enter " + where_ + ": " + errno_text(failure.err), -1, failure.err);
+    }
+    return CommandResult{127, "", binary + ": cannot execute: " + errno_text(failure.err)};
+  }
+  if (WIFEXITED(status)) {
+    result.exit_code = WEXITSTATUS(status);
+  } else if (WIFSIGNALED(status)) {
+    result.exit_code = 128 + WTERMSIG(status);
+  }
+  return result;
+}
+
+std::string RecordingRunner::Call::line() const {
+  std::string out;
+  for (const auto& a : argv) {
+    if (!out.empty()) out += ' ';
+    out += a;
+  }
+  return out;
+}
+
+RecordingRunner::RecordingRunner(Handler handler, std::string context_id)
+    : handler_(std::move(handler)), context_id_(std::move(context_id)) {}
+
+CommandResult RecordingRunner::run(const std::vector<std::string>& argv, const std::string& stdin_data) {
+  calls_.push_back(Call{argv, stdin_data});
+  if (!handler_) return CommandResult{};
+  return handler_(calls_.back());
+}
+
+std::vector<std::string> RecordingRunner::lines() const {
+  std::vector<std::string> out;
+  out.reserve(calls_.size());
+  for (const auto& c : calls_) out.push_back(c.line());
+  return out;
+}
+
+}  // namespace meshcap::iptables

@@ -1,0 +1,173 @@
+#include "rule_builder.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <array>
+#include <map>
+#include <set>
+#include <utility>
+
+namespace meshcap::iptables {
+
+namespace {
+
+std::string join(const std::vector<std::string>& words) {
+  std::string out;
+  for (const auto& w : words) {
+    if (!out.empty()) out += ' ';
+    out += w;
+  }
+  return out;
+}
+
+bool has_jump(const std::vector<std::string>& spec) {
+  return std::find(spec.begin(), spec.end(), "-j") != spec.end();
+}
+
+// istio logs (and still accepts) rules without a target in a chain it does not own.
+void warn_if_odd(const std::string& chain, const std::vector<std::string>& spec) {
+  if (!has_jump(spec) && chain.rfind("ISTIO_", 0) != 0) {
+    spdlog::warn("iptables rule without a jump in non-Istio chain {}: {}", chain, join(spec));
+  }
+}
+
+}  // namespace
+
+std::string_view family_name(Family family) { return family == Family::V4 ? "ipv4" : "ipv6"; }
+
+bool is_builtin_chain_or_target(std::string_view name) {
+  static constexpr std::array<std::string_view, 8> kBuiltins = {"INPUT",       "OUTPUT", "FORWARD", "PREROUTING",
+                                                                "POSTROUTING", "ACCEPT", "RETURN",  "DROP"};
+  return std::find(kBuiltins.begin(), kBuiltins.end(), name) != kBuiltins.end();
+}
+
+std::vector<std::string> Rule::spec() const {
+  const size_t skip = is_insert() ? 3 : 2;
+  if (command.size() <= skip) return {};
+  return {command.begin() + static_cast<std::ptrdiff_t>(skip), command.end()};
+}
+
+bool Rule::is_insert() const { return !command.empty() && command[0] == "-I"; }
+
+std::string Rule::trailing_jump() const {
+  if (command.size() >= 2 && command[command.size() - 2] == "-j") return command.back();
+  return "";
+}
+
+std::string Rule::text() const { return join(command); }
+
+const TableSection* RestorePayload::find(std::string_view table) const {
+  for (const auto& t : tables) {
+    if (t.table == table) return &t;
+  }
+  return nullptr;
+}
+
+std::string RestorePayload::text() const {
+  std::string out;
+  for (const auto& t : tables) {
+    out += "* " + t.table + "\n";
+    for (const auto& line : t.lines) out += line + "\n";
+    out += "COMMIT\n";
+  }
+  return out;
+}
+
+RuleBuilder::RuleBuilder(bool ipv6_enabled) : ipv6_enabled_(ipv6_enabled) {}
+
+std::vector<Rule>& RuleBuilder::list(Family family) { return family == Family::V4 ? v4_ : v6_; }
+
+const std::vector<Rule>& RuleBuilder::rules(Family family) const { return family == Family::V4 ? v4_ : v6_; }
+
+RuleBuilder& RuleBuilder::append(const std::string& table, const std::string& chain, std::vector<std::string> spec) {
+  append_v4(table, chain, spec);
+  return append_v6(table, chain, std::move(spec));
+}
+
+RuleBuilder& RuleBuilder::append_v4(const std::string& table, const std::string& chain,
+                                    std::vector<std::string> spec) {
+  warn_if_odd(chain, spec);
+  std::vector<std::string> command = {"-A", chain};
+  command.insert(command.end(), spec.begin(), spec.end());
+  v4_.push_back(Rule{table, chain, std::move(command)});
+  return *this;
+}
+
+RuleBuilder& RuleBuilder::append_v6(const std::string& table, const std::string& chain,
+                                    std::vector<std::string> spec) {
+  if (!ipv6_enabled_) return *this;
+  warn_if_odd(chain, spec);
+  std::vector<std::string> command = {"-A", chain};
+  command.insert(command.end(), spec.begin(), spec.end());
+  v6_.push_back(Rule{table, chain, std::move(command)});
+  return *this;
+}
+
+RuleBuilder& RuleBuilder::append_versioned(const std::string& v4_value, const std::string& v6_value,
+                                           const std::string& table, const std::string& chain,
+                                           const std::vector<std::string>& spec) {
+  auto substitute = [&spec](const std::string& value) {
+    std::vector<std::string> out = spec;
+    for (auto& arg : out) {
+      if (arg == kIpVersionSpecific) arg = value;
+    }
+    return out;
+  };
+  append_v4(table, chain, substitute(v4_value));
+  return append_v6(table, chain, substitute(v6_value));
+}
+
+RuleBuilder& RuleBuilder::insert(const std::string& table, const std::string& chain, int position,
+                                 std::vector<std::string> spec) {
+  insert_v4(table, chain, position, spec);
+  return insert_v6(table, chain, position, std::move(spec));
+}
+
+RuleBuilder& RuleBuilder::insert_v4(const std::string& table, const std::string& chain, int position,
+                                    std::vector<std::string> spec) {
+  warn_if_odd(chain, spec);
+  std::vector<std::string> command = {"-I", chain, std::to_string(position)};
+  command.insert(command.end(), spec.begin(), spec.end());
+  v4_.push_back(Rule{table, chain, std::move(command)});
+  return *this;
+}
+
+RuleBuilder& RuleBuilder::insert_v6(const std::string& table, const std::string& chain, int position,
+                                    std::vector<std::string> spec) {
+  if (!ipv6_enabled_) return *this;
+  warn_if_odd(chain, spec);
+  std::vector<std::string> command = {"-I", chain, std::to_string(position)};
+  command.insert(command.end(), spec.begin(), spec.end());
+  v6_.push_back(Rule{table, chain, std::move(command)});
+  return *this;
+}
+
+RestorePayload RuleBuilder::restore_payload(Family family) const { return render_restore_payload(rules(family)); }
+
+RestorePayload render_restore_payload(const std::vector<Rule>& rules) {
+  // std::map iterates tables in byte order, the order istio sorts them in.
+  std::map<std::string, std::vector<std::string>> by_table;
+  std::set<std::pair<std::string, std::string>> declared;  // (table, chain)
+
+  auto declare = [&](const std::string& table, const std::string& chain) {
+    if (!declared.emplace(table, chain).second) return;
+    if (!is_builtin_chain_or_target(chain)) by_table[table].push_back("-N " + chain);
+  };
+  // Chains that hold rules, in first-use order...
+  for (const auto& r : rules) declare(r.table, r.chain);
+  // ...then chains that are only jumped to.
+  for (const auto& r : rules) {
+    const std::string target = r.trailing_jump();
+    if (!target.empty()) declare(r.table, target);
+  }
+  for (const auto& r : rules) by_table[r.table].push_back(r.text());
+
+  RestorePayload payload;
+  for (auto& [table, lines] : by_table) {
+    if (!lines.empty()) payload.tables.push_back(TableSection{table, std::move(lines)});
+  }
+  return payload;
+}
+
+}  // namespace meshcap::iptables

@@ -1,0 +1,144 @@
+#include "saved_ruleset.h"
+
+#include "rule_builder.h"
+
+namespace meshcap::iptables {
+
+namespace {
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+  return s;
+}
+
+SavedChain& chain_in(SavedTable& table, const std::string& name) {
+  for (auto& c : table.chains) {
+    if (c.name == name) return c;
+  }
+  table.chains.push_back(SavedChain{name, is_builtin_chain_or_target(name), {}});
+  return table.chains.back();
+}
+
+}  // namespace
+
+bool is_istio_chain(std::string_view chain) { return chain.rfind("ISTIO_", 0) == 0; }
+
+const SavedChain* SavedTable::find(std::string_view chain) const {
+  for (const auto& c : chains) {
+    if (c.name == chain) return &c;
+  }
+  return nullptr;
+}
+
+const SavedTable* SavedRuleset::find(std::string_view table) const {
+  for (const auto& t : tables) {
+    if (t.name == table) return &t;
+  }
+  return nullptr;
+}
+
+bool SavedRuleset::holds_rules() const {
+  for (const auto& t : tables) {
+    for (const auto& c : t.chains) {
+      if (!c.builtin || !c.rules.empty()) return true;
+    }
+  }
+  return false;
+}
+
+bool SavedRuleset::has_istio_state() const {
+  for (const auto& t : tables) {
+    for (const auto& c : t.chains) {
+      if (is_istio_chain(c.name)) return true;
+      for (const auto& r : c.rules) {
+        if (is_istio_chain(rule_target(r))) return true;
+      }
+    }
+  }
+  return false;
+}
+
+SavedRuleset parse_iptables_save(std::string_view text) {
+  SavedRuleset out;
+  SavedTable* table = nullptr;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string_view::npos) end = text.size();
+    const std::string_view line = trim(text.substr(pos, end - pos));
+    pos = end + 1;
+    if (line.empty() || line.front() == '#') continue;
+    if (line.front() == '*') {
+      out.tables.push_back(SavedTable{std::string(trim(line.substr(1))), {}});
+      table = &out.tables.back();
+      continue;
+    }
+    if (line == "COMMIT") {
+      table = nullptr;
+      continue;
+    }
+    if (table == nullptr) continue;
+    if (line.front() == ':') {
+      const auto words = split_rule_words(line.substr(1));
+      if (words.empty()) continue;
+      SavedChain& c = chain_in(*table, words[0]);
+      c.builtin = words.size() > 1 && words[1] != "-";
+      continue;
+    }
+    const auto words = split_rule_words(line);
+    if (words.size() >= 2 && (words[0] == "-A" || words[0] == "--append")) {
+      chain_in(*table, words[1]).rules.emplace_back(line);
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> split_rule_words(std::string_view line) {
+  std::vector<std::string> words;
+  std::string cur;
+  bool in_word = false, quoted = false;
+  for (size_t i = 0; i < line.size(); ++i) {
+    const char ch = line[i];
+    if (quoted) {
+      if (ch == '\\' && i + 1 < line.size() && (line[i + 1] == '"' || line[i + 1] == '\\')) {
+        cur += line[++i];
+      } else if (ch == '"') {
+        quoted = false;
+      } else {
+        cur += ch;
+      }
+      continue;
+    }
+    if (ch == '"') {
+      quoted = true;
+      in_word = true;
+    } else if (ch == ' ' || ch == '\t') {
+      if (in_word) words.push_back(std::move(cur));
+      cur.clear();
+      in_word = false;
+    } else {
+      cur += ch;
+      in_word = true;
+    }
+  }
+  if (in_word) words.push_back(std::move(cur));
+  return words;
+}
+
+std::string rule_target(std::string_view line) {
+  const auto words = split_rule_words(line);
+  for (size_t i = 0; i + 1 < words.size(); ++i) {
+    if (words[i] == "-j" || words[i] == "--jump" || words[i] == "-g" || words[i] == "--goto") return words[i + 1];
+  }
+  return "";
+}
+
+std::string rule_spec_text(std::string_view line, std::string_view chain) {
+  // "-A" + ' ' + chain + ' ' + spec
+  const size_t prefix = 3 + chain.size() + 1;
+  if (line.size() <= prefix) return "";
+  return std::string(line.substr(prefix));
+}
+
+}  // namespace meshcap::iptables

@@ -1,0 +1,402 @@
+// Applying istio's rules for real, with both iptables backends, inside
+// throwaway network namespaces (`ip netns add`, deleted on every path):
+// rules read back with iptables-save, re-apply is idempotent, a new config
+// replaces the old one, cleanup leaves only foreign rules, and a failed IPv6
+// restore undoes IPv4. Root only; skipped otherwise.
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "applier.h"
+#include "backend.h"
+#include "command_runner.h"
+#include "iptables_error.h"
+#include "istio_flags.h"
+#include "istio_rules.h"
+#include "saved_ruleset.h"
+
+namespace {
+
+using namespace meshcap::iptables;
+namespace fs = std::filesystem;
+
+meshcap::CaptureConfig parse(std::vector<std::string> args, std::map<std::string, std::string> env = {}) {
+  bool has_uid = std::find(args.begin(), args.end(), "-u") != args.end();
+  if (!has_uid) args.insert(args.begin(), {"-u", "1337"});
+  return meshcap::parse_capture_args(args, [env](const std::string& name) -> std::optional<std::string> {
+    auto it = env.find(name);
+    if (it == env.end()) return std::nullopt;
+    return it->second;
+  });
+}
+
+// A network namespace that exists for the lifetime of the object.
+class Netns {
+ public:
+  explicit Netns(const std::string& tag) {
+    static std::atomic<int> counter{0};
+    name_ = "mc-ipt-" + tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+    ProcessRunner host;
+    // `timeout`: never hang a test run on someone else's /run/netns lock.
+    const auto r = host.run({"timeout", "60", "ip", "netns", "add", name_});
+    if (!r.ok()) throw IptablesError("netns", "ip netns add " + name_ + ": " + r.err, r.exit_code);
+    created_ = true;
+    runner_ = std::make_unique<ProcessRunner>(path());
+    run({"ip", "link", "set", "lo", "up"});
+  }
+  ~Netns() {
+    runner_.reset();
+    if (created_) ProcessRunner().run({"ip", "netns", "del", name_});
+  }
+  Netns(const Netns&) = delete;
+  Netns& operator=(const Netns&) = delete;
+
+  ProcessRunner& runner() { return *runner_; }
+  std::string path() const { return "/var/run/netns/" + name_; }
+  CommandResult run(const std::vector<std::string>& argv, const std::string& in = "") { return runner_->run(argv, in); }
+
+ private:
+  std::string name_;
+  bool created_ = false;
+  std::unique_ptr<ProcessRunner> runner_;
+};
+
+// Forwards to a real runner but fails the restores of one binary.
+class FailingRunner : public CommandRunner {
+ public:
+  FailingRunner(CommandRunner& inner, std::string fail_binary) : inner_(inner), fail_(std::move(fail_binary)) {}
+  CommandResult run(const std::vector<std::string>& argv, const std::string& in) override {
+    if (argv[0] == fail_) return {1, "", fail_ + ": injected failure\n"};
+    return inner_.run(argv, in);
+  }
+  std::string context_id() const override { return inner_.context_id(); }
+
+ private:
+  CommandRunner& inner_;
+  std::string fail_;
+};
+
+class StateDir {
+ public:
+  StateDir() {
+    std::string tmpl = (fs::temp_directory_path() / "mc-ipt-kernel-XXXXXX").string();
+    path_ = ::mkdtemp(tmpl.data()) ? tmpl : "";
+  }
+  ~StateDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// The rules of one family as comparable text: tables and chains sorted by
+// name, rules in order, counters and comments dropped, and tables that hold
+// nothing (only empty built-in chains, e.g. left by a probe) left out.
+std::string normalized(Netns& ns, const std::string& binary) {
+  const auto r = ns.run({binary + "-save"});
+  EXPECT_TRUE(r.ok()) << binary << "-save: " << r.err;
+  SavedRuleset s = parse_iptables_save(r.out);
+  std::sort(s.tables.begin(), s.tables.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  std::string out;
+  for (auto& t : s.tables) {
+    if (std::none_of(t.chains.begin(), t.chains.end(), [](const auto& c) { return !c.builtin || !c.rules.empty(); })) {
+      continue;
+    }
+    std::sort(t.chains.begin(), t.chains.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+    out += "*" + t.name + "\n";
+    for (const auto& c : t.chains) {
+      out += ":" + c.name + (c.builtin ? " builtin\n" : "\n");
+      for (const auto& rule : c.rules) out += rule + "\n";
+    }
+  }
+  return out;
+}
+
+std::string both_families(Netns& ns, const std::string& kind) {
+  return "== ipv4\n" + normalized(ns, "iptables-" + kind) + "== ipv6\n" + normalized(ns, "ip6tables-" + kind);
+}
+
+std::string policy_routing(Netns& ns) {
+  std::string out;
+  for (const char* fam : {"-4", "-6"}) {
+    out += ns.run({"ip", fam, "rule", "show"}).out;
+    out += ns.run({"ip", fam, "route", "show", "table", "all"}).out;
+  }
+  out += ns.run({"ip", "-6", "addr", "show", "dev", "lo"}).out;
+  return out;
+}
+
+int count_lines_with(const std::string& text, const std::string& needle) {
+  int n = 0;
+  for (size_t pos = 0; (pos = text.find(needle, pos)) != std::string::npos; ++pos) ++n;
+  return n;
+}
+
+// Foreign rules a pod may already have, in every table istio uses, one of
+// them shaped exactly like istio's exclude-interface rule for eth5.
+void add_foreign_rules(Netns& ns, const std::string& kind) {
+  for (const std::string& bin : {"iptables-" + kind, "ip6tables-" + kind}) {
+    const std::string payload =
+        "*nat\n:FOREIGN - [0:0]\n-A FOREIGN -p udp --dport 5353 -j RETURN\n-A OUTPUT -j FOREIGN\n"
+        "-A PREROUTING -i eth5 -j RETURN\n-A OUTPUT -p tcp --dport 9999 -j RETURN\nCOMMIT\n"
+        "*mangle\n-A OUTPUT -p tcp -o lo -j RETURN\nCOMMIT\n"
+        "*raw\n-A PREROUTING -p udp --dport 6000 -j NOTRACK\nCOMMIT\n"
+        "*filter\n-A INPUT -p tcp --dport 22 -j ACCEPT\nCOMMIT\n";
+    const auto r = ns.run({bin + "-restore", "--noflush"}, payload);
+    ASSERT_TRUE(r.ok()) << bin << ": " << r.err;
+  }
+}
+
+// Every rule of `cfg` is present (iptables -C) and every ISTIO_* chain holds
+// exactly as many rules as the payload gives it.
+void expect_rules_present(Netns& ns, const std::string& kind, const meshcap::CaptureConfig& cfg, bool ipv6) {
+  const RuleBuilder rules = build_istio_rules(cfg, ipv6);
+  for (Family fam : {Family::V4, Family::V6}) {
+    if (fam == Family::V6 && !ipv6) continue;
+    const std::string bin = (fam == Family::V4 ? "iptables-" : "ip6tables-") + kind;
+    std::map<std::pair<std::string, std::string>, size_t> istio_counts;
+    for (const Rule& r : rules.rules(fam)) {
+      std::vector<std::string> argv = {bin, "-t", r.table, "-C", r.chain};
+      const auto spec = r.spec();
+      argv.insert(argv.end(), spec.begin(), spec.end());
+      if (kind == "legacy") argv.push_back("--wait=30");
+      const auto c = ns.run(argv);
+      EXPECT_EQ(c.exit_code, 0) << bin << " -t " << r.table << " missing: " << r.text() << "\n" << c.err;
+      if (is_istio_chain(r.chain)) ++istio_counts[{r.table, r.chain}];
+    }
+    const auto saved = parse_iptables_save(ns.run({bin + "-save"}).out);
+    for (const auto& [key, n] : istio_counts) {
+      const SavedTable* t = saved.find(key.first);
+      const SavedChain* c = t ? t->find(key.second) : nullptr;
+      ASSERT_NE(c, nullptr) << bin << " " << key.first << " " << key.second;
+      EXPECT_EQ(c->rules.size(), n) << bin << " " << key.first << " " << key.second;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+
+class IptablesApply : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0) {
+      GTEST_SKIP() << "needs root: creates network namespaces and programs iptables inside them";
+    }
+    kind_ = GetParam();
+    Netns probe("probe");
+    for (Family fam : {Family::V4, Family::V6}) {
+      const std::string bin = (fam == Family::V4 ? "iptables-" : "ip6tables-") + kind_;
+      std::string why;
+      if (!probe_backend(probe.runner(), fam, bin, &why)) {
+        GTEST_SKIP() << bin << " is not usable on this host: " << why;
+      }
+    }
+  }
+
+  meshcap::CaptureConfig forced(std::vector<std::string> args, std::map<std::string, std::string> env = {}) {
+    args.insert(args.end(), {"--force-iptables-binary", kind_});
+    return parse(std::move(args), std::move(env));
+  }
+
+  std::string kind_;
+  StateDir state_;
+};
+
+// Configurations covering every rule family istio generates.
+std::vector<std::pair<std::vector<std::string>, std::map<std::string, std::string>>> kernel_configs() {
+  return {
+      {{"-b", "*", "-i", "*"}, {}},
+      {{"-m", "TPROXY", "-b", "*", "-x", "1.1.0.0/16", "-i", "9.9.0.0/16", "--redirect-dns", "--dns-servers",
+        "127.0.0.53", "-c", "not-istio-nic", "--dual-stack"},
+       {}},
+      {{"--redirect-dns", "--dns-servers", "127.0.0.53,::127.0.0.53", "-u", "3,4", "-g", "1,2", "--dual-stack"}, {}},
+      {{"-b", "4000,5000", "-d", "6000,7000", "-k", "eth0,eth1", "-u", "3,4", "-g", "1,2", "-x", "2001:db8::/32",
+        "-i", "2001:db8::/32", "--dual-stack"},
+       {}},
+      {{"--drop-invalid", "-o", "9000", "-q", "8080", "-k", "veth9", "-i", "10.0.0.0/8", "-b", "32000,31000", "-m",
+        "TPROXY"},
+       {}},
+      {{"--redirect-dns", "--capture-all-dns", "--dual-stack"}, {{"ISTIO_OUTBOUND_OWNER_GROUPS", "1000,2000"}}},
+      {{}, {{"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "888"}, {"ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "127.0.0.1/8"}}},
+  };
+}
+
+TEST_P(IptablesApply, EveryConfigReadsBackAndCleansUp) {
+  for (const auto& [args, env] : kernel_configs()) {
+    SCOPED_TRACE(::testing::PrintToString(args));
+    Netns ns("cfg");
+    const auto cfg = forced(args, env);
+    IptablesApplier applier(ns.runner(), {state_.path()});
+    const ApplyResult res = applier.apply(cfg, cfg.dual_stack);
+    EXPECT_EQ(res.ipv4.binary, "iptables-" + kind_);
+    EXPECT_EQ(res.ipv4.legacy, kind_ == "legacy");
+    expect_rules_present(ns, kind_, cfg, cfg.dual_stack);
+    EXPECT_EQ(res.tproxy_routes, needs_tproxy_routes(cfg));
+    if (res.tproxy_routes) {
+      EXPECT_EQ(count_lines_with(ns.run({"ip", "-4", "rule", "show"}).out, "fwmark 0x539 lookup 133"), 1);
+      EXPECT_NE(ns.run({"ip", "-4", "route", "show", "table", "133"}).out.find("local default dev lo"),
+                std::string::npos);
+    }
+    applier.cleanup(cfg);
+    const std::string after = both_families(ns, kind_);
+    EXPECT_EQ(after.find("ISTIO"), std::string::npos) << after;
+    EXPECT_EQ(count_lines_with(ns.run({"ip", "-4", "rule", "show"}).out, "fwmark"), 0);
+  }
+}
+
+TEST_P(IptablesApply, ApplyingTwiceLeavesOneCopyOfEachRule) {
+  Netns ns("twice");
+  add_foreign_rules(ns, kind_);
+  const auto cfg = forced({"-m", "TPROXY", "-b", "*", "-x", "1.1.0.0/16", "-i", "9.9.0.0/16", "--redirect-dns",
+                           "--dns-servers", "127.0.0.53,fd00::53", "-c", "eth5,not-istio-nic", "-k", "veth1",
+                           "--dual-stack"});
+  IptablesApplier applier(ns.runner(), {state_.path()});
+  applier.apply(cfg, true);
+  const std::string once = both_families(ns, kind_);
+  const std::string routes_once = policy_routing(ns);
+  ASSERT_NE(once.find("-A OUTPUT -j ISTIO_OUTPUT"), std::string::npos) << once;
+  EXPECT_EQ(count_lines_with(once, "-A OUTPUT -j ISTIO_OUTPUT\n"), 2);  // one per family
+
+  applier.apply(cfg, true);
+  EXPECT_EQ(both_families(ns, kind_), once);
+  EXPECT_EQ(policy_routing(ns), routes_once);
+  expect_rules_present(ns, kind_, cfg, true);
+
+  // Without the record of what was added, rules are matched by content.
+  fs::remove(applier.state_path());
+  applier.apply(cfg, true);
+  EXPECT_EQ(both_families(ns, kind_), once);
+  EXPECT_EQ(policy_routing(ns), routes_once);
+}
+
+TEST_P(IptablesApply, ApplyingAnotherConfigReplacesTheFirst) {
+  const auto first = forced({"-m", "TPROXY", "-b", "*", "--redirect-dns", "--dns-servers", "127.0.0.53", "-c",
+                             "eth3", "--drop-invalid", "--dual-stack"});
+  const auto second = forced({"-b", "80,443", "-i", "10.0.0.0/8", "-k", "veth2", "--dual-stack"});
+
+  Netns replaced("replaced");
+  add_foreign_rules(replaced, kind_);
+  IptablesApplier a(replaced.runner(), {state_.path()});
+  a.apply(first, true);
+  a.apply(second, true);
+
+  Netns fresh("fresh");
+  add_foreign_rules(fresh, kind_);
+  StateDir other_state;
+  IptablesApplier b(fresh.runner(), {other_state.path()});
+  b.apply(second, true);
+
+  EXPECT_EQ(both_families(replaced, kind_), both_families(fresh, kind_));
+  EXPECT_EQ(count_lines_with(policy_routing(replaced), "fwmark"), 0);
+  expect_rules_present(replaced, kind_, second, true);
+}
+
+TEST_P(IptablesApply, CleanupLeavesOnlyForeignRules) {
+  Netns ns("cleanup");
+  add_foreign_rules(ns, kind_);
+  // istio adds ::6 to lo; here it already exists, so cleanup must keep it.
+  ASSERT_TRUE(ns.run({"ip", "-6", "addr", "add", "::6/128", "dev", "lo"}).ok());
+  const std::string before = both_families(ns, kind_);
+  const std::string routes_before = policy_routing(ns);
+
+  const auto cfg = forced({"-m", "TPROXY", "-b", "*", "-c", "eth5", "--redirect-dns", "--capture-all-dns",
+                           "--drop-invalid", "-k", "veth1", "-i", "*", "--dual-stack"});
+  IptablesApplier applier(ns.runner(), {state_.path()});
+  applier.apply(cfg, true);
+  ASSERT_NE(both_families(ns, kind_), before);
+  ASSERT_NE(policy_routing(ns), routes_before);
+
+  const CleanupResult res = applier.cleanup(cfg);
+  EXPECT_EQ(res.backends.size(), 2u);
+  EXPECT_TRUE(res.routes_removed);
+  EXPECT_EQ(both_families(ns, kind_), before);
+  EXPECT_EQ(policy_routing(ns), routes_before);
+  // The look-alike foreign rule survived; a second cleanup changes nothing.
+  EXPECT_EQ(count_lines_with(before, "-A PREROUTING -i eth5 -j RETURN\n"), 2);
+  applier.cleanup(cfg);
+  EXPECT_EQ(both_families(ns, kind_), before);
+}
+
+TEST_P(IptablesApply, FailedIpv6RestoreUndoesIpv4) {
+  Netns ns("rollback");
+  add_foreign_rules(ns, kind_);
+  IptablesApplier good(ns.runner(), {state_.path()});
+  good.apply(forced({"-b", "*", "-c", "eth7", "--dual-stack"}), true);
+  const std::string previous = both_families(ns, kind_);
+
+  FailingRunner failing(ns.runner(), "ip6tables-" + kind_ + "-restore");
+  IptablesApplier bad(failing, {state_.path()});
+  try {
+    bad.apply(forced({"-m", "TPROXY", "-b", "80", "-i", "*", "--dual-stack"}), true);
+    FAIL() << "expected IptablesError";
+  } catch (const IptablesError& e) {
+    EXPECT_EQ(e.step(), "restore ipv6 ip6tables-" + kind_);
+  }
+  EXPECT_EQ(both_families(ns, kind_), previous);
+  EXPECT_EQ(count_lines_with(policy_routing(ns), "fwmark"), 0);
+
+  // The record still describes the previous apply: cleanup removes it all.
+  good.cleanup(forced({"-b", "*", "-c", "eth7"}));
+  EXPECT_EQ(both_families(ns, kind_).find("ISTIO"), std::string::npos);
+  EXPECT_EQ(count_lines_with(both_families(ns, kind_), "-A PREROUTING -i eth5 -j RETURN\n"), 2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, IptablesApply, ::testing::Values("nft", "legacy"),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+
+// Without --force-iptables-binary the backend that holds rules wins.
+TEST(IptablesDetect, UsesTheBackendThatHoldsRulesElseNft) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root: creates network namespaces and programs iptables inside them";
+  {
+    Netns ns("detect-nft");
+    std::string why;
+    if (!probe_backend(ns.runner(), Family::V4, "iptables-nft", &why)) GTEST_SKIP() << "no nft: " << why;
+    EXPECT_EQ(detect_backend(ns.runner(), Family::V4).binary, "iptables-nft");
+    // The probe leaves no rule behind.
+    EXPECT_EQ(normalized(ns, "iptables-nft"), "");
+  }
+  {
+    Netns ns("detect-legacy");
+    std::string why;
+    if (!probe_backend(ns.runner(), Family::V4, "iptables-legacy", &why)) GTEST_SKIP() << "no legacy: " << why;
+    ASSERT_TRUE(ns.run({"iptables-legacy", "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j",
+                        "ACCEPT", "--wait=30"})
+                    .ok());
+    StateDir state;
+    IptablesApplier applier(ns.runner(), {state.path()});
+    const auto res = applier.apply(parse({}), false);
+    EXPECT_EQ(res.ipv4.binary, "iptables-legacy");
+    EXPECT_NE(normalized(ns, "iptables-legacy").find("ISTIO_OUTPUT"), std::string::npos);
+    EXPECT_EQ(normalized(ns, "iptables-nft").find("ISTIO"), std::string::npos);
+  }
+}
+
+// The runner enters the namespace by path or by fd, and only that one.
+TEST(ProcessRunnerNetns, FdAndPathEnterTheSameNamespace) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root: creates network namespaces";
+  Netns ns("runner");
+  const int fd = ::open(ns.path().c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ProcessRunner by_fd(fd);
+  ::close(fd);  // the runner keeps its own copy
+  EXPECT_EQ(by_fd.context_id(), ns.runner().context_id());
+  EXPECT_NE(by_fd.context_id(), ProcessRunner().context_id());
+  ASSERT_TRUE(by_fd.run({"ip", "-6", "addr", "add", "::7/128", "dev", "lo"}).ok());
+  EXPECT_NE(ns.run({"ip", "-6", "addr", "show", "dev", "lo"}).out.find("::7/128"), std::string::npos);
+  EXPECT_EQ(ProcessRunner().run({"ip", "-6", "addr", "show", "dev", "lo"}).out.find("::7/128"), std::string::npos);
+}
+
+}  // namespace
