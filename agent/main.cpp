@@ -3,7 +3,8 @@
 // iptables rules elsewhere.
 //
 // Exit codes: 0 ok; 1 failed at run time, nothing left applied; 2 bad usage
-// or input, nothing touched; 126 validation failed.
+// or input, nothing touched; 126 validation failed (everything rolled back).
+// Invoked as `istio-iptables`, it takes istio-iptables' flags and exit codes.
 #include <bpf/libbpf.h>
 #include <unistd.h>
 
@@ -11,27 +12,15 @@
 #include <cstdarg>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
-#include <nlohmann/json.hpp>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include "bpf_capture.h"
-#include "capture_config.h"
+#include "commands.h"
 #include "istio_flags.h"
-#include "pod.h"
 
-namespace fs = std::filesystem;
-using nlohmann::json;
-
-namespace meshcap {
 namespace {
-
-constexpr int kExitOk = 0;
-constexpr int kExitRuntime = 1;
-constexpr int kExitUsage = 2;
 
 // libbpf's messages, through spdlog: warnings stay warnings, the rest debug.
 int libbpf_to_spdlog(enum libbpf_print_level level, const char* fmt, va_list args) {
@@ -46,174 +35,61 @@ int libbpf_to_spdlog(enum libbpf_print_level level, const char* fmt, va_list arg
   return 0;
 }
 
+// Logs go to stderr; stdout carries only what was asked for.
 void setup_logging(const std::string& level) {
   auto logger = spdlog::stderr_color_mt("meshcap");
   spdlog::set_default_logger(logger);
   spdlog::set_pattern("%^%l%$ %v");
   auto lvl = spdlog::level::from_str(level);
   if (lvl == spdlog::level::off && level != "off")
-    throw UsageError("--log-level: invalid value '" + level + "': expected trace, debug, info, warn, error or off");
+    throw meshcap::UsageError("--log-level: invalid value '" + level +
+                              "': expected trace, debug, info, warn, error or off");
   spdlog::set_level(lvl);
   libbpf_set_print(libbpf_to_spdlog);
 }
 
-struct InitOptions {
-  std::string mode = "auto";
-  std::string name, cgroup, netns;
-  bool dry_run = false;
-  IstioFlagValues istio;
-};
-
-struct CleanupOptions {
-  std::string name, cgroup, netns;
-};
-
-// The pod a command acts on, from --name / --cgroup / --netns.
-PodTarget resolve_target(const std::string& name, const std::string& cgroup, const std::string& netns,
-                         bool need_cgroup) {
-  PodTarget t;
-  t.netns_path = resolve_netns(netns);
-  if (!cgroup.empty()) {
-    t.cgroup_dir = validate_cgroup(cgroup);
-  } else if (need_cgroup) {
-    auto own = own_cgroup_dir();
-    if (!own) throw UsageError("--cgroup: not given and no cgroup v2 hierarchy is mounted");
-    t.cgroup_dir = validate_cgroup(*own);
+// istio-iptables' personality: its flags, its environment, its exit codes
+// (1 for any error, 126 for a failed validation).
+int istio_iptables_main(int argc, char** argv) {
+  using namespace meshcap;
+  CLI::App app{"istio-iptables (meshcap): set up traffic capture for the Istio sidecar"};
+  InitOptions o;
+  add_istio_flags(app, o.istio, true);
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off");
+  app.add_option("--mode", o.mode, "auto, ebpf or iptables (meshcap)")->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "istio-iptables: " << e.what() << "\n";
+    return 1;
   }
-  if (!name.empty()) {
-    loader::validate_pod_name(name);
-    t.name = name;
-  } else {
-    if (t.cgroup_dir.empty()) throw UsageError("--name: not given (or give --cgroup and --netns)");
-    t.name = derive_pod_name(t.cgroup_dir, t.netns_path);
+  try {
+    setup_logging(log_level);
+    o.dry_run = o.istio.dry_run && (o.istio.dry_run->empty() || *o.istio.dry_run != "false");
+    int rc = run_init(o);
+    return rc == kExitUsage ? 1 : rc;
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return 1;
   }
-  return t;
-}
-
-void write_state(const PodTarget& t, const json& extra) {
-  std::error_code ec;
-  fs::create_directories(fs::path(state_file(t.name)).parent_path(), ec);
-  json j = extra;
-  j["name"] = t.name;
-  j["cgroup"] = t.cgroup_dir;
-  j["netns"] = t.netns_path;
-  std::ofstream out(state_file(t.name));
-  out << j.dump(2) << "\n";
-  if (!out) spdlog::warn("cannot write {}", state_file(t.name));
-}
-
-std::string join(const std::vector<std::string>& v, const std::string& sep) {
-  std::string out;
-  for (const auto& s : v) out += (out.empty() ? "" : sep) + s;
-  return out;
-}
-
-// The eBPF plan in readable form: what --dry-run prints in eBPF mode.
-void print_ebpf_plan(const PodTarget& t, const CaptureConfig& c, const loader::PodNetwork& pod) {
-  std::cout << "eBPF capture plan for pod " << t.name << "\n"
-            << "  cgroup: " << t.cgroup_dir << "\n"
-            << "  netns:  " << t.netns_path << "\n"
-            << "  programs (cgroup hooks, bpf_link): connect4 connect6 sockops getsockopt getpeername4 getpeername6\n"
-            << "  pins:   " << loader::pin_dir(t.name) << "/\n"
-            << "  outbound listener: 127.0.0.1:" << c.proxy_port << " / [::1]:" << c.proxy_port << "\n"
-            << "  inbound listener (proxy to the pod's own address): 127.0.0.1:" << c.inbound_capture_port
-            << ", tunnel port " << c.inbound_tunnel_port << " excluded\n"
-            << "  exempt UIDs: " << join(c.proxy_uids.tokens, ",") << "; GIDs: " << join(c.proxy_gids.tokens, ",")
-            << "\n";
-  auto cidrs = [](const CidrList& l) {
-    if (l.wildcard) return std::string("*");
-    std::vector<std::string> all;
-    for (const auto& x : l.v4) all.push_back(x.str());
-    for (const auto& x : l.v6) all.push_back(x.str());
-    return all.empty() ? std::string("(none)") : join(all, ",");
-  };
-  auto ports = [](const PortList& l) { return l.ports.empty() ? std::string("(none)") : join(l.tokens, ","); };
-  if (loader::wants_inbound(c)) {
-    auto ports = c.inbound_ports_include.wildcard ? std::string("* except ") + (c.inbound_ports_exclude.tokens.empty() ? "(none)" : join(c.inbound_ports_exclude.tokens, ","))
-                                                  : join(c.inbound_ports_include.tokens, ",");
-    std::cout << "  inbound (sk_lookup on the netns): ports " << ports << " to the inbound listener; -k "
-              << (c.reroute_virtual_interfaces.empty() ? "(none)" : join(c.reroute_virtual_interfaces, ","))
-              << " to the outbound listener\n";
-  }
-  std::cout << "  excluded interfaces (-c): "
-            << (c.exclude_interfaces.empty() ? "(none)" : join(c.exclude_interfaces, ",")) << "\n";
-  std::cout << "  map incl_cidr4/6 (-i): " << cidrs(c.outbound_ranges_include) << "\n"
-            << "  map excl_cidr4/6 (-x): " << cidrs(c.outbound_ranges_exclude) << "\n"
-            << "  ports -q (captured): " << ports(c.outbound_ports_include)
-            << "; -o (not captured): " << ports(c.outbound_ports_exclude) << "\n"
-            << "  owner groups: " << (c.owner_groups_except ? "all except " : "only ")
-            << (c.owner_groups.tokens.empty() ? "(none)" : join(c.owner_groups.tokens, ",")) << "\n";
-  std::vector<std::string> addrs;
-  for (const auto& a : pod.addresses) addrs.push_back(a.str());
-  std::cout << "  map pod_addrs: " << join(addrs, ",") << "\n"
-            << "  source kept: " << (pod.source4 ? pod.source4->str() : "-") << " / "
-            << (pod.source6 ? pod.source6->str() : "-") << "\n";
-}
-
-int run_init_ebpf(const PodTarget& t, const CaptureConfig& cfg, bool dry_run) {
-  auto pod = loader::read_pod_network(t.netns_path);
-  if (dry_run) {
-    print_ebpf_plan(t, cfg, pod);
-    return kExitOk;
-  }
-  loader::BpfCapture capture;
-  capture.configure(cfg, pod);
-  capture.load();
-  capture.attach(t.cgroup_dir, t.netns_path);
-  const bool inbound = loader::wants_inbound(cfg);
-  if (inbound) capture.adopt_listeners(t.netns_path);
-  capture.pin(t.name);
-  write_state(t, {{"mode", "ebpf"}, {"outbound", "ebpf"}, {"inbound", inbound ? "ebpf" : "none"}});
-  spdlog::info("pod {}: outbound TCP captured by eBPF (cgroup {}){}; pins in {}", t.name, t.cgroup_dir,
-               inbound ? ", inbound by sk_lookup on " + t.netns_path : "", loader::pin_dir(t.name));
-  return kExitOk;
-}
-
-int run_init(InitOptions& o) {
-  // Everything is validated before anything is touched.
-  CaptureConfig cfg = build_capture_config(o.istio, process_env());
-  if (o.istio.network_namespace && !o.istio.network_namespace->empty()) {
-    if (!o.netns.empty() && o.netns != *o.istio.network_namespace)
-      throw UsageError("--network-namespace: invalid value '" + *o.istio.network_namespace +
-                       "': conflicts with --netns '" + o.netns + "'");
-    o.netns = *o.istio.network_namespace;
-  }
-  if (o.mode != "auto" && o.mode != "ebpf" && o.mode != "iptables")
-    throw UsageError("--mode: invalid value '" + o.mode + "': expected auto, ebpf or iptables");
-  PodTarget t = resolve_target(o.name, o.cgroup, o.netns, o.mode != "iptables");
-
-  std::string mode = o.mode;
-  if (mode == "auto") {
-    auto why = loader::ebpf_unsupported(cfg);
-    mode = why.empty() ? "ebpf" : "iptables";
-    spdlog::info("auto mode chose {}{}", mode, why.empty() ? "" : " (" + why.front() + ")");
-  }
-  if (mode == "ebpf") {
-    auto why = loader::ebpf_unsupported(cfg);
-    if (!why.empty()) throw UsageError("--mode ebpf cannot honour this configuration: " + join(why, "; "));
-    return run_init_ebpf(t, cfg, o.dry_run);
-  }
-  throw UsageError("--mode iptables: not available in this build");
-}
-
-int run_cleanup(const CleanupOptions& o) {
-  PodTarget t = resolve_target(o.name, o.cgroup, o.netns, false);
-  bool removed = loader::remove_pins(t.name);
-  std::error_code ec;
-  removed |= fs::remove(state_file(t.name), ec);
-  spdlog::info("pod {}: {}", t.name, removed ? "capture removed" : "nothing to remove");
-  return kExitOk;
 }
 
 }  // namespace
-}  // namespace meshcap
 
 int main(int argc, char** argv) {
   using namespace meshcap;
+  if (std::filesystem::path(argv[0]).filename() == "istio-iptables") return istio_iptables_main(argc, argv);
+
   CLI::App app{"meshcap: sidecar traffic capture with eBPF, or istio-identical iptables"};
   app.require_subcommand(1);
   std::string log_level = "info";
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
+  auto add_log_level = [&](CLI::App* cmd) {
+    cmd->add_option("--log-level", log_level, "trace, debug, info, warn, error or off");
+  };
+  add_log_level(&app);
 
   InitOptions init;
   auto* init_cmd = app.add_subcommand("init", "Capture a pod's traffic");
@@ -222,7 +98,7 @@ int main(int argc, char** argv) {
   init_cmd->add_option("--cgroup", init.cgroup, "The pod's cgroup v2 directory (default: the caller's)");
   init_cmd->add_option("--netns", init.netns, "The pod's network namespace: a path or a name under /run/netns");
   init_cmd->add_flag("-n,--dry-run", init.dry_run, "Print what would be applied and change nothing");
-  init_cmd->add_option("--log-level", log_level, "trace, debug, info, warn, error or off");
+  add_log_level(init_cmd);
   add_istio_flags(*init_cmd, init.istio, false);
 
   CleanupOptions cleanup;
@@ -230,7 +106,21 @@ int main(int argc, char** argv) {
   cleanup_cmd->add_option("--name", cleanup.name, "Name of the pod's capture");
   cleanup_cmd->add_option("--cgroup", cleanup.cgroup, "The pod's cgroup v2 directory");
   cleanup_cmd->add_option("--netns", cleanup.netns, "The pod's network namespace");
-  cleanup_cmd->add_option("--log-level", log_level, "trace, debug, info, warn, error or off");
+  cleanup_cmd->add_flag("--all-stale", cleanup.all_stale, "Remove what is left of pods whose cgroup or netns is gone");
+  add_log_level(cleanup_cmd);
+
+  StatusOptions status;
+  auto* status_cmd = app.add_subcommand("status", "Show each pod's capture: modes, programs or chains, counters, drift");
+  status_cmd->add_option("--name", status.name, "Only this pod");
+  status_cmd->add_flag("--json", status.json, "JSON on stdout");
+  status_cmd->add_flag("--prometheus", status.prometheus, "Prometheus text format on stdout");
+  add_log_level(status_cmd);
+
+  ProbeOptions probe;
+  auto* probe_cmd = app.add_subcommand("probe", "Show what this kernel and process can do, and the plan init would make");
+  probe_cmd->add_flag("--json", probe.json, "JSON on stdout");
+  add_log_level(probe_cmd);
+  add_istio_flags(*probe_cmd, probe.istio, false);
 
   try {
     app.parse(argc, argv);
@@ -239,8 +129,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::string msg = e.what();
-    std::cerr << "meshcap: " << msg << "\n";
+    std::cerr << "meshcap: " << e.what() << "\n";
     return kExitUsage;
   }
 
@@ -248,6 +137,8 @@ int main(int argc, char** argv) {
     setup_logging(log_level);
     if (init_cmd->parsed()) return run_init(init);
     if (cleanup_cmd->parsed()) return run_cleanup(cleanup);
+    if (status_cmd->parsed()) return run_status(status);
+    if (probe_cmd->parsed()) return run_probe(probe);
   } catch (const UsageError& e) {
     spdlog::error("{}", e.what());
     return kExitUsage;

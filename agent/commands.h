@@ -1,0 +1,49 @@
+// The meshcap subcommands: init, cleanup, status, probe.
+#pragma once
+
+#include <string>
+
+#include "istio_flags.h"
+
+namespace meshcap {
+
+constexpr int kExitOk = 0;
+constexpr int kExitRuntime = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitValidation = 126;
+
+struct InitOptions {
+  std::string mode = "auto";
+  std::string name, cgroup, netns;
+  bool dry_run = false;
+  IstioFlagValues istio;
+};
+
+struct CleanupOptions {
+  std::string name, cgroup, netns;
+  bool all_stale = false;
+};
+
+struct StatusOptions {
+  std::string name;
+  bool json = false;
+  bool prometheus = false;
+};
+
+struct ProbeOptions {
+  bool json = false;
+  IstioFlagValues istio;
+};
+
+/// Validates everything, plans per direction, applies all or nothing,
+/// validates when asked, records what it did. Returns the exit code; throws
+/// UsageError (exit 2) or another exception (exit 1) with nothing applied.
+int run_init(InitOptions& o);
+/// Removes what meshcap installed for a pod (or every stale pod).
+int run_cleanup(const CleanupOptions& o);
+/// Prints each pod's capture.
+int run_status(const StatusOptions& o);
+/// Prints the kernel's features, the privileges, and the plan for the flags.
+int run_probe(const ProbeOptions& o);
+
+}  // namespace meshcap
