@@ -96,6 +96,19 @@ std::string save_of(iptables::CommandRunner& runner, const std::string& save_bin
   return r.ok() ? r.out : "";
 }
 
+bool path_gone(const std::string& p) {
+  std::error_code ec;
+  return !p.empty() && !fs::exists(p, ec);
+}
+
+// Enough of a configuration for the iptables cleanup (TPROXY routing).
+CaptureConfig cleanup_config(const json& st) {
+  CaptureConfig c;
+  if (st.contains("tproxy_mark")) c.tproxy_mark = st["tproxy_mark"];
+  if (st.contains("tproxy_route_table")) c.tproxy_route_table = st["tproxy_route_table"];
+  return c;
+}
+
 // ---------------------------------------------------------------- target
 
 // The pod a command acts on, from --name / --cgroup / --netns. `cgroup_mode`:
@@ -291,6 +304,16 @@ int run_init(InitOptions& o) {
       throw;
     }
   }
+  // A previous capture of this pod by the engine no longer used goes now
+  // (the new one is in place: no moment without capture).
+  json previous = read_state(t.name);
+  if (!previous.is_null() && previous.contains("iptables") && !plan.uses_iptables() &&
+      !path_gone(previous.value("netns", ""))) {
+    iptables::ProcessRunner runner(previous.value("netns", ""));
+    iptables::IptablesApplier(runner, iptables::ApplierOptions{kIptablesStateDir}).cleanup(cleanup_config(previous));
+    spdlog::info("pod {}: removed its previous iptables capture", t.name);
+  }
+  if (!plan.uses_ebpf() && loader::remove_pins(t.name)) spdlog::info("pod {}: removed its previous eBPF capture", t.name);
   write_state(t.name, st);
 
   // 3. Validation, as istio's --run-validation.
@@ -311,11 +334,6 @@ int run_init(InitOptions& o) {
 // ---------------------------------------------------------------- cleanup
 
 namespace {
-
-bool path_gone(const std::string& p) {
-  std::error_code ec;
-  return !p.empty() && !fs::exists(p, ec);
-}
 
 // True when every pinned link of a pod is defunct (its cgroup or netns gone).
 bool links_defunct(const std::string& name) {
@@ -344,13 +362,6 @@ std::vector<std::string> known_pods() {
     if (f.size() > 5 && f.substr(f.size() - 5) == ".json") names.insert(f.substr(0, f.size() - 5));
   }
   return {names.begin(), names.end()};
-}
-
-CaptureConfig cleanup_config(const json& st) {
-  CaptureConfig c;
-  if (st.contains("tproxy_mark")) c.tproxy_mark = st["tproxy_mark"];
-  if (st.contains("tproxy_route_table")) c.tproxy_route_table = st["tproxy_route_table"];
-  return c;
 }
 
 }  // namespace

@@ -83,6 +83,14 @@ ProcessRunner::ProcessRunner(const std::string& netns_path) : where_("network na
     const int e = errno;
     throw IptablesError("open-netns", "cannot open network namespace " + netns_path + ": " + errno_text(e), -1, e);
   }
+  // Already there (an init container in the pod): no setns, which would need
+  // CAP_SYS_ADMIN even for the namespace one is in.
+  struct stat target {}, own {};
+  if (::fstat(netns_fd_, &target) == 0 && ::stat("/proc/self/ns/net", &own) == 0 && target.st_dev == own.st_dev &&
+      target.st_ino == own.st_ino) {
+    ::close(netns_fd_);
+    netns_fd_ = -1;
+  }
 }
 
 ProcessRunner::ProcessRunner(int netns_fd) : where_("network namespace fd " + std::to_string(netns_fd)) {

@@ -5,6 +5,7 @@
 #include <ifaddrs.h>
 #include <net/if.h>
 #include <sched.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -100,7 +101,12 @@ PodNetwork read_pod_network(const std::string& netns_path) {
       step = "open network namespace " + netns_path;
       return;
     }
-    if (setns(fd, CLONE_NEWNET)) {
+    // Already there (an init container in the pod): no setns, which needs
+    // CAP_SYS_ADMIN even for one's own namespace.
+    struct stat target {}, own {};
+    bool same = fstat(fd, &target) == 0 && stat("/proc/thread-self/ns/net", &own) == 0 &&
+                target.st_dev == own.st_dev && target.st_ino == own.st_ino;
+    if (!same && setns(fd, CLONE_NEWNET)) {
       error = errno;
       step = "enter network namespace " + netns_path;
       close(fd);

@@ -1,0 +1,257 @@
+// The meshcap command for real on throwaway pods: auto, ebpf and iptables
+// modes, the capability-dropped fallback run from inside the pod, the
+// istio-iptables drop-in, validation, status and drift, stale cleanup, and a
+// corpus of bad input that must change nothing.
+#include <bpf/bpf.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "capture_fixture.h"
+
+namespace meshcap::test {
+namespace {
+
+using nlohmann::json;
+
+const std::vector<std::string> kIstioInit = {"-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i",
+                                             "*",  "-x", "",      "-b", "*",     "-d", "15090,15021,15020"};
+
+class Agent : public CaptureTest {
+ protected:
+  void SetUp() override {
+    CaptureTest::SetUp();
+    if (IsSkipped()) return;
+    out4_ = std::make_unique<RecordingListener>(Placement::pod_process(*pod_, Identity::proxy()), "127.0.0.1", 15001);
+    peer_ = std::make_unique<RecordingListener>(Placement::peer_thread(*pod_), pod_->peer_ipv4(), 8080);
+  }
+
+  CommandResult init(const std::string& mode, std::vector<std::string> flags) {
+    std::vector<std::string> args = {"init",  "--mode",   mode, "--name", name_, "--cgroup", pod_->cgroup_path(),
+                                     "--netns", pod_->pod_netns_path()};
+    args.insert(args.end(), flags.begin(), flags.end());
+    return meshcap(args);
+  }
+
+  /// `<save>` run inside the pod's network namespace.
+  std::string pod_save(const std::string& save = "iptables-save") {
+    return run_command({"nsenter", "--net=" + pod_->pod_netns_path(), save}).output;
+  }
+  size_t istio_lines(const std::string& save = "iptables-save") {
+    std::string s = pod_save(save);
+    size_t n = 0;
+    for (size_t p = s.find("ISTIO_"); p != std::string::npos; p = s.find("ISTIO_", p + 1)) n++;
+    return n;
+  }
+  /// Everything the kernel holds of meshcap for this pod: iptables of both
+  /// backends and families, cgroup and netns programs, pins.
+  std::string kernel_state() {
+    std::string s;
+    for (const char* save : {"iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save"}) {
+      std::string out = pod_save(save);
+      std::string kept;
+      std::istringstream in(out);
+      for (std::string line; std::getline(in, line);)
+        if (!line.empty() && line[0] != '#') kept += line + "\n";  // drop the timestamped comments
+      s += kept;
+    }
+    s += "programs " + std::to_string(programs_attached(pod_->cgroup_path()));
+    s += " pins " + std::to_string(loader::pinned_state(name_).present);
+    return s;
+  }
+  json status_json() {
+    auto r = run_command({MESHCAP_BIN, "status", "--name", name_, "--json"});
+    return json::parse(r.output.substr(r.output.find('[')));
+  }
+  /// Runs argv inside the pod (its cgroup and netns) as root, optionally
+  /// with only the given capabilities (setpriv), and returns the exit code.
+  int run_in_pod_cmd(std::vector<std::string> argv, const std::string& caps = "") {
+    if (!caps.empty())
+      argv.insert(argv.begin(), {"setpriv", "--bounding-set=-all," + caps, "--inh-caps=-all", "--"});
+    return pod_->run_in_pod([argv] {
+      std::vector<char*> a;
+      for (const auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
+      a.push_back(nullptr);
+      auto bin = find_binary(argv[0]).value_or(argv[0]);
+      execv(bin.c_str(), a.data());
+      return 127;
+    });
+  }
+
+  std::unique_ptr<RecordingListener> out4_, peer_;
+};
+
+TEST_F(Agent, AutoModeUsesEbpfWhereItCan) {
+  auto r = init("auto", {"-i", "*"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto st = status_json().at(0);
+  EXPECT_EQ(st["plan"]["outbound"]["engine"], "ebpf");
+  EXPECT_EQ(programs_attached(pod_->cgroup_path()), 6u);
+  EXPECT_EQ(istio_lines(), 0u);
+  EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());
+  EXPECT_EQ(out4_->accepted(), 1u);
+  EXPECT_EQ(status_json().at(0)["ebpf"]["counters"]["redirected_outbound"], 1);
+}
+
+TEST_F(Agent, IptablesModeForRealWithBothBackends) {
+  for (const std::string backend : {"nft", "legacy"}) {
+    SCOPED_TRACE(backend);
+    auto r = init("iptables", {"-i", "*", "--force-iptables-binary", backend});
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_GT(istio_lines("iptables-" + backend + "-save"), 10u);
+    EXPECT_EQ(programs_attached(pod_->cgroup_path()), 0u);
+    size_t before = out4_->accepted();
+    RoundTrip rt = app_roundtrip(pod_->peer_ipv4(), 8080);
+    EXPECT_TRUE(rt.ok());
+    ASSERT_TRUE(out4_->wait_for_accepts(before + 1));
+    auto rec = out4_->records().back();
+    EXPECT_TRUE(rec.original_dst.ok);  // from conntrack
+    EXPECT_EQ(rec.original_dst.address, endpoint(pod_->peer_ipv4(), 8080));
+    auto st = status_json().at(0);
+    EXPECT_EQ(st["plan"]["outbound"]["engine"], "iptables");
+    EXPECT_TRUE(st["drift"].empty()) << st.dump();
+    ASSERT_EQ(meshcap({"cleanup", "--name", name_}).exit_code, 0);
+    EXPECT_EQ(istio_lines("iptables-" + backend + "-save"), 0u);
+  }
+}
+
+TEST_F(Agent, SwitchingModesReplacesTheOldCapture) {
+  ASSERT_EQ(init("iptables", {"-i", "*"}).exit_code, 0);
+  EXPECT_GT(istio_lines(), 0u);
+  ASSERT_EQ(init("ebpf", {"-i", "*"}).exit_code, 0);
+  EXPECT_EQ(istio_lines(), 0u);
+  EXPECT_EQ(programs_attached(pod_->cgroup_path()), 6u);
+  ASSERT_EQ(init("iptables", {"-i", "*"}).exit_code, 0);
+  EXPECT_EQ(programs_attached(pod_->cgroup_path()), 0u);
+  EXPECT_GT(istio_lines(), 0u);
+}
+
+TEST_F(Agent, WithoutBpfPrivilegeFromInsideThePodFallsBackToIptables) {
+  // As an istio-init container runs: inside the pod, CAP_NET_ADMIN and
+  // CAP_NET_RAW only, everything defaulted (cgroup, netns).
+  std::vector<std::string> argv = {MESHCAP_BIN, "init", "--name", name_};
+  argv.insert(argv.end(), kIstioInit.begin(), kIstioInit.end());
+  EXPECT_EQ(run_in_pod_cmd(argv, "+net_admin,+net_raw"), 0);
+  EXPECT_GT(istio_lines(), 10u);
+  EXPECT_EQ(programs_attached(pod_->cgroup_path()), 0u);
+  auto st = status_json().at(0);
+  EXPECT_EQ(st["plan"]["outbound"]["engine"], "iptables");
+  EXPECT_NE(st["plan"]["outbound"]["reasons"].dump().find("CAP_BPF"), std::string::npos) << st.dump();
+  EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());
+  EXPECT_EQ(out4_->accepted(), 1u);
+}
+
+TEST_F(Agent, IstioIptablesDropIn) {
+  const std::string drop_in = std::filesystem::path(MESHCAP_BIN).parent_path() / "istio-iptables";
+  // istio-init's exact arguments, inside the pod, full privileges: eBPF.
+  std::vector<std::string> argv = {drop_in};
+  argv.insert(argv.end(), kIstioInit.begin(), kIstioInit.end());
+  EXPECT_EQ(run_in_pod_cmd(argv), 0);
+  EXPECT_EQ(programs_attached(pod_->cgroup_path()), 6u);
+  EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());
+  EXPECT_EQ(out4_->accepted(), 1u);
+  // istio's exit code for bad input is 1.
+  EXPECT_EQ(run_in_pod_cmd({drop_in, "-p", "not-a-port"}), 1);
+  // Its dry run prints istio's payload.
+  auto dry = run_command({drop_in, "-n", "-b", "32000,31000"});
+  EXPECT_EQ(dry.exit_code, 0);
+  EXPECT_NE(dry.output.find("-A ISTIO_INBOUND -p tcp --dport 32000 -j ISTIO_IN_REDIRECT"), std::string::npos);
+  // Clean up what the derived name holds.
+  for (const auto& e : std::filesystem::directory_iterator("/run/meshcap/pods")) {
+    std::string f = e.path().filename();
+    json st = json::parse(read_text_file(e.path()));
+    if (st.value("cgroup", "") == pod_->cgroup_path()) meshcap({"cleanup", "--name", f.substr(0, f.size() - 5)});
+  }
+  EXPECT_EQ(programs_attached(pod_->cgroup_path()), 0u);
+}
+
+TEST_F(Agent, RunValidationPassesInBothModes) {
+  out4_.reset();  // the validator listens on the proxy's ports itself
+  for (const std::string mode : {"ebpf", "iptables"}) {
+    SCOPED_TRACE(mode);
+    auto r = init(mode, {"-i", "*", "--run-validation"});
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("validation passed"), std::string::npos) << r.output;
+  }
+}
+
+TEST_F(Agent, FailedValidationExits126AndRollsBack) {
+  // The proxy's ports are taken (the listener below and out4_), so the
+  // validator cannot listen: validation fails, capture is removed.
+  RecordingListener in(Placement::pod_process(*pod_, Identity::proxy()), "127.0.0.1", 15006);
+  std::string before = kernel_state();
+  auto r = init("ebpf", {"-i", "*", "--run-validation"});
+  EXPECT_EQ(r.exit_code, 126) << r.output;
+  EXPECT_EQ(kernel_state(), before);
+}
+
+TEST_F(Agent, StatusReportsDrift) {
+  ASSERT_EQ(init("ebpf", {"-i", "*"}).exit_code, 0);
+  EXPECT_TRUE(status_json().at(0)["drift"].empty());
+  // Someone detaches a link behind meshcap's back.
+  int fd = bpf_obj_get((loader::pin_dir(name_) + "/link_connect4").c_str());
+  ASSERT_GE(fd, 0);
+  bpf_link_detach(fd);
+  close(fd);
+  EXPECT_NE(status_json().at(0)["drift"].dump().find("link_connect4 is detached"), std::string::npos);
+
+  ASSERT_EQ(init("iptables", {"-i", "*"}).exit_code, 0);
+  EXPECT_TRUE(status_json().at(0)["drift"].empty());
+  run_command({"nsenter", "--net=" + pod_->pod_netns_path(), "iptables", "-t", "nat", "-D", "ISTIO_OUTPUT", "-d",
+               "127.0.0.1/32", "-j", "RETURN"});
+  EXPECT_NE(status_json().at(0)["drift"].dump().find("differ"), std::string::npos);
+  auto prom = run_command({MESHCAP_BIN, "status", "--prometheus"});
+  EXPECT_NE(prom.output.find("meshcap_drift{pod=\"" + name_ + "\"} 1"), std::string::npos) << prom.output;
+}
+
+TEST_F(Agent, AllStaleRemovesPodsWhoseCgroupIsGone) {
+  const std::string sub = pod_->cgroup_path() + "/gone";
+  ASSERT_EQ(mkdir(sub.c_str(), 0755), 0);
+  auto r = meshcap({"init", "--mode", "ebpf", "--name", name_, "--cgroup", sub, "--netns", pod_->pod_netns_path(),
+                    "-i", "*"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_EQ(rmdir(sub.c_str()), 0);  // the pod's cgroup is deleted under meshcap
+  EXPECT_TRUE(loader::pinned_state(name_).present);
+  r = meshcap({"cleanup", "--all-stale"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_FALSE(loader::pinned_state(name_).present);
+}
+
+TEST_F(Agent, BadInputExitsTwoWithOneLineAndChangesNothing) {
+  ASSERT_EQ(init("iptables", {"-i", "*"}).exit_code, 0);  // something to keep intact
+  const std::string before = kernel_state();
+  const std::string cg = pod_->cgroup_path(), ns = pod_->pod_netns_path();
+  const std::vector<std::vector<std::string>> corpus = {
+      {"init", "--mode", "iptables", "--netns", ns, "-p", "0"},
+      {"init", "--mode", "iptables", "--netns", ns, "-z", "99999"},
+      {"init", "--mode", "iptables", "--netns", ns, "-i", "10.0.0.0/8,bogus"},
+      {"init", "--mode", "iptables", "--netns", ns, "-x", "*"},
+      {"init", "--mode", "iptables", "--netns", ns, "-u", "1337,x y"},
+      {"init", "--mode", "iptables", "--netns", ns, "-m", "tproxy"},
+      {"init", "--mode", "iptables", "--netns", ns, "--force-iptables-binary", "nftables"},
+      {"init", "--mode", "iptables", "--netns", ns, "-b", "8080,,x"},
+      {"init", "--mode", "iptables", "--netns", ns, "-b", ","},
+      {"init", "--mode", "iptables", "--netns", "/nonexistent/ns"},
+      {"init", "--mode", "auto", "--cgroup", cg, "--netns", ns, "--dual-stack=perhaps"},
+      {"init", "--mode", "ebpf", "--cgroup", cg, "--netns", ns, "--redirect-dns", "--dns-servers", "10.0.0.10"},
+      {"init", "--mode", "ebpf", "--cgroup", cg, "--netns", ns, "-k", "nosuchif0"},
+      {"init", "--mode", "ebpf", "--cgroup", "/proc", "--netns", ns},
+      {"init", "--mode", "sometimes", "--netns", ns},
+      {"init", "--no-such-flag"},
+      {"cleanup"},
+      {"status", "--name", "bad/name"},
+  };
+  for (const auto& args : corpus) {
+    auto r = meshcap(args);
+    std::string shown;
+    for (const auto& a : args) shown += a + " ";
+    EXPECT_EQ(r.exit_code, 2) << shown << "\n" << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << shown << "\n" << r.output;
+    EXPECT_EQ(kernel_state(), before) << shown;
+  }
+}
+
+}  // namespace
+}  // namespace meshcap::test
