@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -276,7 +277,9 @@ int run_init(InitOptions& o) {
       loader::BpfCapture capture;
       capture.configure(bpf_cfg, pod);
       capture.load();
+      loader::fault_point("loaded");
       capture.attach(t.cgroup_dir, t.netns_path);
+      loader::fault_point("attached");
       if (plan.inbound.engine == Engine::Ebpf) capture.adopt_listeners(t.netns_path);
       capture.pin(t.name);
     } catch (const loader::LoaderError& e) {
@@ -289,17 +292,29 @@ int run_init(InitOptions& o) {
     }
   }
   if (plan.uses_iptables()) {
+    std::optional<iptables::ProcessRunner> runner;
+    bool applied = false;
     try {
-      iptables::ProcessRunner runner(t.netns_path);
-      iptables::IptablesApplier applier(runner, iptables::ApplierOptions{kIptablesStateDir});
+      runner.emplace(t.netns_path);
+      iptables::IptablesApplier applier(*runner, iptables::ApplierOptions{kIptablesStateDir});
       auto result = applier.apply(ipt_cfg, ipv6);
+      applied = true;
+      loader::fault_point("iptables");
       st["iptables"] = {{"ipv4", result.ipv4.save_binary}};
       if (result.ipv6) st["iptables"]["ipv6"] = result.ipv6->save_binary;
       std::vector<std::string> snapshot;
       for (const auto& bin : save_binaries(st))
-        for (auto& l : istio_lines(save_of(runner, bin, false))) snapshot.push_back(bin + " " + l);
+        for (auto& l : istio_lines(save_of(*runner, bin, false))) snapshot.push_back(bin + " " + l);
       st["iptables"]["snapshot"] = snapshot;
     } catch (...) {
+      // All or nothing: undo this run's rules and programs.
+      if (applied) {
+        try {
+          iptables::IptablesApplier(*runner, iptables::ApplierOptions{kIptablesStateDir}).cleanup(ipt_cfg);
+        } catch (const std::exception& e) {
+          spdlog::error("undoing the iptables rules failed too: {}", e.what());
+        }
+      }
       loader::remove_pins(t.name);
       throw;
     }
@@ -315,6 +330,7 @@ int run_init(InitOptions& o) {
   }
   if (!plan.uses_ebpf() && loader::remove_pins(t.name)) spdlog::info("pod {}: removed its previous eBPF capture", t.name);
   write_state(t.name, st);
+  loader::fault_point("state");
 
   // 3. Validation, as istio's --run-validation.
   if (cfg.run_validation) {

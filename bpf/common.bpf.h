@@ -163,6 +163,24 @@ MC_EXTERN struct {
 	__type(value, struct mc_orig);
 } inbound_orig SEC(".maps");
 
+/* control[0] != 0 once the capture is committed: the loader attaches and
+ * pins everything with capture off, then turns it on with this one update,
+ * so a loader killed half-way leaves a pod either captured or not at all. */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} control SEC(".maps");
+
+static __always_inline bool mc_enabled(void)
+{
+	__u32 key = 0;
+	__u32 *on = bpf_map_lookup_elem(&control, &key);
+
+	return on && *on;
+}
+
 /* One counter per decision and event (enum mc_counter). */
 MC_EXTERN struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

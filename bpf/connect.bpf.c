@@ -78,7 +78,7 @@ int mc_connect4(struct bpf_sock_addr *ctx)
 	struct bpf_sock *sk = ctx->sk;
 	enum mc_verdict v;
 
-	if (!__mc_is_tcp(ctx) || !sk)
+	if (!__mc_is_tcp(ctx) || !sk || !mc_enabled())
 		return 1;
 	__u32 dst4, src4;
 
@@ -110,7 +110,7 @@ int mc_connect6(struct bpf_sock_addr *ctx)
 	struct mc_addr src = {};
 	enum mc_verdict v;
 
-	if (!__mc_is_tcp(ctx) || !sk)
+	if (!__mc_is_tcp(ctx) || !sk || !mc_enabled())
 		return 1;
 	MC_LOAD_ADDR6(&c.dst, ctx->user_ip6);
 	MC_LOAD_ADDR6(&c.src, sk->src_ip6);

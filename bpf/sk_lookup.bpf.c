@@ -32,7 +32,7 @@ int mc_sk_lookup(struct bpf_sk_lookup *ctx)
 	__u8 *flags;
 	long err;
 
-	if (ctx->protocol != IPPROTO_TCP)
+	if (ctx->protocol != IPPROTO_TCP || !mc_enabled())
 		return SK_PASS;
 	MC_LOAD(ifindex, ctx->ingress_ifindex);
 	MC_LOAD(family, ctx->family);

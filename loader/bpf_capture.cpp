@@ -13,6 +13,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -45,7 +47,7 @@ struct ProgSpec {
 // Map pin names: what status and the tests read back.
 const std::vector<std::string> kPinnedMaps = {
     "counters",   "orig_dst",   "pod_addrs",  "excl_cidr4",  "incl_cidr4",   "excl_cidr6", "incl_cidr6",
-    "owner_gids", "route4",     "route6",     "iface_flags", "inbound_orig", "listeners"};
+    "owner_gids", "route4",     "route6",     "iface_flags", "inbound_orig", "listeners", "control"};
 
 std::string errstr(int err) { return std::strerror(err < 0 ? -err : err); }
 
@@ -97,6 +99,17 @@ void remove_tree(const std::string& dir) {
 }
 
 }  // namespace
+
+void fault_point(const std::string& step) {
+  const char* at = std::getenv("MESHCAP_FAULT_AT");
+  if (!at) return;
+  std::string spec = at;  // STEP or STEP:kill
+  bool kill_self = spec.size() > 5 && spec.substr(spec.size() - 5) == ":kill";
+  if (kill_self) spec.resize(spec.size() - 5);
+  if (spec != step) return;
+  if (kill_self) raise(SIGKILL);
+  throw LoaderError("injected fault at " + step, EIO);
+}
 
 LoaderError::LoaderError(std::string step, int err, const std::string& detail)
     : std::runtime_error(step + ": " + (detail.empty() ? "" : detail + ": ") + errstr(err)),
@@ -367,30 +380,43 @@ void BpfCapture::pin(const std::string& name) {
   remove_tree(tmp_dir);
   if (mkdir(tmp_dir.c_str(), 0700)) throw LoaderError("create " + tmp_dir, errno);
 
-  auto fail = [&](const std::string& step, int err) {
+  auto undo = [&] {
     // Unpin what this call pinned; the links stay owned by this object and
     // are detached by detach_all().
     for (auto* link : links_) bpf_link__unpin(link);
     remove_tree(tmp_dir);
     rmdir(kStagingRoot);
     detach_all();
-    throw LoaderError(step, err);
   };
-  for (size_t i = 0; i < links_.size(); i++) {
-    std::string path = tmp_dir + "/" + link_pins_[i];
-    if (bpf_link__pin(links_[i], path.c_str())) fail("pin " + path, errno);
+  auto fail = [&](const std::string& step, int err) { throw LoaderError(step, err); };
+  try {
+    for (size_t i = 0; i < links_.size(); i++) {
+      std::string path = tmp_dir + "/" + link_pins_[i];
+      if (bpf_link__pin(links_[i], path.c_str())) fail("pin " + path, errno);
+      fault_point("pin-link");
+    }
+    for (const auto& m : kPinnedMaps) {
+      bpf_map* map = bpf_object__find_map_by_name(skel_->obj, m.c_str());
+      std::string path = tmp_dir + "/map_" + m;
+      if (!map || bpf_map__pin(map, path.c_str())) fail("pin " + path, map ? errno : ENOENT);
+    }
+    fault_point("pinned");
+    // Commit: one map update turns the new capture on. Until here it was
+    // attached but inert; an old capture of the same name was still working.
+    const uint32_t key = 0, on = 1;
+    if (bpf_map__update_elem(skel_->maps.control, &key, sizeof(key), &on, sizeof(on), BPF_ANY))
+      fail("enable capture", errno);
+    fault_point("enabled");
+    // Both run now (the old one first; the new one sees 127.0.0.1 and passes).
+    // Retire the old one, then move the new pins into place.
+    if (remove_pins(name)) spdlog::info("replaced the previous capture of {}", name);
+    mkdir(kPinRoot, 0700);  // remove_pins() drops the root when it was the last pod
+    if (rename(tmp_dir.c_str(), final_dir.c_str())) fail("rename " + tmp_dir + " to " + final_dir, errno);
+    rmdir(kStagingRoot);  // only when empty: another init may be staging
+  } catch (...) {
+    undo();
+    throw;
   }
-  for (const auto& m : kPinnedMaps) {
-    bpf_map* map = bpf_object__find_map_by_name(skel_->obj, m.c_str());
-    std::string path = tmp_dir + "/map_" + m;
-    if (!map || bpf_map__pin(map, path.c_str())) fail("pin " + path, map ? errno : ENOENT);
-  }
-  // The new capture is attached and pinned: only now retire an old one of
-  // the same name, then move the new pins into place.
-  if (remove_pins(name)) spdlog::info("replaced the previous capture of {}", name);
-  mkdir(kPinRoot, 0700);  // remove_pins() drops the root when it was the last pod
-  if (rename(tmp_dir.c_str(), final_dir.c_str())) fail("rename " + tmp_dir + " to " + final_dir, errno);
-  rmdir(kStagingRoot);  // only when empty: another init may be staging
   // The pins now hold the links; this object no longer detaches them.
   for (auto* link : links_) bpf_link__disconnect(link);
   detach_all();
@@ -539,8 +565,20 @@ size_t pinned_connection_entries(const std::string& name) {
 bool remove_pins(const std::string& name) {
   validate_pod_name(name);
   std::error_code ec;
+  // Staging directories of an init that died before its commit.
+  bool staged = false;
+  for (const auto& e : fs::directory_iterator(kStagingRoot, ec)) {
+    std::string f = e.path().filename();
+    if (f.rfind(name + "-", 0) != 0 || f.find_first_not_of("0123456789", name.size() + 1) != std::string::npos)
+      continue;
+    pid_t pid = std::stoi(f.substr(name.size() + 1));
+    if (pid == getpid() || kill(pid, 0) == 0) continue;  // still at work
+    remove_tree(e.path());
+    staged = true;
+  }
+  rmdir(kStagingRoot);
   const std::string dir = pin_dir(name);
-  if (!fs::is_directory(dir, ec)) return false;
+  if (!fs::is_directory(dir, ec)) return staged;
   remove_tree(dir);
   rmdir(kPinRoot);  // only when no other pod is pinned
   return true;

@@ -32,6 +32,11 @@ class LoaderError : public std::runtime_error {
   int err_;
 };
 
+/// A test hook: when MESHCAP_FAULT_AT names `step` ("STEP" or "STEP:kill"),
+/// throws a LoaderError there (or SIGKILLs the process). Steps: "loaded",
+/// "attached", "pin-link", "pinned", "enabled", "iptables", "state".
+void fault_point(const std::string& step);
+
 /// An address of the pod, as 4 or 16 network-order bytes.
 struct PodAddress {
   int family = 0;  // AF_INET or AF_INET6

@@ -11,6 +11,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   # run time and tests
   iproute2 iptables util-linux procps haproxy
+  # benchmark plots (meshcap-bench)
+  gnuplot-nox
 )
 
 missing=()

@@ -59,7 +59,7 @@ TEST_F(HaproxyInbound, ProxyRestartIsRefusedThenRecovers) {
   EXPECT_EQ(from_peer(10), 0);
   ASSERT_TRUE(pod_->stop(haproxy_.pid).has_value());
   EXPECT_EQ(from_peer(5), 5);  // refused while the proxy is down
-  EXPECT_EQ(app_->accepted(), 10u);
+  EXPECT_ACCEPTS(app_->accepted(), 10);
   haproxy_ = start_haproxy(*pod_, config_);  // listens again: sockops re-adds it
   EXPECT_EQ(from_peer(10), 0) << read_text_file(haproxy_.log_path);
   EXPECT_TRUE(app_->wait_for_accepts(20));

@@ -83,7 +83,7 @@ TEST_F(HaproxyOutbound, ProxyDownRefusesAndCleanupGoesDirectAgain) {
   // iptables REDIRECT to a closed port): they really went through it.
   ASSERT_TRUE(pod_->stop(haproxy_.pid).has_value());
   EXPECT_EQ(run_app(1, 5), 5);
-  EXPECT_EQ(echo_->accepted(), 10u);
+  EXPECT_ACCEPTS(echo_->accepted(), 10);
   // After cleanup the same connections go direct, without a proxy.
   ASSERT_EQ(meshcap({"cleanup", "--name", name_}).exit_code, 0);
   EXPECT_EQ(programs_attached(pod_->cgroup_path()), 0u);

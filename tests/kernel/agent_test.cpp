@@ -91,7 +91,7 @@ TEST_F(Agent, AutoModeUsesEbpfWhereItCan) {
   EXPECT_EQ(programs_attached(pod_->cgroup_path()), 6u);
   EXPECT_EQ(istio_lines(), 0u);
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());
-  EXPECT_EQ(out4_->accepted(), 1u);
+  EXPECT_ACCEPTS(out4_->accepted(), 1);
   EXPECT_EQ(status_json().at(0)["ebpf"]["counters"]["redirected_outbound"], 1);
 }
 
@@ -140,7 +140,7 @@ TEST_F(Agent, WithoutBpfPrivilegeFromInsideThePodFallsBackToIptables) {
   EXPECT_EQ(st["plan"]["outbound"]["engine"], "iptables");
   EXPECT_NE(st["plan"]["outbound"]["reasons"].dump().find("CAP_BPF"), std::string::npos) << st.dump();
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());
-  EXPECT_EQ(out4_->accepted(), 1u);
+  EXPECT_ACCEPTS(out4_->accepted(), 1);
 }
 
 TEST_F(Agent, IstioIptablesDropIn) {
@@ -151,7 +151,7 @@ TEST_F(Agent, IstioIptablesDropIn) {
   EXPECT_EQ(run_in_pod_cmd(argv), 0);
   EXPECT_EQ(programs_attached(pod_->cgroup_path()), 6u);
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());
-  EXPECT_EQ(out4_->accepted(), 1u);
+  EXPECT_ACCEPTS(out4_->accepted(), 1);
   // istio's exit code for bad input is 1.
   EXPECT_EQ(run_in_pod_cmd({drop_in, "-p", "not-a-port"}), 1);
   // Its dry run prints istio's payload.

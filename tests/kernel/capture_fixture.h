@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -91,6 +93,20 @@ class CaptureTest : public ::testing::Test {
   std::unique_ptr<TestPod> pod_;
   std::string name_;
 };
+
+/// Waits (up to `timeout`) until `count()` reaches `expected`, and returns
+/// the count: servers in other processes report accepts asynchronously.
+inline size_t settle(const std::function<size_t()>& count, size_t expected, Millis timeout = Millis(5000)) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  size_t n = count();
+  while (n < expected && std::chrono::steady_clock::now() < deadline) {
+    usleep(10 * 1000);
+    n = count();
+  }
+  return n;
+}
+/// EXPECT_EQ on a count of accepted connections, once it has settled.
+#define EXPECT_ACCEPTS(expr, n) EXPECT_EQ(::meshcap::test::settle([&] { return size_t(expr); }, (n)), size_t(n))
 
 /// "[ip6]:port" or "ip:port".
 inline std::string endpoint(const std::string& ip, uint16_t port) {

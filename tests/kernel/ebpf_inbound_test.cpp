@@ -70,10 +70,10 @@ TEST_F(EbpfInbound, IncludedPortsLandOnInboundListenerWithOriginalDst) {
         << rec.local;
     EXPECT_TRUE(host_of(rec.peer) == pod_->peer_ipv4() || host_of(rec.peer) == pod_->peer_ipv6()) << rec.peer;
   }
-  EXPECT_EQ(app_accepted(0), 0u);
+  EXPECT_ACCEPTS(app_accepted(0), 0);
   // Ports not in -b reach the application directly.
   EXPECT_TRUE(from_peer(pod_->pod_ipv4(), 9090).ok());
-  EXPECT_EQ(app_accepted(1), 1u);
+  EXPECT_ACCEPTS(app_accepted(1), 1);
   auto c = loader::pinned_counters(name_);
   EXPECT_EQ(c["in_redirected"], 2u);
   EXPECT_EQ(c["in_not_included"], 1u);
@@ -85,7 +85,7 @@ TEST_F(EbpfInbound, RunningProxyListenerIsAdoptedAtInit) {
   ASSERT_EQ(init_ebpf({"-b", "*"}).exit_code, 0);
   EXPECT_TRUE(from_peer(pod_->pod_ipv4(), 8080).ok());
   EXPECT_TRUE(in4_->wait_for_accepts(1));
-  EXPECT_EQ(app_accepted(0), 0u);
+  EXPECT_ACCEPTS(app_accepted(0), 0);
 }
 
 TEST_F(EbpfInbound, WildcardHonoursExcludedPortsAndTunnelPort) {
@@ -94,10 +94,10 @@ TEST_F(EbpfInbound, WildcardHonoursExcludedPortsAndTunnelPort) {
   EXPECT_TRUE(from_peer(pod_->pod_ipv4(), 8080).ok());
   EXPECT_TRUE(from_peer(pod_->pod_ipv4(), 9090).ok());
   EXPECT_TRUE(from_peer(pod_->pod_ipv6(), 15008).ok());
-  EXPECT_EQ(in4_->accepted() + in6_->accepted(), 1u);
-  EXPECT_EQ(app_accepted(0), 0u);
-  EXPECT_EQ(app_accepted(1), 1u);
-  EXPECT_EQ(app_accepted(2), 1u);
+  EXPECT_ACCEPTS(in4_->accepted() + in6_->accepted(), 1);
+  EXPECT_ACCEPTS(app_accepted(0), 0);
+  EXPECT_ACCEPTS(app_accepted(1), 1);
+  EXPECT_ACCEPTS(app_accepted(2), 1);
   auto c = loader::pinned_counters(name_);
   EXPECT_EQ(c["in_excluded_port"], 1u);
   EXPECT_EQ(c["in_tunnel_port"], 1u);
@@ -107,8 +107,8 @@ TEST_F(EbpfInbound, ExcludedInterfaceIsNotCaptured) {
   ASSERT_EQ(init_ebpf({"-b", "*", "-c", pod_->pod_veth()}).exit_code, 0);
   start_proxy_listeners();
   EXPECT_TRUE(from_peer(pod_->pod_ipv4(), 8080).ok());
-  EXPECT_EQ(app_accepted(0), 1u);
-  EXPECT_EQ(in4_->accepted(), 0u);
+  EXPECT_ACCEPTS(app_accepted(0), 1);
+  EXPECT_ACCEPTS(in4_->accepted(), 0);
   EXPECT_EQ(loader::pinned_counters(name_)["in_excluded_interface"], 1u);
 }
 
@@ -120,7 +120,7 @@ TEST_F(EbpfInbound, VirtualInterfaceGoesToOutboundListener) {
   auto rec = out4_->records().at(0);
   ASSERT_TRUE(rec.original_dst.ok) << "errno " << rec.original_dst.error;
   EXPECT_EQ(rec.original_dst.address, endpoint(pod_->pod_ipv4(), 8080));
-  EXPECT_EQ(app_accepted(0), 0u);
+  EXPECT_ACCEPTS(app_accepted(0), 0);
 }
 
 TEST_F(EbpfInbound, ConnectionsFromInsideThePodFollowOutboundRules) {
@@ -128,8 +128,8 @@ TEST_F(EbpfInbound, ConnectionsFromInsideThePodFollowOutboundRules) {
   start_proxy_listeners();
   // An application in the pod dialing the pod's own address: O3, direct.
   EXPECT_TRUE(app_roundtrip(pod_->pod_ipv4(), 8080).ok());
-  EXPECT_EQ(app_accepted(0), 1u);
-  EXPECT_EQ(in4_->accepted() + in6_->accepted(), 0u);
+  EXPECT_ACCEPTS(app_accepted(0), 1);
+  EXPECT_ACCEPTS(in4_->accepted() + in6_->accepted(), 0);
 }
 
 TEST_F(EbpfInbound, ProxyDownIsRefusedAndCaptureResumesWhenItListens) {
@@ -137,10 +137,10 @@ TEST_F(EbpfInbound, ProxyDownIsRefusedAndCaptureResumesWhenItListens) {
   // No proxy listening: refused at once, as REDIRECT to a closed port.
   RoundTrip down = from_peer(pod_->pod_ipv4(), 8080);
   EXPECT_EQ(down.error, ECONNREFUSED);
-  EXPECT_EQ(app_accepted(0), 0u);
+  EXPECT_ACCEPTS(app_accepted(0), 0);
   start_proxy_listeners();
   EXPECT_TRUE(from_peer(pod_->pod_ipv4(), 8080).ok());
-  EXPECT_EQ(in4_->accepted(), 1u);
+  EXPECT_ACCEPTS(in4_->accepted(), 1);
   // The proxy goes away again (restart): refused, then back.
   in4_.reset();
   in6_.reset();
@@ -148,7 +148,7 @@ TEST_F(EbpfInbound, ProxyDownIsRefusedAndCaptureResumesWhenItListens) {
   EXPECT_EQ(from_peer(pod_->pod_ipv4(), 8080).error, ECONNREFUSED);
   start_proxy_listeners();
   EXPECT_TRUE(from_peer(pod_->pod_ipv4(), 8080).ok());
-  EXPECT_EQ(in4_->accepted(), 1u);
+  EXPECT_ACCEPTS(in4_->accepted(), 1);
   EXPECT_EQ(loader::pinned_counters(name_)["in_proxy_down"], 2u);
 }
 
@@ -160,8 +160,8 @@ TEST_F(EbpfInbound, CleanupDetachesSkLookup) {
   EXPECT_EQ(programs_attached(pod_->cgroup_path()), 0u);
   start_proxy_listeners();
   EXPECT_TRUE(from_peer(pod_->pod_ipv4(), 8080).ok());
-  EXPECT_EQ(app_accepted(0), 1u);
-  EXPECT_EQ(in4_->accepted(), 0u);
+  EXPECT_ACCEPTS(app_accepted(0), 1);
+  EXPECT_ACCEPTS(in4_->accepted(), 0);
 }
 
 }  // namespace

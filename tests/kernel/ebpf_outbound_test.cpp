@@ -50,7 +50,7 @@ TEST_F(EbpfOutbound, CapturedIpv4ConnectLandsOnOutboundListenerWithOriginalDst) 
   ASSERT_TRUE(rec.original_dst.ok) << "errno " << rec.original_dst.error;
   EXPECT_EQ(rec.original_dst.address, endpoint(pod_->peer_ipv4(), 8080));
   EXPECT_EQ(rec.peer, rt.local);  // the proxy sees the application's real end
-  EXPECT_EQ(peer4_->accepted(), 0u);
+  EXPECT_ACCEPTS(peer4_->accepted(), 0);
 
   auto c = counters();
   EXPECT_EQ(c["redirected_outbound"], 1u);
@@ -67,7 +67,7 @@ TEST_F(EbpfOutbound, CapturedIpv6ConnectLandsOnOutboundListenerWithOriginalDst) 
   auto rec = out6_->records().at(0);
   ASSERT_TRUE(rec.original_dst.ok) << "errno " << rec.original_dst.error;
   EXPECT_EQ(rec.original_dst.address, endpoint(pod_->peer_ipv6(), 8080));
-  EXPECT_EQ(peer6_->accepted(), 0u);
+  EXPECT_ACCEPTS(peer6_->accepted(), 0);
 }
 
 TEST_F(EbpfOutbound, V4MappedDestinationOfAnIpv6SocketIsCapturedAsIpv4) {
@@ -77,7 +77,7 @@ TEST_F(EbpfOutbound, V4MappedDestinationOfAnIpv6SocketIsCapturedAsIpv4) {
   EXPECT_EQ(rt.peer, endpoint("::ffff:" + pod_->peer_ipv4(), 8080));
   ASSERT_TRUE(out4_->wait_for_accepts(1));
   EXPECT_EQ(out4_->records().at(0).original_dst.address, endpoint(pod_->peer_ipv4(), 8080));
-  EXPECT_EQ(peer4_->accepted(), 0u);
+  EXPECT_ACCEPTS(peer4_->accepted(), 0);
 }
 
 TEST_F(EbpfOutbound, ProxyUidAndGidGoDirect) {
@@ -85,9 +85,9 @@ TEST_F(EbpfOutbound, ProxyUidAndGidGoDirect) {
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080, Identity::proxy()).ok());
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080, Identity::user(1000, 1337)).ok());
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv6(), 8080, Identity::user(1337, 1000)).ok());
-  EXPECT_EQ(peer4_->accepted(), 2u);
-  EXPECT_EQ(peer6_->accepted(), 1u);
-  EXPECT_EQ(out4_->accepted() + out6_->accepted(), 0u);
+  EXPECT_ACCEPTS(peer4_->accepted(), 2);
+  EXPECT_ACCEPTS(peer6_->accepted(), 1);
+  EXPECT_ACCEPTS(out4_->accepted() + out6_->accepted(), 0);
   auto c = counters();
   EXPECT_EQ(c["exempt_uid"], 2u);
   EXPECT_EQ(c["exempt_gid"], 1u);
@@ -100,8 +100,8 @@ TEST_F(EbpfOutbound, LoopbackAndOwnAddressGoDirect) {
     EXPECT_TRUE(rt.ok()) << ip << " errno " << rt.error;
     EXPECT_EQ(rt.peer, endpoint(ip, 8081));
   }
-  EXPECT_EQ(app_accepted(), 4u);
-  EXPECT_EQ(out4_->accepted() + out6_->accepted() + in_->accepted(), 0u);
+  EXPECT_ACCEPTS(app_accepted(), 4);
+  EXPECT_ACCEPTS(out4_->accepted() + out6_->accepted() + in_->accepted(), 0);
   EXPECT_EQ(counters()["local_destination"], 4u);
 }
 
@@ -114,18 +114,18 @@ TEST_F(EbpfOutbound, ProxyToOwnAddressLandsOnInboundListener) {
   ASSERT_TRUE(rec.original_dst.ok) << "errno " << rec.original_dst.error;
   EXPECT_EQ(rec.original_dst.address, endpoint(pod_->pod_ipv4(), 8081));
   EXPECT_EQ(host_of(rec.peer), pod_->pod_ipv4());  // source kept, as with REDIRECT
-  EXPECT_EQ(app_accepted(), 0u);
+  EXPECT_ACCEPTS(app_accepted(), 0);
   // The proxy to 127.0.0.1 and to the tunnel port is not redirected.
   EXPECT_TRUE(app_roundtrip("127.0.0.1", 8081, Identity::proxy()).ok());
-  EXPECT_EQ(app_accepted(), 1u);
+  EXPECT_ACCEPTS(app_accepted(), 1);
   EXPECT_EQ(counters()["redirected_inbound"], 1u);
 }
 
 TEST_F(EbpfOutbound, TunnelPortIsNeverSentToTheInboundListener) {
   ASSERT_EQ(init_ebpf({"-i", "*", "-e", "8081"}).exit_code, 0);
   EXPECT_TRUE(app_roundtrip(pod_->pod_ipv4(), 8081, Identity::proxy()).ok());
-  EXPECT_EQ(app_accepted(), 1u);
-  EXPECT_EQ(in_->accepted(), 0u);
+  EXPECT_ACCEPTS(app_accepted(), 1);
+  EXPECT_ACCEPTS(in_->accepted(), 0);
 }
 
 TEST_F(EbpfOutbound, PassthroughSourceIsNotCaptured) {
@@ -134,8 +134,8 @@ TEST_F(EbpfOutbound, PassthroughSourceIsNotCaptured) {
   from_passthrough.bind_ip = "127.0.0.6";
   RoundTrip rt = app_roundtrip(pod_->pod_ipv4(), 8081, Identity::proxy(), from_passthrough);
   EXPECT_TRUE(rt.ok()) << "errno " << rt.error;
-  EXPECT_EQ(app_accepted(), 1u);
-  EXPECT_EQ(in_->accepted(), 0u);
+  EXPECT_ACCEPTS(app_accepted(), 1);
+  EXPECT_ACCEPTS(in_->accepted(), 0);
   EXPECT_EQ(counters()["passthrough_source"], 1u);
 }
 
@@ -144,10 +144,10 @@ TEST_F(EbpfOutbound, ExcludedPortsAndCidrsGoDirectIncludedAreCaptured) {
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8082).ok());  // -o
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv6(), 8080).ok());  // -x
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());  // captured
-  EXPECT_EQ(peer4b_->accepted(), 1u);
-  EXPECT_EQ(peer6_->accepted(), 1u);
-  EXPECT_EQ(peer4_->accepted(), 0u);
-  EXPECT_EQ(out4_->accepted(), 1u);
+  EXPECT_ACCEPTS(peer4b_->accepted(), 1);
+  EXPECT_ACCEPTS(peer6_->accepted(), 1);
+  EXPECT_ACCEPTS(peer4_->accepted(), 0);
+  EXPECT_ACCEPTS(out4_->accepted(), 1);
   auto c = counters();
   EXPECT_EQ(c["excluded_port"], 1u);
   EXPECT_EQ(c["excluded_cidr"], 1u);
@@ -159,9 +159,9 @@ TEST_F(EbpfOutbound, OnlyIncludedCidrsAndPortsAreCapturedWithoutWildcard) {
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv6(), 8080).ok());  // -i
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8082).ok());  // -q
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());  // neither: direct
-  EXPECT_EQ(out6_->accepted(), 1u);
-  EXPECT_EQ(out4_->accepted(), 1u);
-  EXPECT_EQ(peer4_->accepted(), 1u);
+  EXPECT_ACCEPTS(out6_->accepted(), 1);
+  EXPECT_ACCEPTS(out4_->accepted(), 1);
+  EXPECT_ACCEPTS(peer4_->accepted(), 1);
   EXPECT_EQ(counters()["not_included"], 1u);
 }
 
@@ -172,10 +172,10 @@ TEST_F(EbpfOutbound, TrafficRoutedOutOfAnExcludedInterfaceGoesDirect) {
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv6(), 8080).ok());
   EXPECT_TRUE(app_roundtrip(pod_->pod_ipv4(), 8081, Identity::proxy()).ok());
-  EXPECT_EQ(peer4_->accepted(), 1u);
-  EXPECT_EQ(peer6_->accepted(), 1u);
-  EXPECT_EQ(out4_->accepted() + out6_->accepted(), 0u);
-  EXPECT_EQ(in_->accepted(), 1u);
+  EXPECT_ACCEPTS(peer4_->accepted(), 1);
+  EXPECT_ACCEPTS(peer6_->accepted(), 1);
+  EXPECT_ACCEPTS(out4_->accepted() + out6_->accepted(), 0);
+  EXPECT_ACCEPTS(in_->accepted(), 1);
   EXPECT_EQ(counters()["excluded_interface"], 2u);
 }
 
@@ -235,15 +235,15 @@ TEST_F(EbpfOutbound, CleanupRemovesEverythingAndTrafficGoesDirect) {
   EXPECT_EQ(programs_attached(pod_->cgroup_path()), 6u);
   EXPECT_TRUE(loader::pinned_state(name_).present);
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());
-  EXPECT_EQ(out4_->accepted(), 1u);
+  EXPECT_ACCEPTS(out4_->accepted(), 1);
 
   auto r = meshcap({"cleanup", "--name", name_});
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(programs_attached(pod_->cgroup_path()), 0u);
   EXPECT_FALSE(loader::pinned_state(name_).present);
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());
-  EXPECT_EQ(peer4_->accepted(), 1u);
-  EXPECT_EQ(out4_->accepted(), 1u);
+  EXPECT_ACCEPTS(peer4_->accepted(), 1);
+  EXPECT_ACCEPTS(out4_->accepted(), 1);
   // Safe twice.
   EXPECT_EQ(meshcap({"cleanup", "--name", name_}).exit_code, 0);
 }
@@ -252,12 +252,12 @@ TEST_F(EbpfOutbound, CaptureOutlivesTheProcessAndReinitReplaces) {
   ASSERT_EQ(init_ebpf({"-i", "*"}).exit_code, 0);
   // meshcap has exited: the pinned links keep capturing.
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());
-  EXPECT_EQ(out4_->accepted(), 1u);
+  EXPECT_ACCEPTS(out4_->accepted(), 1);
   // Same name, new flags: replaced, one set of programs.
   ASSERT_EQ(init_ebpf({"-i", "*", "-x", pod_->peer_ipv4() + "/32"}).exit_code, 0);
   EXPECT_EQ(programs_attached(pod_->cgroup_path()), 6u);
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());
-  EXPECT_EQ(peer4_->accepted(), 1u);
+  EXPECT_ACCEPTS(peer4_->accepted(), 1);
 }
 
 TEST_F(EbpfOutbound, BadInputChangesNothing) {

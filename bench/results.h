@@ -1,0 +1,86 @@
+// What one benchmark run measured, and the ways it is reported: terminal
+// table, JSON, markdown, gnuplot PNGs and the issue's target lines.
+#pragma once
+
+#include <compare>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "stats.h"
+
+namespace meshcap::bench {
+
+/// One way of reaching the upstream server.
+struct VariantDef {
+  std::string name;       ///< "ebpf+proxy", "iptables-nft-mech", ...
+  std::string rig;        ///< which pod it runs in
+  bool local = false;     ///< dials 127.0.0.1 (else the peer's address)
+  uint16_t echo_port = 0;
+  uint16_t sink_port = 0; ///< 0: no throughput workload
+  std::string view;       ///< "proxy" (through haproxy) or "mechanism" (no proxy)
+  std::string capture;    ///< "none", "iptables-nft", "iptables-legacy", "ebpf"
+  bool persistent = false;  ///< also runs the rr and throughput workloads
+  bool scaling = false;     ///< part of the rule-scaling phase
+  std::string expect;       ///< what the probe must show: "direct", "relay", "local"
+};
+
+struct CellKey {
+  std::string phase;     ///< "main" (no exclusions) or "scaling"
+  std::string workload;  ///< "connect", "rr-1x64", ..., "throughput"
+  std::string variant;
+  size_t exclusions = 0;
+  auto operator<=>(const CellKey&) const = default;
+};
+
+/// Init-time measurements of one capture at one size, over repetitions.
+struct InitRecord {
+  std::string capture;  ///< "ebpf", "iptables-nft", "iptables-legacy"
+  std::string how;      ///< the apply command ("meshcap init", "iptables-nft-restore")
+  std::string add_how;  ///< the add-one-exclusion step
+  size_t exclusions = 0;
+  std::vector<double> apply_s, add_one_s, cleanup_s;
+};
+
+struct Target {
+  std::string name, measured, goal;
+  bool pass = false;
+};
+
+struct Results {
+  std::string command;     ///< the exact command line
+  std::string started;     ///< UTC time
+  double duration_s = 0;
+  std::string profile;     ///< "full", "quick", "selftest"
+  int rounds = 0;
+  std::map<std::string, std::string> machine;  ///< nproc, kernel, cpu_model, ...
+  std::map<std::string, std::string> config;   ///< settings of the run
+  std::vector<VariantDef> variants;
+  std::vector<std::string> workloads;          ///< main-phase workloads, in table order
+  std::vector<size_t> sizes;                   ///< rule-scaling sizes
+  std::map<CellKey, Cell> cells;
+  std::vector<InitRecord> init;
+  std::vector<Target> targets;
+  std::vector<std::string> notes;              ///< anything that went wrong
+
+  const VariantDef* variant(const std::string& name) const;
+  const Cell* cell(const std::string& phase, const std::string& workload, const std::string& variant,
+                   size_t exclusions) const;
+};
+
+/// Fills results.targets from the cells and init records (issue 7's goals).
+void compute_targets(Results& r);
+/// The terminal report: machine, settings, tables and notes.
+std::string render_text(const Results& r);
+/// One line per target: `target NAME: MEASURED (goal GOAL) PASS|MISS`.
+std::string render_targets(const Results& r);
+/// The same tables as markdown (for docs/benchmarks.md).
+std::string render_markdown(const Results& r);
+/// Everything, with per-round figures, as JSON.
+std::string render_json(const Results& r);
+/// Writes gnuplot data and script into dir and runs gnuplot; returns the
+/// PNGs written (empty with a note when gnuplot is missing).
+std::vector<std::string> write_plots(Results& r, const std::string& dir);
+
+}  // namespace meshcap::bench

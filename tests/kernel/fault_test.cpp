@@ -1,0 +1,101 @@
+// Faults during `meshcap init`: a failure injected at each step, or the
+// process killed with SIGKILL there. Afterwards the pod is captured fully or
+// not at all (IPv4 and IPv6 alike), and `cleanup` or a new `init` repairs it.
+#include <filesystem>
+
+#include "capture_fixture.h"
+
+namespace meshcap::test {
+namespace {
+
+struct Fault {
+  std::string mode;
+  std::string step;
+  bool kill;
+};
+
+std::string fault_name(const ::testing::TestParamInfo<Fault>& info) {
+  std::string s = info.param.mode + "_" + info.param.step + (info.param.kill ? "_kill" : "_error");
+  for (auto& c : s)
+    if (!isalnum(static_cast<unsigned char>(c))) c = '_';
+  return s;
+}
+
+class InitFault : public CaptureTest, public ::testing::WithParamInterface<Fault> {
+ protected:
+  void SetUp() override {
+    CaptureTest::SetUp();
+    if (IsSkipped()) return;
+    out4_ = std::make_unique<RecordingListener>(Placement::pod_process(*pod_, Identity::proxy()), "127.0.0.1", 15001);
+    out6_ = std::make_unique<RecordingListener>(Placement::pod_process(*pod_, Identity::proxy()), "::1", 15001);
+    peer4_ = std::make_unique<RecordingListener>(Placement::peer_thread(*pod_), pod_->peer_ipv4(), 8080);
+    peer6_ = std::make_unique<RecordingListener>(Placement::peer_thread(*pod_), pod_->peer_ipv6(), 8080);
+  }
+
+  CommandResult init_with_fault(const std::string& fault) {
+    std::vector<std::string> args = {"env"};
+    if (!fault.empty()) args.push_back("MESHCAP_FAULT_AT=" + fault);
+    args.insert(args.end(), {MESHCAP_BIN, "init", "--mode", GetParam().mode, "--name", name_, "--cgroup",
+                             pod_->cgroup_path(), "--netns", pod_->pod_netns_path(), "-i", "*", "--dual-stack"});
+    return run_command(args);
+  }
+
+  /// 1 when both families are captured, 0 when neither is, -1 when only
+  /// one is (the one outcome that must never happen).
+  int captured() {
+    size_t o4 = out4_->accepted(), o6 = out6_->accepted();
+    EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());
+    EXPECT_TRUE(app_roundtrip(pod_->peer_ipv6(), 8080).ok());
+    bool c4 = settle([&] { return out4_->accepted(); }, o4 + 1, Millis(500)) > o4;
+    bool c6 = settle([&] { return out6_->accepted(); }, o6 + 1, Millis(500)) > o6;
+    return c4 && c6 ? 1 : !c4 && !c6 ? 0 : -1;
+  }
+
+  bool nothing_left() {
+    std::error_code ec;
+    bool staging = false;
+    for (const auto& e : std::filesystem::directory_iterator("/sys/fs/bpf/meshcap_staging", ec))
+      staging |= e.path().filename().string().rfind(name_ + "-", 0) == 0;
+    std::string save = run_command({"nsenter", "--net=" + pod_->pod_netns_path(), "iptables-save"}).output;
+    return programs_attached(pod_->cgroup_path()) == 0 && !loader::pinned_state(name_).present && !staging &&
+           save.find("ISTIO_") == std::string::npos;
+  }
+
+  std::unique_ptr<RecordingListener> out4_, out6_, peer4_, peer6_;
+};
+
+TEST_P(InitFault, LeavesAllOrNothingAndIsRepairable) {
+  const Fault& f = GetParam();
+  auto r = init_with_fault(f.step + (f.kill ? ":kill" : ""));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  if (f.kill) EXPECT_EQ(r.exit_code, 128 + SIGKILL) << r.output;
+  int state = captured();
+  EXPECT_NE(state, -1) << "half captured after a fault at " << f.step;
+  if (!f.kill) {
+    // An error is rolled back completely, whatever the step.
+    EXPECT_EQ(state, 0);
+    EXPECT_TRUE(nothing_left());
+  }
+  // A new init repairs: one set of programs, captured.
+  r = init_with_fault("");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(captured(), 1);
+  if (f.mode == "ebpf") EXPECT_EQ(programs_attached(pod_->cgroup_path()), 6u);
+  // And cleanup removes everything, including what a killed init staged.
+  EXPECT_EQ(meshcap({"cleanup", "--name", name_}).exit_code, 0);
+  EXPECT_TRUE(nothing_left());
+  EXPECT_EQ(captured(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Steps, InitFault,
+    ::testing::Values(Fault{"ebpf", "loaded", false}, Fault{"ebpf", "attached", false},
+                      Fault{"ebpf", "pin-link", false}, Fault{"ebpf", "pinned", false},
+                      Fault{"ebpf", "enabled", false}, Fault{"ebpf", "loaded", true}, Fault{"ebpf", "attached", true},
+                      Fault{"ebpf", "pin-link", true}, Fault{"ebpf", "pinned", true}, Fault{"ebpf", "enabled", true},
+                      Fault{"ebpf", "state", true}, Fault{"iptables", "iptables", false},
+                      Fault{"iptables", "iptables", true}, Fault{"iptables", "state", true}),
+    fault_name);
+
+}  // namespace
+}  // namespace meshcap::test
