@@ -243,7 +243,7 @@ int run_init(InitOptions& o) {
   loader::PodNetwork pod;
   const bool iptables_dry_run_only = o.dry_run && !plan.uses_ebpf();
   if (!iptables_dry_run_only) pod = loader::read_pod_network(t.netns_path);
-  const bool ipv6 = cfg.dual_stack || (!o.dry_run && pod.source6.has_value());
+  const bool ipv6 = o.dry_run ? cfg.dual_stack : loader::ipv6_enabled(cfg, pod);
   const CaptureConfig ipt_cfg = iptables_part(cfg, plan);
   const CaptureConfig bpf_cfg = ebpf_part(cfg, plan);
   if (plan.uses_ebpf()) {

@@ -99,6 +99,10 @@ static MC_INLINE struct mc_decision mc_decide_outbound(const volatile struct mc_
 	bool lo;
 	__u32 i;
 
+	/* istio writes IPv6 rules only with --dual-stack or when the pod has
+	 * an IPv6 address; without them IPv6 is not captured. */
+	if (!v4 && !cfg->ipv6)
+		return __mc_result(MC_PASS, MC_CNT_NOT_INCLUDED);
 	lo = __mc_via_lo(&c->dst, v4);
 	/* -c: "-A OUTPUT -o IF -j RETURN" comes before the jump to
 	 * ISTIO_OUTPUT. The egress interface is taken from the pod's routes. */
@@ -180,6 +184,8 @@ static MC_INLINE struct mc_decision mc_decide_inbound(const volatile struct mc_c
 {
 	__u8 pflags;
 
+	if (!a->v4 && !cfg->ipv6)
+		return __mc_result(MC_PASS, MC_CNT_IN_NOT_INCLUDED);
 	if (a->iface_flags & MC_IF_VIRT) {
 		if (cfg->include_all || mc_env_included(&a->dst, a->v4))
 			return __mc_result(MC_TO_OUTBOUND, MC_CNT_IN_VIRT_REDIRECTED);

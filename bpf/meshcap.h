@@ -92,7 +92,8 @@ struct mc_config {
 	__u8 has_src6;         /* src6 is set */
 	__u8 inbound;          /* inbound capture: 0 none, 1 -b list, 2 -b '*' */
 	__u8 has_excluded_ifaces; /* -c given: consult route4/route6 */
-	__u8 pad[3];
+	__u8 ipv6;             /* IPv6 captured: --dual-stack or the pod has IPv6, as istio */
+	__u8 pad[2];
 	__u32 n_uids;          /* entries used in uids */
 	__u32 n_gids;          /* entries used in gids */
 	__u32 uids[MC_MAX_IDS]; /* -u, in order */

@@ -166,6 +166,8 @@ std::vector<std::string> ebpf_unsupported(const CaptureConfig& cfg) {
   return why;
 }
 
+bool ipv6_enabled(const CaptureConfig& cfg, const PodNetwork& pod) { return cfg.dual_stack || pod.source6.has_value(); }
+
 bool wants_inbound(const CaptureConfig& cfg) {
   return !cfg.inbound_ports_include.empty() || !cfg.reroute_virtual_interfaces.empty();
 }
@@ -242,6 +244,7 @@ void BpfCapture::configure(const CaptureConfig& cfg, const PodNetwork& pod) {
   }
   c.inbound = cfg.inbound_ports_include.wildcard ? 2 : cfg.inbound_ports_include.ports.empty() ? 0 : 1;
   c.has_excluded_ifaces = !cfg.exclude_interfaces.empty();
+  c.ipv6 = ipv6_enabled(cfg, pod);
   auto missing = missing_interfaces(cfg, pod);
   if (!missing.empty())
     throw UsageError((std::count(cfg.exclude_interfaces.begin(), cfg.exclude_interfaces.end(), missing[0]) ? "-c"

@@ -78,6 +78,9 @@ std::vector<std::string> ebpf_unsupported_outbound(const CaptureConfig& cfg);
 std::vector<std::string> ebpf_unsupported_inbound(const CaptureConfig& cfg);
 /// Both of the above.
 std::vector<std::string> ebpf_unsupported(const CaptureConfig& cfg);
+/// Whether IPv6 is captured, as istio decides it: --dual-stack, or the pod
+/// has a global IPv6 address.
+bool ipv6_enabled(const CaptureConfig& cfg, const PodNetwork& pod);
 /// True when the configuration asks for inbound capture (-b or -k).
 bool wants_inbound(const CaptureConfig& cfg);
 /// True when the running kernel has sk_lookup programs (probed, not guessed

@@ -59,11 +59,6 @@ int inbound_requests(TestPod& pod, int n) {
   });
 }
 
-void show_counters(const std::string& name) {
-  for (const auto& [k, v] : loader::pinned_counters(name))
-    if (v) std::cout << "     " << k << " = " << v << "\n";
-}
-
 }  // namespace
 
 int main() {
@@ -82,27 +77,43 @@ int main() {
     check(true, "haproxy (the sidecar) runs as UID 1337 in the pod, pid " + std::to_string(proxy.pid));
 
     const std::string name = "demo" + pod.suffix();
-    step("2. Capture with eBPF, istio-init's flags");
-    auto r = run_meshcap({"init", "--mode", "ebpf", "--name", name, "--cgroup", pod.cgroup_path(), "--netns",
-                          pod.pod_netns_path(), "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i",
-                          "*", "-x", "", "-b", "*", "-d", "15090,15021,15020"});
-    check(r.ok(), "meshcap init exited 0");
+    const std::vector<std::string> target = {"--name", name, "--cgroup", pod.cgroup_path(), "--netns",
+                                             pod.pod_netns_path()};
+    const std::vector<std::string> istio_init = {"-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT",
+                                                 "-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020"};
+    auto with = [](std::vector<std::string> a, const std::vector<std::string>& b) {
+      a.insert(a.end(), b.begin(), b.end());
+      return a;
+    };
 
-    step("3. Traffic: the application calls out, a client outside calls in");
+    step("2. What can this kernel do? (meshcap probe)");
+    check(run_meshcap(with({"probe"}, istio_init)).ok(), "meshcap probe exited 0");
+
+    step("3. Capture in auto mode, with istio-init's flags");
+    check(run_meshcap(with(with({"init"}, target), istio_init)).ok(), "meshcap init exited 0");
+
+    step("4. Traffic: the application calls out, a client outside calls in");
     check(outbound_requests(pod, 20) == 20, "20 of 20 outbound requests answered (app -> haproxy -> server)");
     check(inbound_requests(pod, 20) == 20, "20 of 20 inbound requests answered (client -> haproxy -> app)");
     auto from_proxy = 0;
     for (const auto& rec : app.records()) from_proxy += rec.peer.rfind("127.0.0.6:", 0) == 0;
     check(from_proxy == 20, "the application saw all 20 inbound connections come from haproxy (127.0.0.6)");
+    check(run_meshcap({"status", "--name", name}).ok(), "meshcap status: the counters that moved");
 
-    step("4. Counters that moved (orig_dst_not_found: the demo's application asks too, and is not redirected)");
-    show_counters(name);
+    step("5. The same with iptables, for comparison (replaces the eBPF capture)");
+    check(run_meshcap(with(with({"init", "--mode", "iptables"}, target), istio_init)).ok(),
+          "meshcap init --mode iptables exited 0");
+    check(outbound_requests(pod, 20) == 20, "20 of 20 outbound requests answered");
+    check(inbound_requests(pod, 20) == 20, "20 of 20 inbound requests answered");
+    check(programs_attached(pod.cgroup_path()) == 0, "no eBPF program left on the pod's cgroup");
+    check(run_meshcap({"status", "--name", name}).ok(), "meshcap status: iptables redirect packet counts");
 
-    step("5. Clean up");
-    r = run_meshcap({"cleanup", "--name", name});
-    check(r.ok(), "meshcap cleanup exited 0");
+    step("6. Clean up");
+    check(run_meshcap({"cleanup", "--name", name}).ok(), "meshcap cleanup exited 0");
     check(programs_attached(pod.cgroup_path()) == 0, "no program left on the pod's cgroup");
     check(!loader::pinned_state(name).present, "no pins left under " + loader::pin_dir(name));
+    auto save = run_command({"nsenter", "--net=" + pod.pod_netns_path(), "iptables-save"});
+    check(save.output.find("ISTIO_") == std::string::npos, "no ISTIO chain left in the pod's iptables");
     pod.stop(proxy.pid);
     check(outbound_requests(pod, 5) == 5, "without capture and without haproxy, traffic goes direct again");
     std::cout << "\nDemo finished: the pod and everything in it are removed now.\n";

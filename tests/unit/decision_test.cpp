@@ -91,6 +91,7 @@ class DecisionTest : public ::testing::Test {
     cfg.gids[0] = 1337;
     cfg.owner_groups_except = 1;
     cfg.include_all = 1;  // istio-init: -i '*'
+    cfg.ipv6 = 1;
     inet_pton(AF_INET, "127.0.0.1", &cfg.loopback4);
     cfg.loopback4_mask = 0xffffffff;
     env.pod_addrs.insert({0, 0, htonl(0xffff), addr("10.1.1.2").ip[3]});
@@ -239,6 +240,12 @@ TEST_F(DecisionTest, V4MappedAddressesAreDecidedAsIpv4) {
   EXPECT_DECISION(decide("::ffff:10.9.1.1", 80), MC_PASS, MC_CNT_EXCLUDED_CIDR);
   EXPECT_DECISION(decide("::ffff:127.0.0.1", 80), MC_PASS, MC_CNT_LOCAL_DST);
   EXPECT_DECISION(decide("::ffff:10.8.1.1", 80), MC_TO_OUTBOUND, MC_CNT_REDIRECTED_OUT);
+}
+
+TEST_F(DecisionTest, Ipv6IsLeftAloneWithoutIpv6Rules) {
+  cfg.ipv6 = 0;  // no --dual-stack and no IPv6 address in the pod
+  EXPECT_DECISION(decide("2001:db8::9", 80), MC_PASS, MC_CNT_NOT_INCLUDED);
+  EXPECT_DECISION(decide("::ffff:10.9.9.9", 80), MC_TO_OUTBOUND, MC_CNT_REDIRECTED_OUT);
 }
 
 TEST_F(DecisionTest, ExcludedInterfaceRoutesComeFirst) {
