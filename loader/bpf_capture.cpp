@@ -215,8 +215,12 @@ void BpfCapture::detach_all() {
 }
 
 void BpfCapture::configure(const CaptureConfig& cfg, const PodNetwork& pod) {
-  auto why = ebpf_unsupported(cfg);
-  if (!why.empty()) throw UsageError("--mode ebpf cannot honour this configuration: " + why.front());
+  // The inbound reasons count only when this capture does inbound (the
+  // agent hands inbound to iptables otherwise, with the inbound flags off).
+  auto why = ebpf_unsupported_outbound(cfg);
+  if (wants_inbound(cfg))
+    for (auto& w : ebpf_unsupported_inbound(cfg)) why.push_back(w);
+  if (!why.empty()) throw UsageError("eBPF capture cannot honour this configuration: " + why.front());
 
   mc_config c{};
   c.proxy_port = cfg.proxy_port;

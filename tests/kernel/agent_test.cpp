@@ -117,6 +117,23 @@ TEST_F(Agent, IptablesModeForRealWithBothBackends) {
   }
 }
 
+TEST_F(Agent, AutoModeSplitsDirectionsWhenInboundNeedsIptables) {
+  // TPROXY and --drop-invalid are iptables-only: inbound goes to iptables,
+  // outbound stays eBPF.
+  auto r = init("auto", {"-i", "*", "-b", "*", "-m", "TPROXY", "--drop-invalid"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto st = status_json().at(0);
+  EXPECT_EQ(st["plan"]["outbound"]["engine"], "ebpf");
+  EXPECT_EQ(st["plan"]["inbound"]["engine"], "iptables");
+  EXPECT_EQ(programs_attached(pod_->cgroup_path()), 6u);
+  std::string mangle = run_command({"nsenter", "--net=" + pod_->pod_netns_path(), "iptables-save", "-t", "mangle"}).output;
+  EXPECT_NE(mangle.find("ISTIO_TPROXY"), std::string::npos);
+  EXPECT_NE(mangle.find("ISTIO_DROP"), std::string::npos);
+  EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());
+  EXPECT_ACCEPTS(out4_->accepted(), 1);
+  EXPECT_EQ(status_json().at(0)["ebpf"]["counters"]["redirected_outbound"], 1);
+}
+
 TEST_F(Agent, SwitchingModesReplacesTheOldCapture) {
   ASSERT_EQ(init("iptables", {"-i", "*"}).exit_code, 0);
   EXPECT_GT(istio_lines(), 0u);
