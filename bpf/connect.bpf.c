@@ -35,6 +35,19 @@ static __always_inline void __mc_keep_source6(struct bpf_sock_addr *ctx, const s
 		mc_count(MC_CNT_BIND_FAIL);
 }
 
+/* The source a redirected IPv4 connection keeps: the proxy dialing one of
+ * the pod's own addresses gets that address (127.0.0.1 for the rest of
+ * 127.0.0.0/8, as the kernel's local route picks); anything else gets the
+ * pod's address. 0: leave it to the kernel. */
+static __always_inline __u32 __mc_source4(enum mc_verdict v, __u32 dst4)
+{
+	if (v != MC_TO_INBOUND)
+		return mc_cfg.src4;
+	if ((dst4 & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000))
+		return bpf_htonl(0x7f000001);
+	return dst4;
+}
+
 /* Decides, counts, and records the original destination on the socket.
  * Returns the verdict, MC_PASS when the connect goes where it was going. */
 static __always_inline enum mc_verdict __mc_capture(struct bpf_sock_addr *ctx,
@@ -93,9 +106,7 @@ int mc_connect4(struct bpf_sock_addr *ctx)
 	if (v == MC_PASS)
 		return 1;
 	if (!src4)
-		/* The proxy dialing the pod's own address gets that address as
-		 * its source; anything else gets the pod's address. */
-		__mc_keep_source4(ctx, v == MC_TO_INBOUND ? dst4 : mc_cfg.src4);
+		__mc_keep_source4(ctx, __mc_source4(v, dst4));
 	ctx->user_ip4 = bpf_htonl(0x7f000001); /* 127.0.0.1 */
 	ctx->user_port = bpf_htons(v == MC_TO_INBOUND ? mc_cfg.inbound_port : mc_cfg.proxy_port);
 	mc_debug("connect4 redirected to %d", bpf_ntohs(ctx->user_port));
@@ -123,7 +134,9 @@ int mc_connect6(struct bpf_sock_addr *ctx)
 	if (v == MC_PASS)
 		return 1;
 	if (!c.src.ip[0] && !c.src.ip[1] && !c.src.ip[2] && !c.src.ip[3]) {
-		if (v == MC_TO_INBOUND)
+		if (v == MC_TO_INBOUND && c.v4)
+			mc_addr_from4(&src, __mc_source4(v, c.dst.ip[3]));
+		else if (v == MC_TO_INBOUND)
 			src = c.dst;
 		else if (c.v4 && mc_cfg.has_src4)
 			mc_addr_from4(&src, mc_cfg.src4);

@@ -1,7 +1,7 @@
 /* cgroup/getsockopt: answers SO_ORIGINAL_DST (IPv4) and IP6T_SO_ORIGINAL_DST
  * (IPv6) on the proxy's accepted socket from the connection table, as
- * conntrack does for iptables' REDIRECT. Every other option passes through
- * untouched. */
+ * conntrack does for iptables' REDIRECT. Every other option, and the
+ * answer for connections eBPF did not redirect, passes through untouched. */
 #include "common.bpf.h"
 
 SEC("cgroup/getsockopt")
@@ -23,8 +23,7 @@ int mc_getsockopt(struct bpf_sockopt *ctx)
 			ctx->optlen = 0;
 		return 1;
 	}
-	/* conntrack already answered (iptables REDIRECT in this pod): keep it. */
-	if (ctx->retval == 0 || !sk)
+	if (!sk)
 		return 1;
 
 	if (sk->family == AF_INET) {
@@ -46,7 +45,13 @@ int mc_getsockopt(struct bpf_sockopt *ctx)
 	if (!orig)
 		orig = bpf_map_lookup_elem(&inbound_orig, &k);
 	if (!orig) {
-		mc_count(MC_CNT_ORIG_NOT_FOUND);
+		/* Not ours: conntrack's answer (iptables REDIRECT in this pod)
+		 * stands. Ours comes first: with iptables in the pod too,
+		 * conntrack also tracks a connection eBPF already rewrote, and
+		 * would name the listener, or a former connection on the same
+		 * ports, instead of the original destination. */
+		if (ctx->retval != 0)
+			mc_count(MC_CNT_ORIG_NOT_FOUND);
 		return 1;
 	}
 	if (want4 && orig->family == AF_INET) {
