@@ -96,6 +96,7 @@ struct Profile {
   bool proxies = true;  // haproxy variants
   bool legacy = true;   // iptables-legacy variants
   bool aa = true;       // the A/A pair
+  bool diagnostics = true;  // ebpf-connect-only-mech
 };
 
 Profile make_profile(const std::string& name) {
@@ -120,6 +121,7 @@ Profile make_profile(const std::string& name) {
     p.init_reps = 1;
     p.legacy = false;
     p.aa = false;
+    p.diagnostics = false;
   }
   return p;
 }
@@ -130,6 +132,7 @@ struct RigDef {
   std::string key, label;
   Capture capture;
   Sidecar sidecar;
+  bool connect_only = false;
 };
 
 void define_variants(const Profile& p, std::vector<RigDef>& rigs, std::vector<VariantDef>& vs) {
@@ -155,6 +158,15 @@ void define_variants(const Profile& p, std::vector<RigDef>& rigs, std::vector<Va
   for (const auto& [cap, name] : caps) {
     rigs.push_back({"M-" + name, name + "-mech", cap, Sidecar::echo});
     vs.push_back({name + "-mech", "M-" + name, false, kEchoPort, 0, "mechanism", name, false, true, "local"});
+  }
+  if (p.diagnostics) {
+    // Not a product variant: meshcap's connect hooks alone (sockops,
+    // getsockopt and getpeername detached), to split eBPF's overhead.
+    // And local-direct from the pod's own address, as a redirect keeps it.
+    vs.push_back({"local-direct-podsrc", "D", true, kOutboundPort, 0, "mechanism", "none", false, true, "local", true});
+    rigs.push_back({"M-ebpf-connect-only", "ebpf-connect-only-mech", Capture::ebpf, Sidecar::echo, true});
+    vs.push_back({"ebpf-connect-only-mech", "M-ebpf-connect-only", false, kEchoPort, 0, "mechanism", "ebpf", false,
+                  true, "local"});
   }
 }
 
@@ -192,6 +204,7 @@ ClientSpec spec_for(const Profile& p, const VariantDef& v, Rig& rig, const std::
   s.seconds = 30;
   if (workload == "connect") {
     s.workload = Workload::connect;
+    if (v.bind_pod_ip) s.bind_ip = rig.pod().pod_ipv4();
     s.count = scaling ? p.scaling_n : p.connect_n;
     s.message = 16;
   } else if (workload == "throughput") {
@@ -208,7 +221,14 @@ ClientSpec spec_for(const Profile& p, const VariantDef& v, Rig& rig, const std::
   return s;
 }
 
-void record(Cell& c, const std::string& workload, const ClientResult& r, Results& res, const std::string& what) {
+void record(Cell& c, const std::string& workload, const ClientResult& r, Results& res, const std::string& what,
+            int round) {
+  if (r.elapsed_ns > 0 && r.cpus_busy_ns > 0) {
+    const double ours = static_cast<double>(r.client_cpu_ns + r.others_cpu_ns);
+    const double share = (static_cast<double>(r.cpus_busy_ns) - ours) /
+                         (static_cast<double>(r.elapsed_ns) * static_cast<double>(res.data_cpus));
+    res.foreign_share.push_back(std::clamp(share, 0.0, 1.0));
+  }
   if (r.errors) {
     c.errors += r.errors;
     if (c.first_error.empty()) {
@@ -228,6 +248,7 @@ void record(Cell& c, const std::string& workload, const ClientResult& r, Results
   if (r.samples_ns.empty()) return;
   c.samples.insert(c.samples.end(), r.samples_ns.begin(), r.samples_ns.end());
   c.round_p50_us.push_back(percentile(r.samples_ns, 50) / 1000.0);
+  c.p50_by_round[round] = c.round_p50_us.back();
   if (r.elapsed_ns) c.round_rate.push_back(static_cast<double>(r.samples_ns.size()) / (r.elapsed_ns / 1e9));
 }
 
@@ -381,8 +402,7 @@ std::vector<std::string> leftovers(const std::vector<std::string>& suffixes, con
     for (const std::string ns : {"mcpod-", "mcpeer-"})
       if (fs::exists("/run/netns/" + ns + s)) left.push_back("netns " + ns + s);
   }
-  for (const auto& n : loader::pinned_pods())
-    if (n.rfind("mcb-", 0) == 0) left.push_back("pins " + loader::pin_dir(n));
+  for (const auto& n : bench_captures()) left.push_back("capture " + n + " (pins or meshcap state)");
   for (pid_t p : pids)
     if (::kill(p, 0) == 0) left.push_back("process " + std::to_string(p));
   return left;
@@ -428,6 +448,9 @@ int main(int argc, char** argv) {
   app.add_flag("--no-scaling", no_scaling, "Skip the rule-scaling phase");
   app.add_flag("--no-init", no_init, "Skip the init-time phase");
   app.add_flag("--no-plots", no_plots, "Do not run gnuplot");
+  bool raw_samples = false;
+  app.add_flag("--raw-samples", raw_samples,
+               "Also write every sample to samples.tsv (phase, workload, variant, exclusions, ns)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
@@ -458,8 +481,9 @@ int main(int argc, char** argv) {
   if (no_scaling) p.sizes.clear();
   if (!test::have_binary("haproxy")) p.proxies = false;
   for (size_t s : p.sizes)
-    if (s > 20000) {
-      std::cerr << "meshcap-bench: --sizes: at most 20000 exclusions\n";
+    if (s > 10000) {
+      // meshcap takes -x as one argument, and Linux limits one to 128 KiB.
+      std::cerr << "meshcap-bench: --sizes: at most 10000 exclusions (one command-line argument)\n";
       return kExitUsage;
     }
   if (seed == 0) seed = std::random_device{}();
@@ -472,6 +496,7 @@ int main(int argc, char** argv) {
   for (int i = 0; i < argc; i++) res.command += (i ? " " : "") + shell_quote(argv[i]);
   res.machine = machine_info();
   res.sizes = p.sizes;
+  res.data_cpus = static_cast<int>(cpus.data_cpus().size());
   res.workloads = {"connect", "rr-1x64", "rr-1x1k", "rr-8x64", "rr-8x1k", "throughput"};
   const auto t_start = Clock::now();
 
@@ -514,6 +539,7 @@ int main(int argc, char** argv) {
       check_stop();
       const RigDef& d = rig_defs[i];
       rigs[d.key] = std::make_unique<Rig>(d.label, d.capture, d.sidecar, ro);
+      rigs[d.key]->set_connect_only(d.connect_only);
     }
     for (auto& [k, r] : rigs) {
       suffixes.push_back(r->pod().suffix());
@@ -555,12 +581,12 @@ int main(int argc, char** argv) {
     auto active = [&](const VariantDef& v) {
       return std::find(dropped.begin(), dropped.end(), v.name) == dropped.end();
     };
-    auto run = [&](const Job& j, const std::string& phase, size_t n) {
+    auto run = [&](const Job& j, const std::string& phase, size_t n, int round) {
       check_stop();
       Rig& rig = *rigs.at(j.v->rig);
       const ClientResult r = rig.run_client(spec_for(p, *j.v, rig, j.workload, phase == "scaling"));
       record(res.cells[CellKey{phase, j.workload, j.v->name, n}], j.workload, r, res,
-             phase + " " + j.workload + " " + j.v->name + " @" + std::to_string(n));
+             phase + " " + j.workload + " " + j.v->name + " @" + std::to_string(n), round);
     };
 
     // Main phase: every workload, no exclusions.
@@ -576,7 +602,7 @@ int main(int argc, char** argv) {
           if (w != "connect" && (w != "throughput" || v.sink_port)) jobs.push_back({&v, w});
       }
       std::shuffle(jobs.begin(), jobs.end(), rng);
-      for (const auto& j : jobs) run(j, "main", 0);
+      for (const auto& j : jobs) run(j, "main", 0, round);
       spdlog::info("main round {}/{}: {} jobs in {:.1f} s", round + 1, p.rounds, jobs.size(),
                    std::chrono::duration<double>(Clock::now() - t0).count());
     }
@@ -592,7 +618,7 @@ int main(int argc, char** argv) {
         for (const auto& v : res.variants)
           if (v.scaling && active(v)) jobs.push_back({&v, "connect"});
         std::shuffle(jobs.begin(), jobs.end(), rng);
-        for (const auto& j : jobs) run(j, "scaling", n);
+        for (const auto& j : jobs) run(j, "scaling", n, round);
       }
       spdlog::info("scaling round {}/{}: {} sizes in {:.1f} s", round + 1, p.rounds, order.size(),
                    std::chrono::duration<double>(Clock::now() - t0).count());
@@ -624,6 +650,13 @@ int main(int argc, char** argv) {
   std::ofstream(out_dir + "/results.json") << render_json(res);
   std::ofstream(out_dir + "/report.txt") << text << "\n" << targets;
   std::ofstream(out_dir + "/report.md") << render_markdown(res);
+  if (raw_samples) {
+    std::ofstream raw(out_dir + "/samples.tsv");
+    raw << "phase\tworkload\tvariant\texclusions\tns\n";
+    for (const auto& [k, c] : res.cells)
+      for (uint32_t ns : c.samples)
+        raw << k.phase << '\t' << k.workload << '\t' << k.variant << '\t' << k.exclusions << '\t' << ns << '\n';
+  }
   std::cout << text;
   std::cout << "\nwritten: " << out_dir << "/results.json, report.txt, report.md";
   for (const auto& png : pngs) std::cout << ", " << fs::path(png).filename().string();

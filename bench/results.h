@@ -24,6 +24,7 @@ struct VariantDef {
   bool persistent = false;  ///< also runs the rr and throughput workloads
   bool scaling = false;     ///< part of the rule-scaling phase
   std::string expect;       ///< what the probe must show: "direct", "relay", "local"
+  bool bind_pod_ip = false; ///< connect: bind the pod's address first (diagnostic)
 };
 
 struct CellKey {
@@ -63,6 +64,11 @@ struct Results {
   std::vector<InitRecord> init;
   std::vector<Target> targets;
   std::vector<std::string> notes;              ///< anything that went wrong
+  /// Per job: share of the data-path CPUs busy with work other than the
+  /// benchmark's client, servers and proxy (/proc/stat minus their CPU
+  /// time): other processes on a shared machine, kernel threads.
+  std::vector<double> foreign_share;
+  int data_cpus = 1;
 
   const VariantDef* variant(const std::string& name) const;
   const Cell* cell(const std::string& phase, const std::string& workload, const std::string& variant,

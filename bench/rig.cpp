@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <stdexcept>
@@ -312,6 +313,11 @@ double Rig::apply(const std::vector<std::string>& exclusions) {
                              std::to_string(exclusions.size()) + " exclusions failed: " + t.output);
   captured_ = true;
   applied_ = exclusions.size();
+  if (connect_only_ && capture_ == Capture::ebpf) {
+    for (const auto& link : loader::pinned_state(name_).links)
+      if (link.find("connect4") == std::string::npos && link.find("connect6") == std::string::npos)
+        ::unlink((loader::pin_dir(name_) + "/" + link).c_str());  // the last reference: detaches
+  }
   return t.seconds;
 }
 
@@ -362,12 +368,30 @@ std::string Rig::probe(const std::string& ip, uint16_t port) {
   }
 }
 
+std::vector<std::string> bench_captures() {
+  std::vector<std::string> names;
+  for (const auto& name : loader::pinned_pods())
+    if (name.rfind("mcb-", 0) == 0) names.push_back(name);
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(kStateDir, ec)) {
+    const std::string f = e.path().filename().string();
+    if (f.rfind("mcb-", 0) == 0 && e.path().extension() == ".json") {
+      const std::string name = e.path().stem().string();
+      if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+    }
+  }
+  return names;
+}
+
 int remove_stale_captures(const std::string& meshcap_bin) {
   int n = 0;
-  for (const auto& name : loader::pinned_pods()) {
-    if (name.rfind("mcb-", 0) != 0) continue;
+  for (const auto& name : bench_captures()) {
     const Timed t = run_timed({meshcap_bin, "cleanup", "--log-level", "warn", "--name", name});
-    if (!t.ok()) loader::remove_pins(name);
+    if (!t.ok()) {
+      loader::remove_pins(name);
+      std::error_code ec;
+      std::filesystem::remove(std::string(kStateDir) + "/" + name + ".json", ec);
+    }
     n++;
   }
   return n;
@@ -376,7 +400,8 @@ int remove_stale_captures(const std::string& meshcap_bin) {
 bool meshcap_has_iptables_mode(const std::string& meshcap_bin, test::TestPod& pod) {
   const Timed t = run_timed({meshcap_bin, "init", "--log-level", "warn", "--mode", "iptables", "--dry-run", "--name",
                              "mcb-probe", "--netns", pod.pod_netns_path(), "-i", "*"});
-  return t.ok() && t.output.find("*nat") != std::string::npos;
+  // The dry run prints istio's payload ("* nat" ... "COMMIT").
+  return t.ok() && t.output.find("ISTIO_OUTPUT") != std::string::npos;
 }
 
 }  // namespace meshcap::bench

@@ -105,6 +105,11 @@ class Rig {
   /// Applies (or replaces) the capture with these exclusions; returns the
   /// command's wall time. Throws std::runtime_error on failure.
   double apply(const std::vector<std::string>& exclusions);
+  /// Diagnostic (eBPF only): after each apply, detach every program except
+  /// connect4/connect6 by unlinking their link pins, to show what the
+  /// connect hook alone costs. The capture then no longer answers
+  /// SO_ORIGINAL_DST: only for the mechanism-only view.
+  void set_connect_only(bool on) { connect_only_ = on; }
   /// Removes the capture; returns the wall time. No-op for Capture::none.
   double remove();
   size_t applied_exclusions() const { return applied_; }
@@ -128,10 +133,17 @@ class Rig {
   std::string name_;
   std::vector<pid_t> servers_;
   bool captured_ = false;
+  bool connect_only_ = false;
   size_t applied_ = 0;
 };
 
-/// Removes captures a killed benchmark left pinned (names starting "mcb-").
+/// Where meshcap keeps a pod's state (one NAME.json per capture).
+inline constexpr const char* kStateDir = "/run/meshcap/pods";
+
+/// Names of the benchmark's captures ("mcb-*") that meshcap still knows:
+/// pinned eBPF state or a state file (iptables mode).
+std::vector<std::string> bench_captures();
+/// Removes captures a killed benchmark left behind; returns how many.
 int remove_stale_captures(const std::string& meshcap_bin);
 
 /// True when `meshcap init --mode iptables` works in this build (checked

@@ -32,6 +32,22 @@ double spread_pct(const std::vector<double>& rounds) {
   return m > 0 ? (*hi - *lo) / m * 100.0 : 0;
 }
 
+std::optional<double> paired_diff(const Cell& a, const Cell& b) {
+  std::vector<double> d;
+  for (const auto& [round, v] : a.p50_by_round)
+    if (auto it = b.p50_by_round.find(round); it != b.p50_by_round.end()) d.push_back(v - it->second);
+  if (d.empty()) return std::nullopt;
+  return median(d);
+}
+
+std::optional<double> paired_ratio(const Cell& a, const Cell& b) {
+  std::vector<double> q;
+  for (const auto& [round, v] : a.p50_by_round)
+    if (auto it = b.p50_by_round.find(round); it != b.p50_by_round.end() && it->second > 0) q.push_back(v / it->second);
+  if (q.empty()) return std::nullopt;
+  return median(q);
+}
+
 void Cell::finish() {
   sorted = samples;
   std::sort(sorted.begin(), sorted.end());

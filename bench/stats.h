@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,10 +18,19 @@ double median(std::vector<double> v);
 /// (max - min) / median of per-round figures, in percent; 0 with < 2 rounds.
 double spread_pct(const std::vector<double>& rounds);
 
+struct Cell;
+/// Paired comparison of two cells measured in the same rounds: the median
+/// over common rounds of (a's p50 - b's p50), in µs, and of a's / b's.
+/// Round-to-round drift of the machine cancels out. nullopt without
+/// common rounds.
+std::optional<double> paired_diff(const Cell& a, const Cell& b);
+std::optional<double> paired_ratio(const Cell& a, const Cell& b);
+
 /// Everything kept for one (phase, workload, variant, exclusions) cell.
 struct Cell {
   std::vector<uint32_t> samples;     ///< all rounds pooled, ns
   std::vector<double> round_p50_us;  ///< p50 of each round
+  std::map<int, double> p50_by_round; ///< the same, by round number (for paired comparisons)
   std::vector<double> round_rate;    ///< rr: requests/s; throughput: MB/s; per round
   std::vector<double> round_cpu_gb;  ///< throughput: CPU-s/GB of client+servers+proxy, per round
   std::vector<double> round_sys_gb;  ///< throughput: CPU-s/GB from /proc/stat (data CPUs), per round

@@ -162,6 +162,8 @@ ClientResult run_connect(const ClientSpec& spec, const sockaddr_in& sa) {
   r.samples_ns.reserve(spec.count);
   const uint64_t deadline = now_ns() + static_cast<uint64_t>(spec.seconds * 1e9);
   const linger lg{1, 0};
+  sockaddr_in src{};
+  const bool have_src = !spec.bind_ip.empty() && make_addr(spec.bind_ip, 0, src);
   CpuSnapshot before;
   uint64_t t_start = 0;
   const uint64_t total = spec.warmup + spec.count;
@@ -180,8 +182,17 @@ ClientResult run_connect(const ClientSpec& spec, const sockaddr_in& sa) {
     ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1);
     set_timeouts(fd, spec.io_timeout_ms);
-    bool ok = ::connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof sa) == 0;
-    const char* step = "connect";
+    bool ok = true;
+    const char* step = "bind";
+    if (have_src) {
+      // What a redirect keeps: the pod's own source address (port at connect).
+      set_int(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1);
+      ok = ::bind(fd, reinterpret_cast<const sockaddr*>(&src), sizeof src) == 0;
+    }
+    if (ok) {
+      ok = ::connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof sa) == 0;
+      step = "connect";
+    }
     if (ok) {
       ok = send_all(fd, msg.data(), msg.size());
       step = "send";

@@ -54,6 +54,7 @@ struct ClientSpec {
   uint64_t warmup = 20;        ///< connect/rr: operations before sampling starts
   double seconds = 5;          ///< connect/rr: time bound; throughput: send duration
   int io_timeout_ms = 2000;    ///< per socket operation
+  std::string bind_ip;         ///< connect: bind this source address first (port chosen at connect)
   std::vector<pid_t> cpu_pids; ///< processes whose CPU time is charged to the run (servers, proxy)
   std::vector<int> cpus;       ///< CPUs whose /proc/stat busy time is charged to the run
 };

@@ -62,8 +62,12 @@ static __always_inline enum mc_verdict __mc_capture(struct bpf_sock_addr *ctx,
 	c->gid = (__u32)(ugid >> 32);
 	d = mc_decide_outbound(&mc_cfg, c);
 	mc_count(d.reason);
-	if (d.verdict == MC_PASS)
+	if (d.verdict == MC_PASS) {
+		/* A socket connected again (after AF_UNSPEC) and not captured
+		 * this time must not keep its earlier record. */
+		bpf_sk_storage_delete(&orig_store, ctx->sk);
 		return MC_PASS;
+	}
 
 	orig = bpf_sk_storage_get(&orig_store, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!orig) {

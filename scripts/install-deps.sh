@@ -13,6 +13,8 @@ PACKAGES=(
   iproute2 iptables util-linux procps haproxy
   # benchmark plots (meshcap-bench)
   gnuplot-nox
+  # fuzzing (scripts/fuzz.sh): clang's libFuzzer and sanitizer runtimes
+  libclang-rt-14-dev
 )
 
 missing=()

@@ -177,19 +177,7 @@ class IptablesTraffic : public ::testing::TestWithParam<std::string> {
   /// A round trip made by an application in the pod (its cgroup and netns) as id.
   RoundTrip app_roundtrip(const std::string& ip, uint16_t port, Identity id = Identity::user(1000, 1000),
                           const ConnectOptions& options = {}) {
-    std::string out = pod_->run_in_pod_capture(
-        [&] {
-          RoundTrip r = tcp_roundtrip(ip, port, "ping", kIoTimeout, options);
-          return std::to_string(r.error) + "|" + r.reply + "|" + r.local + "|" + r.peer;
-        },
-        id);
-    RoundTrip r;
-    auto p1 = out.find('|'), p2 = out.find('|', p1 + 1), p3 = out.find('|', p2 + 1);
-    r.error = std::stoi(out.substr(0, p1));
-    r.reply = out.substr(p1 + 1, p2 - p1 - 1);
-    r.local = out.substr(p2 + 1, p3 - p2 - 1);
-    r.peer = out.substr(p3 + 1);
-    return r;
+    return roundtrip_in_pod(*pod_, ip, port, id, options);
   }
 
   /// A round trip from the peer namespace (outside the pod).

@@ -630,4 +630,21 @@ bool TcpServer::wait_for_accepts(size_t n, Millis timeout) const {
   return cv_.wait_for(lock, timeout, [&] { return records_.size() >= n; });
 }
 
+RoundTrip roundtrip_in_pod(TestPod& pod, const std::string& ip, uint16_t port, Identity id,
+                           const ConnectOptions& options) {
+  std::string out = pod.run_in_pod_capture(
+      [&] {
+        RoundTrip r = tcp_roundtrip(ip, port, "ping", kIoTimeout, options);
+        return std::to_string(r.error) + "|" + r.reply + "|" + r.local + "|" + r.peer;
+      },
+      id);
+  RoundTrip r;
+  auto p1 = out.find('|'), p2 = out.find('|', p1 + 1), p3 = out.find('|', p2 + 1);
+  r.error = std::stoi(out.substr(0, p1));
+  r.reply = out.substr(p1 + 1, p2 - p1 - 1);
+  r.local = out.substr(p2 + 1, p3 - p2 - 1);
+  r.peer = out.substr(p3 + 1);
+  return r;
+}
+
 }  // namespace meshcap::test

@@ -89,6 +89,11 @@ struct RoundTrip {
 RoundTrip tcp_roundtrip(const std::string& ip, uint16_t port, std::string_view payload = "ping",
                         Millis timeout = kIoTimeout, const ConnectOptions& options = {});
 
+/// A round trip ("ping") made by a process in the pod (its cgroup and netns,
+/// so the pod's capture applies) as `id`; the result crosses the fork.
+RoundTrip roundtrip_in_pod(TestPod& pod, const std::string& ip, uint16_t port,
+                           Identity id = Identity::user(1000, 1000), const ConnectOptions& options = {});
+
 // ---- servers ----
 
 /// What a server learned about one accepted connection.
