@@ -351,22 +351,27 @@ int run_init(InitOptions& o) {
 
 namespace {
 
+// Whether a pinned link is still attached (its cgroup or netns exists and
+// nobody detached it); fills `prog_id`.
+bool link_attached(const std::string& pin, uint32_t* prog_id = nullptr) {
+  int fd = bpf_obj_get(pin.c_str());
+  if (fd < 0) return false;
+  bpf_link_info info{};
+  __u32 len = sizeof(info);
+  bool alive = bpf_obj_get_info_by_fd(fd, &info, &len) == 0 &&
+               ((info.type == BPF_LINK_TYPE_CGROUP && info.cgroup.cgroup_id != 0) ||
+                (info.type == BPF_LINK_TYPE_NETNS && info.netns.netns_ino != 0));
+  close(fd);
+  if (prog_id) *prog_id = info.prog_id;
+  return alive;
+}
+
 // True when every pinned link of a pod is defunct (its cgroup or netns gone).
 bool links_defunct(const std::string& name) {
   auto st = loader::pinned_state(name);
-  if (st.links.empty()) return st.present;
-  for (const auto& l : st.links) {
-    int fd = bpf_obj_get((loader::pin_dir(name) + "/" + l).c_str());
-    if (fd < 0) continue;
-    bpf_link_info info{};
-    __u32 len = sizeof(info);
-    bool alive = bpf_obj_get_info_by_fd(fd, &info, &len) == 0 &&
-                 ((info.type == BPF_LINK_TYPE_CGROUP && info.cgroup.cgroup_id != 0) ||
-                  (info.type == BPF_LINK_TYPE_NETNS && info.netns.netns_ino != 0));
-    close(fd);
-    if (alive) return false;
-  }
-  return true;
+  for (const auto& l : st.links)
+    if (link_attached(loader::pin_dir(name) + "/" + l)) return false;
+  return st.present;
 }
 
 std::vector<std::string> known_pods() {
@@ -448,14 +453,9 @@ json pod_status(const std::string& name) {
   if (pins.present) {
     json links = json::array();
     for (const auto& l : pins.links) {
-      int fd = bpf_obj_get((loader::pin_dir(name) + "/" + l).c_str());
-      bpf_link_info info{};
-      __u32 len = sizeof(info);
-      bool attached = fd >= 0 && bpf_obj_get_info_by_fd(fd, &info, &len) == 0 &&
-                      ((info.type == BPF_LINK_TYPE_CGROUP && info.cgroup.cgroup_id != 0) ||
-                       (info.type == BPF_LINK_TYPE_NETNS && info.netns.netns_ino != 0));
-      if (fd >= 0) close(fd);
-      links.push_back({{"link", l}, {"attached", attached}, {"prog_id", info.prog_id}});
+      uint32_t prog_id = 0;
+      bool attached = link_attached(loader::pin_dir(name) + "/" + l, &prog_id);
+      links.push_back({{"link", l}, {"attached", attached}, {"prog_id", prog_id}});
       if (!attached) drift.push_back(l + " is detached");
     }
     out["ebpf"] = {{"pins", loader::pin_dir(name)}, {"links", links}, {"counters", loader::pinned_counters(name)},

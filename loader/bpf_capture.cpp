@@ -496,19 +496,6 @@ int BpfCapture::adopt_listeners(const std::string& netns_path) {
   return adopted;
 }
 
-Counters BpfCapture::counters() const {
-  Counters out;
-  int ncpu = libbpf_num_possible_cpus();
-  std::vector<uint64_t> values(ncpu > 0 ? ncpu : 1);
-  for (uint32_t i = 0; i < MC_CNT__MAX; i++) {
-    uint64_t sum = 0;
-    if (bpf_map__lookup_elem(skel_->maps.counters, &i, sizeof(i), values.data(), values.size() * sizeof(uint64_t),
-                             0) == 0)
-      for (auto v : values) sum += v;
-    out[counter_names()[i]] = sum;
-  }
-  return out;
-}
 
 namespace {
 size_t count_entries(int map_fd, size_t key_size) {
@@ -536,6 +523,8 @@ Counters read_counters_fd(int fd) {
   return out;
 }
 }  // namespace
+
+Counters BpfCapture::counters() const { return read_counters_fd(bpf_map__fd(skel_->maps.counters)); }
 
 size_t BpfCapture::connection_entries() const {
   return count_entries(bpf_map__fd(skel_->maps.orig_dst), sizeof(mc_conn_key));
