@@ -27,24 +27,7 @@ class HaproxyOutbound : public CaptureTest {
   // Runs `connections` round trips from `threads` threads of one application
   // process in the pod; returns how many failed.
   int run_app(int threads, int connections_per_thread) {
-    std::string peer = pod_->peer_ipv4();
-    return pod_->run_in_pod(
-        [=] {
-          std::atomic<int> failed{0};
-          std::vector<std::thread> pool;
-          for (int t = 0; t < threads; t++) {
-            pool.emplace_back([&, t] {
-              for (int i = 0; i < connections_per_thread; i++) {
-                std::string payload = "t" + std::to_string(t) + "-" + std::to_string(i);
-                RoundTrip r = tcp_roundtrip(peer, 9000, payload);
-                if (!r.ok() || r.reply != payload || r.peer != peer + ":9000") failed++;
-              }
-            });
-          }
-          for (auto& th : pool) th.join();
-          return failed.load();
-        },
-        Identity::user(1000, 1000), std::chrono::milliseconds(120000));
+    return parallel_roundtrips_in_pod(*pod_, pod_->peer_ipv4(), 9000, threads, connections_per_thread);
   }
 
   HaproxyProcess haproxy_;

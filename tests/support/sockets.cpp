@@ -10,11 +10,13 @@
 
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <functional>
 #include <future>
 #include <sstream>
+#include <thread>
 #include <unordered_map>
 
 #include "support/netns.h"
@@ -645,6 +647,30 @@ RoundTrip roundtrip_in_pod(TestPod& pod, const std::string& ip, uint16_t port, I
   r.local = out.substr(p2 + 1, p3 - p2 - 1);
   r.peer = out.substr(p3 + 1);
   return r;
+}
+
+int parallel_roundtrips_in_pod(TestPod& pod, const std::string& ip, uint16_t port, int threads, int per_thread,
+                               Identity id) {
+  socklen_t len = 0;
+  sockaddr_storage sa = make_sockaddr(ip, port, &len);
+  const std::string want_peer = format_sockaddr(reinterpret_cast<sockaddr*>(&sa), len);
+  return pod.run_in_pod(
+      [=] {
+        std::atomic<int> failed{0};
+        std::vector<std::thread> pool;
+        for (int t = 0; t < threads; t++) {
+          pool.emplace_back([&, t] {
+            for (int i = 0; i < per_thread; i++) {
+              std::string payload = "t" + std::to_string(t) + "-" + std::to_string(i);
+              RoundTrip r = tcp_roundtrip(ip, port, payload);
+              if (!r.ok() || r.reply != payload || r.peer != want_peer) failed++;
+            }
+          });
+        }
+        for (auto& th : pool) th.join();
+        return failed.load();
+      },
+      id, std::chrono::milliseconds(120000));
 }
 
 }  // namespace meshcap::test

@@ -94,6 +94,12 @@ RoundTrip tcp_roundtrip(const std::string& ip, uint16_t port, std::string_view p
 RoundTrip roundtrip_in_pod(TestPod& pod, const std::string& ip, uint16_t port,
                            Identity id = Identity::user(1000, 1000), const ConnectOptions& options = {});
 
+/// `threads` threads of one application process in the pod (as `id`) each
+/// make `per_thread` round trips with distinct payloads to ip:port; returns
+/// how many failed (no echo, a wrong echo, or a peer other than ip:port).
+int parallel_roundtrips_in_pod(TestPod& pod, const std::string& ip, uint16_t port, int threads, int per_thread,
+                               Identity id = Identity::user(1000, 1000));
+
 // ---- servers ----
 
 /// What a server learned about one accepted connection.
