@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Kernel matrix: boots other kernels under qemu (TCG, no network) with an
+# initramfs carrying meshcap, its kernel and e2e tests, iptables and the
+# kernel's netfilter modules, and runs `meshcap probe`, the tests and an
+# end-to-end capture check inside. docs/kernels.md has the details.
+#
+#   scripts/kernel-matrix/run.sh [options]
+#
+#   --kernel PKG     a Debian linux-image package, concrete or meta; repeat
+#                    for several (default: linux-image-cloud-amd64, the
+#                    newest 6.1 cloud kernel)
+#   --boots LIST     comma-separated, of: full (cgroup v2, root),
+#                    nocgroup2 (no cgroup v2 hierarchy), nobpf (meshcap
+#                    without CAP_BPF/CAP_SYS_ADMIN); default all three
+#   --tests LIST     test binaries for the full boot, space-separated,
+#                    "binary" or "binary=gtest-filter"
+#   --quick          fewer tests (~5 minutes instead of ~17 on 2 cores):
+#                    the full boot runs the eBPF kernel tests and both e2e
+#                    suites (haproxy through eBPF and through iptables), the
+#                    nocgroup2 boot only the end-to-end capture check
+#   --expect OUT/IN  plan the full boot must choose (default ebpf/ebpf)
+#   --timeout SEC    per boot (default 1800); --test-timeout SEC per binary
+#   --smp N, --mem MB   guest CPUs (default: up to 2) and memory (1024)
+#   --build-dir DIR  meshcap's build tree (default: build/)
+#   --no-install     do not apt-get install qemu/busybox-static when missing
+#   --guest-cmd CMD  a shell command the guest runs (and prints) before the
+#                    tests, for debugging
+#
+# Everything comes from Debian's archive through apt-get: the kernel .deb is
+# fetched with `apt-get download` into build/kernel-matrix/cache/; the
+# guest's tools are this machine's own (so install-deps.sh must have run
+# and meshcap must be built). Logs: build/kernel-matrix/logs/.
+# Exit: 0 every boot passed, 1 a boot failed, 2 bad usage or setup.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+
+KERNELS=()
+BOOTS=full,nocgroup2,nobpf
+FULL_TESTS="ebpf_kernel_tests iptables_kernel_tests iptables_traffic_kernel_tests ebpf_e2e_tests iptables_e2e_tests"
+QUICK_TESTS="ebpf_kernel_tests ebpf_e2e_tests iptables_e2e_tests"
+QUICK=0
+TESTS_GIVEN=0
+EXPECT=ebpf/ebpf
+TIMEOUT=1800
+TEST_TIMEOUT=1200
+SMP=$(( $(nproc) < 2 ? $(nproc) : 2 ))
+MEM=1024
+BUILD=$REPO/build
+INSTALL=1
+GUEST_CMD=""
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2; }
+die() { echo "kernel-matrix: $*" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case $1 in
+    --kernel) KERNELS+=("$2"); shift 2 ;;
+    --boots) BOOTS=$2; shift 2 ;;
+    --tests) FULL_TESTS=$2; TESTS_GIVEN=1; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --expect) EXPECT=$2; shift 2 ;;
+    --timeout) TIMEOUT=$2; shift 2 ;;
+    --test-timeout) TEST_TIMEOUT=$2; shift 2 ;;
+    --smp) SMP=$2; shift 2 ;;
+    --mem) MEM=$2; shift 2 ;;
+    --build-dir) BUILD=$(realpath "$2"); shift 2 ;;
+    --no-install) INSTALL=0; shift ;;
+    --guest-cmd) GUEST_CMD=$2; shift 2 ;;
+    -h|--help) usage ;;
+    *) echo "kernel-matrix: unknown option $1" >&2; usage ;;
+  esac
+done
+[ "${#KERNELS[@]}" -gt 0 ] || KERNELS=(linux-image-cloud-amd64)
+[ "$QUICK" = 1 ] && [ "$TESTS_GIVEN" = 0 ] && FULL_TESTS=$QUICK_TESTS
+for b in ${BOOTS//,/ }; do
+  case $b in full|nocgroup2|nobpf) ;; *) die "--boots: unknown boot '$b'" ;; esac
+done
+case $EXPECT in */*) ;; *) die "--expect: OUT/IN, e.g. ebpf/ebpf" ;; esac
+
+WORK=$BUILD/kernel-matrix
+CACHE=$WORK/cache
+LOGS=$WORK/logs
+mkdir -p "$CACHE" "$LOGS"
+# One run per build tree at a time: boots share the log names (and two TCG
+# guests on a small machine slow each other past the tests' timeouts).
+exec 9> "$WORK/.lock"
+flock -n 9 || die "another run.sh is running on $WORK"
+[ -x "$BUILD/agent/meshcap" ] || die "$BUILD/agent/meshcap not built (cmake --preset default && cmake --build build)"
+
+# --- host tools: qemu and a static busybox, only for this script -----------------
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+{ command -v busybox >/dev/null && ! ldd "$(command -v busybox)" >/dev/null 2>&1; } || need+=(busybox-static)
+if [ "${#need[@]}" -gt 0 ]; then
+  [ "$INSTALL" = 1 ] && [ "$(id -u)" = 0 ] || die "missing ${need[*]}: apt-get install ${need[*]} (as root)"
+  echo "kernel-matrix: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null ||
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; }
+fi
+
+# --- kernels ---------------------------------------------------------------------
+# fetch_kernel PKG: prints the unpacked tree for PKG (a meta package resolves
+# to the image it depends on).
+fetch_kernel() {
+  local pkg=$1 dep deb dir
+  dep=$(apt-cache depends "$pkg" 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
+  [ -n "$dep" ] && pkg=$dep
+  pkg=${pkg%-unsigned}
+  dir=$CACHE/$pkg
+  if [ ! -d "$dir/boot" ]; then
+    deb=$(ls "$CACHE/${pkg}"_*.deb 2>/dev/null | head -n 1 || true)
+    if [ -z "$deb" ]; then
+      echo "kernel-matrix: apt-get download $pkg" >&2
+      # As root apt would hand the download to _apt, which cannot write here.
+      local apt=(apt-get -q)
+      [ "$(id -u)" = 0 ] && apt+=(-o APT::Sandbox::User=root)
+      (cd "$CACHE" && "${apt[@]}" download "$pkg" >&2) ||
+        { [ "$(id -u)" = 0 ] && apt-get update -qq && (cd "$CACHE" && "${apt[@]}" download "$pkg" >&2); } ||
+        die "cannot download $pkg"
+      deb=$(ls "$CACHE/${pkg}"_*.deb | head -n 1)
+    fi
+    rm -rf "$dir.tmp"
+    dpkg-deb -x "$deb" "$dir.tmp"
+    mv "$dir.tmp" "$dir"
+  fi
+  echo "$dir"
+}
+
+# --- boots -----------------------------------------------------------------------
+# boot_conf BOOT: the guest's /etc/kmatrix/boot.conf for BOOT.
+boot_conf() {
+  local tests expect
+  case $1 in
+    full) tests=$FULL_TESTS expect=$EXPECT ;;
+    # No cgroup v2: only what needs none (TestPod needs a cgroup).
+    nocgroup2) tests="iptables_kernel_tests" expect=iptables/iptables
+               [ "$QUICK" = 1 ] && tests="" ;;
+    # Without BPF privilege: the agent test that runs meshcap like istio-init.
+    nobpf) tests="ebpf_kernel_tests=Agent.WithoutBpfPrivilege*" expect=iptables/iptables ;;
+  esac
+  printf 'KM_BOOT=%s\nKM_TESTS="%s"\nKM_EXPECT=%s\nKM_BUILD_DIR=%s\nKM_TEST_TIMEOUT=%s\n' \
+    "$1" "$tests" "$expect" "$BUILD" "$TEST_TIMEOUT"
+  # Single-quoted for the guest shell.
+  printf "KM_GUEST_CMD='%s'\n" "${GUEST_CMD//\'/\'\\\'\'}"
+}
+
+SCRATCH=$(mktemp -d "$WORK/run.XXXXXX")
+QEMU_PID=""
+cleanup() {
+  [ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null
+  rm -rf "$SCRATCH"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+summary=$LOGS/summary.txt
+: > "$summary"
+overall=0
+start_all=$(date +%s)
+for pkg in "${KERNELS[@]}"; do
+  kroot=$(fetch_kernel "$pkg")
+  kver=$(ls "$kroot/lib/modules" | head -n 1)
+  vmlinuz=$kroot/boot/vmlinuz-$kver
+  [ -f "$vmlinuz" ] || die "no $vmlinuz in $(basename "$kroot")"
+  "$HERE/build-initramfs.sh" "$kroot" "$BUILD" "$SCRATCH/initramfs-$kver.gz"
+  for boot in ${BOOTS//,/ }; do
+    log=$LOGS/$kver-$boot.log
+    mkdir -p "$SCRATCH/conf/etc/kmatrix"
+    boot_conf "$boot" > "$SCRATCH/conf/etc/kmatrix/boot.conf"
+    (cd "$SCRATCH/conf" && find . | busybox cpio -o -H newc 2>/dev/null) | gzip -1 > "$SCRATCH/conf.gz"
+    cat "$SCRATCH/initramfs-$kver.gz" "$SCRATCH/conf.gz" > "$SCRATCH/boot.img"
+    rm -rf "$SCRATCH/conf"
+    echo "kernel-matrix: booting $kver ($boot), log $log"
+    t0=$(date +%s)
+    : > "$log"
+    # -nodefaults: no NIC (the guest has no network at all), no disks, no VGA.
+    timeout -k 10 "$TIMEOUT" qemu-system-x86_64 \
+      -accel tcg,thread=multi -cpu max -smp "$SMP" -m "$MEM" \
+      -nodefaults -no-user-config -display none -no-reboot -monitor none -serial stdio \
+      -kernel "$vmlinuz" -initrd "$SCRATCH/boot.img" \
+      -append "console=ttyS0 quiet panic=-1" </dev/null > "$log" 2>&1 &
+    QEMU_PID=$!
+    # Progress: the guest's report lines as they come.
+    tail -n +1 -f --pid="$QEMU_PID" "$log" 2>/dev/null | tr -d '\r' | grep --line-buffered -a '^KM: \(BEGIN\|PLAN\|TEST \|CHECK \|RESULT\)' | sed -u 's/^/    /' || true
+    rc=0
+    wait "$QEMU_PID" || rc=$?
+    QEMU_PID=""
+    secs=$(( $(date +%s) - t0 ))
+    [ "$rc" = 124 ] && echo "KM-HOST: qemu killed after ${TIMEOUT}s" >> "$log"
+    # The probe output, for docs/kernels.md.
+    tr -d '\r' < "$log" | sed -n '/^KM: PROBE-BEGIN/,/^KM: PROBE-END/p' | sed '1d;$d' > "$LOGS/$kver-$boot.probe.txt"
+    tr -d '\r' < "$log" | sed -n '/^KM: PROBE-JSON-BEGIN/,/^KM: PROBE-JSON-END/p' | sed '1d;$d' > "$LOGS/$kver-$boot.probe.json"
+    {
+      echo "$kver, boot $boot (${secs} s with qemu's start, log $log)"
+      "$HERE/parse-log.sh" "$log"
+    } > "$SCRATCH/report" || overall=1
+    cat "$SCRATCH/report" | tee -a "$summary"
+  done
+done
+echo "kernel-matrix: $(( $(date +%s) - start_all )) s in all; $([ "$overall" = 0 ] && echo PASS || echo FAIL)" |
+  tee -a "$summary"
+exit "$overall"
