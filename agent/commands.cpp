@@ -102,6 +102,22 @@ bool path_gone(const std::string& p) {
   return !p.empty() && !fs::exists(p, ec);
 }
 
+std::string netns_id(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st)) return "";
+  return std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
+}
+
+// The pod's network namespace as recorded, if that path still names the
+// same namespace ("/proc/self/ns/net" recorded by an init run inside the pod
+// names another one when read from elsewhere).
+std::string recorded_netns(const json& st) {
+  std::string path = st.value("netns", "");
+  if (path.empty() || path_gone(path)) return "";
+  if (st.contains("netns_id") && netns_id(path) != st["netns_id"].get<std::string>()) return "";
+  return path;
+}
+
 // Enough of a configuration for the iptables cleanup (TPROXY routing).
 CaptureConfig cleanup_config(const json& st) {
   CaptureConfig c;
@@ -269,7 +285,7 @@ int run_init(InitOptions& o) {
   // 2. Apply: eBPF first (all or nothing inside), then iptables; a failure in
   // the second step removes the first.
   json st = {{"name", t.name},          {"cgroup", t.cgroup_dir},
-             {"netns", t.netns_path},   {"mode", o.mode},
+             {"netns", t.netns_path},   {"netns_id", netns_id(t.netns_path)}, {"mode", o.mode},
              {"plan", plan.to_json()},  {"ipv6", ipv6},
              {"tproxy_mark", cfg.tproxy_mark}, {"tproxy_route_table", cfg.tproxy_route_table}};
   if (plan.uses_ebpf()) {
@@ -323,8 +339,8 @@ int run_init(InitOptions& o) {
   // (the new one is in place: no moment without capture).
   json previous = read_state(t.name);
   if (!previous.is_null() && previous.contains("iptables") && !plan.uses_iptables() &&
-      !path_gone(previous.value("netns", ""))) {
-    iptables::ProcessRunner runner(previous.value("netns", ""));
+      !recorded_netns(previous).empty()) {
+    iptables::ProcessRunner runner(recorded_netns(previous));
     iptables::IptablesApplier(runner, iptables::ApplierOptions{kIptablesStateDir}).cleanup(cleanup_config(previous));
     spdlog::info("pod {}: removed its previous iptables capture", t.name);
   }
@@ -417,7 +433,7 @@ int run_cleanup(const CleanupOptions& o) {
   }
   json st = read_state(name);
   if (!o.netns.empty()) netns = resolve_netns(o.netns);
-  else if (!st.is_null() && !path_gone(st.value("netns", ""))) netns = st.value("netns", "");
+  else if (!st.is_null()) netns = recorded_netns(st);
 
   bool removed = loader::remove_pins(name);
   // iptables only where meshcap applied it (or where the caller names the
@@ -467,8 +483,8 @@ json pod_status(const std::string& name) {
     drift.push_back("eBPF pins missing");
   }
 
-  if (!st.is_null() && st.contains("iptables") && !path_gone(st.value("netns", ""))) {
-    iptables::ProcessRunner runner(st.value("netns", ""));
+  if (!st.is_null() && st.contains("iptables") && !recorded_netns(st).empty()) {
+    iptables::ProcessRunner runner(recorded_netns(st));
     std::vector<std::string> now;
     json counts = json::object();
     for (const auto& bin : save_binaries(st)) {

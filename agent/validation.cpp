@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -34,7 +35,12 @@ int probe_in_pod(const PodTarget& pod, const CaptureConfig& cfg, bool join_cgrou
     close(fd);
   }
   int ns = open(pod.netns_path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (ns < 0 || setns(ns, CLONE_NEWNET)) return fail("cannot enter " + pod.netns_path);
+  // Already there (an init container in the pod): no setns, which would need
+  // CAP_SYS_ADMIN even for one's own namespace.
+  struct stat target {}, own {};
+  bool same = ns >= 0 && fstat(ns, &target) == 0 && stat("/proc/self/ns/net", &own) == 0 &&
+              target.st_dev == own.st_dev && target.st_ino == own.st_ino;
+  if (ns < 0 || (!same && setns(ns, CLONE_NEWNET))) return fail("cannot enter " + pod.netns_path);
   close(ns);
 
   // Listen on the proxy's ports, as istio's validator does.
