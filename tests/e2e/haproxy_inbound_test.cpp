@@ -50,7 +50,9 @@ TEST_F(HaproxyInbound, ClientOutsideReachesTheApplicationThroughHaproxy) {
   // Every connection came from haproxy's passthrough source.
   for (const auto& rec : app_->records()) EXPECT_EQ(host_of(rec.peer), "127.0.0.6");
   auto c = loader::pinned_counters(name_);
-  EXPECT_EQ(c["in_redirected"], 100u);
+  // sk_lookup runs per SYN: a retransmitted SYN on a loaded machine counts
+  // twice, so at least one per connection.
+  EXPECT_GE(c["in_redirected"], 100u);
   EXPECT_EQ(c["orig_dst_answered"], 100u);
   EXPECT_EQ(c["passthrough_source"], 100u);
 }
