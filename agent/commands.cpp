@@ -23,6 +23,7 @@
 #include "kernel_features.h"
 #include "planner.h"
 #include "pod.h"
+#include "saved_ruleset.h"
 #include "validation.h"
 
 namespace fs = std::filesystem;
@@ -489,16 +490,13 @@ json pod_status(const std::string& name) {
     json counts = json::object();
     for (const auto& bin : save_binaries(st)) {
       for (auto& l : istio_lines(save_of(runner, bin, false))) now.push_back(bin + " " + l);
-      // Packets that took each redirect: "[packets:bytes] -A ISTIO_REDIRECT ..."
-      std::istringstream in(save_of(runner, bin, true));
-      std::string line;
-      while (std::getline(in, line)) {
-        for (const char* chain : {"ISTIO_REDIRECT", "ISTIO_IN_REDIRECT", "ISTIO_TPROXY"}) {
-          if (line.rfind("[", 0) == 0 && line.find("-A " + std::string(chain) + " ") != std::string::npos) {
-            uint64_t packets = std::stoull(line.substr(1, line.find(':') - 1));
-            counts[bin + " " + chain] = counts.value(bin + " " + chain, uint64_t{0}) + packets;
-          }
-        }
+      // Packets that took each redirect chain.
+      const std::string counted = save_of(runner, bin, true);
+      for (const std::string chain : {"ISTIO_REDIRECT", "ISTIO_IN_REDIRECT", "ISTIO_TPROXY"}) {
+        auto n = iptables::rule_packets(counted, [&](std::string_view rule) {
+          return rule.rfind("-A " + chain + " ", 0) == 0;
+        });
+        if (n) counts[bin + " " + chain] = *n;
       }
     }
     std::sort(now.begin(), now.end());

@@ -141,4 +141,22 @@ std::string rule_spec_text(std::string_view line, std::string_view chain) {
   return std::string(line.substr(prefix));
 }
 
+std::optional<uint64_t> rule_packets(std::string_view save_with_counters,
+                                     const std::function<bool(std::string_view rule)>& match) {
+  std::optional<uint64_t> total;
+  size_t start = 0;
+  while (start < save_with_counters.size()) {
+    size_t eol = save_with_counters.find('\n', start);
+    if (eol == std::string_view::npos) eol = save_with_counters.size();
+    std::string_view line = save_with_counters.substr(start, eol - start);
+    start = eol + 1;
+    const size_t close = line.find("] ");
+    if (line.empty() || line[0] != '[' || close == std::string_view::npos || !match(line.substr(close + 2))) continue;
+    const size_t colon = line.find(':');
+    if (colon == std::string_view::npos || colon > close) continue;
+    total = total.value_or(0) + std::stoull(std::string(line.substr(1, colon - 1)));
+  }
+  return total;
+}
+
 }  // namespace meshcap::iptables

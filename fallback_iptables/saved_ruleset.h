@@ -2,6 +2,9 @@
 // applier needs them to find what meshcap owns.
 #pragma once
 
+#include <cstdint>
+#include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -37,6 +40,12 @@ struct SavedRuleset {
 
 /// Parses iptables-save / ip6tables-save output (comments ignored).
 SavedRuleset parse_iptables_save(std::string_view text);
+
+/// Packets counted by the rules of `iptables-save -c` output (lines
+/// "[packets:bytes] -A CHAIN ...") whose rule text, after the counters,
+/// satisfies `match`; nullopt when no rule matched.
+std::optional<uint64_t> rule_packets(std::string_view save_with_counters,
+                                     const std::function<bool(std::string_view rule)>& match);
 
 /// Splits a rule line into words as iptables-restore does (double quotes
 /// group words; the quotes are kept out of the word).

@@ -20,6 +20,7 @@
 #include "applier.h"
 #include "backend.h"
 #include "command_runner.h"
+#include "saved_ruleset.h"
 #include "istio_flags.h"
 #include "support/test_support.h"
 
@@ -94,16 +95,8 @@ class HaproxyIptables : public ::testing::TestWithParam<std::string> {
   /// Packets (= connections, for nat rules) that matched the rule printed
   /// exactly as `rule`; -1 when there is no such rule.
   int64_t packets(const std::string& rule) {
-    std::istringstream in(save(true));
-    std::string line;
-    int64_t total = -1;
-    while (std::getline(in, line)) {
-      if (line.empty() || line[0] != '[') continue;
-      const auto close = line.find("] ");
-      if (close == std::string::npos || line.substr(close + 2) != rule) continue;
-      total = (total < 0 ? 0 : total) + std::stoll(line.substr(1, line.find(':') - 1));
-    }
-    return total;
+    auto n = iptables::rule_packets(save(true), [&](std::string_view r) { return r == rule; });
+    return n ? static_cast<int64_t>(*n) : -1;
   }
   int64_t outbound_redirects() { return packets("-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001"); }
   int64_t inbound_redirects() { return packets("-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006"); }

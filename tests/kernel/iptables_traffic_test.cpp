@@ -25,6 +25,7 @@
 #include "applier.h"
 #include "backend.h"
 #include "command_runner.h"
+#include "saved_ruleset.h"
 #include "istio_flags.h"
 #include "support/test_support.h"
 
@@ -160,16 +161,8 @@ class IptablesTraffic : public ::testing::TestWithParam<std::string> {
   /// --to-ports 15001"). A nat rule sees the first packet of a connection
   /// only, so this counts connections. -1 if the rule is not there.
   int64_t packets(bool v6, const std::string& rule) {
-    std::istringstream in(save(v6, true));
-    std::string line;
-    int64_t total = -1;
-    while (std::getline(in, line)) {
-      if (line.empty() || line[0] != '[') continue;
-      const auto close = line.find("] ");
-      if (close == std::string::npos || line.substr(close + 2) != rule) continue;
-      total = (total < 0 ? 0 : total) + std::stoll(line.substr(1, line.find(':') - 1));
-    }
-    return total;
+    auto n = iptables::rule_packets(save(v6, true), [&](std::string_view r) { return r == rule; });
+    return n ? static_cast<int64_t>(*n) : -1;
   }
   int64_t outbound_redirects(bool v6) { return packets(v6, "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001"); }
   int64_t inbound_redirects(bool v6) { return packets(v6, "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006"); }
