@@ -110,6 +110,9 @@ struct CaptureConfig {
   std::string force_iptables_binary;  // "", "nft" or "legacy"
   uint16_t iptables_probe_port = 15002;
   double probe_timeout_seconds = 5.0;
+  // meshcap's own: --accelerate (sk_msg between the application's and the
+  // proxy's sockets; eBPF outbound only, off by default).
+  bool accelerate = false;
 };
 
 /// Parses a decimal port 1..65535 (no sign, spaces or leading zeros);

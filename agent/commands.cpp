@@ -213,6 +213,7 @@ void print_ebpf_plan(const PodTarget& t, const CaptureConfig& c, const loader::P
 // iptables does inbound.
 CaptureConfig ebpf_part(const CaptureConfig& cfg, const Plan& plan) {
   CaptureConfig c = cfg;
+  c.accelerate = cfg.accelerate && plan.outbound.engine == Engine::Ebpf;
   if (plan.inbound.engine != Engine::Ebpf) {
     c.inbound_ports_include = PortList{};
     c.reroute_virtual_interfaces.clear();
@@ -245,6 +246,9 @@ int run_init(InitOptions& o) {
   }
   if (o.mode != "auto" && o.mode != "ebpf" && o.mode != "iptables")
     throw UsageError("--mode: invalid value '" + o.mode + "': expected auto, ebpf or iptables");
+  if (o.accelerate && o.mode == "iptables")
+    throw UsageError("--accelerate: needs eBPF outbound capture, which --mode iptables does not use");
+  cfg.accelerate = o.accelerate;
   PodTarget t = resolve_target(o.name, o.cgroup, o.netns,
                                o.mode == "ebpf" ? "required" : o.mode == "auto" ? "optional" : "none");
 
@@ -272,6 +276,9 @@ int run_init(InitOptions& o) {
                        ": invalid value '" + missing[0] + "': no such interface in the pod's network namespace");
   }
   spdlog::info("plan for pod {}: {}", t.name, plan.summary());
+  if (cfg.accelerate && !bpf_cfg.accelerate)
+    spdlog::warn("--accelerate: not applied, outbound capture is by iptables ({})",
+                 join(plan.outbound.reasons, "; "));
 
   if (o.dry_run) {
     if (plan.uses_ebpf()) {
@@ -288,7 +295,8 @@ int run_init(InitOptions& o) {
   json st = {{"name", t.name},          {"cgroup", t.cgroup_dir},
              {"netns", t.netns_path},   {"netns_id", netns_id(t.netns_path)}, {"mode", o.mode},
              {"plan", plan.to_json()},  {"ipv6", ipv6},
-             {"tproxy_mark", cfg.tproxy_mark}, {"tproxy_route_table", cfg.tproxy_route_table}};
+             {"tproxy_mark", cfg.tproxy_mark}, {"tproxy_route_table", cfg.tproxy_route_table},
+             {"accelerate", bpf_cfg.accelerate}};
   if (plan.uses_ebpf()) {
     try {
       loader::BpfCapture capture;
@@ -306,6 +314,7 @@ int run_init(InitOptions& o) {
       plan = make_plan(cfg, kernel, "iptables");
       plan.outbound.reasons = {std::string("eBPF failed: ") + e.what()};
       st["plan"] = plan.to_json();
+      st["accelerate"] = false;
     }
   }
   if (plan.uses_iptables()) {
@@ -476,7 +485,9 @@ json pod_status(const std::string& name) {
       if (!attached) drift.push_back(l + " is detached");
     }
     out["ebpf"] = {{"pins", loader::pin_dir(name)}, {"links", links}, {"counters", loader::pinned_counters(name)},
-                   {"connections_tracked", loader::pinned_connection_entries(name)}};
+                   {"handshakes_in_flight", loader::pinned_connection_entries(name)},
+                   {"accelerated_sockets", loader::pinned_accelerated_sockets(name)}};
+    out["accelerate"] = !st.is_null() && st.value("accelerate", false);
     size_t expected = 6 + (st.is_null() ? 0 : st["plan"]["inbound"]["engine"] == "ebpf");
     if (!st.is_null() && st["plan"]["outbound"]["engine"] == "ebpf" && pins.links.size() < expected)
       drift.push_back("links missing: " + std::to_string(pins.links.size()) + " of " + std::to_string(expected));
@@ -562,7 +573,10 @@ int run_status(const StatusOptions& o) {
       std::cout << "\n  eBPF counters:";
       for (auto& [k, v] : p["ebpf"]["counters"].items())
         if (v.get<uint64_t>()) std::cout << " " << k << "=" << v;
-      std::cout << "\n  connections tracked: " << p["ebpf"]["connections_tracked"] << "\n";
+      std::cout << "\n  handshakes in flight: " << p["ebpf"]["handshakes_in_flight"];
+      if (p.value("accelerate", false))
+        std::cout << "; accelerated: on, " << p["ebpf"]["accelerated_sockets"] << " sockets";
+      std::cout << "\n";
     }
     if (p.contains("iptables")) {
       std::cout << "  iptables: " << join(p["iptables"]["backends"].get<std::vector<std::string>>(), ", ") << ", "

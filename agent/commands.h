@@ -16,6 +16,7 @@ struct InitOptions {
   std::string mode = "auto";
   std::string name, cgroup, netns;
   bool dry_run = false;
+  bool accelerate = false;  // sk_msg between app and proxy sockets (eBPF outbound)
   IstioFlagValues istio;
 };
 

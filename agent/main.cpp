@@ -98,6 +98,9 @@ int main(int argc, char** argv) {
   init_cmd->add_option("--cgroup", init.cgroup, "The pod's cgroup v2 directory (default: the caller's)");
   init_cmd->add_option("--netns", init.netns, "The pod's network namespace: a path or a name under /run/netns");
   init_cmd->add_flag("-n,--dry-run", init.dry_run, "Print what would be applied and change nothing");
+  init_cmd->add_flag("--accelerate", init.accelerate,
+                     "Also pass bytes between the application's and the proxy's sockets with sk_msg, skipping "
+                     "TCP/IP on loopback (eBPF outbound only; off by default; not with a proxy that uses splice)");
   add_log_level(init_cmd);
   add_istio_flags(*init_cmd, init.istio, false);
 

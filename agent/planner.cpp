@@ -42,7 +42,6 @@ std::vector<std::string> missing_for_ebpf_outbound(loader::KernelFeatures& k) {
   need(k.prog_sockopt(), "kernel has no cgroup getsockopt programs", m);
   need(k.helper_sk_storage(), "kernel has no socket storage for connect programs", m);
   need(k.helper_bind(), "kernel has no bpf_bind for connect programs", m);
-  need(k.atomic_fetch(), "kernel has no BPF atomic fetch operations", m);
   return m;
 }
 

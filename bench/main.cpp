@@ -133,6 +133,7 @@ struct RigDef {
   Capture capture;
   Sidecar sidecar;
   bool connect_only = false;
+  bool accelerate = false;
 };
 
 void define_variants(const Profile& p, std::vector<RigDef>& rigs, std::vector<VariantDef>& vs) {
@@ -153,6 +154,10 @@ void define_variants(const Profile& p, std::vector<RigDef>& rigs, std::vector<Va
       rigs.push_back({"P-" + name, name + "+proxy", cap, Sidecar::haproxy});
       vs.push_back({name + "+proxy", "P-" + name, false, kEchoPort, kSinkPort, "proxy", name, true, true, "relay"});
     }
+    // eBPF with --accelerate (haproxy does not splice in this configuration).
+    rigs.push_back({"P-ebpf-accel", "ebpf-accel+proxy", Capture::ebpf, Sidecar::haproxy, false, true});
+    vs.push_back({"ebpf-accel+proxy", "P-ebpf-accel", false, kEchoPort, kSinkPort, "proxy", "ebpf-accel", true, false,
+                  "relay"});
   }
   vs.push_back({"local-direct", "D", true, kOutboundPort, 0, "mechanism", "none", false, true, "local"});
   for (const auto& [cap, name] : caps) {
@@ -540,6 +545,7 @@ int main(int argc, char** argv) {
       const RigDef& d = rig_defs[i];
       rigs[d.key] = std::make_unique<Rig>(d.label, d.capture, d.sidecar, ro);
       rigs[d.key]->set_connect_only(d.connect_only);
+      rigs[d.key]->set_accelerate(d.accelerate);
     }
     for (auto& [k, r] : rigs) {
       suffixes.push_back(r->pod().suffix());
@@ -622,6 +628,34 @@ int main(int argc, char** argv) {
       }
       spdlog::info("scaling round {}/{}: {} sizes in {:.1f} s", round + 1, p.rounds, order.size(),
                    std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    // Diagnostic: where eBPF's time goes, as the kernel counts BPF run
+    // time (BPF_ENABLE_STATS: on only while the returned fd is open, so
+    // nothing is left switched on; it slows every BPF program a little,
+    // which is why no other measurement runs with it).
+    if (p.diagnostics) {
+      prepare(0);
+      int stats_fd = bpf_enable_stats(BPF_STATS_RUN_TIME);
+      if (stats_fd < 0) {
+        res.notes.push_back(std::string("BPF run-time statistics not available: ") + std::strerror(errno));
+      } else {
+        const std::vector<std::pair<std::string, std::string>> diag = {
+            {"ebpf-mech", "connect"},       {"ebpf+proxy", "connect"},       {"ebpf+proxy", "rr-1x64"},
+            {"ebpf-accel+proxy", "connect"}, {"ebpf-accel+proxy", "rr-1x64"}};
+        for (const auto& [name, workload] : diag) {
+          const VariantDef* v = res.variant(name);
+          if (!v || !active(*v)) continue;
+          Rig& rig = *rigs.at(v->rig);
+          const auto before = rig.program_stats();
+          const ClientResult cr = rig.run_client(spec_for(p, *v, rig, workload, false));
+          for (const auto& [prog, after] : rig.program_stats()) {
+            auto b = before.count(prog) ? before.at(prog) : std::pair<uint64_t, uint64_t>{0, 0};
+            res.prog_stats.push_back(
+                {name, workload, prog, cr.samples_ns.size(), after.first - b.first, after.second - b.second});
+          }
+        }
+        ::close(stats_fd);
+      }
     }
     rigs.clear();  // removes captures, servers, haproxy and the pods
 

@@ -44,6 +44,15 @@ struct InitRecord {
   std::vector<double> apply_s, add_one_s, cleanup_s;
 };
 
+/// Diagnostic: the BPF run time of one of a variant's programs during one
+/// job with the kernel's BPF statistics on (BPF_ENABLE_STATS).
+struct ProgStat {
+  std::string variant, workload, program;
+  uint64_t units = 0;  ///< connections (connect) or requests (rr) of the job
+  uint64_t runs = 0;
+  uint64_t run_ns = 0;
+};
+
 struct Target {
   std::string name, measured, goal;
   bool pass = false;
@@ -62,6 +71,7 @@ struct Results {
   std::vector<size_t> sizes;                   ///< rule-scaling sizes
   std::map<CellKey, Cell> cells;
   std::vector<InitRecord> init;
+  std::vector<ProgStat> prog_stats;
   std::vector<Target> targets;
   std::vector<std::string> notes;              ///< anything that went wrong
   /// Per job: share of the data-path CPUs busy with work other than the

@@ -1,5 +1,7 @@
 #include "rig.h"
 
+#include <bpf/bpf.h>
+
 #include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
@@ -294,6 +296,7 @@ double Rig::apply(const std::vector<std::string>& exclusions) {
     std::vector<std::string> argv = {options_.meshcap_bin, "init", "--log-level", "warn", "--mode",
                                      capture_ == Capture::ebpf ? "ebpf" : "iptables", "--name", name_,
                                      "--cgroup", pod_->cgroup_path(), "--netns", pod_->pod_netns_path()};
+    if (capture_ == Capture::ebpf && accelerate_) argv.push_back("--accelerate");
     if (capture_ != Capture::ebpf) {
       argv.push_back("--force-iptables-binary");
       argv.push_back(capture_ == Capture::nft ? "nft" : "legacy");
@@ -319,6 +322,41 @@ double Rig::apply(const std::vector<std::string>& exclusions) {
         ::unlink((loader::pin_dir(name_) + "/" + link).c_str());  // the last reference: detaches
   }
   return t.seconds;
+}
+
+std::map<std::string, std::pair<uint64_t, uint64_t>> Rig::program_stats() const {
+  std::map<std::string, std::pair<uint64_t, uint64_t>> out;
+  if (capture_ != Capture::ebpf || !captured_) return out;
+  auto add_prog = [&](uint32_t id) {
+    int fd = bpf_prog_get_fd_by_id(id);
+    if (fd < 0) return;
+    bpf_prog_info info{};
+    __u32 len = sizeof info;
+    if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0) {
+      auto& v = out[info.name];
+      v.first += info.run_cnt;
+      v.second += info.run_time_ns;
+    }
+    ::close(fd);
+  };
+  const std::string dir = loader::pin_dir(name_);
+  for (const auto& link : loader::pinned_state(name_).links) {
+    int fd = bpf_obj_get((dir + "/" + link).c_str());
+    if (fd < 0) continue;
+    bpf_link_info info{};
+    __u32 len = sizeof info;
+    if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0) add_prog(info.prog_id);
+    ::close(fd);
+  }
+  // The sk_msg program hangs off the accelerated-socket map, not a link.
+  int map = bpf_obj_get((dir + "/map_accel_socks").c_str());
+  if (map >= 0) {
+    __u32 ids[4] = {}, n = 4;
+    if (bpf_prog_query(map, BPF_SK_MSG_VERDICT, 0, nullptr, ids, &n) == 0)
+      for (__u32 i = 0; i < n; i++) add_prog(ids[i]);
+    ::close(map);
+  }
+  return out;
 }
 
 double Rig::remove() {

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <memory>
 #include <optional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -110,9 +111,15 @@ class Rig {
   /// connect hook alone costs. The capture then no longer answers
   /// SO_ORIGINAL_DST: only for the mechanism-only view.
   void set_connect_only(bool on) { connect_only_ = on; }
+  /// eBPF only: apply with `meshcap init --accelerate` (sk_msg between the
+  /// application's and the proxy's sockets).
+  void set_accelerate(bool on) { accelerate_ = on; }
   /// Removes the capture; returns the wall time. No-op for Capture::none.
   double remove();
   size_t applied_exclusions() const { return applied_; }
+  /// The capture's BPF programs (eBPF only): name -> (run count, run time
+  /// in ns) as the kernel counts them while BPF statistics are enabled.
+  std::map<std::string, std::pair<uint64_t, uint64_t>> program_stats() const;
 
   /// Runs the load client in the pod (its cgroup, as UID/GID 1000), pinned
   /// to the client CPU; returns its result (errors noted in the result).
@@ -134,6 +141,7 @@ class Rig {
   std::vector<pid_t> servers_;
   bool captured_ = false;
   bool connect_only_ = false;
+  bool accelerate_ = false;
   size_t applied_ = 0;
 };
 

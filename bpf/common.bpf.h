@@ -62,14 +62,26 @@ MC_EXTERN struct {
 	__type(value, struct mc_orig);
 } orig_store SEC(".maps");
 
-/* Original destination per redirected connection, looked up by the proxy's
- * accepted socket; removed when both ends have closed. */
+/* Original destination per redirected connection from the application's
+ * SYN until the proxy's side is established; then it moves to the proxy's
+ * accepted socket (accepted_orig). LRU: the record of a connection that
+ * never reached the proxy (refused, reset in the handshake) is reused. */
 MC_EXTERN struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, MC_ORIG_DST_ENTRIES);
 	__type(key, struct mc_conn_key);
 	__type(value, struct mc_orig);
 } orig_dst SEC(".maps");
+
+/* Original destination per proxy-side socket of a redirected connection
+ * (outbound, and inbound steered by sk_lookup), freed with the socket: what
+ * SO_ORIGINAL_DST answers. */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct mc_orig);
+} accepted_orig SEC(".maps");
 
 /* The pod's own addresses (v4 mapped): destinations routed over lo. */
 MC_EXTERN struct {
@@ -163,7 +175,25 @@ MC_EXTERN struct {
 	__type(value, struct mc_orig);
 } inbound_orig SEC(".maps");
 
-/* control[0] != 0 once the capture is committed: the loader attaches and
+/* --accelerate: the application's and the proxy's sockets of redirected
+ * connections, keyed by their own view (mc_sock_key). The sk_msg program
+ * is attached to this map; the kernel removes a socket when it closes. */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, MC_ACCEL_ENTRIES);
+	__type(key, struct mc_sock_key);
+	__type(value, __u64);
+} accel_socks SEC(".maps");
+
+/* --accelerate: the send decision of a socket in accel_socks. */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u32);
+} accel_state SEC(".maps");
+
+/* control[0] (MC_CONTROL_* bits) != 0 once the capture is committed: the loader attaches and
  * pins everything with capture off, then turns it on with this one update,
  * so a loader killed half-way leaves a pod either captured or not at all. */
 MC_EXTERN struct {
@@ -173,12 +203,17 @@ MC_EXTERN struct {
 	__type(value, __u32);
 } control SEC(".maps");
 
-static __always_inline bool mc_enabled(void)
+static __always_inline __u32 mc_control(void)
 {
 	__u32 key = 0;
 	__u32 *on = bpf_map_lookup_elem(&control, &key);
 
-	return on && *on;
+	return on ? *on : 0;
+}
+
+static __always_inline bool mc_enabled(void)
+{
+	return mc_control() & MC_CONTROL_CAPTURE;
 }
 
 /* One counter per decision and event (enum mc_counter). */

@@ -79,7 +79,7 @@ static __always_inline enum mc_verdict __mc_capture(struct bpf_sock_addr *ctx,
 	orig->addr = c->dst;
 	orig->port = bpf_htons(c->dport);
 	orig->family = family;
-	orig->flags = 0;
+	orig->reserved = 0;
 	return d.verdict;
 }
 

@@ -1,5 +1,6 @@
 /* cgroup/getsockopt: answers SO_ORIGINAL_DST (IPv4) and IP6T_SO_ORIGINAL_DST
- * (IPv6) on the proxy's accepted socket from the connection table, as
+ * (IPv6) on the proxy's accepted socket from its record (accepted_orig, or
+ * the tables while the record has not moved yet), as
  * conntrack does for iptables' REDIRECT. Every other option, and the
  * answer for connections eBPF did not redirect, passes through untouched. */
 #include "common.bpf.h"
@@ -26,6 +27,10 @@ int mc_getsockopt(struct bpf_sockopt *ctx)
 	if (!sk)
 		return 1;
 
+	/* Moved onto the proxy's socket when its side was established. */
+	orig = bpf_sk_storage_get(&accepted_orig, sk, 0, 0);
+	if (orig)
+		goto answer;
 	if (sk->family == AF_INET) {
 		__u32 src4, dst4;
 
@@ -54,6 +59,7 @@ int mc_getsockopt(struct bpf_sockopt *ctx)
 			mc_count(MC_CNT_ORIG_NOT_FOUND);
 		return 1;
 	}
+answer:
 	if (want4 && orig->family == AF_INET) {
 		struct sockaddr_in *sa = optval;
 

@@ -20,6 +20,13 @@
 /* Records of connections steered by sk_lookup (LRU: a SYN that never
  * completes leaves nothing behind for long). */
 #define MC_INBOUND_ORIG_ENTRIES 65536
+/* Sockets of accelerated application<->proxy connections (--accelerate):
+ * two per open connection. */
+#define MC_ACCEL_ENTRIES 65536
+
+/* Bits of control[0]. */
+#define MC_CONTROL_CAPTURE 0x1    /* capture committed */
+#define MC_CONTROL_ACCELERATE 0x2 /* new app<->proxy connections accelerated */
 
 /* Bits of iface_flags[ifindex]. */
 #define MC_IF_EXCLUDE 0x01 /* -c */
@@ -76,6 +83,10 @@ enum mc_counter {
 	MC_CNT_IN_NOT_INCLUDED,    /* port not in -b */
 	MC_CNT_IN_PROXY_DOWN,      /* no proxy listener: refused */
 	MC_CNT_IN_ASSIGN_FAIL,     /* listener unusable for the packet: refused */
+	/* --accelerate */
+	MC_CNT_ACCEL_SOCKETS,      /* sockets added to the accelerated set */
+	MC_CNT_ACCEL_REDIRECTED,   /* sockets whose sends go straight to the peer */
+	MC_CNT_ACCEL_TCP,          /* sockets left on TCP (no peer at first send) */
 	MC_CNT__MAX,
 };
 
@@ -119,17 +130,27 @@ struct mc_conn_key {
 	__u16 server_port;
 };
 
-/* Flags of struct mc_orig. */
-#define MC_ORIG_PROXY_SEEN 0x1   /* the proxy's accepted socket was seen */
-#define MC_ORIG_PROXY_CLOSED 0x2 /* ... and has closed */
-#define MC_ORIG_APP_CLOSED 0x4   /* the application's socket has closed */
+/* The accelerated-socket map's key: one socket's own view of its
+ * connection. Ports in host order. The peer's key swaps the two ends. */
+struct mc_sock_key {
+	struct mc_addr local;
+	struct mc_addr remote;
+	__u16 local_port;
+	__u16 remote_port;
+};
+
+/* Per-socket send decision of the sk_msg program (--accelerate), made at
+ * the socket's first send and kept, so its bytes never take two paths. */
+#define MC_ACCEL_UNDECIDED 0
+#define MC_ACCEL_REDIRECT 1
+#define MC_ACCEL_TCP 2
 
 /* An original destination. */
 struct mc_orig {
 	struct mc_addr addr; /* as dialed (v4 mapped) */
 	__u16 port;          /* network order, as in sockaddr */
 	__u16 family;        /* AF_INET or AF_INET6: what SO_ORIGINAL_DST answers */
-	__u32 flags;         /* MC_ORIG_* */
+	__u32 reserved;      /* zero */
 };
 
 /* LPM trie keys. */
@@ -144,16 +165,18 @@ struct mc_lpm6 {
 
 #ifdef __cplusplus
 static_assert(sizeof(struct mc_config) == 180, "mc_config layout");
-static_assert(MC_CNT__MAX == 24, "counter names in loader/bpf_capture.cpp");
+static_assert(MC_CNT__MAX == 27, "counter names in loader/bpf_capture.cpp");
 static_assert(sizeof(struct mc_conn_key) == 36, "mc_conn_key layout");
 static_assert(sizeof(struct mc_orig) == 24, "mc_orig layout");
+static_assert(sizeof(struct mc_sock_key) == 36, "mc_sock_key layout");
 static_assert(sizeof(struct mc_lpm4) == 8, "mc_lpm4 layout");
 static_assert(sizeof(struct mc_lpm6) == 20, "mc_lpm6 layout");
 #else
 _Static_assert(sizeof(struct mc_config) == 180, "mc_config layout");
-_Static_assert(MC_CNT__MAX == 24, "counter names in loader/bpf_capture.cpp");
+_Static_assert(MC_CNT__MAX == 27, "counter names in loader/bpf_capture.cpp");
 _Static_assert(sizeof(struct mc_conn_key) == 36, "mc_conn_key layout");
 _Static_assert(sizeof(struct mc_orig) == 24, "mc_orig layout");
+_Static_assert(sizeof(struct mc_sock_key) == 36, "mc_sock_key layout");
 _Static_assert(sizeof(struct mc_lpm4) == 8, "mc_lpm4 layout");
 _Static_assert(sizeof(struct mc_lpm6) == 20, "mc_lpm6 layout");
 #endif

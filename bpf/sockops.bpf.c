@@ -1,8 +1,11 @@
-/* sockops: keeps the connection table (orig_dst) in step with the sockets.
- * An entry is made when a redirected application socket sends its SYN (its
- * source port is known then) and removed once both the application's socket
- * and the proxy's accepted socket have closed, so the proxy can still ask
- * for the original destination after a short-lived client is gone. */
+/* sockops: carries a redirected connection's original destination from the
+ * application's socket (orig_store, set at connect) through the connection
+ * table (orig_dst, keyed by the four-tuple, from the SYN on) to the proxy's
+ * accepted socket (accepted_orig, when its side is established), where
+ * getsockopt answers SO_ORIGINAL_DST, even after a short-lived client has
+ * gone. Records live in socket storage and die with the sockets: no state
+ * callbacks. Also remembers the proxy's listeners for sk_lookup, and, with
+ * --accelerate, puts app<->proxy sockets into accel_socks. */
 #include "common.bpf.h"
 
 static __always_inline void __mc_ops_addrs(const struct bpf_sock_ops *skops,
@@ -42,7 +45,30 @@ static __always_inline bool __mc_is_listener_port(__u32 port)
 	return port == mc_cfg.proxy_port || port == mc_cfg.inbound_port;
 }
 
-/* A redirected application socket is sending its SYN. */
+/* A socket's own view of its connection, for accel_socks. */
+static __always_inline void __mc_sock_key(const struct bpf_sock_ops *skops, struct mc_sock_key *k)
+{
+	__mc_ops_addrs(skops, &k->local, &k->remote);
+	k->local_port = (__u16)skops->local_port;
+	k->remote_port = (__u16)bpf_ntohl(skops->remote_port);
+}
+
+/* --accelerate: puts a socket of a redirected app<->proxy connection into
+ * accel_socks, where the sk_msg program (accel.bpf.c) sees its sends. */
+static __always_inline void __mc_accelerate(struct bpf_sock_ops *skops)
+{
+	struct mc_sock_key k = {};
+
+	if (!(mc_control() & MC_CONTROL_ACCELERATE))
+		return;
+	__mc_sock_key(skops, &k);
+	if (bpf_sock_hash_update(skops, &accel_socks, &k, BPF_NOEXIST) == 0)
+		mc_count(MC_CNT_ACCEL_SOCKETS);
+}
+
+/* A redirected application socket is sending its SYN: its source port is
+ * known now, so the record goes into the connection table, where the
+ * proxy's side picks it up. */
 static __always_inline void __mc_on_connect(struct bpf_sock_ops *skops)
 {
 	struct mc_conn_key k = {};
@@ -55,70 +81,61 @@ static __always_inline void __mc_on_connect(struct bpf_sock_ops *skops)
 	if (!orig)
 		return;
 	__mc_client_key(skops, &k);
-	orig->flags = 0;
 	/* BPF_ANY: an entry left by an earlier connection on the same four
-	 * ports is stale by definition. A full table fails with E2BIG: the
-	 * proxy then gets "not found" and closes the connection; counted. */
-	if (bpf_map_update_elem(&orig_dst, &k, orig, BPF_ANY)) {
+	 * ports is stale by definition. */
+	if (bpf_map_update_elem(&orig_dst, &k, orig, BPF_ANY))
 		mc_count(MC_CNT_MAP_FULL);
-		return;
-	}
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
-/* The proxy's side of a redirected connection is established. */
+/* The application's side of a redirected connection is established. Only
+ * a socket that has sent nothing yet is accelerated (a TCP Fast Open SYN
+ * carries data: it went by TCP, and later bytes must not overtake it). */
+static __always_inline void __mc_on_active(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+
+	if (!sk || !(mc_control() & MC_CONTROL_ACCELERATE))
+		return;
+	if (skops->snd_nxt != skops->snd_una || skops->bytes_acked > 1)
+		return;
+	if (!bpf_sk_storage_get(&orig_store, sk, 0, 0))
+		return;
+	__mc_accelerate(skops);
+}
+
+/* The proxy's side of a redirected connection is established: the record
+ * moves from the table onto this socket, and is freed with it. No state
+ * callbacks are needed, and the table holds only handshakes in flight. */
 static __always_inline void __mc_on_passive(struct bpf_sock_ops *skops)
 {
 	struct mc_conn_key k = {};
-	struct mc_orig *orig;
-
-	__mc_server_key(skops, &k);
-	if (!__mc_is_listener_port(skops->local_port)) {
-		/* Steered by sk_lookup: the local port is the original one. */
-		if (bpf_map_lookup_elem(&inbound_orig, &k))
-			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
-							 BPF_SOCK_OPS_STATE_CB_FLAG);
-		return;
-	}
-	orig = bpf_map_lookup_elem(&orig_dst, &k);
-	if (!orig)
-		return;
-	__sync_fetch_and_or(&orig->flags, MC_ORIG_PROXY_SEEN);
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
-}
-
-/* A socket we asked about has closed: the entry goes when both ends have
- * (or when the proxy never saw the connection). */
-static __always_inline void __mc_on_close(struct bpf_sock_ops *skops)
-{
-	struct mc_conn_key k = {};
-	struct mc_orig *orig;
+	struct mc_orig *orig, *mine;
 	struct bpf_sock *sk = skops->sk;
-	__u32 old;
+	bool outbound;
 
 	if (!sk)
 		return;
-	if (bpf_sk_storage_get(&orig_store, sk, 0, 0)) {
-		__mc_client_key(skops, &k);
-		orig = bpf_map_lookup_elem(&orig_dst, &k);
-		if (!orig)
-			return;
-		old = __sync_fetch_and_or(&orig->flags, MC_ORIG_APP_CLOSED);
-		if (!(old & MC_ORIG_PROXY_SEEN) || (old & MC_ORIG_PROXY_CLOSED))
-			bpf_map_delete_elem(&orig_dst, &k);
-		return;
-	}
 	__mc_server_key(skops, &k);
-	if (!__mc_is_listener_port(skops->local_port)) {
-		bpf_map_delete_elem(&inbound_orig, &k);
-		return;
-	}
-	orig = bpf_map_lookup_elem(&orig_dst, &k);
+	/* Otherwise steered by sk_lookup: the local port is the original one. */
+	outbound = __mc_is_listener_port(skops->local_port);
+	if (outbound)
+		orig = bpf_map_lookup_elem(&orig_dst, &k);
+	else
+		orig = bpf_map_lookup_elem(&inbound_orig, &k);
 	if (!orig)
 		return;
-	old = __sync_fetch_and_or(&orig->flags, MC_ORIG_PROXY_CLOSED);
-	if (old & MC_ORIG_APP_CLOSED)
+	mine = bpf_sk_storage_get(&accepted_orig, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!mine)
+		return; /* stays in the table; getsockopt looks there too */
+	*mine = *orig;
+	if (outbound) {
 		bpf_map_delete_elem(&orig_dst, &k);
+		/* Nothing received yet (no Fast Open data went by TCP). */
+		if (skops->bytes_received == 0)
+			__mc_accelerate(skops);
+	} else {
+		bpf_map_delete_elem(&inbound_orig, &k);
+	}
 }
 
 /* The proxy listens on one of its ports: remember the socket for sk_lookup,
@@ -148,12 +165,11 @@ int mc_sockops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		__mc_on_connect(skops);
 		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		__mc_on_active(skops);
+		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		__mc_on_passive(skops);
-		break;
-	case BPF_SOCK_OPS_STATE_CB:
-		if (skops->args[1] == BPF_TCP_CLOSE)
-			__mc_on_close(skops);
 		break;
 	default:
 		break;

@@ -47,7 +47,8 @@ struct ProgSpec {
 // Map pin names: what status and the tests read back.
 const std::vector<std::string> kPinnedMaps = {
     "counters",   "orig_dst",   "pod_addrs",  "excl_cidr4",  "incl_cidr4",   "excl_cidr6", "incl_cidr6",
-    "owner_gids", "route4",     "route6",     "iface_flags", "inbound_orig", "listeners", "control"};
+    "owner_gids", "route4",     "route6",     "iface_flags", "inbound_orig", "listeners", "control",
+    "accel_socks"};
 
 std::string errstr(int err) { return std::strerror(err < 0 ? -err : err); }
 
@@ -130,10 +131,11 @@ const std::vector<std::string>& counter_names() {
       "map_full",            "storage_failed",     "bind_failed",        "excluded_interface",
       "in_redirected",       "in_virt_redirected", "in_excluded_interface", "in_tunnel_port",
       "in_excluded_port",    "in_not_included",    "in_proxy_down",      "in_assign_failed",
+      "accel_sockets",       "accel_redirected",   "accel_tcp",
   };
   return names;
 }
-static_assert(MC_CNT__MAX == 24, "update counter_names()");
+static_assert(MC_CNT__MAX == 27, "update counter_names()");
 
 std::vector<std::string> ebpf_unsupported_outbound(const CaptureConfig& cfg) {
   std::vector<std::string> why;
@@ -260,6 +262,10 @@ void BpfCapture::configure(const CaptureConfig& cfg, const PodNetwork& pod) {
   // sk_lookup is loaded only when inbound capture is asked for, so outbound
   // capture still loads on a kernel without it.
   bpf_program__set_autoload(skel_->progs.mc_sk_lookup, wants_inbound(cfg));
+  // The sk_msg program only with --accelerate.
+  if (cfg.accelerate && libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_MSG, nullptr) != 1)
+    throw LoaderError("--accelerate needs sk_msg programs", EOPNOTSUPP, "this kernel has none");
+  bpf_program__set_autoload(skel_->progs.mc_accel, cfg.accelerate);
   std::memcpy(const_cast<mc_config*>(&skel_->rodata->mc_cfg), &c, sizeof(c));
 
   auto* ports = const_cast<uint8_t*>(skel_->rodata->mc_port_flags);
@@ -364,6 +370,16 @@ void BpfCapture::attach(const std::string& cgroup_dir, const std::string& netns_
     links_.push_back(link);
     link_pins_.push_back(spec.pin);
   }
+  if (cfg_.accelerate) {
+    // sk_msg has no bpf_link in libbpf 1.1: the program is attached to the
+    // socket map and lives as long as the map (pinned below).
+    if (bpf_prog_attach(bpf_program__fd(skel_->progs.mc_accel), bpf_map__fd(skel_->maps.accel_socks),
+                        BPF_SK_MSG_VERDICT, 0)) {
+      int err = errno;
+      detach_all();
+      throw LoaderError("attach mc_accel to accel_socks", err);
+    }
+  }
   if (wants_inbound(cfg_)) {
     bpf_link* link = bpf_program__attach_netns(skel_->progs.mc_sk_lookup, ns.fd);
     if (!link) {
@@ -410,7 +426,7 @@ void BpfCapture::pin(const std::string& name) {
     fault_point("pinned");
     // Commit: one map update turns the new capture on. Until here it was
     // attached but inert; an old capture of the same name was still working.
-    const uint32_t key = 0, on = 1;
+    const uint32_t key = 0, on = MC_CONTROL_CAPTURE | (cfg_.accelerate ? MC_CONTROL_ACCELERATE : 0);
     if (bpf_map__update_elem(skel_->maps.control, &key, sizeof(key), &on, sizeof(on), BPF_ANY))
       fail("enable capture", errno);
     fault_point("enabled");
@@ -556,6 +572,13 @@ size_t pinned_connection_entries(const std::string& name) {
   Fd fd(bpf_obj_get(path.c_str()));
   if (fd.fd < 0) throw LoaderError("open " + path, errno);
   return count_entries(fd.fd, sizeof(mc_conn_key));
+}
+
+size_t pinned_accelerated_sockets(const std::string& name) {
+  std::string path = pin_dir(name) + "/map_accel_socks";
+  Fd fd(bpf_obj_get(path.c_str()));
+  if (fd.fd < 0) return 0;
+  return count_entries(fd.fd, sizeof(mc_sock_key));
 }
 
 bool remove_pins(const std::string& name) {

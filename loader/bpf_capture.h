@@ -153,8 +153,12 @@ PinnedState pinned_state(const std::string& name);
 Counters pinned_counters(const std::string& name);
 /// Entries in a pinned pod's connection table.
 size_t pinned_connection_entries(const std::string& name);
+/// Sockets in a pinned pod's accelerated set (--accelerate); 0 without.
+size_t pinned_accelerated_sockets(const std::string& name);
 /// Detaches and unpins everything of pod `name`; returns false when there
-/// was nothing. Safe to call twice.
+/// was nothing. Safe to call twice. Connections accelerated by the pod stay
+/// accelerated until they close: each socket in accel_socks holds the sk_msg
+/// program, which holds the map; the kernel frees both with the last one.
 bool remove_pins(const std::string& name);
 /// Names of pods with pins.
 std::vector<std::string> pinned_pods();
