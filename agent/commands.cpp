@@ -180,6 +180,8 @@ void print_ebpf_plan(const PodTarget& t, const CaptureConfig& c, const loader::P
             << "  netns:  " << t.netns_path << "\n"
             << "  programs (cgroup, bpf_link): connect4 connect6 sockops getsockopt getpeername4 getpeername6\n";
   if (plan.inbound.engine == Engine::Ebpf) std::cout << "  program (netns, bpf_link): sk_lookup\n";
+  if (c.accelerate)
+    std::cout << "  program (socket map accel_socks): sk_msg; app<->proxy bytes bypass TCP (--accelerate)\n";
   std::cout << "  pins: " << loader::pin_dir(t.name) << "/\n"
             << "  outbound listener: 127.0.0.1:" << c.proxy_port << " / [::1]:" << c.proxy_port
             << "; the proxy dialing the pod itself: 127.0.0.1:" << c.inbound_capture_port << " (tunnel port "
