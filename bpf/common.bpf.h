@@ -63,9 +63,13 @@ MC_EXTERN struct {
 } orig_store SEC(".maps");
 
 /* Original destination per redirected connection, looked up by the proxy's
- * accepted socket; removed when both ends have closed. */
+ * accepted socket; removed when both ends have closed. Entries are allocated
+ * as connections come (BPF_F_NO_PREALLOC): preallocating all of them costs
+ * every pod ~7 MB and every init ~2 ms; a full table still fails the
+ * update with E2BIG. */
 MC_EXTERN struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, MC_ORIG_DST_ENTRIES);
 	__type(key, struct mc_conn_key);
 	__type(value, struct mc_orig);
