@@ -330,9 +330,14 @@ int run_init(InitOptions& o) {
       loader::fault_point("iptables");
       st["iptables"] = {{"ipv4", result.ipv4.save_binary}};
       if (result.ipv6) st["iptables"]["ipv6"] = result.ipv6->save_binary;
+      // The rules as the apply left them: its own last -save of each backend
+      // (nothing ran since), or a fresh one where it has none.
       std::vector<std::string> snapshot;
-      for (const auto& bin : save_binaries(st))
-        for (auto& l : istio_lines(save_of(*runner, bin, false))) snapshot.push_back(bin + " " + l);
+      for (const auto& bin : save_binaries(st)) {
+        auto saved = result.saved.find(bin);
+        const std::string text = saved != result.saved.end() ? saved->second : save_of(*runner, bin, false);
+        for (auto& l : istio_lines(text)) snapshot.push_back(bin + " " + l);
+      }
       st["iptables"]["snapshot"] = snapshot;
     } catch (...) {
       // All or nothing: undo this run's rules and programs.

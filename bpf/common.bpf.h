@@ -65,7 +65,9 @@ MC_EXTERN struct {
 /* Original destination per redirected connection from the application's
  * SYN until the proxy's side is established; then it moves to the proxy's
  * accepted socket (accepted_orig). LRU: the record of a connection that
- * never reached the proxy (refused, reset in the handshake) is reused. */
+ * never reached the proxy (refused, reset in the handshake) is reused. An
+ * LRU hash is preallocated: sized for handshakes in flight, not for open
+ * connections. */
 MC_EXTERN struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, MC_ORIG_DST_ENTRIES);

@@ -7,8 +7,9 @@
 
 /* Largest -u / -g list the eBPF path takes (istio's defaults have one). */
 #define MC_MAX_IDS 16
-/* Entries of the connection table (original destinations) by default. */
-#define MC_ORIG_DST_ENTRIES 65536
+/* Entries of the connection table: original destinations of handshakes in
+ * flight (a record moves onto the proxy's socket once established). */
+#define MC_ORIG_DST_ENTRIES 16384
 /* Entries each CIDR trie may grow to (no preallocation: memory is used only
  * for the prefixes present). */
 #define MC_CIDR_ENTRIES 262144
@@ -17,9 +18,9 @@
 #define MC_IFACE_ENTRIES 64
 /* Routes of the pod's main table (a snapshot taken at init), for -c. */
 #define MC_ROUTE_ENTRIES 16384
-/* Records of connections steered by sk_lookup (LRU: a SYN that never
- * completes leaves nothing behind for long). */
-#define MC_INBOUND_ORIG_ENTRIES 65536
+/* Records of connections steered by sk_lookup, also until established (LRU:
+ * a SYN that never completes leaves nothing behind for long). */
+#define MC_INBOUND_ORIG_ENTRIES 16384
 /* Sockets of accelerated application<->proxy connections (--accelerate):
  * two per open connection. */
 #define MC_ACCEL_ENTRIES 65536

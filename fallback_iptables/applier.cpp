@@ -259,15 +259,18 @@ class Session {
     }
   }
 
-  SavedRuleset save(const Backend& b) {
+  // What `<binary>-save` prints now.
+  std::string save_text(const Backend& b) {
     const CommandResult r = runner_.run({b.save_binary});
     if (!r.ok()) {
       throw IptablesError("read " + std::string(family_name(b.family)) + " " + b.binary,
                           b.save_binary + " failed (exit " + std::to_string(r.exit_code) + "): " + first_lines(r.err),
                           r.exit_code);
     }
-    return parse_iptables_save(r.out);
+    return r.out;
   }
+
+  SavedRuleset save(const Backend& b) { return parse_iptables_save(save_text(b)); }
 
   // How `backend` prints the given rules (built-in chains, non-ISTIO
   // targets), learned by adding them to an unreferenced scratch chain. Used
@@ -466,7 +469,7 @@ ApplyResult IptablesApplier::apply(const CaptureConfig& cfg, bool ipv6_enabled) 
       for (const auto& r : rec.rules) recorded |= r.binary == binary && r.family == family_name(fam);
       if (!before.has_istio_state() && !recorded) continue;
       std::string why;
-      const auto other = probe_backend(runner_, fam, binary, &why);
+      const auto other = probe_backend(runner_, fam, binary, &why, &*dump);
       if (!other) {
         spdlog::warn("{} holds istio rules but cannot be used to remove them: {}", binary, why);
         continue;
@@ -528,9 +531,11 @@ ApplyResult IptablesApplier::apply(const CaptureConfig& cfg, bool ipv6_enabled) 
   // Record what now sits in built-in chains because of us.
   for (const auto& s : steps) {
     try {
-      for (const auto& r : added_by_step(s, session.save(s.backend))) {
+      std::string text = session.save_text(s.backend);
+      for (const auto& r : added_by_step(s, parse_iptables_save(text))) {
         next.rules.push_back({std::string(family_name(s.backend.family)), s.backend.binary, r.table, r.line});
       }
+      res.saved[s.backend.save_binary] = std::move(text);
     } catch (const IptablesError& e) {
       spdlog::warn("cannot record applied rules: {}", e.what());
     }
@@ -560,7 +565,7 @@ CleanupResult IptablesApplier::cleanup(const CaptureConfig& cfg) {
       for (const auto& r : rec.rules) recorded |= r.binary == binary && r.family == family_name(fam);
       if (!before.has_istio_state() && !recorded) continue;
       std::string why;
-      const auto backend = probe_backend(runner_, fam, binary, &why);
+      const auto backend = probe_backend(runner_, fam, binary, &why, &*dump);
       if (!backend) {
         errors.push_back(binary + " holds istio rules but is not usable: " + why);
         continue;

@@ -2,6 +2,7 @@
 // one iptables-restore per family, idempotent, all-or-nothing.
 #pragma once
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -27,6 +28,9 @@ struct ApplyResult {
   RulePayloads rules;                 // istio's payloads (the dry-run output)
   std::vector<std::string> restored;  // the restore inputs actually run, in order
   bool tproxy_routes = false;         // TPROXY policy routing set up
+  /// What each backend's `-save` printed right after the apply (save binary
+  /// -> output), for callers that snapshot the result.
+  std::map<std::string, std::string> saved;
 };
 
 /// What cleanup() removed.

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <map>
 #include <regex>
 #include <sstream>
 
@@ -57,7 +58,7 @@ std::optional<std::string> read_save(CommandRunner& runner, const std::string& b
 }
 
 std::optional<Backend> probe_backend(CommandRunner& runner, Family family, const std::string& binary,
-                                     std::string* why) {
+                                     std::string* why, const std::string* save_output) {
   auto fail = [&](const std::string& reason) -> std::optional<Backend> {
     if (why) *why = reason;
     spdlog::debug("iptables binary {} not usable: {}", binary, reason);
@@ -69,10 +70,14 @@ std::optional<Backend> probe_backend(CommandRunner& runner, Family family, const
   b.save_binary = binary + "-save";
   b.restore_binary = binary + "-restore";
 
-  const CommandResult dump = runner.run({b.save_binary});
-  if (!dump.ok()) return fail(b.save_binary + " failed (exit " + std::to_string(dump.exit_code) + "): " +
-                              first_line(dump.err));
-  b.held_rules = parse_iptables_save(dump.out).holds_rules();
+  if (save_output) {
+    b.held_rules = parse_iptables_save(*save_output).holds_rules();
+  } else {
+    const CommandResult dump = runner.run({b.save_binary});
+    if (!dump.ok()) return fail(b.save_binary + " failed (exit " + std::to_string(dump.exit_code) + "): " +
+                                first_line(dump.err));
+    b.held_rules = parse_iptables_save(dump.out).holds_rules();
+  }
 
   // iptables-save exits 0 on an unknown option, so stderr is checked as well.
   const CommandResult ver = runner.run({b.save_binary, "--version"});
@@ -118,17 +123,25 @@ Backend detect_backend(CommandRunner& runner, Family family, const std::string& 
 
   // A backend that already holds rules in this namespace wins, so meshcap's
   // rules sit beside the existing ones (legacy first, as istio checks it first).
+  // The dumps read here serve the probes below too: a probe writes only to
+  // its own backend, so a dump stays current until its backend is probed.
+  std::map<std::string, std::string> dumps;
   for (const std::string* binary : {&names.legacy, &names.nft}) {
     const auto dump = read_save(runner, *binary);
-    if (!dump || !parse_iptables_save(*dump).holds_rules()) continue;
-    if (auto b = probe_backend(runner, family, *binary, &why)) {
+    if (!dump) continue;
+    if (!parse_iptables_save(*dump).holds_rules()) {
+      dumps[*binary] = *dump;
+      continue;
+    }
+    if (auto b = probe_backend(runner, family, *binary, &why, &*dump)) {
       spdlog::debug("using {}: it already holds rules", *binary);
       return *b;
     }
   }
   std::string reasons;
   for (const std::string* binary : {&names.nft, &names.legacy, &names.plain}) {
-    if (auto b = probe_backend(runner, family, *binary, &why)) return *b;
+    const auto dump = dumps.find(*binary);
+    if (auto b = probe_backend(runner, family, *binary, &why, dump == dumps.end() ? nullptr : &dump->second)) return *b;
     reasons += (reasons.empty() ? "" : "; ") + *binary + ": " + why;
   }
   throw IptablesError(step, "no usable iptables binary (" + reasons + ")");

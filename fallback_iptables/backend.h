@@ -41,9 +41,11 @@ std::optional<std::string> read_save(CommandRunner& runner, const std::string& b
 
 /// Checks that `binary` works here: its -save runs, its version is known and
 /// a no-op rule can be added to (and removed from) nat/INPUT, as istio checks.
-/// nullopt when it cannot be used; `why` then says why.
+/// nullopt when it cannot be used; `why` then says why. `save_output`, when
+/// given, is what `<binary>-save` printed just before (nothing ran on this
+/// backend since): it stands for running -save again.
 std::optional<Backend> probe_backend(CommandRunner& runner, Family family, const std::string& binary,
-                                     std::string* why = nullptr);
+                                     std::string* why = nullptr, const std::string* save_output = nullptr);
 
 /// Chooses the backend for `family` like istio-iptables: `force` ("nft" or
 /// "legacy") wins; otherwise a backend that already holds rules (legacy

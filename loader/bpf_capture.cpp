@@ -18,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <sys/syscall.h>
 
@@ -266,6 +267,16 @@ void BpfCapture::configure(const CaptureConfig& cfg, const PodNetwork& pod) {
   if (cfg.accelerate && libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_MSG, nullptr) != 1)
     throw LoaderError("--accelerate needs sk_msg programs", EOPNOTSUPP, "this kernel has none");
   bpf_program__set_autoload(skel_->progs.mc_accel, cfg.accelerate);
+  // inbound_orig is written by sk_lookup alone, accel_socks only with
+  // --accelerate: otherwise they stay empty, and one entry spares the kernel
+  // preallocating them (an LRU hash is always preallocated; a socket hash
+  // allocates its buckets).
+  if (!wants_inbound(cfg))
+    if (int err = bpf_map__set_max_entries(skel_->maps.inbound_orig, 1))
+      throw LoaderError("size map inbound_orig", err);
+  if (!cfg.accelerate)
+    if (int err = bpf_map__set_max_entries(skel_->maps.accel_socks, 1))
+      throw LoaderError("size map accel_socks", err);
   std::memcpy(const_cast<mc_config*>(&skel_->rodata->mc_cfg), &c, sizeof(c));
 
   auto* ports = const_cast<uint8_t*>(skel_->rodata->mc_port_flags);
@@ -279,6 +290,29 @@ void BpfCapture::configure(const CaptureConfig& cfg, const PodNetwork& pod) {
   configured_ = true;
 }
 
+namespace {
+
+// Fills `map` with `n` entries laid out back to back (keys of key_size,
+// values of value_size): one BPF_MAP_UPDATE_BATCH call where the kernel has
+// it for this map type (LPM tries on recent kernels), about half the cost
+// of one syscall per entry. Anything else (no batch support, or a bad
+// entry) is retried entry by entry, which names the entry that fails.
+// BPF_ANY makes the retry harmless for entries the batch already wrote.
+void update_all(bpf_map* map, const void* keys, const void* values, size_t n,
+                const std::function<std::string(size_t)>& what) {
+  if (n == 0) return;
+  const size_t ksz = bpf_map__key_size(map), vsz = bpf_map__value_size(map);
+  __u32 count = static_cast<__u32>(n);
+  if (n > 1 && bpf_map_update_batch(bpf_map__fd(map), keys, values, &count, nullptr) == 0 && count == n) return;
+  const auto* k = static_cast<const uint8_t*>(keys);
+  const auto* v = static_cast<const uint8_t*>(values);
+  for (size_t i = 0; i < n; i++)
+    if (bpf_map__update_elem(map, k + i * ksz, ksz, v + i * vsz, vsz, BPF_ANY))
+      throw LoaderError("fill map " + std::string(bpf_map__name(map)), errno, what(i));
+}
+
+}  // namespace
+
 void BpfCapture::load() {
   if (!configured_) throw LoaderError("load BPF programs", EINVAL, "configure() first");
   if (int err = meshcap_bpf::load(skel_.get())) throw LoaderError("load BPF programs", err);
@@ -288,21 +322,25 @@ void BpfCapture::load() {
       throw LoaderError("fill map " + std::string(bpf_map__name(map)), errno, what);
   };
   const uint8_t one = 1;
-  for (const auto& a : pod_.addresses) {
-    mc_addr key = to_mc_addr(a);
-    update(skel_->maps.pod_addrs, &key, &one, a.str());
+  {
+    std::vector<mc_addr> keys;
+    for (const auto& a : pod_.addresses) keys.push_back(to_mc_addr(a));
+    const std::vector<uint8_t> ones(keys.size(), 1);
+    update_all(skel_->maps.pod_addrs, keys.data(), ones.data(), keys.size(),
+               [&](size_t i) { return pod_.addresses[i].str(); });
   }
   auto fill_cidrs = [&](const CidrList& list, bpf_map* map4, bpf_map* map6) {
-    for (const auto& c : list.v4) {
-      mc_lpm4 k{c.prefix_len, net32(c.addr)};
-      update(map4, &k, &one, c.str());
+    std::vector<mc_lpm4> k4;
+    k4.reserve(list.v4.size());
+    for (const auto& c : list.v4) k4.push_back(mc_lpm4{c.prefix_len, net32(c.addr)});
+    std::vector<mc_lpm6> k6(list.v6.size());
+    for (size_t i = 0; i < list.v6.size(); i++) {
+      k6[i].prefixlen = list.v6[i].prefix_len;
+      std::memcpy(k6[i].addr, list.v6[i].addr.data(), 16);
     }
-    for (const auto& c : list.v6) {
-      mc_lpm6 k{};
-      k.prefixlen = c.prefix_len;
-      std::memcpy(k.addr, c.addr.data(), 16);
-      update(map6, &k, &one, c.str());
-    }
+    const std::vector<uint8_t> ones(std::max(k4.size(), k6.size()), 1);
+    update_all(map4, k4.data(), ones.data(), k4.size(), [&](size_t i) { return list.v4[i].str(); });
+    update_all(map6, k6.data(), ones.data(), k6.size(), [&](size_t i) { return list.v6[i].str(); });
   };
   fill_cidrs(cfg_.outbound_ranges_exclude, skel_->maps.excl_cidr4, skel_->maps.excl_cidr6);
   fill_cidrs(cfg_.outbound_ranges_include, skel_->maps.incl_cidr4, skel_->maps.incl_cidr6);

@@ -3,6 +3,8 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <linux/bpf.h>
+#include <linux/capability.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -19,16 +21,13 @@ constexpr int kCapNetAdmin = 12;
 constexpr int kCapSysAdmin = 21;
 constexpr int kCapBpf = 39;
 
+// Whether `cap` is in this thread's effective set (CapEff of
+// /proc/self/status), asked with capget(2) rather than parsing that file.
 bool capability(int cap) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("CapEff:", 0) == 0) {
-      unsigned long long mask = std::stoull(line.substr(7), nullptr, 16);
-      return (mask >> cap) & 1;
-    }
-  }
-  return false;
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3] = {};
+  if (syscall(SYS_capget, &header, data)) return false;
+  return (data[cap / 32].effective >> (cap % 32)) & 1;
 }
 
 // Loads "r0 = 1; exit" as the given program and attach type.

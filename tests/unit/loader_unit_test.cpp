@@ -5,6 +5,7 @@
 #include <map>
 
 #include "bpf_capture.h"
+#include "meshcap.h"
 #include "istio_flags.h"
 
 namespace meshcap {
@@ -46,8 +47,10 @@ TEST(LoaderUnit, PodNames) {
 }
 
 TEST(LoaderUnit, CounterNamesMatchTheBpfEnum) {
-  EXPECT_EQ(loader::counter_names().size(), 24u);
+  EXPECT_EQ(loader::counter_names().size(), size_t(MC_CNT__MAX));
   EXPECT_EQ(loader::counter_names().front(), "redirected_outbound");
+  EXPECT_EQ(loader::counter_names()[MC_CNT_IN_ASSIGN_FAIL], "in_assign_failed");
+  EXPECT_EQ(loader::counter_names()[MC_CNT_ACCEL_TCP], "accel_tcp");
 }
 
 }  // namespace
