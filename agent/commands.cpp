@@ -268,7 +268,12 @@ int run_init(InitOptions& o) {
   if (!iptables_dry_run_only) pod = loader::read_pod_network(t.netns_path);
   const bool ipv6 = o.dry_run ? cfg.dual_stack : loader::ipv6_enabled(cfg, pod);
   const CaptureConfig ipt_cfg = iptables_part(cfg, plan);
-  const CaptureConfig bpf_cfg = ebpf_part(cfg, plan);
+  CaptureConfig bpf_cfg = ebpf_part(cfg, plan);
+  if (bpf_cfg.accelerate && !kernel.prog_sk_msg()) {
+    if (o.mode == "ebpf") throw std::runtime_error("--accelerate: this kernel has no sk_msg programs");
+    spdlog::warn("--accelerate: not applied, this kernel has no sk_msg programs");
+    bpf_cfg.accelerate = false;
+  }
   if (plan.uses_ebpf()) {
     auto missing = loader::missing_interfaces(bpf_cfg, pod);
     if (!missing.empty())

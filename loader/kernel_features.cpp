@@ -73,7 +73,7 @@ bool have_tool(const std::string& name) {
 const std::vector<std::string>& feature_names() {
   static const std::vector<std::string> names = {
       "bpf_syscall",   "btf",         "cgroup2",       "prog_sock_addr",     "prog_getpeername",
-      "prog_sock_ops", "prog_sockopt", "prog_sk_lookup", "helper_sk_storage", "helper_bind",
+      "prog_sock_ops", "prog_sockopt", "prog_sk_lookup", "prog_sk_msg", "helper_sk_storage", "helper_bind",
       "helper_sk_assign", "helper_sock_map_update", "atomic_fetch", "cap_bpf", "cap_net_admin", "cap_sys_admin",
       "iptables_nft",  "iptables_legacy"};
   return names;
@@ -101,6 +101,7 @@ bool KernelFeatures::probe(const std::string& n) {
   if (n == "prog_sock_ops") return libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SOCK_OPS, nullptr) == 1;
   if (n == "prog_sockopt") return loads(BPF_PROG_TYPE_CGROUP_SOCKOPT, BPF_CGROUP_GETSOCKOPT);
   if (n == "prog_sk_lookup") return libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_LOOKUP, nullptr) == 1;
+  if (n == "prog_sk_msg") return libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_MSG, nullptr) == 1;
   if (n == "helper_sk_storage")
     return libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_sk_storage_get, nullptr) == 1;
   if (n == "helper_bind") return libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_bind, nullptr) == 1;
@@ -126,6 +127,7 @@ MC_FEATURE(prog_getpeername)
 MC_FEATURE(prog_sock_ops)
 MC_FEATURE(prog_sockopt)
 MC_FEATURE(prog_sk_lookup)
+MC_FEATURE(prog_sk_msg)
 MC_FEATURE(helper_sk_storage)
 MC_FEATURE(helper_bind)
 MC_FEATURE(helper_sk_assign)

@@ -30,6 +30,7 @@ class KernelFeatures {
   bool prog_sock_ops();          ///< sockops
   bool prog_sockopt();           ///< cgroup/getsockopt
   bool prog_sk_lookup();         ///< sk_lookup (5.9)
+  bool prog_sk_msg();            ///< sk_msg (4.17), for --accelerate
   bool helper_sk_storage();      ///< bpf_sk_storage_get from connect hooks
   bool helper_bind();            ///< bpf_bind from connect hooks
   bool helper_sk_assign();       ///< bpf_sk_assign from sk_lookup
