@@ -55,15 +55,17 @@ static __always_inline void __mc_sock_key(const struct bpf_sock_ops *skops, stru
 
 /* --accelerate: puts a socket of a redirected app<->proxy connection into
  * accel_socks, where the sk_msg program (accel.bpf.c) sees its sends. */
-static __always_inline void __mc_accelerate(struct bpf_sock_ops *skops)
+static __always_inline bool __mc_accelerate(struct bpf_sock_ops *skops)
 {
 	struct mc_sock_key k = {};
 
 	if (!(mc_control() & MC_CONTROL_ACCELERATE))
-		return;
+		return false;
 	__mc_sock_key(skops, &k);
-	if (bpf_sock_hash_update(skops, &accel_socks, &k, BPF_NOEXIST) == 0)
-		mc_count(MC_CNT_ACCEL_SOCKETS);
+	if (bpf_sock_hash_update(skops, &accel_socks, &k, BPF_NOEXIST))
+		return false;
+	mc_count(MC_CNT_ACCEL_SOCKETS);
+	return true;
 }
 
 /* A redirected application socket is sending its SYN: its source port is
@@ -89,7 +91,12 @@ static __always_inline void __mc_on_connect(struct bpf_sock_ops *skops)
 
 /* The application's side of a redirected connection is established. Only
  * a socket that has sent nothing yet is accelerated (a TCP Fast Open SYN
- * carries data: it went by TCP, and later bytes must not overtake it). */
+ * carries data: it went by TCP, and later bytes must not overtake it). A
+ * send already under way (Fast Open without a cookie, or a blocking send
+ * from another thread while connecting) continues by TCP after this point,
+ * without passing the sk_msg program: so until the socket's first sk_msg
+ * decision, sockops watches its outgoing segments and, when one carries
+ * data, decides "TCP" for it (__mc_on_hdr_opt_len). */
 static __always_inline void __mc_on_active(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
@@ -100,7 +107,30 @@ static __always_inline void __mc_on_active(struct bpf_sock_ops *skops)
 		return;
 	if (!bpf_sk_storage_get(&orig_store, sk, 0, 0))
 		return;
-	__mc_accelerate(skops);
+	if (__mc_accelerate(skops))
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+}
+
+/* An accelerated application socket sends a segment before its first
+ * sk_msg decision: a segment with data means bytes went by TCP, so its
+ * sends stay on TCP. Once decided, the callback is switched off again. */
+static __always_inline void __mc_on_hdr_opt_len(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	__u32 *state;
+
+	if (!sk)
+		return;
+	state = bpf_sk_storage_get(&accel_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!state)
+		return;
+	/* Called before the TCP header is pushed: skb_len is the payload. */
+	if (*state == MC_ACCEL_UNDECIDED && skops->skb_len > 0) {
+		*state = MC_ACCEL_TCP;
+		mc_count(MC_CNT_ACCEL_TCP);
+	}
+	if (*state != MC_ACCEL_UNDECIDED)
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
 }
 
 /* The proxy's side of a redirected connection is established: the record
@@ -132,7 +162,7 @@ static __always_inline void __mc_on_passive(struct bpf_sock_ops *skops)
 		bpf_map_delete_elem(&orig_dst, &k);
 		/* Nothing received yet (no Fast Open data went by TCP). */
 		if (skops->bytes_received == 0)
-			__mc_accelerate(skops);
+			(void)__mc_accelerate(skops);
 	} else {
 		bpf_map_delete_elem(&inbound_orig, &k);
 	}
@@ -170,6 +200,9 @@ int mc_sockops(struct bpf_sock_ops *skops)
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		__mc_on_passive(skops);
+		break;
+	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
+		__mc_on_hdr_opt_len(skops);
 		break;
 	default:
 		break;

@@ -50,19 +50,21 @@ uint64_t bytes_acked(int fd) {
   return info.tcpi_bytes_acked;
 }
 
-// Sends `data` and reads the same number of bytes back, interleaved (the
-// echo comes back while we still send); "" when all came back equal.
-std::string exchange(int fd, const std::string& data, Millis timeout) {
+// Sends `data` and reads `expect` back (by default `data` itself),
+// interleaved (the echo comes back while we still send); "" when what came
+// back equals `expect`.
+std::string exchange(int fd, const std::string& data, Millis timeout, const std::string* expect = nullptr) {
+  const std::string& want = expect ? *expect : data;
   const auto deadline = Clock::now() + timeout;
   size_t sent = 0;
   std::string got;
-  got.reserve(data.size());
-  while (got.size() < data.size()) {
+  got.reserve(want.size());
+  while (got.size() < want.size()) {
     pollfd p{fd, static_cast<short>(POLLIN | (sent < data.size() ? POLLOUT : 0)), 0};
     const int left = static_cast<int>(std::chrono::duration_cast<Millis>(deadline - Clock::now()).count());
     if (left <= 0 || ::poll(&p, 1, left) <= 0)
       return "stalled: sent " + std::to_string(sent) + " of " + std::to_string(data.size()) + ", received " +
-             std::to_string(got.size());
+             std::to_string(got.size()) + " of " + std::to_string(want.size());
     if ((p.revents & POLLOUT) && sent < data.size()) {
       ssize_t w = ::send(fd, data.data() + sent, std::min<size_t>(data.size() - sent, 65536), MSG_DONTWAIT);
       if (w > 0) sent += static_cast<size_t>(w);
@@ -76,9 +78,9 @@ std::string exchange(int fd, const std::string& data, Millis timeout) {
       if (r > 0) got.append(buf, static_cast<size_t>(r));
     }
   }
-  if (got != data) {
+  if (got != want) {
     size_t i = 0;
-    while (i < got.size() && got[i] == data[i]) i++;
+    while (i < got.size() && got[i] == want[i]) i++;
     return "bytes differ from offset " + std::to_string(i);
   }
   return "";
@@ -211,6 +213,41 @@ TEST_F(HaproxyAccel, WithoutTheFlagBytesGoByTcp) {
   EXPECT_EQ(c["accel_sockets"], 0u);
   EXPECT_EQ(c["accel_redirected"], 0u);
   EXPECT_EQ(c["orig_dst_answered"], 1u);
+}
+
+// TCP Fast Open without a cookie (haproxy's listener does not do Fast Open,
+// so the client never gets one): sendto(MSG_FASTOPEN) connects, and its
+// data leaves by TCP after the handshake, after the socket has joined the
+// accelerated set, without passing the sk_msg program. sockops sees that
+// data segment and keeps the socket on TCP, so the pipelined second message
+// cannot overtake the first.
+TEST_F(HaproxyAccel, FastOpenDataSentByTcpKeepsTheSocketOnTcp) {
+  start(true);
+  Session s = Session::decode(pod_->run_in_pod_capture(
+      [&] {
+        socklen_t len = 0;
+        sockaddr_storage sa = make_sockaddr(pod_->peer_ipv4(), 9000, &len);
+        UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        const std::string first = message(1, 3000), second = message(2, 200000);
+        if (::sendto(fd.get(), first.data(), first.size(), MSG_FASTOPEN, reinterpret_cast<sockaddr*>(&sa), len) !=
+            static_cast<ssize_t>(first.size()))
+          return std::string("0 0 sendto: ") + std::strerror(errno);
+        // Pipelined: the second message goes before the first echo is read.
+        const std::string both = first + second;
+        Session r;
+        r.error = exchange(fd.get(), second, Millis(10000), &both);
+        r.bytes_sent = both.size();
+        r.bytes_acked = bytes_acked(fd.get());
+        return r.encode();
+      },
+      Identity::user(1000, 1000)));
+  EXPECT_EQ(s.error, "") << read_text_file(haproxy_.log_path);
+  // Everything, the second message too, went by TCP.
+  EXPECT_GE(s.bytes_acked, s.bytes_sent);
+  auto c = counters();
+  EXPECT_EQ(c["redirected_outbound"], 1u);
+  EXPECT_EQ(c["accel_sockets"], 2u);
+  EXPECT_GE(c["accel_tcp"], 1u);  // the application's socket (haproxy's may redirect)
 }
 
 TEST_F(HaproxyAccel, ManyConnectionsAtOnce) {
