@@ -302,6 +302,10 @@ TEST_F(HaproxyAccel, OpenConnectionKeepsWorkingAcrossReinitAndCleanup) {
   EXPECT_EQ(first.error, "");
   EXPECT_LE(first.bytes_acked, 1u);
   EXPECT_EQ(loader::pinned_accelerated_sockets(name_), 2u);
+  {
+    auto st = meshcap({"status", "--name", name_});
+    EXPECT_NE(st.output.find("accelerated: on, 2 sockets"), std::string::npos) << st.output;
+  }
   const uint32_t old_map = accel_map_id(name_);
   ASSERT_NE(old_map, 0u);
 
