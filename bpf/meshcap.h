@@ -71,7 +71,7 @@ enum mc_counter {
 	MC_CNT_NOT_INCLUDED,       /* matched no include (-i / -q) */
 	MC_CNT_ORIG_ANSWERED,      /* SO_ORIGINAL_DST answered */
 	MC_CNT_ORIG_NOT_FOUND,     /* SO_ORIGINAL_DST asked, no record */
-	MC_CNT_MAP_FULL,           /* connection table full: not recorded */
+	MC_CNT_MAP_FULL,           /* could not record in the connection table */
 	MC_CNT_STORAGE_FAIL,       /* no socket storage: left uncaptured */
 	MC_CNT_BIND_FAIL,          /* could not keep the source address */
 	MC_CNT_EXCLUDED_IFACE,     /* -c: routed out of an excluded interface */
