@@ -1,5 +1,5 @@
 // The equivalence suite: the same matrix of (istio flag set x traffic case)
-// run for real in one throwaway pod under four modes of the real `meshcap`
+// run for real in one throwaway pod under five modes of the real `meshcap`
 // binary -- `--mode ebpf`, `--mode iptables` with the nft backend and with
 // the legacy backend, and `--mode auto` -- checking connection by connection
 // that every mode gives the outcome istio's rules define (reference_model.h)
@@ -24,7 +24,7 @@
 // Environment (all optional):
 //   MESHCAP_EQ_SEED=N       seed of the random flag sets (printed every run)
 //   MESHCAP_EQ_RANDOM=N     how many random flag sets (default 10)
-//   MESHCAP_EQ_MODES=a,b    only these modes, in this order (ebpf, auto, iptables-nft,
+//   MESHCAP_EQ_MODES=a,b    only these modes, in this order (ebpf, ebpf-accel, auto, iptables-nft,
 //                           iptables-legacy; the default order)
 //   MESHCAP_EQ_SETS=a,b     only the flag sets with these names
 //   MESHCAP_EQ_VERBOSE=1    print every case's outcome
@@ -218,6 +218,7 @@ FlagSet render(std::string name, CaptureFlags f, const Addrs& a) {
   if (f.drop_invalid) {
     fs.args.push_back("--drop-invalid");
     fs.refused_by.push_back("ebpf");
+    fs.refused_by.push_back("ebpf-accel");
   }
   fs.args.push_back("--dual-stack");
   if (f.groups == CaptureFlags::Groups::include)
@@ -680,6 +681,9 @@ struct Mode {
 
 const std::vector<Mode> kModes = {
     {"ebpf", {"--mode", "ebpf"}, true},
+    // The same capture with sk_msg acceleration between the application's
+    // and the proxy's sockets: what the modes observe must not change.
+    {"ebpf-accel", {"--mode", "ebpf", "--accelerate"}, true},
     {"auto", {"--mode", "auto"}, true},
     {"iptables-nft", {"--mode", "iptables", "--force-iptables-binary", "nft"}, false},
     {"iptables-legacy", {"--mode", "iptables", "--force-iptables-binary", "legacy"}, false},
@@ -883,8 +887,13 @@ TEST_F(Equivalence, AllModesGiveIstiosOutcomeConnectionByConnection) {
     for (size_t si = 0; si < sets.size(); ++si)
       if (sets[si].flags.drop_invalid == (split == 1)) order.push_back(si);
   auto secs = [](Clock::time_point from) { return std::chrono::duration<double>(Clock::now() - from).count(); };
+  // Sockets whose sends went by sk_msg redirection, per accelerated mode:
+  // the accelerated mode must really have accelerated.
+  std::map<std::string, uint64_t> accel_redirected;
   for (size_t mi = 0; mi < modes.size(); ++mi) {
     const Mode& m = modes[mi];
+    const bool accelerated = std::count(m.args.begin(), m.args.end(), "--accelerate") > 0;
+    if (accelerated) accel_redirected[m.name] = 0;
     const auto tm = Clock::now();
     double t_init = 0, t_cases = 0, t_cleanup = 0, t_direct = 0;
     for (size_t step = 0; step < order.size(); ++step) {
@@ -921,6 +930,7 @@ TEST_F(Equivalence, AllModesGiveIstiosOutcomeConnectionByConnection) {
       if (m.ebpf_inbound_possible && step % 2 == 1) start_proxy();
       observed[si][mi] = run_cases(cases, all, &fs.flags);
       t_cases += secs(tp);
+      if (accelerated) accel_redirected[m.name] += loader::pinned_counters(name_)["accel_redirected"];
 
       tp = Clock::now();
       auto c = meshcap({"cleanup", "--name", name_});
@@ -1032,6 +1042,11 @@ TEST_F(Equivalence, AllModesGiveIstiosOutcomeConnectionByConnection) {
       model_only, direct_checks, direct_failures, init_failures, refusals, excluded.c_str(),
       static_cast<unsigned long long>(seed), std::chrono::duration<double>(Clock::now() - t0).count());
   std::fflush(stdout);
+  for (const auto& [mode, n] : accel_redirected) {
+    std::printf("[equivalence] mode %s: %llu sockets sent by sk_msg redirection\n", mode.c_str(),
+                static_cast<unsigned long long>(n));
+    EXPECT_GT(n, 0u) << mode << " accelerated nothing";
+  }
   if (env_or("MESHCAP_EQ_SETS", "").empty()) {
     EXPECT_GE(compared, 200u);
   }
