@@ -195,7 +195,7 @@ MC_EXTERN struct {
 	__type(value, __u32);
 } accel_state SEC(".maps");
 
-/* control[0] (MC_CONTROL_* bits) != 0 once the capture is committed: the loader attaches and
+/* control[0] != 0 once the capture is committed: the loader attaches and
  * pins everything with capture off, then turns it on with this one update,
  * so a loader killed half-way leaves a pod either captured or not at all. */
 MC_EXTERN struct {
@@ -205,17 +205,12 @@ MC_EXTERN struct {
 	__type(value, __u32);
 } control SEC(".maps");
 
-static __always_inline __u32 mc_control(void)
+static __always_inline bool mc_enabled(void)
 {
 	__u32 key = 0;
 	__u32 *on = bpf_map_lookup_elem(&control, &key);
 
-	return on ? *on : 0;
-}
-
-static __always_inline bool mc_enabled(void)
-{
-	return mc_control() & MC_CONTROL_CAPTURE;
+	return on && *on;
 }
 
 /* One counter per decision and event (enum mc_counter). */

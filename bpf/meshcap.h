@@ -25,10 +25,6 @@
  * two per open connection. */
 #define MC_ACCEL_ENTRIES 65536
 
-/* Bits of control[0]. */
-#define MC_CONTROL_CAPTURE 0x1    /* capture committed */
-#define MC_CONTROL_ACCELERATE 0x2 /* new app<->proxy connections accelerated */
-
 /* Bits of iface_flags[ifindex]. */
 #define MC_IF_EXCLUDE 0x01 /* -c */
 #define MC_IF_VIRT 0x02    /* -k */
@@ -105,7 +101,8 @@ struct mc_config {
 	__u8 inbound;          /* inbound capture: 0 none, 1 -b list, 2 -b '*' */
 	__u8 has_excluded_ifaces; /* -c given: consult route4/route6 */
 	__u8 ipv6;             /* IPv6 captured: --dual-stack or the pod has IPv6, as istio */
-	__u8 pad[2];
+	__u8 accelerate;       /* --accelerate: app<->proxy sockets into accel_socks */
+	__u8 pad[1];
 	__u32 n_uids;          /* entries used in uids */
 	__u32 n_gids;          /* entries used in gids */
 	__u32 uids[MC_MAX_IDS]; /* -u, in order */

@@ -59,7 +59,7 @@ static __always_inline bool __mc_accelerate(struct bpf_sock_ops *skops)
 {
 	struct mc_sock_key k = {};
 
-	if (!(mc_control() & MC_CONTROL_ACCELERATE))
+	if (!mc_cfg.accelerate)
 		return false;
 	__mc_sock_key(skops, &k);
 	if (bpf_sock_hash_update(skops, &accel_socks, &k, BPF_NOEXIST))
@@ -101,7 +101,8 @@ static __always_inline void __mc_on_active(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
 
-	if (!sk || !(mc_control() & MC_CONTROL_ACCELERATE))
+	/* Load-time constant: without --accelerate the verifier drops this. */
+	if (!mc_cfg.accelerate || !sk)
 		return;
 	if (skops->snd_nxt != skops->snd_una || skops->bytes_acked > 1)
 		return;

@@ -252,6 +252,7 @@ void BpfCapture::configure(const CaptureConfig& cfg, const PodNetwork& pod) {
   c.inbound = cfg.inbound_ports_include.wildcard ? 2 : cfg.inbound_ports_include.ports.empty() ? 0 : 1;
   c.has_excluded_ifaces = !cfg.exclude_interfaces.empty();
   c.ipv6 = ipv6_enabled(cfg, pod);
+  c.accelerate = cfg.accelerate;
   auto missing = missing_interfaces(cfg, pod);
   if (!missing.empty())
     throw UsageError((std::count(cfg.exclude_interfaces.begin(), cfg.exclude_interfaces.end(), missing[0]) ? "-c"
@@ -464,7 +465,7 @@ void BpfCapture::pin(const std::string& name) {
     fault_point("pinned");
     // Commit: one map update turns the new capture on. Until here it was
     // attached but inert; an old capture of the same name was still working.
-    const uint32_t key = 0, on = MC_CONTROL_CAPTURE | (cfg_.accelerate ? MC_CONTROL_ACCELERATE : 0);
+    const uint32_t key = 0, on = 1;
     if (bpf_map__update_elem(skel_->maps.control, &key, sizeof(key), &on, sizeof(on), BPF_ANY))
       fail("enable capture", errno);
     fault_point("enabled");
@@ -605,18 +606,26 @@ Counters pinned_counters(const std::string& name) {
   return read_counters_fd(fd.fd);
 }
 
-size_t pinned_connection_entries(const std::string& name) {
-  std::string path = pin_dir(name) + "/map_orig_dst";
+namespace {
+// Entries of one of a pod's pinned maps; `missing_ok`: 0 when not pinned.
+size_t pinned_entries(const std::string& name, const std::string& map, size_t key_size, bool missing_ok) {
+  std::string path = pin_dir(name) + "/map_" + map;
   Fd fd(bpf_obj_get(path.c_str()));
-  if (fd.fd < 0) throw LoaderError("open " + path, errno);
-  return count_entries(fd.fd, sizeof(mc_conn_key));
+  if (fd.fd < 0) {
+    if (missing_ok) return 0;
+    throw LoaderError("open " + path, errno);
+  }
+  return count_entries(fd.fd, key_size);
+}
+}  // namespace
+
+size_t pinned_connection_entries(const std::string& name) {
+  return pinned_entries(name, "orig_dst", sizeof(mc_conn_key), false);
 }
 
 size_t pinned_accelerated_sockets(const std::string& name) {
-  std::string path = pin_dir(name) + "/map_accel_socks";
-  Fd fd(bpf_obj_get(path.c_str()));
-  if (fd.fd < 0) return 0;
-  return count_entries(fd.fd, sizeof(mc_sock_key));
+  // Pins of a capture made before --accelerate existed have no such map.
+  return pinned_entries(name, "accel_socks", sizeof(mc_sock_key), true);
 }
 
 bool remove_pins(const std::string& name) {

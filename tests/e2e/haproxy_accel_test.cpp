@@ -36,13 +36,6 @@ std::string message(size_t index, size_t n) {
   return m;
 }
 
-int read_one(int fd, Millis timeout) {
-  pollfd p{fd, POLLIN, 0};
-  if (::poll(&p, 1, static_cast<int>(timeout.count())) != 1) return -1;
-  unsigned char c = 0;
-  return ::read(fd, &c, 1) == 1 ? c : -1;
-}
-
 uint64_t bytes_acked(int fd) {
   tcp_info info{};
   socklen_t len = sizeof info;
@@ -295,7 +288,7 @@ TEST_F(HaproxyAccel, OpenConnectionKeepsWorkingAcrossReinitAndCleanup) {
       Identity::user(1000, 1000));
   auto next_line = [&, fd = from_app.get()] {
     std::string l;
-    for (int c; (c = read_one(fd, Millis(20000))) >= 0 && c != '\n';) l += static_cast<char>(c);
+    for (int c; (c = read_byte(fd, Millis(20000))) >= 0 && c != '\n';) l += static_cast<char>(c);
     return Session::decode(l);
   };
   Session first = next_line();

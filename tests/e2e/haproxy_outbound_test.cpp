@@ -54,7 +54,7 @@ TEST_F(HaproxyOutbound, ConcurrentConnectionsReachTheRealDestinationThroughHapro
   EXPECT_EQ(c["redirected_outbound"], 800u);
   EXPECT_EQ(c["orig_dst_answered"], 800u);
   EXPECT_EQ(c["map_full"], 0u);
-  // Records go as connections close.
+  // Records leave the table once haproxy's side of each is established.
   size_t left = 0;
   for (int i = 0; i < 100 && (left = loader::pinned_connection_entries(name_)) != 0; i++) usleep(100 * 1000);
   EXPECT_EQ(left, 0u);

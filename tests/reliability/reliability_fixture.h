@@ -82,14 +82,6 @@ inline std::string read_until_eof(int fd, Millis timeout) {
   return out;
 }
 
-/// Reads exactly one byte within the timeout; -1 otherwise.
-inline int read_byte(int fd, Millis timeout) {
-  pollfd p{fd, POLLIN, 0};
-  if (::poll(&p, 1, static_cast<int>(timeout.count())) != 1) return -1;
-  unsigned char c = 0;
-  return ::read(fd, &c, 1) == 1 ? c : -1;
-}
-
 /// A UDP socket bound to ip:port inside the namespace at netns_path.
 inline UniqueFd udp_socket_in(const std::string& netns_path, const std::string& ip, uint16_t port) {
   return call_in_netns(netns_path, [&] {

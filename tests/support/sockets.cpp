@@ -413,6 +413,13 @@ std::string recv_some(int fd, Millis timeout) {
   }
 }
 
+int read_byte(int fd, Millis timeout) {
+  pollfd p{fd, POLLIN, 0};
+  if (::poll(&p, 1, static_cast<int>(timeout.count())) != 1) return -1;
+  unsigned char c = 0;
+  return ::read(fd, &c, 1) == 1 ? c : -1;
+}
+
 RoundTrip tcp_roundtrip(const std::string& ip, uint16_t port, std::string_view payload,
                         Millis timeout, const ConnectOptions& options) {
   RoundTrip rt;

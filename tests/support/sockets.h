@@ -75,6 +75,9 @@ bool send_all(int fd, std::string_view data, Millis timeout = kIoTimeout);
 std::string recv_exact(int fd, size_t n, Millis timeout = kIoTimeout);
 /// One read of whatever is available; "" on timeout, EOF or error.
 std::string recv_some(int fd, Millis timeout = kIoTimeout);
+/// Reads exactly one byte (of any file descriptor: a pipe too) within the
+/// timeout; -1 otherwise.
+int read_byte(int fd, Millis timeout);
 /// SO_LINGER {1, 0}: close() resets instead of leaving TIME_WAIT.
 void set_linger_zero(int fd);
 
