@@ -497,7 +497,7 @@ json pod_status(const std::string& name) {
       if (!attached) drift.push_back(l + " is detached");
     }
     out["ebpf"] = {{"pins", loader::pin_dir(name)}, {"links", links}, {"counters", loader::pinned_counters(name)},
-                   {"handshakes_in_flight", loader::pinned_connection_entries(name)},
+                   {"awaiting_proxy", loader::pinned_connection_entries(name)},
                    {"accelerated_sockets", loader::pinned_accelerated_sockets(name)}};
     out["accelerate"] = !st.is_null() && st.value("accelerate", false);
     size_t expected = 6 + (st.is_null() ? 0 : st["plan"]["inbound"]["engine"] == "ebpf");
@@ -585,7 +585,7 @@ int run_status(const StatusOptions& o) {
       std::cout << "\n  eBPF counters:";
       for (auto& [k, v] : p["ebpf"]["counters"].items())
         if (v.get<uint64_t>()) std::cout << " " << k << "=" << v;
-      std::cout << "\n  handshakes in flight: " << p["ebpf"]["handshakes_in_flight"];
+      std::cout << "\n  records awaiting the proxy: " << p["ebpf"]["awaiting_proxy"];
       if (p.value("accelerate", false))
         std::cout << "; accelerated: on, " << p["ebpf"]["accelerated_sockets"] << " sockets";
       std::cout << "\n";

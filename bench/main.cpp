@@ -453,6 +453,15 @@ int main(int argc, char** argv) {
   app.add_flag("--no-scaling", no_scaling, "Skip the rule-scaling phase");
   app.add_flag("--no-init", no_init, "Skip the init-time phase");
   app.add_flag("--no-plots", no_plots, "Do not run gnuplot");
+  std::vector<std::string> only_variants, only_workloads;
+  app.add_option("--variants", only_variants,
+                 "Run only these variants (comma-separated names as in the tables); targets that need others "
+                 "say 'not measured'")
+      ->delimiter(',');
+  app.add_option("--workloads", only_workloads,
+                 "Run only these main-phase workloads: connect, rr-1x64, rr-1x1k, rr-8x64, rr-8x1k, throughput")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"connect", "rr-1x64", "rr-1x1k", "rr-8x64", "rr-8x1k", "throughput"}));
   bool raw_samples = false;
   app.add_flag("--raw-samples", raw_samples,
                "Also write every sample to samples.tsv (phase, workload, variant, exclusions, ns)");
@@ -503,6 +512,10 @@ int main(int argc, char** argv) {
   res.sizes = p.sizes;
   res.data_cpus = static_cast<int>(cpus.data_cpus().size());
   res.workloads = {"connect", "rr-1x64", "rr-1x1k", "rr-8x64", "rr-8x1k", "throughput"};
+  if (!only_workloads.empty())
+    std::erase_if(res.workloads, [&](const std::string& w) {
+      return std::find(only_workloads.begin(), only_workloads.end(), w) == only_workloads.end();
+    });
   const auto t_start = Clock::now();
 
   std::error_code ec;
@@ -521,6 +534,19 @@ int main(int argc, char** argv) {
 
   std::vector<RigDef> rig_defs;
   define_variants(p, rig_defs, res.variants);
+  if (!only_variants.empty()) {
+    for (const auto& name : only_variants)
+      if (!res.variant(name)) {
+        std::cerr << "meshcap-bench: --variants: no variant named '" << name << "'\n";
+        return kExitUsage;
+      }
+    std::erase_if(res.variants, [&](const VariantDef& v) {
+      return std::find(only_variants.begin(), only_variants.end(), v.name) == only_variants.end();
+    });
+    std::erase_if(rig_defs, [&](const RigDef& d) {
+      return std::none_of(res.variants.begin(), res.variants.end(), [&](const VariantDef& v) { return v.rig == d.key; });
+    });
+  }
   std::vector<std::string> suffixes;
   std::vector<pid_t> pids;
   bool meshcap_iptables = false;
@@ -602,7 +628,8 @@ int main(int argc, char** argv) {
       std::vector<Job> jobs;
       for (const auto& v : res.variants) {
         if (!active(v)) continue;
-        jobs.push_back({&v, "connect"});
+        if (std::find(res.workloads.begin(), res.workloads.end(), "connect") != res.workloads.end())
+          jobs.push_back({&v, "connect"});
         if (!v.persistent) continue;
         for (const auto& w : res.workloads)
           if (w != "connect" && (w != "throughput" || v.sink_port)) jobs.push_back({&v, w});

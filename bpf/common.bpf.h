@@ -63,11 +63,11 @@ MC_EXTERN struct {
 } orig_store SEC(".maps");
 
 /* Original destination per redirected connection from the application's
- * SYN until the proxy's side is established; then it moves to the proxy's
- * accepted socket (accepted_orig). LRU: the record of a connection that
- * never reached the proxy (refused, reset in the handshake) is reused. An
- * LRU hash is preallocated: sized for handshakes in flight, not for open
- * connections. */
+ * SYN until the proxy asks for it with SO_ORIGINAL_DST; then it moves to the
+ * proxy's accepted socket (accepted_orig). LRU: the record of a connection
+ * the proxy never asks about (refused, reset, or a proxy that does not ask)
+ * is reused. Preallocated, so sized for connections the proxy has not asked
+ * about yet (a proxy asks right after accept()), not for open connections. */
 MC_EXTERN struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, MC_ORIG_DST_ENTRIES);
@@ -169,7 +169,8 @@ MC_EXTERN struct {
 } listeners SEC(".maps");
 
 /* Connections sk_lookup steered to a listener: their original destination
- * is their own local address. Removed when the proxy's socket closes. */
+ * is their own local address. Like orig_dst, a record moves onto the
+ * proxy's socket when the proxy asks for it. */
 MC_EXTERN struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, MC_INBOUND_ORIG_ENTRIES);

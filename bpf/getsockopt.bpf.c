@@ -1,7 +1,9 @@
 /* cgroup/getsockopt: answers SO_ORIGINAL_DST (IPv4) and IP6T_SO_ORIGINAL_DST
- * (IPv6) on the proxy's accepted socket from its record (accepted_orig, or
- * the tables while the record has not moved yet), as
- * conntrack does for iptables' REDIRECT. Every other option, and the
+ * (IPv6) on the proxy's accepted socket from its record, as conntrack does
+ * for iptables' REDIRECT. The first answer moves the record from the
+ * connection table (orig_dst, or inbound_orig for sk_lookup) onto the
+ * socket (accepted_orig), which answers later calls and frees it with the
+ * socket: the tables hold only connections the proxy has not asked about. Every other option, and the
  * answer for connections eBPF did not redirect, passes through untouched. */
 #include "common.bpf.h"
 
@@ -10,7 +12,8 @@ int mc_getsockopt(struct bpf_sockopt *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
 	struct mc_conn_key k = {};
-	struct mc_orig *orig;
+	struct mc_orig *orig, *mine;
+	void *table;
 	void *optval = ctx->optval;
 	void *optval_end = ctx->optval_end;
 	bool want4 = ctx->level == SOL_IP && ctx->optname == SO_ORIGINAL_DST;
@@ -27,7 +30,7 @@ int mc_getsockopt(struct bpf_sockopt *ctx)
 	if (!sk)
 		return 1;
 
-	/* Moved onto the proxy's socket when its side was established. */
+	/* Asked before: the record is on the socket. */
 	orig = bpf_sk_storage_get(&accepted_orig, sk, 0, 0);
 	if (orig)
 		goto answer;
@@ -46,9 +49,12 @@ int mc_getsockopt(struct bpf_sockopt *ctx)
 	MC_LOAD(k.client_port, sk->dst_port);
 	k.client_port = bpf_ntohs(k.client_port);        /* was network order */
 
+	table = &orig_dst;
 	orig = bpf_map_lookup_elem(&orig_dst, &k);
-	if (!orig)
+	if (!orig) {
+		table = &inbound_orig;
 		orig = bpf_map_lookup_elem(&inbound_orig, &k);
+	}
 	if (!orig) {
 		/* Not ours: conntrack's answer (iptables REDIRECT in this pod)
 		 * stands. Ours comes first: with iptables in the pod too,
@@ -58,6 +64,14 @@ int mc_getsockopt(struct bpf_sockopt *ctx)
 		if (ctx->retval != 0)
 			mc_count(MC_CNT_ORIG_NOT_FOUND);
 		return 1;
+	}
+	/* Move the record onto the socket; without storage it stays in the
+	 * table, where the next call finds it again. */
+	mine = bpf_sk_storage_get(&accepted_orig, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (mine) {
+		*mine = *orig;
+		bpf_map_delete_elem(table, &k);
+		orig = mine;
 	}
 answer:
 	if (want4 && orig->family == AF_INET) {

@@ -1,10 +1,9 @@
-/* sockops: carries a redirected connection's original destination from the
- * application's socket (orig_store, set at connect) through the connection
- * table (orig_dst, keyed by the four-tuple, from the SYN on) to the proxy's
- * accepted socket (accepted_orig, when its side is established), where
- * getsockopt answers SO_ORIGINAL_DST, even after a short-lived client has
- * gone. Records live in socket storage and die with the sockets: no state
- * callbacks. Also remembers the proxy's listeners for sk_lookup, and, with
+/* sockops: puts a redirected connection's original destination from the
+ * application's socket (orig_store, set at connect) into the connection
+ * table (orig_dst, keyed by the four-tuple) when the SYN goes out; the
+ * proxy's SO_ORIGINAL_DST (getsockopt) moves it onto the proxy's accepted
+ * socket, even after a short-lived client has gone. No state callbacks.
+ * Also remembers the proxy's listeners for sk_lookup, and, with
  * --accelerate, puts app<->proxy sockets into accel_socks. */
 #include "common.bpf.h"
 
@@ -70,7 +69,7 @@ static __always_inline bool __mc_accelerate(struct bpf_sock_ops *skops)
 
 /* A redirected application socket is sending its SYN: its source port is
  * known now, so the record goes into the connection table, where the
- * proxy's side picks it up. */
+ * proxy's SO_ORIGINAL_DST finds it. */
 static __always_inline void __mc_on_connect(struct bpf_sock_ops *skops)
 {
 	struct mc_conn_key k = {};
@@ -134,39 +133,25 @@ static __always_inline void __mc_on_hdr_opt_len(struct bpf_sock_ops *skops)
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
 }
 
-/* The proxy's side of a redirected connection is established: the record
- * moves from the table onto this socket, and is freed with it. No state
- * callbacks are needed, and the table holds only handshakes in flight. */
+/* The proxy's side of a redirected connection is established. The record
+ * stays in the table until the proxy asks for it (getsockopt moves it onto
+ * this socket then): a connection whose proxy never asks costs nothing
+ * more here. With --accelerate, the socket joins accel_socks when the
+ * connection was redirected and nothing was received yet (no Fast Open data
+ * went by TCP). */
 static __always_inline void __mc_on_passive(struct bpf_sock_ops *skops)
 {
 	struct mc_conn_key k = {};
-	struct mc_orig *orig, *mine;
-	struct bpf_sock *sk = skops->sk;
-	bool outbound;
 
-	if (!sk)
+	/* Load-time constant: without --accelerate the verifier drops this. */
+	if (!mc_cfg.accelerate || !skops->sk)
+		return;
+	/* Otherwise steered by sk_lookup: the local port is the original one. */
+	if (!__mc_is_listener_port(skops->local_port) || skops->bytes_received != 0)
 		return;
 	__mc_server_key(skops, &k);
-	/* Otherwise steered by sk_lookup: the local port is the original one. */
-	outbound = __mc_is_listener_port(skops->local_port);
-	if (outbound)
-		orig = bpf_map_lookup_elem(&orig_dst, &k);
-	else
-		orig = bpf_map_lookup_elem(&inbound_orig, &k);
-	if (!orig)
-		return;
-	mine = bpf_sk_storage_get(&accepted_orig, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!mine)
-		return; /* stays in the table; getsockopt looks there too */
-	*mine = *orig;
-	if (outbound) {
-		bpf_map_delete_elem(&orig_dst, &k);
-		/* Nothing received yet (no Fast Open data went by TCP). */
-		if (skops->bytes_received == 0)
-			(void)__mc_accelerate(skops);
-	} else {
-		bpf_map_delete_elem(&inbound_orig, &k);
-	}
+	if (bpf_map_lookup_elem(&orig_dst, &k))
+		(void)__mc_accelerate(skops);
 }
 
 /* The proxy listens on one of its ports: remember the socket for sk_lookup,

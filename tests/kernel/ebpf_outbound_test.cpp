@@ -216,8 +216,8 @@ TEST_F(EbpfOutbound, ConnectionTableEmptiesWhenConnectionsClose) {
       Identity::user(1000, 1000));
   EXPECT_EQ(failures, 0);
   ASSERT_TRUE(out4_->wait_for_accepts(200));
-  // Each record leaves the table when the listener's side is established
-  // (it moves onto the listener's socket); give the last handshakes a moment.
+  // Each record leaves the table when the listener asks SO_ORIGINAL_DST
+  // (it moves onto the listener's socket); give the last ones a moment.
   size_t left = 0;
   for (int i = 0; i < 50; i++) {
     left = loader::pinned_connection_entries(name_);

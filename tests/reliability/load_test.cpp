@@ -344,8 +344,8 @@ TEST_P(Load, HundredThousandConnectionsThroughHaproxy) {
   EXPECT_EQ(at_peer, kConcurrent);
   size_t table_at_peak = 0;
   if (ebpf()) {
-    // Every handshake is done: each record has moved from the connection
-    // table onto the proxy's socket (it dies with the socket).
+    // haproxy has asked SO_ORIGINAL_DST of every connection: each record
+    // has moved from the connection table onto its socket (dies with it).
     table_at_peak = loader::pinned_connection_entries(name_);
     EXPECT_EQ(table_at_peak, 0u);
   }
