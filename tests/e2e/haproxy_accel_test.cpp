@@ -197,6 +197,29 @@ TEST_F(HaproxyAccel, BytesArriveInOrderAndSkipTcp) {
   EXPECT_TRUE(accel_sockets_drain(name_));
 }
 
+// A dual-stack application (an AF_INET6 socket dialing ::ffff:a.b.c.d) is
+// captured as IPv4 and lands on haproxy's IPv4 listener. Its socket sees
+// v4-mapped addresses, haproxy's plain IPv4 ones; both sides' keys are
+// v4-mapped, so the two sockets still find each other.
+TEST_F(HaproxyAccel, V4MappedApplicationSocketIsAccelerated) {
+  start(true);
+  Session s = Session::decode(pod_->run_in_pod_capture(
+      [&] {
+        Connection c = connect_tcp("::ffff:" + pod_->peer_ipv4(), 9000);
+        if (!c.ok()) return std::string("0 0 connect: ") + std::strerror(c.error);
+        return run_session(c.fd.get(), kSizes, true).encode();
+      },
+      Identity::user(1000, 1000)));
+  EXPECT_EQ(s.error, "") << read_text_file(haproxy_.log_path);
+  EXPECT_LE(s.bytes_acked, 2u) << "sent " << s.bytes_sent;
+  auto c = counters();
+  EXPECT_EQ(c["accel_sockets"], 2u);
+  EXPECT_EQ(c["accel_redirected"], 2u);
+  EXPECT_EQ(c["accel_tcp"], 0u);
+  EXPECT_EQ(c["orig_dst_answered"], 1u);
+  EXPECT_TRUE(accel_sockets_drain(name_));
+}
+
 TEST_F(HaproxyAccel, WithoutTheFlagBytesGoByTcp) {
   start(false);
   Session s = session(kSizes, true);
