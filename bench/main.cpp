@@ -159,10 +159,14 @@ void define_variants(const Profile& p, std::vector<RigDef>& rigs, std::vector<Va
     vs.push_back({"ebpf-accel+proxy", "P-ebpf-accel", false, kEchoPort, kSinkPort, "proxy", "ebpf-accel", true, false,
                   "relay"});
   }
-  vs.push_back({"local-direct", "D", true, kOutboundPort, 0, "mechanism", "none", false, true, "local"});
+  // local-direct and ebpf-mech also run the request/response workloads
+  // when the diagnostics do (see ebpf-accel-mech below).
+  const bool mech_rr = p.diagnostics;
+  vs.push_back({"local-direct", "D", true, kOutboundPort, 0, "mechanism", "none", mech_rr, true, "local"});
   for (const auto& [cap, name] : caps) {
     rigs.push_back({"M-" + name, name + "-mech", cap, Sidecar::echo});
-    vs.push_back({name + "-mech", "M-" + name, false, kEchoPort, 0, "mechanism", name, false, true, "local"});
+    vs.push_back({name + "-mech", "M-" + name, false, kEchoPort, 0, "mechanism", name,
+                  mech_rr && cap == Capture::ebpf, true, "local"});
   }
   if (p.diagnostics) {
     // Not a product variant: meshcap's connect hooks alone (sockops,
@@ -172,6 +176,13 @@ void define_variants(const Profile& p, std::vector<RigDef>& rigs, std::vector<Va
     rigs.push_back({"M-ebpf-connect-only", "ebpf-connect-only-mech", Capture::ebpf, Sidecar::echo, true});
     vs.push_back({"ebpf-connect-only-mech", "M-ebpf-connect-only", false, kEchoPort, 0, "mechanism", "ebpf", false,
                   true, "local"});
+    // --accelerate with no haproxy: the application's socket and the local
+    // echo server's are the two ends, so the request/response workloads
+    // show what redirection does to the one hop it replaces, against
+    // ebpf-mech; the goals use ebpf-accel+proxy.
+    rigs.push_back({"M-ebpf-accel", "ebpf-accel-mech", Capture::ebpf, Sidecar::echo, false, true});
+    vs.push_back({"ebpf-accel-mech", "M-ebpf-accel", false, kEchoPort, 0, "mechanism", "ebpf-accel", true, false,
+                  "local"});
   }
 }
 
