@@ -233,14 +233,18 @@ int connect_persistent(const sockaddr_in& sa, int timeout_ms, std::string& err) 
   return fd;
 }
 
-ClientResult run_rr_single(const ClientSpec& spec, const sockaddr_in& sa) {
-  ClientResult r;
+// A workload's persistent connection; -1 when it fails, the error noted in `r`.
+int connect_noted(const ClientSpec& spec, const sockaddr_in& sa, ClientResult& r) {
   std::string err;
   const int fd = connect_persistent(sa, spec.io_timeout_ms, err);
-  if (fd < 0) {
-    note_error(r, err);
-    return r;
-  }
+  if (fd < 0) note_error(r, err);
+  return fd;
+}
+
+ClientResult run_rr_single(const ClientSpec& spec, const sockaddr_in& sa) {
+  ClientResult r;
+  const int fd = connect_noted(spec, sa, r);
+  if (fd < 0) return r;
   std::string msg(spec.message, 'r');
   std::string buf(spec.message, '\0');
   r.samples_ns.reserve(spec.count);
@@ -286,10 +290,8 @@ ClientResult run_rr_multi(const ClientSpec& spec, const sockaddr_in& sa) {
     ::close(ep);
   };
   for (size_t i = 0; i < conns.size(); i++) {
-    std::string err;
-    conns[i].fd = connect_persistent(sa, spec.io_timeout_ms, err);
+    conns[i].fd = connect_noted(spec, sa, r);
     if (conns[i].fd < 0) {
-      note_error(r, err);
       close_all();
       return r;
     }
@@ -372,12 +374,8 @@ ClientResult run_rr_multi(const ClientSpec& spec, const sockaddr_in& sa) {
 
 ClientResult run_throughput(const ClientSpec& spec, const sockaddr_in& sa) {
   ClientResult r;
-  std::string err;
-  const int fd = connect_persistent(sa, spec.io_timeout_ms, err);
-  if (fd < 0) {
-    note_error(r, err);
-    return r;
-  }
+  const int fd = connect_noted(spec, sa, r);
+  if (fd < 0) return r;
   std::vector<char> chunk(64 * 1024, 't');
   const CpuSnapshot before = cpu_snapshot(spec);
   const uint64_t t0 = now_ns();

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -331,6 +332,26 @@ class Session {
     return owned;
   }
 
+  // The step that removes istio/meshcap state from `binary`, given what its
+  // -save printed (`dump`, none when it failed). None when there is nothing
+  // to remove; none with `why` set when there is but the backend cannot be
+  // used. `cfg_rules` (see owned_lines) is called only for a usable backend.
+  std::optional<Step> removal_step(const StateRecord& rec, Family fam, const std::string& binary,
+                                   const std::optional<std::string>& dump,
+                                   const std::function<std::vector<Rule>()>& cfg_rules, std::string* why) {
+    if (!dump) return std::nullopt;
+    SavedRuleset before = parse_iptables_save(*dump);
+    bool recorded = false;
+    for (const auto& r : rec.rules) recorded |= r.binary == binary && r.family == family_name(fam);
+    if (!before.has_istio_state() && !recorded) return std::nullopt;
+    const auto backend = probe_backend(runner_, fam, binary, why, &*dump);
+    if (!backend) return std::nullopt;
+    LineCounts owned = owned_lines(rec, *backend, before, cfg_rules());
+    Step s = plan_step(*backend, std::move(before), std::move(owned), nullptr);
+    if (s.payload.empty()) return std::nullopt;
+    return s;
+  }
+
   bool ip(const std::vector<std::string>& args, std::string* err = nullptr) {
     std::vector<std::string> argv = {"ip"};
     argv.insert(argv.end(), args.begin(), args.end());
@@ -462,21 +483,11 @@ ApplyResult IptablesApplier::apply(const CaptureConfig& cfg, bool ipv6_enabled) 
         steps.push_back(plan_step(*chosen, std::move(before), std::move(owned), add));
         continue;
       }
-      const auto dump = read_save(runner_, binary);
-      if (!dump) continue;
-      SavedRuleset before = parse_iptables_save(*dump);
-      bool recorded = false;
-      for (const auto& r : rec.rules) recorded |= r.binary == binary && r.family == family_name(fam);
-      if (!before.has_istio_state() && !recorded) continue;
       std::string why;
-      const auto other = probe_backend(runner_, fam, binary, &why, &*dump);
-      if (!other) {
-        spdlog::warn("{} holds istio rules but cannot be used to remove them: {}", binary, why);
-        continue;
-      }
-      LineCounts owned = session.owned_lines(rec, *other, before, build_istio_rules(cfg, true).rules(fam));
-      Step s = plan_step(*other, std::move(before), std::move(owned), nullptr);
-      if (!s.payload.empty()) steps.push_back(std::move(s));
+      auto s = session.removal_step(rec, fam, binary, read_save(runner_, binary),
+                                    [&] { return build_istio_rules(cfg, true).rules(fam); }, &why);
+      if (!why.empty()) spdlog::warn("{} holds istio rules but cannot be used to remove them: {}", binary, why);
+      if (s) steps.push_back(std::move(*s));
     }
   }
 
@@ -559,24 +570,14 @@ CleanupResult IptablesApplier::cleanup(const CaptureConfig& cfg) {
     for (const auto& binary : {names.nft, names.legacy}) dumps.emplace_back(binary, read_save(runner_, binary));
     if (!dumps[0].second && !dumps[1].second) dumps = {{names.plain, read_save(runner_, names.plain)}};
     for (const auto& [binary, dump] : dumps) {
-      if (!dump) continue;
-      SavedRuleset before = parse_iptables_save(*dump);
-      bool recorded = false;
-      for (const auto& r : rec.rules) recorded |= r.binary == binary && r.family == family_name(fam);
-      if (!before.has_istio_state() && !recorded) continue;
       std::string why;
-      const auto backend = probe_backend(runner_, fam, binary, &why, &*dump);
-      if (!backend) {
-        errors.push_back(binary + " holds istio rules but is not usable: " + why);
-        continue;
-      }
-      LineCounts owned = session.owned_lines(rec, *backend, before, built.rules(fam));
-      Step s = plan_step(*backend, std::move(before), std::move(owned), nullptr);
-      if (s.payload.empty()) continue;
+      const auto s = session.removal_step(rec, fam, binary, dump, [&] { return built.rules(fam); }, &why);
+      if (!why.empty()) errors.push_back(binary + " holds istio rules but is not usable: " + why);
+      if (!s) continue;
       try {
-        session.restore(*backend, s.payload.text(), "cleanup " + s.name());
-        res.backends.push_back(s.name());
-        res.restored.push_back(s.payload.text());
+        session.restore(s->backend, s->payload.text(), "cleanup " + s->name());
+        res.backends.push_back(s->name());
+        res.restored.push_back(s->payload.text());
       } catch (const IptablesError& e) {
         errors.push_back(e.what());
       }
