@@ -3,8 +3,9 @@
  * for iptables' REDIRECT. The first answer moves the record from the
  * connection table (orig_dst, or inbound_orig for sk_lookup) onto the
  * socket (accepted_orig), which answers later calls and frees it with the
- * socket: the tables hold only connections the proxy has not asked about. Every other option, and the
- * answer for connections eBPF did not redirect, passes through untouched. */
+ * socket: the tables hold only connections the proxy has not asked about.
+ * Every other option, and the answer for connections eBPF did not
+ * redirect, passes through untouched. */
 #include "common.bpf.h"
 
 SEC("cgroup/getsockopt")

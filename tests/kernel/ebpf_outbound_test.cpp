@@ -4,6 +4,8 @@
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <cstring>
+#include <sstream>
 
 #include "capture_fixture.h"
 
@@ -229,6 +231,36 @@ TEST_F(EbpfOutbound, ConnectionTableEmptiesWhenConnectionsClose) {
   EXPECT_EQ(c["redirected_outbound"], 200u);
   EXPECT_EQ(c["orig_dst_answered"], 200u);
   EXPECT_EQ(c["map_full"], 0u);
+}
+
+// The record stays in the connection table until the proxy asks: after
+// accept() it is still there; the first SO_ORIGINAL_DST moves it onto the
+// accepted socket (the table is empty again) and a second one answers the
+// same from there. A root process in the pod plays application and proxy
+// (its own listener on the -p port; only UID 1337 is exempt).
+TEST_F(EbpfOutbound, RecordMovesOntoTheProxySocketWhenItAsks) {
+  ASSERT_EQ(init_ebpf({"-p", "15101", "-i", "*"}).exit_code, 0);
+  const std::string name = name_, peer = pod_->peer_ipv4();
+  std::string out = pod_->run_in_pod_capture(
+      [&] {
+        UniqueFd l = listen_tcp("127.0.0.1", 15101);
+        Connection c = connect_tcp(peer, 8080);
+        if (!c.ok()) return std::string("connect: ") + std::strerror(c.error);
+        UniqueFd a(::accept(l.get(), nullptr, nullptr));
+        if (!a) return std::string("accept: ") + std::strerror(errno);
+        std::ostringstream o;
+        o << loader::pinned_connection_entries(name);
+        for (int i = 0; i < 2; i++) {
+          OriginalDst d = original_dst(a.get());
+          o << " " << (d.ok ? d.address : "errno" + std::to_string(d.error));
+          o << " " << loader::pinned_connection_entries(name);
+        }
+        return o.str();
+      },
+      Identity::root());
+  const std::string want = endpoint(peer, 8080);
+  EXPECT_EQ(out, "1 " + want + " 0 " + want + " 0");
+  EXPECT_EQ(counters()["orig_dst_answered"], 2u);
 }
 
 TEST_F(EbpfOutbound, CleanupRemovesEverythingAndTrafficGoesDirect) {

@@ -218,6 +218,11 @@ std::optional<AcceptRecord> parse_record(const std::string& line) {
 
 }  // namespace
 
+UniqueFd listen_tcp(const std::string& ip, uint16_t port, int backlog) {
+  uint16_t bound = 0;
+  return make_listener(ip, port, backlog, &bound);
+}
+
 // ---- addresses ----
 
 std::string format_sockaddr(const sockaddr* sa, socklen_t len) {

@@ -50,6 +50,10 @@ struct OriginalDst {
 };
 OriginalDst original_dst(int fd);
 
+/// A blocking TCP listener on ip:port (SO_REUSEADDR, IPv6 only for an IPv6
+/// address); throws TestSupportError if it cannot listen.
+UniqueFd listen_tcp(const std::string& ip, uint16_t port, int backlog = 16);
+
 // ---- client ----
 
 struct ConnectOptions {
