@@ -44,6 +44,16 @@ inline size_t programs_attached(const std::string& cgroup) {
   return total;
 }
 
+/// Programs attached at a network namespace's sk_lookup hook.
+inline size_t sk_lookup_attached(const std::string& netns_path) {
+  int fd = open(netns_path.c_str(), O_RDONLY);
+  if (fd < 0) return 0;
+  __u32 ids[16], count = 16, flags = 0;
+  size_t n = bpf_prog_query(fd, BPF_SK_LOOKUP, 0, &flags, ids, &count) == 0 ? count : 0;
+  close(fd);
+  return n;
+}
+
 class CaptureTest : public ::testing::Test {
  protected:
   void SetUp() override {

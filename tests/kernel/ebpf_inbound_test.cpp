@@ -8,16 +8,6 @@
 namespace meshcap::test {
 namespace {
 
-/// Programs attached at the pod netns's sk_lookup hook.
-size_t sk_lookup_attached(const std::string& netns_path) {
-  int fd = open(netns_path.c_str(), O_RDONLY);
-  if (fd < 0) return 0;
-  __u32 ids[16], count = 16, flags = 0;
-  size_t n = bpf_prog_query(fd, BPF_SK_LOOKUP, 0, &flags, ids, &count) == 0 ? count : 0;
-  close(fd);
-  return n;
-}
-
 class EbpfInbound : public CaptureTest {
  protected:
   void SetUp() override {
@@ -38,14 +28,7 @@ class EbpfInbound : public CaptureTest {
 
   /// A round trip from the peer namespace (outside the pod).
   RoundTrip from_peer(const std::string& ip, uint16_t port) {
-    std::string out = pod_->run_in_peer_capture([&] {
-      RoundTrip r = tcp_roundtrip(ip, port, "ping", Millis(3000));
-      return std::to_string(r.error) + "|" + r.reply;
-    });
-    RoundTrip r;
-    r.error = std::stoi(out.substr(0, out.find('|')));
-    r.reply = out.substr(out.find('|') + 1);
-    return r;
+    return roundtrip_in_peer(*pod_, ip, port, Millis(3000));
   }
 
   size_t app_accepted(size_t i) const { return apps4_[i]->accepted() + apps6_[i]->accepted(); }

@@ -175,17 +175,7 @@ class IptablesTraffic : public ::testing::TestWithParam<std::string> {
 
   /// A round trip from the peer namespace (outside the pod).
   RoundTrip from_peer(const std::string& ip, uint16_t port) {
-    std::string out = pod_->run_in_peer_capture([&] {
-      RoundTrip r = tcp_roundtrip(ip, port, "ping", Millis(3000));
-      return std::to_string(r.error) + "|" + r.reply + "|" + r.local + "|" + r.peer;
-    });
-    RoundTrip r;
-    auto p1 = out.find('|'), p2 = out.find('|', p1 + 1), p3 = out.find('|', p2 + 1);
-    r.error = std::stoi(out.substr(0, p1));
-    r.reply = out.substr(p1 + 1, p2 - p1 - 1);
-    r.local = out.substr(p2 + 1, p3 - p2 - 1);
-    r.peer = out.substr(p3 + 1);
-    return r;
+    return roundtrip_in_peer(*pod_, ip, port, Millis(3000));
   }
 
   std::string kind_;

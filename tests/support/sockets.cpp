@@ -648,16 +648,25 @@ RoundTrip roundtrip_in_pod(TestPod& pod, const std::string& ip, uint16_t port, I
                            const ConnectOptions& options) {
   std::string out = pod.run_in_pod_capture(
       [&] {
-        RoundTrip r = tcp_roundtrip(ip, port, "ping", kIoTimeout, options);
-        return std::to_string(r.error) + "|" + r.reply + "|" + r.local + "|" + r.peer;
+        return tcp_roundtrip(ip, port, "ping", kIoTimeout, options).encode();
       },
       id);
+  return RoundTrip::decode(out);
+}
+
+RoundTrip roundtrip_in_peer(TestPod& pod, const std::string& ip, uint16_t port, Millis timeout) {
+  return RoundTrip::decode(pod.run_in_peer_capture([&] { return tcp_roundtrip(ip, port, "ping", timeout).encode(); }));
+}
+
+std::string RoundTrip::encode() const { return std::to_string(error) + "|" + reply + "|" + local + "|" + peer; }
+
+RoundTrip RoundTrip::decode(const std::string& line) {
   RoundTrip r;
-  auto p1 = out.find('|'), p2 = out.find('|', p1 + 1), p3 = out.find('|', p2 + 1);
-  r.error = std::stoi(out.substr(0, p1));
-  r.reply = out.substr(p1 + 1, p2 - p1 - 1);
-  r.local = out.substr(p2 + 1, p3 - p2 - 1);
-  r.peer = out.substr(p3 + 1);
+  auto p1 = line.find('|'), p2 = line.find('|', p1 + 1), p3 = line.find('|', p2 + 1);
+  r.error = std::stoi(line.substr(0, p1));
+  r.reply = line.substr(p1 + 1, p2 - p1 - 1);
+  r.local = line.substr(p2 + 1, p3 - p2 - 1);
+  r.peer = line.substr(p3 + 1);
   return r;
 }
 

@@ -91,6 +91,9 @@ struct RoundTrip {
   std::string local;   ///< client's getsockname
   std::string peer;    ///< client's getpeername (what the app sees)
   bool ok() const { return error == 0; }
+  /// One line that crosses a fork ("error|reply|local|peer"), and back.
+  std::string encode() const;
+  static RoundTrip decode(const std::string& line);
 };
 /// Connects, sends payload, reads payload.size() bytes back and closes.
 RoundTrip tcp_roundtrip(const std::string& ip, uint16_t port, std::string_view payload = "ping",
@@ -100,6 +103,8 @@ RoundTrip tcp_roundtrip(const std::string& ip, uint16_t port, std::string_view p
 /// so the pod's capture applies) as `id`; the result crosses the fork.
 RoundTrip roundtrip_in_pod(TestPod& pod, const std::string& ip, uint16_t port,
                            Identity id = Identity::user(1000, 1000), const ConnectOptions& options = {});
+/// The same from the peer namespace (outside the pod), as root.
+RoundTrip roundtrip_in_peer(TestPod& pod, const std::string& ip, uint16_t port, Millis timeout = kIoTimeout);
 
 /// `threads` threads of one application process in the pod (as `id`) each
 /// make `per_thread` round trips with distinct payloads to ip:port; returns
