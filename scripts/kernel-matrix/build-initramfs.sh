@@ -9,13 +9,19 @@
 #
 # KERNEL_ROOT  a linux-image .deb unpacked with `dpkg-deb -x` (has boot/ and
 #              lib/modules/VERSION/)
-# BUILD_DIR    meshcap's build tree; its binaries are placed at the same
-#              absolute path in the guest (the tests have meshcap's path
+# BUILD_DIR    meshcap's build tree; its binaries are placed under
+#              /opt/meshcap in the guest (agent/, tests/, bpf/ as in the
+#              tree), whatever and wherever BUILD_DIR is; its host path is
+#              written to /etc/kmatrix/host-build-dir, where guest/init
+#              links it to /opt/meshcap (the tests have meshcap's host path
 #              compiled in)
 # OUT          the gzip-compressed newc cpio archive to write
 #
+# Also carries bpftool (this machine's) and kfacts (kfacts.c, compiled here
+# with cc and libbpf) for the facts step (run.sh --facts).
+#
 # Needs busybox (static: it is the guest's shell, and builds the archive and
-# modules.dep here), ldd and strip. Writes only OUT and a scratch directory
+# modules.dep here), ldd, strip and cc. Writes only OUT and a scratch directory
 # beside it, removed on exit.
 set -euo pipefail
 
@@ -70,21 +76,40 @@ copy_tool() {
 }
 
 # --- meshcap and its tests -----------------------------------------------------
-# Stripped of debug info: the guest unpacks the archive into RAM.
+# At a fixed path of the guest's own: the host's may lie under /tmp or /run,
+# which the guest mounts tmpfs over.
+GUEST_BUILD=/opt/meshcap
+# strip_copy SRC REL: SRC at $GUEST_BUILD/REL, stripped of debug info (the
+# guest unpacks the archive into RAM).
 strip_copy() {
-  mkdir -p "$STAGE$(dirname "$1")"
-  strip --strip-debug -o "$STAGE$1" "$1"
-  ELFS+=("$STAGE$1")
+  mkdir -p "$STAGE$GUEST_BUILD/$(dirname "$2")"
+  strip --strip-debug -o "$STAGE$GUEST_BUILD/$2" "$1"
+  ELFS+=("$STAGE$GUEST_BUILD/$2")
 }
-strip_copy "$BUILD/agent/meshcap"
-[ -L "$BUILD/agent/istio-iptables" ] && ln -s meshcap "$STAGE$BUILD/agent/istio-iptables"
+strip_copy "$BUILD/agent/meshcap" agent/meshcap
+[ -L "$BUILD/agent/istio-iptables" ] && ln -s meshcap "$STAGE$GUEST_BUILD/agent/istio-iptables"
 ntests=0
 for t in "$BUILD"/tests/*_tests "$BUILD"/tests/test_pod_selftest; do
   [ -f "$t" ] && [ -x "$t" ] || continue
   case $t in *unit_tests) continue ;; esac  # the unit tier needs no kernel
-  strip_copy "$t"
+  strip_copy "$t" "tests/$(basename "$t")"
   ntests=$((ntests + 1))
 done
+# The BPF object, for the facts step's per-program verifier logs.
+if [ -f "$BUILD/bpf/meshcap.bpf.o" ]; then
+  mkdir -p "$STAGE$GUEST_BUILD/bpf"
+  cp "$BUILD/bpf/meshcap.bpf.o" "$STAGE$GUEST_BUILD/bpf/"
+fi
+printf '%s\n' "$BUILD" > "$STAGE/etc/kmatrix/host-build-dir"
+
+# --- facts tools: bpftool and kfacts ----------------------------------------------
+if command -v bpftool >/dev/null; then copy_tool bpftool; else say "no bpftool here: the facts step will lack its feature probe"; fi
+mkdir -p "$STAGE/opt/kmatrix/bin"
+if cc -O2 -Wall -o "$STAGE/opt/kmatrix/bin/kfacts" "$HERE/kfacts.c" -lbpf; then
+  ELFS+=("$STAGE/opt/kmatrix/bin/kfacts")
+else
+  say "kfacts did not build (cc, libbpf-dev): the facts step will lack it"
+fi
 
 # --- tools -----------------------------------------------------------------------
 # timeout and env as well: busybox's would run their own `ip` applet, not
@@ -177,6 +202,7 @@ printf '127.0.0.1 localhost\n::1 localhost\n' > "$STAGE/etc/hosts"
 for f in /etc/protocols /etc/services /etc/ethertypes; do [ -e "$f" ] && cp "$f" "$STAGE/etc/"; done
 install -m 0755 "$HERE/guest/init" "$STAGE/init"
 install -m 0755 "$HERE/guest/capture-check.sh" "$STAGE/etc/kmatrix/capture-check.sh"
+install -m 0644 "$HERE/guest/facts.sh" "$STAGE/etc/kmatrix/facts.sh"
 grep -v '^#' "$HERE/modules.txt" | grep . > "$STAGE/etc/kmatrix/modules"
 
 # --- archive --------------------------------------------------------------------------
