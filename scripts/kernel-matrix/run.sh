@@ -6,9 +6,22 @@
 #
 #   scripts/kernel-matrix/run.sh [options]
 #
-#   --kernel PKG     a Debian linux-image package, concrete or meta; repeat
+#   --kernel [SUITE:]PKG
+#                    a Debian linux-image package, concrete or meta; repeat
 #                    for several (default: linux-image-cloud-amd64, the
-#                    newest 6.1 cloud kernel)
+#                    newest cloud kernel of this machine's own suite). With
+#                    SUITE (e.g. bullseye:linux-image-5.10.0-32-cloud-amd64)
+#                    the package comes from that Debian suite (SUITE,
+#                    SUITE-updates, SUITE-security) through a private apt
+#                    configuration under build/kernel-matrix/apt/SUITE/;
+#                    the system's apt configuration and lists are only read
+#   --suite SUITE    the same as --kernel SUITE:linux-image-cloud-amd64 (the
+#                    suite's newest cloud kernel)
+#   --mirror URL, --security-mirror URL
+#                    archives for a SUITE (default: the ones this machine's
+#                    apt sources name for its own suite)
+#   --refresh        update a SUITE's private package lists even when they
+#                    are less than a day old
 #   --boots LIST     comma-separated, of: full (cgroup v2, root),
 #                    nocgroup2 (no cgroup v2 hierarchy), nobpf (meshcap
 #                    without CAP_BPF/CAP_SYS_ADMIN); default all three
@@ -25,11 +38,18 @@
 #   --no-install     do not apt-get install qemu/busybox-static when missing
 #   --guest-cmd CMD  a shell command the guest runs (and prints) before the
 #                    tests, for debugging
+#   --facts DIR      the full boot also records what the kernel offers
+#                    (guest/facts.sh: bpftool feature probe, meshcap probe
+#                    with istio-init's defaults, kfacts, meshcap's verifier
+#                    logs) and run.sh writes it with each boot's report to
+#                    DIR/<kernel release>.txt (docs/kernel-facts/)
 #
 # Everything comes from Debian's archive through apt-get: the kernel .deb is
 # fetched with `apt-get download` into build/kernel-matrix/cache/; the
 # guest's tools are this machine's own (so install-deps.sh must have run
-# and meshcap must be built). Logs: build/kernel-matrix/logs/.
+# and meshcap must be built). The guest finds the build at /opt/meshcap
+# whatever the checkout's or the build's path. Logs:
+# build/kernel-matrix/logs/.
 # Exit: 0 every boot passed, 1 a boot failed, 2 bad usage or setup.
 set -euo pipefail
 
@@ -50,12 +70,21 @@ MEM=1024
 BUILD=$REPO/build
 INSTALL=1
 GUEST_CMD=""
+FACTS_DIR=""
+MIRROR=""
+SECURITY_MIRROR=""
+REFRESH=0
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2; }
 die() { echo "kernel-matrix: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case $1 in
     --kernel) KERNELS+=("$2"); shift 2 ;;
+    --suite) KERNELS+=("$2:linux-image-cloud-amd64"); shift 2 ;;
+    --mirror) MIRROR=$2; shift 2 ;;
+    --security-mirror) SECURITY_MIRROR=$2; shift 2 ;;
+    --refresh) REFRESH=1; shift ;;
+    --facts) mkdir -p "$2" && FACTS_DIR=$(realpath "$2"); shift 2 ;;
     --boots) BOOTS=$2; shift 2 ;;
     --tests) FULL_TESTS=$2; TESTS_GIVEN=1; shift 2 ;;
     --quick) QUICK=1; shift ;;
@@ -101,24 +130,77 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 # --- kernels ---------------------------------------------------------------------
-# fetch_kernel PKG: prints the unpacked tree for PKG (a meta package resolves
-# to the image it depends on).
+# This machine's suite and the archives its apt sources name for it (read
+# from `apt-get indextargets`, nothing written): the default archives for
+# another suite.
+HOST_SUITE=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+host_site() {  # host_site security|main: the archive of this machine's suite
+  apt-get indextargets --format '$(SITE) $(RELEASE)' 2>/dev/null | sort -u |
+    awk -v want="$1" '{ sec = ($2 ~ /-security$/) } (want == "security") == sec { print $1; exit }'
+}
+
+# private_apt SUITE: sets PAPT to apt options for a configuration of SUITE's
+# own (sources list, lists, cache and state under $WORK/apt/SUITE), and
+# updates its lists when missing or older than a day (or with --refresh).
+# The system's apt configuration and lists are never written.
+PAPT=()
+private_apt() {
+  local suite=$1 dir=$WORK/apt/$1 main sec keyring opt=""
+  main=${MIRROR:-$(host_site main)}
+  sec=${SECURITY_MIRROR:-$(host_site security)}
+  [ -n "$main" ] || die "no Debian archive in this machine's apt sources; give --mirror URL"
+  keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  [ -r "$keyring" ] && opt=" [signed-by=$keyring]"
+  mkdir -p "$dir/etc/sources.list.d" "$dir/etc/preferences.d" "$dir/lists/partial" \
+    "$dir/cache/archives/partial" "$dir/state"
+  {
+    echo "deb$opt $main $suite main"
+    echo "deb$opt $main $suite-updates main"
+    [ -n "$sec" ] && echo "deb$opt $sec $suite-security main"
+  } > "$dir/etc/sources.list"
+  PAPT=(-o "Dir::Etc::sourcelist=$dir/etc/sources.list"
+        -o "Dir::Etc::sourceparts=$dir/etc/sources.list.d"
+        -o "Dir::Etc::preferences=$dir/etc/preferences"
+        -o "Dir::Etc::preferencesparts=$dir/etc/preferences.d"
+        -o "Dir::State=$dir/state"
+        -o "Dir::State::Lists=$dir/lists"
+        -o "Dir::State::status=$dir/state/status"
+        -o "Dir::Cache=$dir/cache")
+  # As root apt would hand the download to _apt, which cannot write here.
+  [ "$(id -u)" = 0 ] && PAPT+=(-o APT::Sandbox::User=root)
+  touch "$dir/state/status"
+  if [ "$REFRESH" = 1 ] || [ -z "$(find "$dir/lists" -maxdepth 1 -name '*_Packages*' -mmin -1440 2>/dev/null)" ]; then
+    echo "kernel-matrix: updating the private package lists of $suite ($dir)" >&2
+    apt-get -q "${PAPT[@]}" update >&2 || die "apt-get update for $suite failed"
+  fi
+}
+
+# fetch_kernel [SUITE:]PKG: prints the unpacked tree for PKG (a meta package
+# resolves to the image it depends on). Without SUITE, PKG comes from this
+# machine's own apt lists (read only); when they lack it, from a private
+# configuration of this machine's suite.
 fetch_kernel() {
-  local pkg=$1 dep deb dir
-  dep=$(apt-cache depends "$pkg" 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
+  local spec=$1 suite="" pkg dep deb dir apt
+  case $spec in *:*) suite=${spec%%:*}; pkg=${spec#*:} ;; *) pkg=$spec ;; esac
+  PAPT=()
+  if [ -z "$suite" ] && ! apt-cache show "$pkg" >/dev/null 2>&1; then
+    [ -n "$HOST_SUITE" ] || die "$pkg is not in this machine's apt lists; give SUITE:$pkg"
+    echo "kernel-matrix: $pkg is not in this machine's apt lists; using a private list of $HOST_SUITE" >&2
+    suite=$HOST_SUITE
+  fi
+  [ -n "$suite" ] && private_apt "$suite"
+  dep=$(apt-cache "${PAPT[@]}" depends "$pkg" 2>/dev/null |
+        awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
   [ -n "$dep" ] && pkg=$dep
   pkg=${pkg%-unsigned}
   dir=$CACHE/$pkg
   if [ ! -d "$dir/boot" ]; then
     deb=$(ls "$CACHE/${pkg}"_*.deb 2>/dev/null | head -n 1 || true)
     if [ -z "$deb" ]; then
-      echo "kernel-matrix: apt-get download $pkg" >&2
-      # As root apt would hand the download to _apt, which cannot write here.
-      local apt=(apt-get -q)
-      [ "$(id -u)" = 0 ] && apt+=(-o APT::Sandbox::User=root)
-      (cd "$CACHE" && "${apt[@]}" download "$pkg" >&2) ||
-        { [ "$(id -u)" = 0 ] && apt-get update -qq && (cd "$CACHE" && "${apt[@]}" download "$pkg" >&2); } ||
-        die "cannot download $pkg"
+      echo "kernel-matrix: apt-get download $pkg${suite:+ ($suite)}" >&2
+      apt=(apt-get -q "${PAPT[@]}")
+      [ "$(id -u)" = 0 ] && [ -z "$suite" ] && apt+=(-o APT::Sandbox::User=root)
+      (cd "$CACHE" && "${apt[@]}" download "$pkg" >&2) || die "cannot download $pkg${suite:+ from $suite}"
       deb=$(ls "$CACHE/${pkg}"_*.deb | head -n 1)
     fi
     rm -rf "$dir.tmp"
@@ -140,10 +222,36 @@ boot_conf() {
     # Without BPF privilege: the agent test that runs meshcap like istio-init.
     nobpf) tests="ebpf_kernel_tests=Agent.WithoutBpfPrivilege*" expect=iptables/iptables ;;
   esac
-  printf 'KM_BOOT=%s\nKM_TESTS="%s"\nKM_EXPECT=%s\nKM_BUILD_DIR=%s\nKM_TEST_TIMEOUT=%s\n' \
-    "$1" "$tests" "$expect" "$BUILD" "$TEST_TIMEOUT"
+  local facts=0
+  [ "$1" = full ] && [ -n "$FACTS_DIR" ] && facts=1
+  printf 'KM_BOOT=%s\nKM_TESTS="%s"\nKM_EXPECT=%s\nKM_TEST_TIMEOUT=%s\nKM_FACTS=%s\n' \
+    "$1" "$tests" "$expect" "$TEST_TIMEOUT" "$facts"
   # Single-quoted for the guest shell.
   printf "KM_GUEST_CMD='%s'\n" "${GUEST_CMD//\'/\'\\\'\'}"
+}
+
+# write_facts SPEC KROOT KVER FULL_LOG REPORT: the facts file of one kernel,
+# its sections as the full boot printed them (guest/facts.sh), then each
+# boot's report.
+write_facts() {
+  local spec=$1 kroot=$2 kver=$3 log=$4 report=$5 deb
+  deb=$(ls "$CACHE/$(basename "$kroot")"_*.deb 2>/dev/null | head -n 1)
+  echo "# Kernel facts: $kver"
+  echo "#"
+  echo "# Recorded by scripts/kernel-matrix/run.sh --facts under qemu (TCG) from"
+  echo "# ${deb:+$(basename "$deb"), }asked as '$spec'; $(date -u +%Y-%m-%d)."
+  echo "# Host tools carried into the guest: $(bpftool version 2>/dev/null | head -n 1),"
+  echo "# meshcap from the build at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')."
+  echo "# Sections: bpftool, meshcap-probe, kfacts, meshcap-init, meshcap-cleanup"
+  echo "# (guest/facts.sh says what each is), then the boots' reports."
+  echo
+  [ -f "$log" ] && tr -d '\r' < "$log" | awk '
+    { i = index($0, "KM: FACTS-"); if (i == 0) { if (name != "") print; next } }
+    { line = substr($0, i + 4) }
+    line ~ /^FACTS-BEGIN / { name = substr(line, 13); print "==== " name " ===="; next }
+    line ~ /^FACTS-END /   { name = ""; print ""; next }'
+  echo "==== boots ===="
+  cat "$report"
 }
 
 SCRATCH=$(mktemp -d "$WORK/run.XXXXXX")
@@ -165,6 +273,7 @@ for pkg in "${KERNELS[@]}"; do
   vmlinuz=$kroot/boot/vmlinuz-$kver
   [ -f "$vmlinuz" ] || die "no $vmlinuz in $(basename "$kroot")"
   "$HERE/build-initramfs.sh" "$kroot" "$BUILD" "$SCRATCH/initramfs-$kver.gz"
+  : > "$SCRATCH/kreport"
   for boot in ${BOOTS//,/ }; do
     log=$LOGS/$kver-$boot.log
     mkdir -p "$SCRATCH/conf/etc/kmatrix"
@@ -196,8 +305,12 @@ for pkg in "${KERNELS[@]}"; do
       echo "$kver, boot $boot (${secs} s with qemu's start, log $log)"
       "$HERE/parse-log.sh" "$log"
     } > "$SCRATCH/report" || overall=1
-    cat "$SCRATCH/report" | tee -a "$summary"
+    cat "$SCRATCH/report" | tee -a "$summary" "$SCRATCH/kreport"
   done
+  if [ -n "$FACTS_DIR" ]; then
+    write_facts "$pkg" "$kroot" "$kver" "$LOGS/$kver-full.log" "$SCRATCH/kreport" > "$FACTS_DIR/$kver.txt"
+    echo "kernel-matrix: facts in $FACTS_DIR/$kver.txt"
+  fi
 done
 echo "kernel-matrix: $(( $(date +%s) - start_all )) s in all; $([ "$overall" = 0 ] && echo PASS || echo FAIL)" |
   tee -a "$summary"
