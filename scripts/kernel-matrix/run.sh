@@ -256,8 +256,11 @@ write_facts() {
 
 SCRATCH=$(mktemp -d "$WORK/run.XXXXXX")
 QEMU_PID=""
+TAIL_PID=""
+# Also on a signal: `wait` below returns at once, so qemu is stopped too.
 cleanup() {
-  [ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null
+  if [ -n "$QEMU_PID" ]; then kill "$QEMU_PID" 2>/dev/null || true; fi
+  if [ -n "$TAIL_PID" ]; then kill "$TAIL_PID" 2>/dev/null || true; fi
   rm -rf "$SCRATCH"
 }
 trap cleanup EXIT
@@ -292,10 +295,14 @@ for pkg in "${KERNELS[@]}"; do
       -append "console=ttyS0 quiet panic=-1" </dev/null > "$log" 2>&1 &
     QEMU_PID=$!
     # Progress: the guest's report lines as they come.
-    tail -n +1 -f --pid="$QEMU_PID" "$log" 2>/dev/null | tr -d '\r' | grep --line-buffered -a '^KM: \(BEGIN\|PLAN\|TEST \|CHECK \|RESULT\)' | sed -u 's/^/    /' || true
+    { tail -n +1 -f --pid="$QEMU_PID" "$log" 2>/dev/null | tr -d '\r' |
+        grep --line-buffered -a '^KM: \(BEGIN\|PLAN\|TEST \|CHECK \|RESULT\)' | sed -u 's/^/    /' || true; } &
+    TAIL_PID=$!
     rc=0
     wait "$QEMU_PID" || rc=$?
     QEMU_PID=""
+    wait "$TAIL_PID" 2>/dev/null || true
+    TAIL_PID=""
     secs=$(( $(date +%s) - t0 ))
     [ "$rc" = 124 ] && echo "KM-HOST: qemu killed after ${TIMEOUT}s" >> "$log"
     # The probe output, for docs/kernels.md.
