@@ -251,7 +251,7 @@ write_facts() {
     line ~ /^FACTS-BEGIN / { name = substr(line, 13); print "==== " name " ===="; next }
     line ~ /^FACTS-END /   { name = ""; print ""; next }'
   echo "==== boots ===="
-  cat "$report"
+  sed 's|, log .*/\([^/]*\))$|, log \1)|' "$report"
 }
 
 SCRATCH=$(mktemp -d "$WORK/run.XXXXXX")

@@ -99,8 +99,16 @@ serve() {  # serve PLACE PORT REPLY: a listener answering REPLY to each connecti
 # The answer a connection gets: from the pod as UID, or from the peer.
 from_pod() { in_pod "$1" busybox nc -w 5 "$2" "$3" </dev/null 2>&1; }
 from_peer() { nsenter --net="$PEER_NS" busybox nc -w 5 "$1" "$2" </dev/null 2>&1; }
-expect_answer() {  # expect_answer CHECK WANT GOT
-  [ "$3" = "$2" ]; check "$1" $? "(answer '$3', want '$2')"
+expect_answer() {  # expect_answer CHECK WANT GOT; fails when GOT is not WANT
+  [ "$3" = "$2" ]; rc=$?
+  check "$1" $rc "(answer '$3', want '$2')"
+  return $rc
+}
+dump_nat() {  # dump_nat WHY: the pod's nat rules, for a failed check
+  say "INFO $LABEL $1: the pod's nat table follows"
+  for save in iptables-nft-save iptables-legacy-save; do
+    nsenter --net="$POD_NS" "$save" -t nat 2>/dev/null | grep -v '^#' | sed "s/^/    $save| /"
+  done
 }
 engine_of() {  # engine_of DIRECTION < meshcap status output
   sed -n "s/^  $1: \([a-z]*\) .*/\1/p" | head -n 1
@@ -170,7 +178,8 @@ fi
 serve proxy 15001 proxy-outbound
 serve proxy 15006 proxy-inbound
 sleep 1
-expect_answer outbound-captured "proxy-outbound" "$(from_pod 1000 "$PEER_IP" 8080)"
+expect_answer outbound-captured "proxy-outbound" "$(from_pod 1000 "$PEER_IP" 8080)" ||
+  dump_nat "outbound not captured"
 expect_answer proxy-uid-goes-direct "upstream-8080" "$(from_pod 1337 "$PEER_IP" 8080)"
 expect_answer inbound-captured "proxy-inbound" "$(from_peer "$POD_IP" 9090)"
 
