@@ -155,8 +155,18 @@ done
     printf '| %s |' "$label"
     for k in "${kvers[@]}"; do printf ' %s |' "$(cell "$key" "$tmp/$k.tsv" | sed 's/|/\\|/g')"; done
     echo
-  done < <(questions)
+  done < <(questions) | tee "$tmp/table"
   echo
+  if grep -q 'bpftool disagrees' "$tmp/table"; then
+    echo "Where bpftool disagrees: newer kernels refuse a helper the program type"
+    echo "lacks with \"program of this type cannot use helper ...\" instead of"
+    echo "\"unknown func ...\" (the cell quotes it). bpftool 7.1 asks through"
+    echo "libbpf 1.1's helper probe, which takes only \"invalid func\" and"
+    echo "\"unknown func\" for a missing helper and so lists these. The program"
+    echo "with real arguments is refused the same way, so kfacts' answer stands."
+    echo "meshcap's own probes use the same libbpf call (\`libbpf_probe_bpf_helper\`)."
+    echo
+  fi
   echo "## Also recorded in the same boots"
   echo
   for i in "${!files[@]}"; do
