@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -228,6 +229,22 @@ RestorePayload rollback_payload(const Step& s, const SavedRuleset& now) {
   return to_payload(by_table);
 }
 
+// Logs (debug) how long a whole apply or cleanup took, on every exit path.
+class Stopwatch {
+ public:
+  explicit Stopwatch(const char* what) : what_(what), start_(std::chrono::steady_clock::now()) {}
+  ~Stopwatch() {
+    spdlog::debug("iptables {} took {:.2f} ms", what_,
+                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count());
+  }
+  Stopwatch(const Stopwatch&) = delete;
+  Stopwatch& operator=(const Stopwatch&) = delete;
+
+ private:
+  const char* what_;
+  std::chrono::steady_clock::time_point start_;
+};
+
 std::string first_lines(const std::string& text, int n = 3) {
   std::string out;
   size_t pos = 0;
@@ -452,6 +469,7 @@ ApplyResult IptablesApplier::apply(const CaptureConfig& cfg, bool ipv6_enabled) 
   res.rules.ipv4 = built.restore_payload(Family::V4);
   res.rules.ipv6 = built.restore_payload(Family::V6);
   res.rules.ipv6_enabled = ipv6_enabled;
+  const Stopwatch watch("apply");
   if (cfg.skip_rule_apply) {
     spdlog::info("--skip-rule-apply: not applying iptables rules");
     return res;
@@ -557,6 +575,7 @@ ApplyResult IptablesApplier::apply(const CaptureConfig& cfg, bool ipv6_enabled) 
 }
 
 CleanupResult IptablesApplier::cleanup(const CaptureConfig& cfg) {
+  const Stopwatch watch("cleanup");
   CleanupResult res;
   Session session(runner_);
   const StateRecord rec = load_record(state_path());

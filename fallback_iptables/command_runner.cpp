@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include <array>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 #include <sstream>
@@ -139,6 +140,7 @@ CommandResult ProcessRunner::run(const std::vector<std::string>& argv, const std
   Fd in_w(in_sock[0]), in_r(in_sock[1]);
 
   spdlog::debug("running in {}: {}", where_, RecordingRunner::Call{argv, ""}.line());
+  const auto started = std::chrono::steady_clock::now();
   const pid_t pid = ::fork();
   if (pid < 0) throw IptablesError("run", "fork: " + errno_text(errno), -1, errno);
   if (pid == 0) {
@@ -208,6 +210,8 @@ CommandResult ProcessRunner::run(const std::vector<std::string>& argv, const std
   } else if (WIFSIGNALED(status)) {
     result.exit_code = 128 + WTERMSIG(status);
   }
+  spdlog::debug("{} exited {} after {:.2f} ms", argv[0], result.exit_code,
+                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count());
   return result;
 }
 
