@@ -11,6 +11,7 @@
 #include "capture_config.h"
 #include "command_runner.h"
 #include "istio_rules.h"
+#include "kernel_tables.h"
 
 namespace meshcap::iptables {
 
@@ -67,6 +68,11 @@ class IptablesApplier {
   std::string state_path() const;
 
  private:
+  ApplyResult apply_with(const CaptureConfig& cfg, bool ipv6_enabled, bool fast);
+  std::optional<Backend> quick_backend(Family family, const std::string& force, const TablesView& nft,
+                                       const TablesView& legacy);
+  Backend known_backend(Family family, const std::string& binary, bool legacy);
+
   CommandRunner& runner_;
   ApplierOptions options_;
 };

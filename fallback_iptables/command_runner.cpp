@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "iptables_error.h"
+#include "kernel_tables.h"
 
 extern char** environ;
 
@@ -76,6 +77,10 @@ struct ChildFailure {
 
 }  // namespace
 
+bool CommandRunner::has_binary(const std::string& binary) const { return !resolve_binary(binary).empty(); }
+
+std::string find_binary(const std::string& name) { return resolve_binary(name); }
+
 ProcessRunner::ProcessRunner() : where_("current network namespace") {}
 
 ProcessRunner::ProcessRunner(const std::string& netns_path) : where_("network namespace " + netns_path) {
@@ -113,6 +118,11 @@ std::string ProcessRunner::context_id() const {
   const int rc = netns_fd_ >= 0 ? ::fstat(netns_fd_, &st) : ::stat("/proc/self/ns/net", &st);
   if (rc != 0) return "netns-unknown";
   return stat_id(st);
+}
+
+KernelTables* ProcessRunner::kernel_tables() {
+  if (!tables_) tables_ = std::make_unique<NetnsKernelTables>(netns_fd_);
+  return tables_.get();
 }
 
 CommandResult ProcessRunner::run(const std::vector<std::string>& argv, const std::string& stdin_data) {
