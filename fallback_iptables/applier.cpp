@@ -776,12 +776,8 @@ using Views = std::map<std::pair<Family, bool>, std::optional<TablesView>>;
 
 // What each backend of each family holds now (nullopt: unreadable).
 Views read_views(KernelTables* kernel) {
-  Views v;
-  if (kernel == nullptr) return v;
-  for (Family fam : {Family::V4, Family::V6}) {
-    for (bool legacy : {false, true}) v[{fam, legacy}] = kernel->read(fam, legacy);
-  }
-  return v;
+  if (kernel == nullptr) return {};
+  return kernel->read_all();
 }
 
 const TablesView* view_in(const Views& views, Family fam, bool legacy) {

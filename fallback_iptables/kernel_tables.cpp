@@ -506,6 +506,14 @@ TablesView view_of(const SavedRuleset& saved) {
   return view;
 }
 
+std::map<std::pair<Family, bool>, std::optional<TablesView>> KernelTables::read_all() {
+  std::map<std::pair<Family, bool>, std::optional<TablesView>> out;
+  for (Family f : {Family::V4, Family::V6}) {
+    for (bool legacy : {false, true}) out[{f, legacy}] = read(f, legacy);
+  }
+  return out;
+}
+
 NetnsKernelTables::NetnsKernelTables(int netns_fd) : netns_fd_(netns_fd) {}
 
 std::optional<TablesView> NetnsKernelTables::read(Family family, bool legacy) {
@@ -514,6 +522,19 @@ std::optional<TablesView> NetnsKernelTables::read(Family family, bool legacy) {
     Netlink nl;
     if (!nl.ok()) return std::nullopt;
     return read_nft(nl, family);
+  });
+}
+
+std::map<std::pair<Family, bool>, std::optional<TablesView>> NetnsKernelTables::read_all() {
+  using All = std::map<std::pair<Family, bool>, std::optional<TablesView>>;
+  return in_netns<All>(netns_fd_, All{}, [&] {
+    All out;
+    Netlink nl;
+    for (Family f : {Family::V4, Family::V6}) {
+      out[{f, true}] = f == Family::V4 ? read_legacy<V4Legacy>() : read_legacy<V6Legacy>();
+      out[{f, false}] = nl.ok() ? read_nft(nl, f) : std::nullopt;
+    }
+    return out;
   });
 }
 

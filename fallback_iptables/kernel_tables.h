@@ -63,6 +63,9 @@ class KernelTables {
   /// The tables of one backend (`legacy` or nf_tables) for `family`.
   virtual std::optional<TablesView> read(Family family, bool legacy) = 0;
 
+  /// Both backends of both families, keyed by (family, legacy).
+  virtual std::map<std::pair<Family, bool>, std::optional<TablesView>> read_all();
+
   /// Deletes nf_tables table `table` of `family` in one transaction if it
   /// holds nothing but base chains without rules (so nothing of anyone else
   /// goes with it); true when it was deleted.
@@ -78,6 +81,8 @@ class NetnsKernelTables : public KernelTables {
   explicit NetnsKernelTables(int netns_fd = -1);
 
   std::optional<TablesView> read(Family family, bool legacy) override;
+  /// All four on one thread, through one netlink socket.
+  std::map<std::pair<Family, bool>, std::optional<TablesView>> read_all() override;
   bool remove_if_empty(Family family, const std::string& table) override;
 
  private:
