@@ -886,7 +886,8 @@ ApplyResult IptablesApplier::apply_with(const CaptureConfig& cfg, bool ipv6_enab
       }
       (fam == Family::V4 ? res.ipv4 : res.ipv6.emplace()) = *chosen;
       chosen_of[fam] = *chosen;
-      spdlog::info("{}: using {} ({} {})", family_name(fam), chosen->binary, chosen->kind(), chosen->version);
+      spdlog::info("{}: using {} ({}{}{})", family_name(fam), chosen->binary, chosen->kind(),
+                   chosen->version.empty() ? "" : " ", chosen->version);
     }
     const RestorePayload* add = fam == Family::V4 ? &res.rules.ipv4 : &res.rules.ipv6;
     const BinaryNames names = binary_names(fam);
