@@ -1044,6 +1044,41 @@ ApplyResult IptablesApplier::apply_with(const CaptureConfig& cfg, bool ipv6_enab
   return res;
 }
 
+std::optional<std::vector<std::string>> IptablesApplier::drift() {
+  const StateRecord rec = load_record(state_path());
+  KernelTables* kernel = runner_.kernel_tables();
+  if (kernel == nullptr || rec.backends.empty()) return std::nullopt;
+  const Views now = read_views(kernel);
+  std::vector<std::string> out;
+  for (const auto& b : rec.backends) {
+    const TablesView* view = view_in(now, b.family, b.legacy);
+    if (view == nullptr) return std::nullopt;
+    const std::string where = std::string(family_name(b.family)) + " " + b.binary + ": ";
+    if (view->istio_chains() != payload_istio_chains(b.payload)) out.push_back(where + "ISTIO_* chains differ");
+    const size_t jumps = payload_istio_jumps(b.payload);
+    if (view->istio_jumps() != jumps) {
+      out.push_back(where + std::to_string(view->istio_jumps()) + " jumps into ISTIO_* chains, " +
+                    std::to_string(jumps) + " applied");
+    }
+    for (const auto& t : b.payload.tables) {
+      std::map<std::string, size_t> rules;
+      for (const auto& line : t.lines) {
+        std::string chain, spec;
+        if (split_payload_rule(line, &chain, &spec) && is_istio_chain(chain)) ++rules[chain];
+      }
+      const TableView* tv = view->find(t.table);
+      for (const auto& [chain, n] : rules) {
+        const ChainView* c = tv != nullptr ? tv->find(chain) : nullptr;
+        if (c != nullptr && c->rules != n) {
+          out.push_back(where + t.table + " " + chain + " holds " + std::to_string(c->rules) + " rules, " +
+                        std::to_string(n) + " applied");
+        }
+      }
+    }
+  }
+  return out;
+}
+
 CleanupResult IptablesApplier::cleanup(const CaptureConfig& cfg) {
   const Stopwatch watch("cleanup");
   CleanupResult res;

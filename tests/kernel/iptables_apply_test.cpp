@@ -472,6 +472,8 @@ TEST_P(IptablesApply, StateThatDriftedFromTheRecordIsReadWithSave) {
   CountingRunner counting(ns.runner());
   IptablesApplier applier(counting, {state_.path()});
   applier.apply(cfg, false);
+  ASSERT_TRUE(applier.drift().has_value());
+  EXPECT_TRUE(applier.drift()->empty());
   // Someone removes the OUTPUT jump and adds an ISTIO chain of their own.
   std::vector<std::string> del = {"iptables-" + kind_, "-t", "nat", "-D", "OUTPUT", "-j", "ISTIO_OUTPUT"};
   std::vector<std::string> add = {"iptables-" + kind_, "-t", "nat", "-N", "ISTIO_EXTRA"};
@@ -481,11 +483,17 @@ TEST_P(IptablesApply, StateThatDriftedFromTheRecordIsReadWithSave) {
   }
   ASSERT_TRUE(ns.run(del).ok());
   ASSERT_TRUE(ns.run(add).ok());
+  EXPECT_EQ(applier.drift()->size(), 2u) << ::testing::PrintToString(*applier.drift());
   counting.clear();
   applier.apply(cfg, false);
   EXPECT_FALSE(counting.commands("-save").empty());  // the careful path ran
   expect_rules_present(ns, kind_, cfg, false);
   EXPECT_EQ(normalized(ns, "iptables-" + kind_).find("ISTIO_EXTRA"), std::string::npos);
+  EXPECT_TRUE(applier.drift()->empty());
+  std::vector<std::string> extra = {"iptables-" + kind_, "-t", "nat", "-A", "ISTIO_OUTPUT", "-j", "RETURN"};
+  if (kind_ == "legacy") extra.push_back("--wait=30");
+  ASSERT_TRUE(ns.run(extra).ok());
+  EXPECT_EQ(applier.drift()->size(), 1u);  // ISTIO_OUTPUT holds one rule more
 
   // A rule edited in place (same counts) makes the recorded removal fail:
   // cleanup then reads -save and still removes everything.
