@@ -1,16 +1,23 @@
 #include "applier.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <spdlog/spdlog.h>
 
+#include <chrono>
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <set>
 #include <utility>
 
 #include "iptables_error.h"
+#include "kernel_tables.h"
 #include "saved_ruleset.h"
 
 namespace meshcap::iptables {
@@ -36,11 +43,54 @@ struct TproxyRoutes {
   bool ipv6 = false;
 };
 
+// What meshcap applied with one backend in one family: istio's payload as
+// restored (so the next apply or cleanup can remove exactly that without
+// reading -save first) and the nf_tables tables that did not exist before.
+struct RecordedBackend {
+  Family family = Family::V4;
+  std::string binary;
+  bool legacy = false;
+  RestorePayload payload;
+  std::set<std::string> created;
+};
+
 struct StateRecord {
-  std::vector<RecordedRule> rules;
+  std::vector<RecordedRule> rules;  // as -save printed them (the save-based path's record)
+  std::vector<RecordedBackend> backends;
   std::optional<TproxyRoutes> tproxy;
   bool lo_ipv6_added = false;
+
+  const RecordedBackend* backend(Family family, bool legacy) const {
+    for (const auto& b : backends) {
+      if (b.family == family && b.legacy == legacy) return &b;
+    }
+    return nullptr;
+  }
+  bool has_rules_of(Family family, const std::string& binary) const {
+    for (const auto& r : rules) {
+      if (r.family == family_name(family) && r.binary == binary) return true;
+    }
+    return false;
+  }
 };
+
+// Parses restore text as RestorePayload::text() writes it.
+RestorePayload parse_payload(const std::string& text) {
+  RestorePayload p;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(pos, end - pos);
+    pos = end + 1;
+    if (line.rfind("* ", 0) == 0) {
+      p.tables.push_back(TableSection{line.substr(2), {}});
+    } else if (line != "COMMIT" && !line.empty() && !p.tables.empty()) {
+      p.tables.back().lines.push_back(line);
+    }
+  }
+  return p;
+}
 
 StateRecord load_record(const std::string& path) {
   StateRecord rec;
@@ -55,6 +105,17 @@ StateRecord load_record(const std::string& path) {
       const auto& t = j.at("tproxy");
       rec.tproxy = TproxyRoutes{t.at("mark"), t.at("table"), t.at("ipv6")};
     }
+    if (j.contains("backends")) {
+      for (const auto& b : j.at("backends")) {
+        RecordedBackend rb;
+        rb.family = b.at("family") == "ipv6" ? Family::V6 : Family::V4;
+        rb.binary = b.at("binary");
+        rb.legacy = b.at("legacy");
+        rb.payload = parse_payload(b.at("payload"));
+        for (const auto& t : b.at("created")) rb.created.insert(t.get<std::string>());
+        rec.backends.push_back(std::move(rb));
+      }
+    }
     rec.lo_ipv6_added = j.value("lo_ipv6_added", false);
   } catch (const std::exception& e) {
     spdlog::warn("ignoring unreadable meshcap iptables state {}: {}", path, e.what());
@@ -65,10 +126,18 @@ StateRecord load_record(const std::string& path) {
 
 void save_record(const std::string& path, const StateRecord& rec) {
   nlohmann::json j;
-  j["version"] = 1;
+  j["version"] = 2;
   j["rules"] = nlohmann::json::array();
   for (const auto& r : rec.rules) {
     j["rules"].push_back({{"family", r.family}, {"binary", r.binary}, {"table", r.table}, {"line", r.line}});
+  }
+  j["backends"] = nlohmann::json::array();
+  for (const auto& b : rec.backends) {
+    j["backends"].push_back({{"family", std::string(family_name(b.family))},
+                             {"binary", b.binary},
+                             {"legacy", b.legacy},
+                             {"payload", b.payload.text()},
+                             {"created", b.created}});
   }
   if (rec.tproxy) {
     j["tproxy"] = {{"mark", rec.tproxy->mark}, {"table", rec.tproxy->table}, {"ipv6", rec.tproxy->ipv6}};
@@ -104,15 +173,29 @@ struct RemovedRule {
 };
 
 // One iptables-restore on one backend: remove meshcap's state, add new rules.
+// A save-based step is planned from what -save printed (`before`, `removed`);
+// a fast one from the record of what meshcap applied (`previous`) after the
+// kernel's tables showed that nothing else istio-like is there.
 struct Step {
   Backend backend;
   SavedRuleset before;
   std::vector<RemovedRule> removed;
   RestorePayload payload;
   bool committed = false;
+  bool fast = false;
+  bool unprobed = false;               // backend chosen without istio's probe rule
+  RestorePayload previous;             // fast: what the step removes (the last apply's payload)
+  RestorePayload added;                // fast: istio's payload the step adds (empty: removal only)
+  std::set<std::string> done_tables;   // a failed restore's tables that were committed before it failed
 
   std::string name() const { return std::string(family_name(backend.family)) + " " + backend.binary; }
 };
+
+Step make_step(const Backend& backend) {
+  Step s;
+  s.backend = backend;
+  return s;
+}
 
 void add_line(std::map<std::string, std::vector<std::string>>& by_table, const std::string& table,
               std::string line) {
@@ -130,7 +213,8 @@ RestorePayload to_payload(std::map<std::string, std::vector<std::string>>& by_ta
 // Removes every ISTIO_* chain, every rule elsewhere that jumps to one, and
 // the rules in `owned` (what meshcap added earlier); then adds `add`.
 Step plan_step(const Backend& backend, SavedRuleset before, LineCounts owned, const RestorePayload* add) {
-  Step s{backend, std::move(before), {}, {}, false};
+  Step s = make_step(backend);
+  s.before = std::move(before);
   std::map<std::string, std::vector<std::string>> by_table;
   for (const auto& t : s.before.tables) {
     std::vector<std::string> istio;
@@ -197,12 +281,16 @@ std::vector<RemovedRule> added_by_step(const Step& s, const SavedRuleset& now) {
 // Puts a committed step's tables back as they were: removes what it added
 // and its ISTIO_* chains, recreates the old ISTIO_* chains and re-inserts
 // the removed rules at their old positions.
-RestorePayload rollback_payload(const Step& s, const SavedRuleset& now) {
+// `only`: just those tables (the ones a failed restore committed).
+RestorePayload rollback_payload(const Step& s, const SavedRuleset& now, const std::set<std::string>* only) {
   std::map<std::string, std::vector<std::string>> by_table;
+  auto skip = [only](const std::string& table) { return only != nullptr && only->count(table) == 0; };
   for (const auto& r : added_by_step(s, now)) {
+    if (skip(r.table)) continue;
     add_line(by_table, r.table, "-D " + r.chain + " " + rule_spec_text(r.line, r.chain));
   }
   for (const auto& t : now.tables) {
+    if (skip(t.name)) continue;
     for (const auto& c : t.chains) {
       if (is_istio_chain(c.name)) add_line(by_table, t.name, "-F " + c.name);
     }
@@ -211,6 +299,7 @@ RestorePayload rollback_payload(const Step& s, const SavedRuleset& now) {
     }
   }
   for (const auto& t : s.before.tables) {
+    if (skip(t.name)) continue;
     for (const auto& c : t.chains) {
       if (is_istio_chain(c.name)) add_line(by_table, t.name, "-N " + c.name);
     }
@@ -222,11 +311,172 @@ RestorePayload rollback_payload(const Step& s, const SavedRuleset& now) {
   // `removed` is in chain order with ascending positions, so inserting each
   // at its old position rebuilds the old order.
   for (const auto& r : s.removed) {
+    if (skip(r.table)) continue;
     add_line(by_table, r.table,
              "-I " + r.chain + " " + std::to_string(r.position) + " " + rule_spec_text(r.line, r.chain));
   }
   return to_payload(by_table);
 }
+
+// ---------------------------------------------------------------------------
+// Fast steps: what a recorded payload put in the kernel, and taking it out.
+
+// The chain of a payload rule line ("-A CHAIN ..." / "-I CHAIN N ...") and
+// the text after it (what `-D CHAIN` needs); false for other lines.
+bool split_payload_rule(const std::string& line, std::string* chain, std::string* spec) {
+  const auto words = split_rule_words(line);
+  if (words.size() < 2 || (words[0] != "-A" && words[0] != "-I")) return false;
+  *chain = words[1];
+  size_t skip = 2;
+  if (words[0] == "-I" && words.size() > 2 && !words[2].empty() &&
+      std::all_of(words[2].begin(), words[2].end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    skip = 3;
+  }
+  size_t pos = 0;  // payload lines are rendered with single spaces
+  for (size_t i = 0; i < skip; ++i) {
+    pos = line.find(' ', pos);
+    if (pos == std::string::npos) {
+      spec->clear();
+      return true;
+    }
+    ++pos;
+  }
+  *spec = line.substr(pos);
+  return true;
+}
+
+std::map<std::string, std::set<std::string>> payload_istio_chains(const RestorePayload& p) {
+  std::map<std::string, std::set<std::string>> out;
+  for (const auto& t : p.tables) {
+    for (const auto& line : t.lines) {
+      if (line.rfind("-N ", 0) == 0 && is_istio_chain(line.substr(3))) out[t.table].insert(line.substr(3));
+    }
+  }
+  return out;
+}
+
+// Rules outside ISTIO_* chains that jump to one.
+size_t payload_istio_jumps(const RestorePayload& p) {
+  size_t n = 0;
+  for (const auto& t : p.tables) {
+    for (const auto& line : t.lines) {
+      std::string chain, spec;
+      if (split_payload_rule(line, &chain, &spec) && !is_istio_chain(chain) && is_istio_chain(rule_target(line))) ++n;
+    }
+  }
+  return n;
+}
+
+// The payload's rules outside ISTIO_* chains.
+std::vector<Rule> outside_rules(const RestorePayload& p) {
+  std::vector<Rule> out;
+  for (const auto& t : p.tables) {
+    for (const auto& line : t.lines) {
+      std::string chain, spec;
+      if (split_payload_rule(line, &chain, &spec) && !is_istio_chain(chain)) {
+        out.push_back(Rule{t.table, chain, split_rule_words(line)});
+      }
+    }
+  }
+  return out;
+}
+
+// Removes what `p` added, table by table: its rules in other chains (`-D`
+// with the same words), then its chains (`-F`, `-X`). `only`: those tables.
+void add_removal(std::map<std::string, std::vector<std::string>>& by_table, const RestorePayload& p,
+                 const std::set<std::string>* only = nullptr) {
+  for (const auto& t : p.tables) {
+    if (only != nullptr && only->count(t.table) == 0) continue;
+    std::vector<std::string> chains;
+    for (const auto& line : t.lines) {
+      if (line.rfind("-N ", 0) == 0) {
+        chains.push_back(line.substr(3));
+        continue;
+      }
+      std::string chain, spec;
+      if (split_payload_rule(line, &chain, &spec) && !is_istio_chain(chain)) {
+        add_line(by_table, t.table, "-D " + chain + " " + spec);
+      }
+    }
+    for (const auto& c : chains) add_line(by_table, t.table, "-F " + c);
+    for (const auto& c : chains) add_line(by_table, t.table, "-X " + c);
+  }
+}
+
+void add_all(std::map<std::string, std::vector<std::string>>& by_table, const RestorePayload& p,
+             const std::set<std::string>* only = nullptr) {
+  for (const auto& t : p.tables) {
+    if (only != nullptr && only->count(t.table) == 0) continue;
+    for (const auto& line : t.lines) add_line(by_table, t.table, line);
+  }
+}
+
+// True when `view` holds exactly the ISTIO_* chains and jumps to them that
+// `rec` put there (nothing when no record): then the record alone says what
+// to remove.
+bool matches_record(const TablesView& view, const RecordedBackend* rec) {
+  const RestorePayload none;
+  const RestorePayload& p = rec != nullptr ? rec->payload : none;
+  return view.istio_chains() == payload_istio_chains(p) && view.istio_jumps() == payload_istio_jumps(p);
+}
+
+// Removes `previous` (what meshcap applied before) and adds `add`.
+Step fast_step(const Backend& backend, const RecordedBackend* previous, const RestorePayload* add) {
+  Step s = make_step(backend);
+  s.fast = true;
+  std::map<std::string, std::vector<std::string>> by_table;
+  if (previous != nullptr) {
+    s.previous = previous->payload;
+    add_removal(by_table, s.previous);
+  }
+  if (add != nullptr) {
+    s.added = *add;
+    add_all(by_table, s.added);
+  }
+  s.payload = to_payload(by_table);
+  return s;
+}
+
+// Undoes a fast step: removes what it added, puts back what it removed.
+RestorePayload fast_rollback_payload(const Step& s, const std::set<std::string>* only) {
+  std::map<std::string, std::vector<std::string>> by_table;
+  add_removal(by_table, s.added, only);
+  add_all(by_table, s.previous, only);
+  return to_payload(by_table);
+}
+
+// iptables-restore (both backends) commits table by table: the tables of
+// `p` whose COMMIT came before the line the error names.
+std::set<std::string> committed_before_error(const RestorePayload& p, const std::string& err) {
+  static const std::regex kLine(R"(line:? ([0-9]+))");
+  std::smatch m;
+  if (!std::regex_search(err, m, kLine)) return {};
+  const size_t failed = std::stoul(m[1]);
+  std::set<std::string> out;
+  size_t line = 0;
+  for (const auto& t : p.tables) {
+    line += t.lines.size() + 2;  // "* table", the lines, "COMMIT"
+    if (line >= failed) break;
+    out.insert(t.table);
+  }
+  return out;
+}
+
+// Logs (debug) how long a whole apply or cleanup took, on every exit path.
+class Stopwatch {
+ public:
+  explicit Stopwatch(const char* what) : what_(what), start_(std::chrono::steady_clock::now()) {}
+  ~Stopwatch() {
+    spdlog::debug("iptables {} took {:.2f} ms", what_,
+                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count());
+  }
+  Stopwatch(const Stopwatch&) = delete;
+  Stopwatch& operator=(const Stopwatch&) = delete;
+
+ private:
+  const char* what_;
+  std::chrono::steady_clock::time_point start_;
+};
 
 std::string first_lines(const std::string& text, int n = 3) {
   std::string out;
@@ -253,6 +503,7 @@ class Session {
     argv.insert(argv.end(), lock.begin(), lock.end());
     spdlog::debug("{} --noflush input:\n{}", b.restore_binary, payload);
     const CommandResult r = runner_.run(argv, payload);
+    last_restore_error_ = r.err;
     if (!r.ok()) {
       throw IptablesError(step, b.restore_binary + " failed (exit " + std::to_string(r.exit_code) +
                                     "): " + first_lines(r.err),
@@ -325,6 +576,11 @@ class Session {
     for (const auto& r : rec.rules) {
       if (r.family == fam && r.binary == b.binary) ++owned[{r.table, r.line}];
     }
+    const RecordedBackend* applied = rec.backend(b.family, b.legacy);
+    if (owned.empty() && applied != nullptr && applied->binary == b.binary) {
+      // A fast apply records istio's spelling: learn the backend's.
+      owned = canonical_lines(b, outside_rules(applied->payload));
+    }
     if (owned.empty() && before.has_istio_state()) {
       spdlog::info("no record of meshcap's earlier {} rules on {}; matching them by content", fam, b.binary);
       owned = canonical_lines(b, cfg_rules);
@@ -341,8 +597,8 @@ class Session {
                                    const std::function<std::vector<Rule>()>& cfg_rules, std::string* why) {
     if (!dump) return std::nullopt;
     SavedRuleset before = parse_iptables_save(*dump);
-    bool recorded = false;
-    for (const auto& r : rec.rules) recorded |= r.binary == binary && r.family == family_name(fam);
+    bool recorded = rec.has_rules_of(fam, binary);
+    for (const auto& b : rec.backends) recorded |= b.family == fam && b.binary == binary;
     if (!before.has_istio_state() && !recorded) return std::nullopt;
     const auto backend = probe_backend(runner_, fam, binary, why, &*dump);
     if (!backend) return std::nullopt;
@@ -408,15 +664,19 @@ class Session {
     }
   }
 
-  // Undoes committed steps, newest first; returns a note for the error.
+  // Undoes committed steps (and the committed tables of a failed one),
+  // newest first; returns a note for the error.
   std::string rollback(std::vector<Step>& steps) {
     std::string note;
     for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
-      if (!it->committed) continue;
+      if (!it->committed && it->done_tables.empty()) continue;
+      const std::set<std::string>* only = it->committed ? nullptr : &it->done_tables;
       try {
-        const RestorePayload p = rollback_payload(*it, save(it->backend));
+        const RestorePayload p =
+            it->fast ? fast_rollback_payload(*it, only) : rollback_payload(*it, save(it->backend), only);
         if (!p.empty()) restore(it->backend, p.text(), "rollback " + it->name());
         it->committed = false;
+        it->done_tables.clear();
         spdlog::warn("rolled back {} to its previous rules", it->name());
       } catch (const IptablesError& e) {
         note += std::string("; rollback failed: ") + e.what();
@@ -425,7 +685,10 @@ class Session {
     return note.empty() ? "; earlier changes were rolled back" : note;
   }
 
+  const std::string& last_restore_error() const { return last_restore_error_; }
+
   CommandRunner& runner_;
+  std::string last_restore_error_;
 };
 
 std::optional<TproxyRoutes> tproxy_routes_for(const CaptureConfig& cfg, bool ipv6) {
@@ -446,7 +709,144 @@ std::string IptablesApplier::state_path() const {
   return (fs::path(options_.state_dir) / (runner_.context_id() + ".json")).string();
 }
 
+namespace {
+
+// The versions of the iptables binaries, kept in the state directory and
+// keyed by the file each name runs, so `--version` runs once per binary and
+// machine, not once per pod.
+class VersionCache {
+ public:
+  explicit VersionCache(const std::string& state_dir) : path_((fs::path(state_dir) / "binaries.json").string()) {}
+
+  std::string get(const std::string& binary) const {
+    const std::string key = file_key(binary);
+    if (key.empty()) return "";
+    std::ifstream in(path_);
+    if (!in) return "";
+    try {
+      const auto j = nlohmann::json::parse(in);
+      if (j.contains(binary) && j.at(binary).at("file") == key) return j.at(binary).at("version");
+    } catch (const std::exception&) {
+    }
+    return "";
+  }
+
+  void put(const std::string& binary, const std::string& version) const {
+    const std::string key = file_key(binary);
+    if (key.empty()) return;
+    nlohmann::json j = nlohmann::json::object();
+    {
+      std::ifstream in(path_);
+      if (in) {
+        try {
+          j = nlohmann::json::parse(in);
+        } catch (const std::exception&) {
+          j = nlohmann::json::object();
+        }
+      }
+    }
+    j[binary] = {{"file", key}, {"version", version}};
+    std::error_code ec;
+    fs::create_directories(fs::path(path_).parent_path(), ec);
+    const std::string tmp = path_ + ".tmp." + std::to_string(::getpid());
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      out << j.dump() << "\n";
+    }
+    fs::rename(tmp, path_, ec);
+  }
+
+ private:
+  // The resolved file with its inode, size and change time.
+  static std::string file_key(const std::string& binary) {
+    const std::string path = find_binary(binary);
+    if (path.empty()) return "";
+    std::error_code ec;
+    const fs::path real = fs::canonical(path, ec);
+    struct stat st {};
+    if (ec || ::stat(real.c_str(), &st) != 0) return "";
+    return real.string() + ":" + std::to_string(st.st_ino) + ":" + std::to_string(st.st_size) + ":" +
+           std::to_string(st.st_ctim.tv_sec) + "." + std::to_string(st.st_ctim.tv_nsec);
+  }
+
+  std::string path_;
+};
+
+using Views = std::map<std::pair<Family, bool>, std::optional<TablesView>>;
+
+// What each backend of each family holds now (nullopt: unreadable).
+Views read_views(KernelTables* kernel) {
+  if (kernel == nullptr) return {};
+  return kernel->read_all();
+}
+
+const TablesView* view_in(const Views& views, Family fam, bool legacy) {
+  const auto it = views.find({fam, legacy});
+  return it != views.end() && it->second ? &*it->second : nullptr;
+}
+
+// Removes the nf_tables tables that appeared since `before` (meshcap's
+// restores or istio's probe created them) and are empty now, except `keep`.
+void remove_new_tables(KernelTables* kernel, const Views& before,
+                       const std::set<std::pair<Family, std::string>>& keep = {}) {
+  if (kernel == nullptr) return;
+  for (Family fam : {Family::V4, Family::V6}) {
+    const TablesView* then = view_in(before, fam, false);
+    if (then == nullptr) continue;
+    const auto now = kernel->read(fam, false);
+    if (!now) continue;
+    for (const auto& t : now->tables) {
+      if (then->find(t.name) != nullptr || keep.count({fam, t.name})) continue;
+      if (kernel->remove_if_empty(fam, t.name)) spdlog::debug("removed the empty {} table {} meshcap created", family_name(fam), t.name);
+    }
+  }
+}
+
+}  // namespace
+
 ApplyResult IptablesApplier::apply(const CaptureConfig& cfg, bool ipv6_enabled) {
+  const Stopwatch watch("apply");
+  return apply_with(cfg, ipv6_enabled, true);
+}
+
+Backend IptablesApplier::known_backend(Family family, const std::string& binary, bool legacy) {
+  Backend b;
+  b.family = family;
+  b.binary = binary;
+  b.save_binary = binary + "-save";
+  b.restore_binary = binary + "-restore";
+  b.legacy = legacy;
+  const VersionCache cache(options_.state_dir);
+  b.version = cache.get(binary);
+  if (b.version.empty() && legacy) {
+    // Only legacy needs it (its lock flag depends on it).
+    read_version(runner_, b);
+    b.legacy = legacy;
+    cache.put(binary, b.version);
+  }
+  return b;
+}
+
+std::optional<Backend> IptablesApplier::quick_backend(Family family, const std::string& force, const TablesView& nft,
+                                                      const TablesView& legacy) {
+  bool use_legacy = false;
+  if (force == "legacy") {
+    use_legacy = true;
+  } else if (force.empty()) {
+    // istio: a backend that holds rules (legacy first), else nft.
+    use_legacy = legacy.holds_rules();
+  } else if (force != "nft") {
+    return std::nullopt;  // detect_backend says what is wrong with it
+  }
+  const BinaryNames names = binary_names(family);
+  const std::string& binary = use_legacy ? names.legacy : names.nft;
+  if (!runner_.has_binary(binary + "-restore")) return std::nullopt;
+  Backend b = known_backend(family, binary, use_legacy);
+  b.held_rules = (use_legacy ? legacy : nft).holds_rules();
+  return b;
+}
+
+ApplyResult IptablesApplier::apply_with(const CaptureConfig& cfg, bool ipv6_enabled, bool fast) {
   ApplyResult res;
   const RuleBuilder built = build_istio_rules(cfg, ipv6_enabled);
   res.rules.ipv4 = built.restore_payload(Family::V4);
@@ -459,30 +859,69 @@ ApplyResult IptablesApplier::apply(const CaptureConfig& cfg, bool ipv6_enabled) 
 
   Session session(runner_);
   const StateRecord rec = load_record(state_path());
+  KernelTables* kernel = runner_.kernel_tables();
+  const Views before = read_views(kernel);
+  bool save_based = false;  // -save or istio's probe ran somewhere
 
   // Plan: per family the chosen backend (remove old state, add new rules),
-  // then any other backend that still holds istio state (remove only).
+  // then any other backend that still holds istio state (remove only). A
+  // backend whose tables hold exactly what the record says meshcap applied
+  // (or, without a record, no ISTIO_* chain) is planned from the record
+  // alone; any other from what its -save prints.
   std::vector<Step> steps;
+  std::map<Family, Backend> chosen_of;
   for (Family fam : {Family::V4, Family::V6}) {
     const bool wanted = fam == Family::V4 || ipv6_enabled;
+    const TablesView* vn = view_in(before, fam, false);
+    const TablesView* vl = view_in(before, fam, true);
+    const bool fast_family = fast && vn != nullptr && vl != nullptr;
     std::optional<Backend> chosen;
+    bool unprobed = false;
     if (wanted) {
-      chosen = detect_backend(runner_, fam, cfg.force_iptables_binary);
+      if (fast_family) chosen = quick_backend(fam, cfg.force_iptables_binary, *vn, *vl);
+      unprobed = chosen.has_value();
+      if (!chosen) {
+        chosen = detect_backend(runner_, fam, cfg.force_iptables_binary);
+        save_based = true;
+      }
       (fam == Family::V4 ? res.ipv4 : res.ipv6.emplace()) = *chosen;
-      spdlog::info("{}: using {} ({} {})", family_name(fam), chosen->binary, chosen->kind(), chosen->version);
+      chosen_of[fam] = *chosen;
+      spdlog::info("{}: using {} ({}{}{})", family_name(fam), chosen->binary, chosen->kind(),
+                   chosen->version.empty() ? "" : " ", chosen->version);
     }
     const RestorePayload* add = fam == Family::V4 ? &res.rules.ipv4 : &res.rules.ipv6;
     const BinaryNames names = binary_names(fam);
-    // The plain binary is a link to one of the others: alone, never beside them.
-    std::vector<std::string> binaries = {names.nft, names.legacy};
-    if (chosen && chosen->binary == names.plain) binaries = {names.plain};
-    for (const auto& binary : binaries) {
-      if (chosen && chosen->binary == binary) {
-        SavedRuleset before = session.save(*chosen);
-        LineCounts owned = session.owned_lines(rec, *chosen, before, built.rules(fam));
-        steps.push_back(plan_step(*chosen, std::move(before), std::move(owned), add));
+    if (chosen && chosen->binary == names.plain) {
+      // The plain binary is a link to one of the others: alone, never beside them.
+      save_based = true;
+      SavedRuleset was = session.save(*chosen);
+      LineCounts owned = session.owned_lines(rec, *chosen, was, built.rules(fam));
+      steps.push_back(plan_step(*chosen, std::move(was), std::move(owned), add));
+      continue;
+    }
+    for (bool legacy : {false, true}) {
+      const std::string& binary = legacy ? names.legacy : names.nft;
+      const TablesView* view = legacy ? vl : vn;
+      const RecordedBackend* recorded = rec.backend(fam, legacy);
+      const bool fast_ok = fast_family && matches_record(*view, recorded) &&
+                           !(recorded == nullptr && rec.has_rules_of(fam, binary));
+      if (chosen && chosen->legacy == legacy) {
+        Step s = fast_ok ? fast_step(*chosen, recorded, add) : Step{};
+        if (!fast_ok) {
+          save_based = true;
+          SavedRuleset was = session.save(*chosen);
+          LineCounts owned = session.owned_lines(rec, *chosen, was, built.rules(fam));
+          s = plan_step(*chosen, std::move(was), std::move(owned), add);
+        }
+        s.unprobed = unprobed;
+        steps.push_back(std::move(s));
         continue;
       }
+      if (fast_ok) {
+        if (recorded != nullptr) steps.push_back(fast_step(known_backend(fam, recorded->binary, legacy), recorded, nullptr));
+        continue;
+      }
+      save_based = true;
       std::string why;
       auto s = session.removal_step(rec, fam, binary, read_save(runner_, binary),
                                     [&] { return build_istio_rules(cfg, true).rules(fam); }, &why);
@@ -493,15 +932,34 @@ ApplyResult IptablesApplier::apply(const CaptureConfig& cfg, bool ipv6_enabled) 
 
   // Run: one restore per step; on failure undo the ones already done.
   for (auto& s : steps) {
+    if (s.payload.empty()) {
+      s.committed = true;
+      continue;
+    }
     try {
       session.restore(s.backend, s.payload.text(), "restore " + s.name());
     } catch (const IptablesError& e) {
+      s.done_tables = committed_before_error(s.payload, session.last_restore_error());
+      std::string why;
+      if (s.unprobed && !probe_backend(runner_, s.backend.family, s.backend.binary, &why)) {
+        // The backend chosen from the tables does not work here: istio's
+        // probe decides, as on the save-based path.
+        const std::string note = session.rollback(steps);
+        remove_new_tables(kernel, before);
+        if (!cfg.force_iptables_binary.empty()) {
+          throw IptablesError("detect-backend " + std::string(family_name(s.backend.family)),
+                              "forced iptables binary " + s.backend.binary + " is not usable: " + why + note);
+        }
+        spdlog::info("{} is not usable here ({}); choosing a backend with istio's probes", s.backend.binary, why);
+        return apply_with(cfg, ipv6_enabled, false);
+      }
       const std::string note = session.rollback(steps);
+      remove_new_tables(kernel, before);
       throw IptablesError(e.step(), e.detail() + note, e.exit_code());
     }
     s.committed = true;
     res.restored.push_back(s.payload.text());
-    spdlog::info("applied {} ({} tables)", s.name(), s.payload.tables.size());
+    spdlog::info("applied {} ({} tables{})", s.name(), s.payload.tables.size(), s.fast ? "" : ", from -save");
   }
 
   // Policy routing for TPROXY, as istio sets it up after its rules.
@@ -535,12 +993,42 @@ ApplyResult IptablesApplier::apply(const CaptureConfig& cfg, bool ipv6_enabled) 
       }
     }
     const std::string note = session.rollback(steps);
+    remove_new_tables(kernel, before);
     throw IptablesError(e.step(), e.detail() + note, e.exit_code());
   }
   next.tproxy = want_routes;
 
-  // Record what now sits in built-in chains because of us.
+  // Record what meshcap applied with each chosen backend, and the nf_tables
+  // tables it created (cleanup removes those once empty).
+  std::set<std::pair<Family, std::string>> keep;
+  for (const auto& [fam, b] : chosen_of) {
+    RecordedBackend rb;
+    rb.family = fam;
+    rb.binary = b.binary;
+    rb.legacy = b.legacy;
+    rb.payload = fam == Family::V4 ? res.rules.ipv4 : res.rules.ipv6;
+    if (!b.legacy) {
+      const RecordedBackend* was = rec.backend(fam, false);
+      if (was != nullptr) rb.created = was->created;
+      const TablesView* then = view_in(before, fam, false);
+      for (const auto& t : rb.payload.tables) {
+        if (then != nullptr && then->find(t.table) == nullptr) rb.created.insert(t.table);
+      }
+      for (const auto& t : rb.created) keep.insert({fam, t});
+      for (const auto& t : rb.payload.tables) keep.insert({fam, t.table});
+    }
+    next.backends.push_back(std::move(rb));
+  }
+  // Tables meshcap created with a backend it no longer uses.
+  for (const auto& was : rec.backends) {
+    if (kernel == nullptr || was.legacy || (chosen_of.count(was.family) && !chosen_of.at(was.family).legacy)) continue;
+    for (const auto& t : was.created) kernel->remove_if_empty(was.family, t);
+  }
+  if (save_based) remove_new_tables(kernel, before, keep);
+
+  // The save-based path also records the rules as the backend prints them.
   for (const auto& s : steps) {
+    if (s.fast) continue;
     try {
       std::string text = session.save_text(s.backend);
       for (const auto& r : added_by_step(s, parse_iptables_save(text))) {
@@ -556,30 +1044,101 @@ ApplyResult IptablesApplier::apply(const CaptureConfig& cfg, bool ipv6_enabled) 
   return res;
 }
 
+std::optional<std::vector<std::string>> IptablesApplier::drift() {
+  const StateRecord rec = load_record(state_path());
+  KernelTables* kernel = runner_.kernel_tables();
+  if (kernel == nullptr || rec.backends.empty()) return std::nullopt;
+  const Views now = read_views(kernel);
+  std::vector<std::string> out;
+  for (const auto& b : rec.backends) {
+    const TablesView* view = view_in(now, b.family, b.legacy);
+    if (view == nullptr) return std::nullopt;
+    const std::string where = std::string(family_name(b.family)) + " " + b.binary + ": ";
+    if (view->istio_chains() != payload_istio_chains(b.payload)) out.push_back(where + "ISTIO_* chains differ");
+    const size_t jumps = payload_istio_jumps(b.payload);
+    if (view->istio_jumps() != jumps) {
+      out.push_back(where + std::to_string(view->istio_jumps()) + " jumps into ISTIO_* chains, " +
+                    std::to_string(jumps) + " applied");
+    }
+    for (const auto& t : b.payload.tables) {
+      std::map<std::string, size_t> rules;
+      for (const auto& line : t.lines) {
+        std::string chain, spec;
+        if (split_payload_rule(line, &chain, &spec) && is_istio_chain(chain)) ++rules[chain];
+      }
+      const TableView* tv = view->find(t.table);
+      for (const auto& [chain, n] : rules) {
+        const ChainView* c = tv != nullptr ? tv->find(chain) : nullptr;
+        if (c != nullptr && c->rules != n) {
+          out.push_back(where + t.table + " " + chain + " holds " + std::to_string(c->rules) + " rules, " +
+                        std::to_string(n) + " applied");
+        }
+      }
+    }
+  }
+  return out;
+}
+
 CleanupResult IptablesApplier::cleanup(const CaptureConfig& cfg) {
+  const Stopwatch watch("cleanup");
   CleanupResult res;
   Session session(runner_);
   const StateRecord rec = load_record(state_path());
   const RuleBuilder built = build_istio_rules(cfg, true);
   std::vector<std::string> errors;
 
+  KernelTables* kernel = runner_.kernel_tables();
+  const Views now = read_views(kernel);
+  // The save-based removal from one binary.
+  auto remove_saved = [&](Family fam, const std::string& binary, const std::optional<std::string>& dump) {
+    std::string why;
+    const auto s = session.removal_step(rec, fam, binary, dump, [&] { return built.rules(fam); }, &why);
+    if (!why.empty()) errors.push_back(binary + " holds istio rules but is not usable: " + why);
+    if (!s) return;
+    try {
+      session.restore(s->backend, s->payload.text(), "cleanup " + s->name());
+      res.backends.push_back(s->name());
+      res.restored.push_back(s->payload.text());
+    } catch (const IptablesError& e) {
+      errors.push_back(e.what());
+    }
+  };
+
   for (Family fam : {Family::V4, Family::V6}) {
     const BinaryNames names = binary_names(fam);
-    // Both backends; the plain binary only where neither exists.
-    std::vector<std::pair<std::string, std::optional<std::string>>> dumps;
-    for (const auto& binary : {names.nft, names.legacy}) dumps.emplace_back(binary, read_save(runner_, binary));
-    if (!dumps[0].second && !dumps[1].second) dumps = {{names.plain, read_save(runner_, names.plain)}};
-    for (const auto& [binary, dump] : dumps) {
-      std::string why;
-      const auto s = session.removal_step(rec, fam, binary, dump, [&] { return built.rules(fam); }, &why);
-      if (!why.empty()) errors.push_back(binary + " holds istio rules but is not usable: " + why);
-      if (!s) continue;
-      try {
-        session.restore(s->backend, s->payload.text(), "cleanup " + s->name());
-        res.backends.push_back(s->name());
-        res.restored.push_back(s->payload.text());
-      } catch (const IptablesError& e) {
-        errors.push_back(e.what());
+    const TablesView* vn = view_in(now, fam, false);
+    const TablesView* vl = view_in(now, fam, true);
+    if (vn == nullptr || vl == nullptr) {
+      // Both backends; the plain binary only where neither exists.
+      std::vector<std::pair<std::string, std::optional<std::string>>> dumps;
+      for (const auto& binary : {names.nft, names.legacy}) dumps.emplace_back(binary, read_save(runner_, binary));
+      if (!dumps[0].second && !dumps[1].second) dumps = {{names.plain, read_save(runner_, names.plain)}};
+      for (const auto& [binary, dump] : dumps) remove_saved(fam, binary, dump);
+      continue;
+    }
+    for (bool legacy : {false, true}) {
+      const std::string& binary = legacy ? names.legacy : names.nft;
+      const RecordedBackend* recorded = rec.backend(fam, legacy);
+      bool done = matches_record(legacy ? *vl : *vn, recorded) && !(recorded == nullptr && rec.has_rules_of(fam, binary));
+      if (done && recorded != nullptr) {
+        // Exactly what meshcap applied is there: remove that, no -save.
+        const Step s = fast_step(known_backend(fam, recorded->binary, legacy), recorded, nullptr);
+        try {
+          if (!s.payload.empty()) {
+            session.restore(s.backend, s.payload.text(), "cleanup " + s.name());
+            res.backends.push_back(s.name());
+            res.restored.push_back(s.payload.text());
+          }
+        } catch (const IptablesError& e) {
+          spdlog::info("removing the recorded rules failed ({}); reading {} instead", e.what(), binary + "-save");
+          done = false;
+        }
+      }
+      if (!done) remove_saved(fam, binary, read_save(runner_, binary));
+      if (recorded != nullptr && !legacy && kernel != nullptr) {
+        for (const auto& t : recorded->created) {
+          if (kernel->remove_if_empty(fam, t)) spdlog::debug("removed the {} table {} meshcap created", family_name(fam), t);
+        }
       }
     }
   }

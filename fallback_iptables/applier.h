@@ -11,6 +11,7 @@
 #include "capture_config.h"
 #include "command_runner.h"
 #include "istio_rules.h"
+#include "kernel_tables.h"
 
 namespace meshcap::iptables {
 
@@ -29,7 +30,10 @@ struct ApplyResult {
   std::vector<std::string> restored;  // the restore inputs actually run, in order
   bool tproxy_routes = false;         // TPROXY policy routing set up
   /// What each backend's `-save` printed right after the apply (save binary
-  /// -> output), for callers that snapshot the result.
+  /// -> output), only where the apply ran -save anyway (a namespace whose
+  /// state it could not read from the kernel or that differed from its
+  /// record); empty on the fast path. Deprecated: use drift() instead of a
+  /// snapshot.
   std::map<std::string, std::string> saved;
 };
 
@@ -63,10 +67,22 @@ class IptablesApplier {
   /// after trying every step if one failed.
   CleanupResult cleanup(const CaptureConfig& cfg);
 
+  /// How the namespace's tables differ from what the last apply recorded
+  /// (ISTIO_* chains, their rule counts, jumps into them, per backend and
+  /// family), read from the kernel without running a command: empty when
+  /// they match. nullopt when nothing is recorded or the tables cannot be read
+  /// here (the caller then compares iptables-save output itself).
+  std::optional<std::vector<std::string>> drift();
+
   /// The file that records what the last apply added here.
   std::string state_path() const;
 
  private:
+  ApplyResult apply_with(const CaptureConfig& cfg, bool ipv6_enabled, bool fast);
+  std::optional<Backend> quick_backend(Family family, const std::string& force, const TablesView& nft,
+                                       const TablesView& legacy);
+  Backend known_backend(Family family, const std::string& binary, bool legacy);
+
   CommandRunner& runner_;
   ApplierOptions options_;
 };

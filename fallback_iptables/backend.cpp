@@ -57,6 +57,22 @@ std::optional<std::string> read_save(CommandRunner& runner, const std::string& b
   return r.out;
 }
 
+void read_version(CommandRunner& runner, Backend& b) {
+  // iptables-save exits 0 on an unknown option, so stderr is checked as well.
+  const CommandResult ver = runner.run({b.save_binary, "--version"});
+  static const std::regex kVersion(R"(v([0-9]+(\.[0-9]+)+))");
+  std::smatch m;
+  if (ver.ok() && ver.err.find("unrecognized option") == std::string::npos &&
+      std::regex_search(ver.out, m, kVersion)) {
+    b.version = m[1];
+    b.legacy = ver.out.find("nf_tables") == std::string::npos;
+  } else {
+    // Very old legacy -save binaries know no --version.
+    b.version = "0.0.0";
+    b.legacy = true;
+  }
+}
+
 std::optional<Backend> probe_backend(CommandRunner& runner, Family family, const std::string& binary,
                                      std::string* why, const std::string* save_output) {
   auto fail = [&](const std::string& reason) -> std::optional<Backend> {
@@ -79,19 +95,7 @@ std::optional<Backend> probe_backend(CommandRunner& runner, Family family, const
     b.held_rules = parse_iptables_save(dump.out).holds_rules();
   }
 
-  // iptables-save exits 0 on an unknown option, so stderr is checked as well.
-  const CommandResult ver = runner.run({b.save_binary, "--version"});
-  static const std::regex kVersion(R"(v([0-9]+(\.[0-9]+)+))");
-  std::smatch m;
-  if (ver.ok() && ver.err.find("unrecognized option") == std::string::npos &&
-      std::regex_search(ver.out, m, kVersion)) {
-    b.version = m[1];
-    b.legacy = ver.out.find("nf_tables") == std::string::npos;
-  } else {
-    // Very old legacy -save binaries know no --version.
-    b.version = "0.0.0";
-    b.legacy = true;
-  }
+  read_version(runner, b);
 
   std::vector<std::string> add = {binary};
   add.insert(add.end(), kProbeRule.begin(), kProbeRule.end());

@@ -19,7 +19,7 @@ struct Backend {
   std::string save_binary;     // binary + "-save"
   std::string restore_binary;  // binary + "-restore"
   bool legacy = false;         // false: nf_tables
-  std::string version;         // "1.8.9"; "0.0.0" when unknown
+  std::string version;         // "1.8.9"; "0.0.0" when unknown; "" when not asked (nft, fast path)
   bool held_rules = false;     // rules existed when it was detected
 
   /// "nft" or "legacy".
@@ -38,6 +38,9 @@ BinaryNames binary_names(Family family);
 /// Reads `<binary>-save` output through `runner`; nullopt when the binary is
 /// missing or fails.
 std::optional<std::string> read_save(CommandRunner& runner, const std::string& binary);
+
+/// Sets `b.version` and `b.legacy` from `<save_binary> --version` (one command).
+void read_version(CommandRunner& runner, Backend& b);
 
 /// Checks that `binary` works here: its -save runs, its version is known and
 /// a no-op rule can be added to (and removed from) nat/INPUT, as istio checks.

@@ -3,10 +3,13 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace meshcap::iptables {
+
+class KernelTables;
 
 /// The outcome of one command.
 struct CommandResult {
@@ -30,7 +33,18 @@ class CommandRunner {
   /// A stable name of where commands run, e.g. "netns-4-4026532290" for a
   /// network namespace; used to key state kept between runs.
   virtual std::string context_id() const = 0;
+
+  /// Reads (and removes empty nf_tables) tables in the same place commands
+  /// run, without running a command; nullptr when this runner cannot, and
+  /// the applier then learns everything from iptables-save.
+  virtual KernelTables* kernel_tables() { return nullptr; }
+
+  /// Whether `binary` can be run here (found in PATH or the sbin dirs).
+  virtual bool has_binary(const std::string& binary) const;
 };
+
+/// The path `name` runs from (PATH, then the sbin and bin dirs); "" when none.
+std::string find_binary(const std::string& name);
 
 /// Runs commands with fork/exec, optionally inside a network namespace
 /// (setns(2) in the child before exec, so the caller never changes namespace).
@@ -50,10 +64,12 @@ class ProcessRunner : public CommandRunner {
 
   CommandResult run(const std::vector<std::string>& argv, const std::string& stdin_data = "") override;
   std::string context_id() const override;
+  KernelTables* kernel_tables() override;
 
  private:
   int netns_fd_ = -1;
   std::string where_;  // for messages
+  std::unique_ptr<KernelTables> tables_;
 };
 
 /// Records every call and answers with a scripted handler; for tests and for
@@ -73,6 +89,11 @@ class RecordingRunner : public CommandRunner {
 
   CommandResult run(const std::vector<std::string>& argv, const std::string& stdin_data = "") override;
   std::string context_id() const override { return context_id_; }
+  KernelTables* kernel_tables() override { return tables_; }
+  bool has_binary(const std::string&) const override { return true; }
+
+  /// Lets the applier read tables from `tables` (borrowed; nullptr: none).
+  void set_kernel_tables(KernelTables* tables) { tables_ = tables; }
 
   const std::vector<Call>& calls() const { return calls_; }
   /// Every call as one line (argv joined with spaces).
@@ -81,6 +102,7 @@ class RecordingRunner : public CommandRunner {
 
  private:
   Handler handler_;
+  KernelTables* tables_ = nullptr;
   std::string context_id_;
   std::vector<Call> calls_;
 };

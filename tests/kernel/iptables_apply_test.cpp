@@ -23,6 +23,7 @@
 #include "iptables_error.h"
 #include "istio_flags.h"
 #include "istio_rules.h"
+#include "kernel_tables.h"
 #include "saved_ruleset.h"
 
 namespace {
@@ -84,6 +85,39 @@ class FailingRunner : public CommandRunner {
  private:
   CommandRunner& inner_;
   std::string fail_;
+};
+
+// Forwards everything (the kernel's tables too) to a real runner, counts the
+// commands, and can fail the restores of one binary.
+class CountingRunner : public CommandRunner {
+ public:
+  explicit CountingRunner(CommandRunner& inner, std::string fail_binary = "")
+      : inner_(inner), fail_(std::move(fail_binary)) {}
+  CommandResult run(const std::vector<std::string>& argv, const std::string& in) override {
+    lines_.push_back(RecordingRunner::Call{argv, ""}.line());
+    if (!fail_.empty() && argv[0] == fail_) return {1, "", fail_ + ": injected failure\n"};
+    return inner_.run(argv, in);
+  }
+  std::string context_id() const override { return inner_.context_id(); }
+  KernelTables* kernel_tables() override { return inner_.kernel_tables(); }
+
+  // The commands whose first word ends with `suffix` ("-restore", "-save"), or all.
+  std::vector<std::string> commands(const std::string& suffix = "") const {
+    std::vector<std::string> out;
+    for (const auto& l : lines_) {
+      const std::string first = l.substr(0, l.find(' '));
+      if (suffix.empty() || (first.size() >= suffix.size() && first.compare(first.size() - suffix.size(), suffix.size(), suffix) == 0)) {
+        out.push_back(l);
+      }
+    }
+    return out;
+  }
+  void clear() { lines_.clear(); }
+
+ private:
+  CommandRunner& inner_;
+  std::string fail_;
+  std::vector<std::string> lines_;
 };
 
 class StateDir {
@@ -352,6 +386,157 @@ TEST_P(IptablesApply, FailedIpv6RestoreUndoesIpv4) {
   good.cleanup(forced({"-b", "*", "-c", "eth7"}));
   EXPECT_EQ(both_families(ns, kind_).find("ISTIO"), std::string::npos);
   EXPECT_EQ(count_lines_with(both_families(ns, kind_), "-A PREROUTING -i eth5 -j RETURN\n"), 2);
+}
+
+// ---------------------------------------------------------------------------
+// The path that reads the kernel's tables instead of running -save: what runs,
+// and that no table meshcap created stays behind. (Legacy tables, once a
+// namespace has them, cannot be removed: there the checks are on rules.)
+
+// The nf_tables tables of one family in the namespace (none for legacy).
+std::set<std::string> nft_tables(Netns& ns, Family fam) {
+  const int fd = ::open(ns.path().c_str(), O_RDONLY | O_CLOEXEC);
+  EXPECT_GE(fd, 0);
+  NetnsKernelTables kernel(fd);
+  const auto view = kernel.read(fam, false);
+  ::close(fd);
+  EXPECT_TRUE(view.has_value());
+  return view ? view->table_names() : std::set<std::string>{};
+}
+
+TEST_P(IptablesApply, FreshNamespaceIsOneRestorePerFamilyAndCleanupLeavesNoTable) {
+  Netns ns("fresh");
+  CountingRunner counting(ns.runner());
+  IptablesApplier applier(counting, {state_.path()});
+  const auto cfg = forced({"-b", "*", "-i", "*", "-x", "10.0.0.0/24", "-d", "15090,15021,15020", "--dual-stack"});
+  const ApplyResult res = applier.apply(cfg, true);
+  expect_rules_present(ns, kind_, cfg, true);
+  // One restore per family and istio's ::6 on lo; no -save, no probe, no --version
+  // (a legacy binary's version is asked once per machine: the state dir is new here).
+  std::vector<std::string> expected = {"iptables-" + kind_ + "-restore --noflush", "ip6tables-" + kind_ + "-restore --noflush"};
+  if (kind_ == "legacy") {
+    for (auto& e : expected) e += " --wait=30";
+  }
+  EXPECT_EQ(counting.commands("-restore"), expected);
+  for (const auto& c : counting.commands()) {
+    if (c.find("-restore") != std::string::npos || c.find("--version") != std::string::npos) continue;
+    EXPECT_EQ(c, "ip -6 addr add ::6/128 dev lo");
+  }
+  EXPECT_EQ(res.restored, (std::vector<std::string>{res.rules.ipv4.text(), res.rules.ipv6.text()}));
+  if (kind_ == "nft") {
+    EXPECT_EQ(nft_tables(ns, Family::V4), std::set<std::string>{"nat"});
+  }
+
+  // A second pod of the same kind asks no version any more.
+  {
+    Netns other("fresh2");
+    CountingRunner again(other.runner());
+    IptablesApplier(again, {state_.path()}).apply(cfg, true);
+    EXPECT_EQ(again.commands("-restore").size(), 2u);
+    EXPECT_EQ(again.commands().size(), 3u);  // and ip -6 addr add
+  }
+
+  counting.clear();
+  const CleanupResult cleaned = applier.cleanup(cfg);
+  EXPECT_EQ(counting.commands("-restore").size(), 2u);
+  EXPECT_TRUE(counting.commands("-save").empty());
+  EXPECT_EQ(cleaned.backends.size(), 2u);
+  EXPECT_EQ(both_families(ns, kind_).find("ISTIO"), std::string::npos);
+  EXPECT_TRUE(nft_tables(ns, Family::V4).empty());
+  EXPECT_TRUE(nft_tables(ns, Family::V6).empty());
+}
+
+TEST_P(IptablesApply, ReapplyFromTheRecordIsOneRestorePerFamily) {
+  const auto first = forced({"-b", "*", "-c", "eth3", "-x", "10.0.0.0/8", "--dual-stack"});
+  const auto second = forced({"-b", "80,443", "-i", "10.0.0.0/8", "-k", "veth2", "--dual-stack"});
+  Netns ns("reapply");
+  add_foreign_rules(ns, kind_);
+  CountingRunner counting(ns.runner());
+  IptablesApplier applier(counting, {state_.path()});
+  applier.apply(first, true);
+  counting.clear();
+  applier.apply(second, true);
+  EXPECT_EQ(counting.commands("-restore").size(), 2u);
+  EXPECT_TRUE(counting.commands("-save").empty());
+
+  Netns fresh("reapply-fresh");
+  add_foreign_rules(fresh, kind_);
+  StateDir other_state;
+  IptablesApplier(fresh.runner(), {other_state.path()}).apply(second, true);
+  EXPECT_EQ(both_families(ns, kind_), both_families(fresh, kind_));
+}
+
+TEST_P(IptablesApply, StateThatDriftedFromTheRecordIsReadWithSave) {
+  const auto cfg = forced({"-b", "*", "-c", "eth3"});
+  Netns ns("drift");
+  CountingRunner counting(ns.runner());
+  IptablesApplier applier(counting, {state_.path()});
+  applier.apply(cfg, false);
+  ASSERT_TRUE(applier.drift().has_value());
+  EXPECT_TRUE(applier.drift()->empty());
+  // Someone removes the OUTPUT jump and adds an ISTIO chain of their own.
+  std::vector<std::string> del = {"iptables-" + kind_, "-t", "nat", "-D", "OUTPUT", "-j", "ISTIO_OUTPUT"};
+  std::vector<std::string> add = {"iptables-" + kind_, "-t", "nat", "-N", "ISTIO_EXTRA"};
+  if (kind_ == "legacy") {
+    del.push_back("--wait=30");
+    add.push_back("--wait=30");
+  }
+  ASSERT_TRUE(ns.run(del).ok());
+  ASSERT_TRUE(ns.run(add).ok());
+  EXPECT_EQ(applier.drift()->size(), 2u) << ::testing::PrintToString(*applier.drift());
+  counting.clear();
+  applier.apply(cfg, false);
+  EXPECT_FALSE(counting.commands("-save").empty());  // the careful path ran
+  expect_rules_present(ns, kind_, cfg, false);
+  EXPECT_EQ(normalized(ns, "iptables-" + kind_).find("ISTIO_EXTRA"), std::string::npos);
+  EXPECT_TRUE(applier.drift()->empty());
+  std::vector<std::string> extra = {"iptables-" + kind_, "-t", "nat", "-A", "ISTIO_OUTPUT", "-j", "RETURN"};
+  if (kind_ == "legacy") extra.push_back("--wait=30");
+  ASSERT_TRUE(ns.run(extra).ok());
+  EXPECT_EQ(applier.drift()->size(), 1u);  // ISTIO_OUTPUT holds one rule more
+
+  // A rule edited in place (same counts) makes the recorded removal fail:
+  // cleanup then reads -save and still removes everything.
+  std::vector<std::string> replace = {"iptables-" + kind_, "-t", "nat", "-R", "PREROUTING", "1", "-i", "eth4", "-j", "RETURN"};
+  if (kind_ == "legacy") replace.push_back("--wait=30");
+  ASSERT_TRUE(ns.run(replace).ok()) << "PREROUTING 1 was -i eth3 -j RETURN";
+  counting.clear();
+  applier.cleanup(cfg);
+  EXPECT_FALSE(counting.commands("-save").empty());
+  EXPECT_EQ(normalized(ns, "iptables-" + kind_).find("ISTIO"), std::string::npos);
+  if (kind_ == "nft") {
+    EXPECT_TRUE(nft_tables(ns, Family::V4).count("nat"));  // the edited rule is not meshcap's
+  }
+}
+
+TEST_P(IptablesApply, FailedApplyInAFreshNamespaceLeavesNothing) {
+  Netns ns("failfresh");
+  CountingRunner failing(ns.runner(), "ip6tables-" + kind_ + "-restore");
+  IptablesApplier applier(failing, {state_.path()});
+  try {
+    applier.apply(forced({"-m", "TPROXY", "-b", "80", "-i", "*", "--dual-stack"}), true);
+    FAIL() << "expected IptablesError";
+  } catch (const IptablesError& e) {
+    EXPECT_EQ(e.step(), "restore ipv6 ip6tables-" + kind_);
+  }
+  EXPECT_EQ(normalized(ns, "iptables-" + kind_), "");
+  EXPECT_TRUE(nft_tables(ns, Family::V4).empty());
+  EXPECT_TRUE(nft_tables(ns, Family::V6).empty());
+  EXPECT_FALSE(fs::exists(applier.state_path()));
+}
+
+TEST_P(IptablesApply, TablesThatExistedBeforeStay) {
+  if (kind_ != "nft") GTEST_SKIP() << "legacy tables cannot be removed at all";
+  Netns ns("keep");
+  // An empty nat table (as istio's probe leaves one) that meshcap did not create.
+  ASSERT_TRUE(ns.run({"iptables-nft", "-t", "nat", "-A", "INPUT", "-p", "255", "-j", "RETURN"}).ok());
+  ASSERT_TRUE(ns.run({"iptables-nft", "-t", "nat", "-D", "INPUT", "-p", "255", "-j", "RETURN"}).ok());
+  IptablesApplier applier(ns.runner(), {state_.path()});
+  const auto cfg = forced({"-b", "*", "-m", "TPROXY"});
+  applier.apply(cfg, false);
+  EXPECT_EQ(nft_tables(ns, Family::V4), (std::set<std::string>{"mangle", "nat"}));
+  applier.cleanup(cfg);
+  EXPECT_EQ(nft_tables(ns, Family::V4), std::set<std::string>{"nat"});  // mangle was meshcap's
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, IptablesApply, ::testing::Values("nft", "legacy"),

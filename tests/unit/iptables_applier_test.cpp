@@ -17,6 +17,7 @@
 #include "command_runner.h"
 #include "iptables_error.h"
 #include "istio_flags.h"
+#include "kernel_tables.h"
 #include "saved_ruleset.h"
 
 namespace {
@@ -424,6 +425,202 @@ TEST(Applier, CleanupOfACleanNamespaceChangesNothing) {
   for (const auto& c : runner.calls()) {
     EXPECT_EQ(c.argv[0].find("-restore"), std::string::npos) << c.line();
   }
+}
+
+// ---------------------------------------------------------------------------
+// The fast path: the kernel's tables are read in-process (here: from the
+// fake host's current -save text), so what runs is the restores alone.
+
+class FakeKernel : public KernelTables {
+ public:
+  explicit FakeKernel(FakeHost& host) : host_(host) {}
+  std::optional<TablesView> read(Family family, bool legacy) override {
+    const std::string binary = std::string(family == Family::V4 ? "iptables" : "ip6tables") + (legacy ? "-legacy" : "-nft");
+    const auto& b = host_.binaries[binary];
+    return view_of(parse_iptables_save(b.saves[std::min(b.state, b.saves.size() - 1)]));
+  }
+  bool remove_if_empty(Family family, const std::string& table) override {
+    removed.push_back(std::string(family_name(family)) + " " + table);
+    return true;
+  }
+  std::vector<std::string> removed;
+
+ private:
+  FakeHost& host_;
+};
+
+// How -save would print a restored payload in a namespace that had nothing.
+std::string as_saved(const RestorePayload& p) {
+  std::vector<std::string> out;
+  for (const auto& t : p.tables) {
+    out.push_back("*" + t.table);
+    for (const char* c : {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"}) out.push_back(std::string(":") + c + " ACCEPT [0:0]");
+    for (const auto& l : t.lines) {
+      if (l.rfind("-N ", 0) == 0) out.push_back(":" + l.substr(3) + " - [0:0]");
+    }
+    for (const auto& l : t.lines) {
+      if (l.rfind("-A ", 0) == 0) out.push_back(l);
+    }
+    out.push_back("COMMIT");
+  }
+  return lines(out);
+}
+
+std::vector<std::string> commands_except_ip(const RecordingRunner& r) {
+  std::vector<std::string> out;
+  for (const auto& l : r.lines()) {
+    if (l.rfind("ip ", 0) != 0) out.push_back(l);
+  }
+  return out;
+}
+
+TEST(FastPath, FreshNamespaceRunsOneRestorePerFamilyAndNothingElse) {
+  FakeHost host;
+  FakeKernel kernel(host);
+  RecordingRunner runner(host.handler(), "fresh");
+  runner.set_kernel_tables(&kernel);
+  TempDir dir;
+  IptablesApplier applier(runner, {dir.path()});
+  const auto cfg = parse({"-b", "*", "-i", "*", "-x", "10.0.0.0/24", "--dual-stack"});
+  const auto res = applier.apply(cfg, true);
+  // No -save, no --version, no probe rule: the two restores and istio's ::6.
+  EXPECT_EQ(runner.lines(), (std::vector<std::string>{"iptables-nft-restore --noflush", "ip6tables-nft-restore --noflush",
+                                                      "ip -6 addr add ::6/128 dev lo"}));
+  const auto expected = render_istio_rules(cfg, true);
+  EXPECT_EQ(runner.calls()[0].stdin_data, expected.ipv4.text());
+  EXPECT_EQ(runner.calls()[1].stdin_data, expected.ipv6.text());
+  EXPECT_EQ(res.ipv4.binary, "iptables-nft");
+  EXPECT_TRUE(res.saved.empty());  // no snapshot: the caller's status reads -save itself
+
+  // IPv4 only: a single command.
+  FakeHost host4;
+  FakeKernel kernel4(host4);
+  RecordingRunner runner4(host4.handler(), "fresh4");
+  runner4.set_kernel_tables(&kernel4);
+  IptablesApplier(runner4, {dir.path()}).apply(parse({}), false);
+  EXPECT_EQ(runner4.lines(), std::vector<std::string>{"iptables-nft-restore --noflush"});
+}
+
+TEST(FastPath, ABackendThatHoldsRulesIsChosenFromItsTables) {
+  FakeHost host;
+  host.binaries["iptables-legacy"].saves = {lines({"*filter", ":INPUT ACCEPT [0:0]", "-A INPUT -j ACCEPT", "COMMIT"})};
+  FakeKernel kernel(host);
+  RecordingRunner runner(host.handler());
+  runner.set_kernel_tables(&kernel);
+  TempDir dir;
+  const auto res = IptablesApplier(runner, {dir.path()}).apply(parse({}), false);
+  EXPECT_EQ(res.ipv4.binary, "iptables-legacy");
+  EXPECT_TRUE(res.ipv4.held_rules);
+  EXPECT_EQ(host.restores(runner, "iptables-legacy").size(), 1u);
+  for (const auto& l : runner.lines()) EXPECT_EQ(l.find(" -A INPUT -p 255"), std::string::npos) << l;
+}
+
+TEST(FastPath, ReapplyAndCleanupUseTheRecordNotSave) {
+  FakeHost host;
+  const auto first = parse({"-b", "*", "-c", "eth9"});
+  const auto second = parse({"-b", "80"});
+  const std::string after_first = as_saved(render_istio_rules(first, false).ipv4);
+  const std::string after_second = as_saved(render_istio_rules(second, false).ipv4);
+  host.binaries["iptables-nft"].saves = {"", after_first, after_second, ""};
+  FakeKernel kernel(host);
+  RecordingRunner runner(host.handler());
+  runner.set_kernel_tables(&kernel);
+  TempDir dir;
+  IptablesApplier applier(runner, {dir.path()});
+  applier.apply(first, false);
+  applier.apply(second, false);
+  applier.cleanup(second);
+  EXPECT_EQ(commands_except_ip(runner), std::vector<std::string>(3, "iptables-nft-restore --noflush"));
+
+  const auto restores = host.restores(runner, "iptables-nft");
+  // The re-apply removes the first payload (istio's words, -D) and adds the second, in one restore.
+  const std::string second_text = render_istio_rules(second, false).ipv4.text();
+  EXPECT_EQ(restores[1].rfind("* nat\n-D PREROUTING -i eth9 -j RETURN\n", 0), 0u) << restores[1];
+  EXPECT_NE(restores[1].find("-X ISTIO_OUTPUT\n-N ISTIO_INBOUND"), std::string::npos) << restores[1];
+  EXPECT_EQ(restores[2], lines({"* nat", "-D PREROUTING -p tcp -j ISTIO_INBOUND", "-D OUTPUT -j ISTIO_OUTPUT",
+                                "-F ISTIO_INBOUND", "-F ISTIO_REDIRECT", "-F ISTIO_IN_REDIRECT", "-F ISTIO_OUTPUT",
+                                "-X ISTIO_INBOUND", "-X ISTIO_REDIRECT", "-X ISTIO_IN_REDIRECT", "-X ISTIO_OUTPUT",
+                                "COMMIT"}));
+  // nat did not exist before the first apply: cleanup removes it (once empty).
+  EXPECT_EQ(kernel.removed, std::vector<std::string>{"ipv4 nat"});
+  EXPECT_FALSE(fs::exists(applier.state_path()));
+}
+
+TEST(FastPath, StateUnlikeTheRecordIsReadWithSave) {
+  FakeHost host;
+  // An ISTIO chain nobody recorded (istio-iptables ran here before).
+  host.binaries["iptables-nft"].saves = {kPreviousNat};
+  FakeKernel kernel(host);
+  RecordingRunner runner(host.handler());
+  runner.set_kernel_tables(&kernel);
+  TempDir dir;
+  IptablesApplier(runner, {dir.path()}).apply(parse({}), false);
+  const auto ls = runner.lines();
+  EXPECT_NE(std::find(ls.begin(), ls.end(), "iptables-nft-save"), ls.end());
+  const auto restores = host.restores(runner, "iptables-nft");
+  ASSERT_EQ(restores.size(), 1u);
+  EXPECT_EQ(restores[0].rfind("* nat\n-D OUTPUT -j ISTIO_OUTPUT\n-F ISTIO_OUTPUT\n-X ISTIO_OUTPUT\n", 0), 0u);
+}
+
+TEST(FastPath, FailedIpv6RollsIpv4BackAndRemovesTheTableItCreated) {
+  FakeHost host;
+  const auto cfg = parse({"--dual-stack"});
+  // nf_tables' nat: none, then meshcap's rules, then (rolled back) its empty base chains.
+  host.binaries["iptables-nft"].saves = {"", as_saved(render_istio_rules(cfg, true).ipv4),
+                                         lines({"*nat", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", "COMMIT"})};
+  host.binaries["ip6tables-nft"].fail_restore = true;
+  FakeKernel kernel(host);
+  RecordingRunner runner(host.handler());
+  runner.set_kernel_tables(&kernel);
+  TempDir dir;
+  IptablesApplier applier(runner, {dir.path()});
+  EXPECT_THROW(applier.apply(cfg, true), IptablesError);
+  // The restore of IPv4, IPv6's failed one (then istio's probe of
+  // ip6tables-nft, which works here: a plain restore error), and IPv4's undo.
+  const auto v4 = host.restores(runner, "iptables-nft");
+  ASSERT_EQ(v4.size(), 2u);
+  EXPECT_EQ(v4[1], lines({"* nat", "-D OUTPUT -j ISTIO_OUTPUT", "-F ISTIO_INBOUND", "-F ISTIO_REDIRECT",
+                          "-F ISTIO_IN_REDIRECT", "-F ISTIO_OUTPUT", "-X ISTIO_INBOUND", "-X ISTIO_REDIRECT",
+                          "-X ISTIO_IN_REDIRECT", "-X ISTIO_OUTPUT", "COMMIT"}))
+      << v4[1];
+  for (const auto& l : runner.lines()) EXPECT_NE(l, "iptables-nft-save");  // IPv4's undo came from the record
+  EXPECT_NE(std::find(kernel.removed.begin(), kernel.removed.end(), "ipv4 nat"), kernel.removed.end());
+  EXPECT_FALSE(fs::exists(applier.state_path()));
+}
+
+TEST(FastPath, AnUnusableBackendFallsBackToIstiosProbes) {
+  FakeHost host;
+  host.binaries["iptables-nft"].usable = false;
+  host.binaries["iptables-nft"].fail_restore = true;
+  FakeKernel kernel(host);
+  RecordingRunner runner(host.handler());
+  runner.set_kernel_tables(&kernel);
+  TempDir dir;
+  const auto res = IptablesApplier(runner, {dir.path()}).apply(parse({}), false);
+  EXPECT_EQ(res.ipv4.binary, "iptables-legacy");
+  EXPECT_EQ(host.restores(runner, "iptables-legacy").size(), 1u);
+
+  // Forced, it is an error naming the backend, as with istio's probe first.
+  RecordingRunner forced(host.handler());
+  forced.set_kernel_tables(&kernel);
+  try {
+    IptablesApplier(forced, {dir.path()}).apply(parse({"--force-iptables-binary", "nft"}), false);
+    FAIL() << "expected IptablesError";
+  } catch (const IptablesError& e) {
+    EXPECT_EQ(e.step(), "detect-backend ipv4");
+    EXPECT_NE(std::string(e.what()).find("iptables-nft is not usable"), std::string::npos) << e.what();
+  }
+}
+
+TEST(KernelTables, ViewOfSaveCountsChainsRulesAndJumps) {
+  const TablesView v = view_of(parse_iptables_save(kPreviousNat));
+  EXPECT_TRUE(v.holds_rules());
+  EXPECT_TRUE(v.has_istio_state());
+  EXPECT_EQ(v.istio_jumps(), 1u);
+  EXPECT_EQ(v.istio_chains(), (std::map<std::string, std::set<std::string>>{{"nat", {"ISTIO_OUTPUT"}}}));
+  ASSERT_NE(v.find("nat"), nullptr);
+  EXPECT_EQ(v.find("nat")->find("OUTPUT")->rules, 3u);
+  EXPECT_FALSE(view_of(parse_iptables_save(lines({"*nat", ":OUTPUT ACCEPT [0:0]", "COMMIT"}))).holds_rules());
 }
 
 // ---------------------------------------------------------------------------
