@@ -1,4 +1,5 @@
-// The meshcap subcommands: init, cleanup, status, probe.
+// The meshcap subcommands: init, cleanup, status, probe. Each validates
+// everything it is given before it touches anything.
 #pragma once
 
 #include <string>

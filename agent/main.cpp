@@ -24,9 +24,11 @@ namespace {
 
 // libbpf's messages, through spdlog: warnings stay warnings, the rest debug.
 int libbpf_to_spdlog(enum libbpf_print_level level, const char* fmt, va_list args) {
-  char buf[1024];
-  vsnprintf(buf, sizeof(buf), fmt, args);
+  // Verifier logs come as one long message: no fixed buffer cuts them.
+  char* buf = nullptr;
+  if (vasprintf(&buf, fmt, args) < 0) return 0;
   std::string msg(buf);
+  free(buf);
   while (!msg.empty() && msg.back() == '\n') msg.pop_back();
   if (level == LIBBPF_WARN)
     spdlog::warn("libbpf: {}", msg);

@@ -193,12 +193,12 @@ static MC_INLINE struct mc_decision mc_decide_inbound(const volatile struct mc_c
 	}
 	if (a->iface_flags & MC_IF_EXCLUDE)
 		return __mc_result(MC_PASS, MC_CNT_IN_EXCLUDED_IFACE);
-	if (!cfg->inbound)
+	if (cfg->inbound == MC_INBOUND_NONE)
 		return __mc_result(MC_PASS, MC_CNT_IN_NOT_INCLUDED);
 	if (a->dport == cfg->tunnel_port)
 		return __mc_result(MC_PASS, MC_CNT_IN_TUNNEL);
 	pflags = mc_env_port_flags(a->dport);
-	if (cfg->inbound == 2) {
+	if (cfg->inbound == MC_INBOUND_ALL) {
 		if (pflags & MC_PORT_IN_EXCLUDE)
 			return __mc_result(MC_PASS, MC_CNT_IN_EXCLUDED_PORT);
 		return __mc_result(MC_TO_INBOUND, MC_CNT_IN_REDIRECTED);

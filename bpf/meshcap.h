@@ -7,8 +7,9 @@
 
 /* Largest -u / -g list the eBPF path takes (istio's defaults have one). */
 #define MC_MAX_IDS 16
-/* Entries of the connection table: original destinations of handshakes in
- * flight (a record moves onto the proxy's socket once established). */
+/* Entries of the connection table: original destinations of redirected
+ * connections the proxy has not asked about yet (its SO_ORIGINAL_DST moves a
+ * record onto its socket). */
 #define MC_ORIG_DST_ENTRIES 16384
 /* Entries each CIDR trie may grow to (no preallocation: memory is used only
  * for the prefixes present). */
@@ -18,8 +19,8 @@
 #define MC_IFACE_ENTRIES 64
 /* Routes of the pod's main table (a snapshot taken at init), for -c. */
 #define MC_ROUTE_ENTRIES 16384
-/* Records of connections steered by sk_lookup, also until established (LRU:
- * a SYN that never completes leaves nothing behind for long). */
+/* Records of connections steered by sk_lookup, also until the proxy asks
+ * (LRU: a SYN that never completes leaves nothing behind for long). */
 #define MC_INBOUND_ORIG_ENTRIES 16384
 /* Sockets of accelerated application<->proxy connections (--accelerate):
  * two per open connection. */
@@ -41,8 +42,8 @@ enum mc_listener_slot {
 /* Bits of mc_port_flags[port]. */
 #define MC_PORT_OUT_EXCLUDE 0x01 /* -o */
 #define MC_PORT_OUT_INCLUDE 0x02 /* -q */
-#define MC_PORT_IN_INCLUDE 0x04  /* -b (reserved for inbound capture) */
-#define MC_PORT_IN_EXCLUDE 0x08  /* -d (reserved for inbound capture) */
+#define MC_PORT_IN_INCLUDE 0x04  /* -b */
+#define MC_PORT_IN_EXCLUDE 0x08  /* -d */
 
 /* Where a connect() goes. */
 enum mc_verdict {
@@ -51,40 +52,50 @@ enum mc_verdict {
 	MC_TO_INBOUND = 2,  /* the inbound listener (-z) */
 };
 
-/* Per-CPU counters, one per decision and event. Keep in sync with
- * mc_counter_names in loader/bpf_loader.cpp (a static_assert checks the
- * count). */
+/* Per-CPU counters, one per decision and event: X(ID, name, what). The enum
+ * here and the loader's counter names (what status prints) both come from
+ * this one table. */
+#define MC_COUNTERS(X) \
+	X(REDIRECTED_OUT, redirected_outbound, "to the outbound listener") \
+	X(REDIRECTED_IN, redirected_inbound, "proxy to the pod's own address: inbound listener") \
+	X(PASSTHROUGH_SRC, passthrough_source, "bound to 127.0.0.6 / ::6") \
+	X(EXEMPT_UID, exempt_uid, "-u") \
+	X(EXEMPT_GID, exempt_gid, "-g") \
+	X(OWNER_GROUP, owner_group, "ISTIO_OUTBOUND_OWNER_GROUPS(_EXCLUDE)") \
+	X(EXCLUDED_PORT, excluded_port, "-o") \
+	X(EXCLUDED_CIDR, excluded_cidr, "-x") \
+	X(LOCAL_DST, local_destination, "loopback or the pod's own address") \
+	X(NOT_INCLUDED, not_included, "matched no include (-i / -q)") \
+	X(ORIG_ANSWERED, orig_dst_answered, "SO_ORIGINAL_DST answered") \
+	X(ORIG_NOT_FOUND, orig_dst_not_found, "SO_ORIGINAL_DST asked, no record") \
+	X(MAP_FULL, map_full, "could not record in the connection table") \
+	X(STORAGE_FAIL, storage_failed, "no socket storage: left uncaptured") \
+	X(BIND_FAIL, bind_failed, "could not keep the source address") \
+	X(EXCLUDED_IFACE, excluded_interface, "-c: routed out of an excluded interface") \
+	X(IN_REDIRECTED, in_redirected, "arriving: to the inbound listener") \
+	X(IN_VIRT_REDIRECTED, in_virt_redirected, "arriving on a -k interface: to the outbound listener") \
+	X(IN_EXCLUDED_IFACE, in_excluded_interface, "arriving on -c, or -k without a matching -i") \
+	X(IN_TUNNEL, in_tunnel_port, "arriving at -e") \
+	X(IN_EXCLUDED_PORT, in_excluded_port, "arriving at a -d port with -b '*'") \
+	X(IN_NOT_INCLUDED, in_not_included, "arriving at a port not in -b") \
+	X(IN_PROXY_DOWN, in_proxy_down, "no proxy listener: refused") \
+	X(IN_ASSIGN_FAIL, in_assign_failed, "listener unusable for the packet: refused") \
+	X(ACCEL_SOCKETS, accel_sockets, "--accelerate: sockets added to the accelerated set") \
+	X(ACCEL_REDIRECTED, accel_redirected, "--accelerate: sockets whose sends go straight to the peer") \
+	X(ACCEL_TCP, accel_tcp, "--accelerate: sockets left on TCP (no peer at first send)")
+
 enum mc_counter {
-	MC_CNT_REDIRECTED_OUT = 0, /* to the outbound listener */
-	MC_CNT_REDIRECTED_IN,      /* proxy to the pod's own address: inbound listener */
-	MC_CNT_PASSTHROUGH_SRC,    /* bound to 127.0.0.6 / ::6 */
-	MC_CNT_EXEMPT_UID,         /* -u */
-	MC_CNT_EXEMPT_GID,         /* -g */
-	MC_CNT_OWNER_GROUP,        /* ISTIO_OUTBOUND_OWNER_GROUPS(_EXCLUDE) */
-	MC_CNT_EXCLUDED_PORT,      /* -o */
-	MC_CNT_EXCLUDED_CIDR,      /* -x */
-	MC_CNT_LOCAL_DST,          /* loopback or the pod's own address */
-	MC_CNT_NOT_INCLUDED,       /* matched no include (-i / -q) */
-	MC_CNT_ORIG_ANSWERED,      /* SO_ORIGINAL_DST answered */
-	MC_CNT_ORIG_NOT_FOUND,     /* SO_ORIGINAL_DST asked, no record */
-	MC_CNT_MAP_FULL,           /* could not record in the connection table */
-	MC_CNT_STORAGE_FAIL,       /* no socket storage: left uncaptured */
-	MC_CNT_BIND_FAIL,          /* could not keep the source address */
-	MC_CNT_EXCLUDED_IFACE,     /* -c: routed out of an excluded interface */
-	/* inbound (sk_lookup), connections arriving from outside the pod */
-	MC_CNT_IN_REDIRECTED,      /* to the inbound listener */
-	MC_CNT_IN_VIRT_REDIRECTED, /* -k interface: to the outbound listener */
-	MC_CNT_IN_EXCLUDED_IFACE,  /* -c, or -k without a matching -i */
-	MC_CNT_IN_TUNNEL,          /* -e */
-	MC_CNT_IN_EXCLUDED_PORT,   /* -d with -b '*' */
-	MC_CNT_IN_NOT_INCLUDED,    /* port not in -b */
-	MC_CNT_IN_PROXY_DOWN,      /* no proxy listener: refused */
-	MC_CNT_IN_ASSIGN_FAIL,     /* listener unusable for the packet: refused */
-	/* --accelerate */
-	MC_CNT_ACCEL_SOCKETS,      /* sockets added to the accelerated set */
-	MC_CNT_ACCEL_REDIRECTED,   /* sockets whose sends go straight to the peer */
-	MC_CNT_ACCEL_TCP,          /* sockets left on TCP (no peer at first send) */
+#define MC_COUNTER_ENUM(id, name, what) MC_CNT_##id,
+	MC_COUNTERS(MC_COUNTER_ENUM)
+#undef MC_COUNTER_ENUM
 	MC_CNT__MAX,
+};
+
+/* mc_config.inbound: which inbound ports sk_lookup captures. */
+enum mc_inbound {
+	MC_INBOUND_NONE = 0, /* -b '' */
+	MC_INBOUND_LIST = 1, /* -b LIST: only those */
+	MC_INBOUND_ALL = 2,  /* -b '*': all but -d */
 };
 
 /* Load-time settings (read-only data, set before load). Addresses are in
@@ -98,11 +109,11 @@ struct mc_config {
 	__u8 owner_groups_except;  /* owner groups: 1 = all but listed, 0 = only listed */
 	__u8 has_src4;         /* src4 is set */
 	__u8 has_src6;         /* src6 is set */
-	__u8 inbound;          /* inbound capture: 0 none, 1 -b list, 2 -b '*' */
+	__u8 inbound;          /* enum mc_inbound */
 	__u8 has_excluded_ifaces; /* -c given: consult route4/route6 */
 	__u8 ipv6;             /* IPv6 captured: --dual-stack or the pod has IPv6, as istio */
 	__u8 accelerate;       /* --accelerate: app<->proxy sockets into accel_socks */
-	__u8 pad[1];
+	__u8 has_ifaces;       /* -c or -k given: sk_lookup reads the arrival interface */
 	__u32 n_uids;          /* entries used in uids */
 	__u32 n_gids;          /* entries used in gids */
 	__u32 uids[MC_MAX_IDS]; /* -u, in order */
@@ -163,7 +174,6 @@ struct mc_lpm6 {
 
 #ifdef __cplusplus
 static_assert(sizeof(struct mc_config) == 180, "mc_config layout");
-static_assert(MC_CNT__MAX == 27, "counter names in loader/bpf_capture.cpp");
 static_assert(sizeof(struct mc_conn_key) == 36, "mc_conn_key layout");
 static_assert(sizeof(struct mc_orig) == 24, "mc_orig layout");
 static_assert(sizeof(struct mc_sock_key) == 36, "mc_sock_key layout");
@@ -171,7 +181,6 @@ static_assert(sizeof(struct mc_lpm4) == 8, "mc_lpm4 layout");
 static_assert(sizeof(struct mc_lpm6) == 20, "mc_lpm6 layout");
 #else
 _Static_assert(sizeof(struct mc_config) == 180, "mc_config layout");
-_Static_assert(MC_CNT__MAX == 27, "counter names in loader/bpf_capture.cpp");
 _Static_assert(sizeof(struct mc_conn_key) == 36, "mc_conn_key layout");
 _Static_assert(sizeof(struct mc_orig) == 24, "mc_orig layout");
 _Static_assert(sizeof(struct mc_sock_key) == 36, "mc_sock_key layout");

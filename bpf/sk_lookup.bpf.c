@@ -34,7 +34,6 @@ int mc_sk_lookup(struct bpf_sk_lookup *ctx)
 
 	if (ctx->protocol != IPPROTO_TCP || !mc_enabled())
 		return SK_PASS;
-	MC_LOAD(ifindex, ctx->ingress_ifindex);
 	MC_LOAD(family, ctx->family);
 	MC_LOAD(dport, ctx->local_port);  /* host order */
 	MC_LOAD(rport, ctx->remote_port); /* network order */
@@ -58,8 +57,13 @@ int mc_sk_lookup(struct bpf_sk_lookup *ctx)
 	if (__mc_via_lo(&k.client, a.v4))
 		return SK_PASS;
 	a.dport = (__u16)dport;
-	flags = bpf_map_lookup_elem(&iface_flags, &ifindex);
-	a.iface_flags = flags ? *flags : 0;
+	/* Load-time constant: without -c / -k the verifier drops this read,
+	 * so kernels before 5.17 (no ingress_ifindex) load the program. */
+	if (mc_cfg.has_ifaces) {
+		MC_LOAD(ifindex, ctx->ingress_ifindex);
+		flags = bpf_map_lookup_elem(&iface_flags, &ifindex);
+		a.iface_flags = flags ? *flags : 0;
+	}
 
 	d = mc_decide_inbound(&mc_cfg, &a);
 	mc_count(d.reason);

@@ -159,4 +159,44 @@ std::optional<uint64_t> rule_packets(std::string_view save_with_counters,
   return total;
 }
 
+namespace {
+
+// Whether `chain` of `table` jumps, directly or through other ISTIO_ chains
+// (depth-limited), to `goal`, and `goal` holds a rule with target `verdict`.
+bool leads_to(const SavedTable& table, std::string_view chain, std::string_view goal, std::string_view verdict,
+              int depth = 0) {
+  const SavedChain* c = table.find(chain);
+  if (c == nullptr || depth > 8) return false;
+  if (chain == goal) {
+    for (const auto& rule : c->rules)
+      if (rule_target(rule) == verdict) return true;
+    return false;
+  }
+  for (const auto& rule : c->rules) {
+    const std::string target = rule_target(rule);
+    if ((target == goal || is_istio_chain(target)) && leads_to(table, target, goal, verdict, depth + 1)) return true;
+  }
+  return false;
+}
+
+bool reaches(const SavedRuleset& rules, std::string_view table, std::string_view builtin, std::string_view goal,
+             std::string_view verdict) {
+  const SavedTable* t = rules.find(table);
+  return t != nullptr && leads_to(*t, builtin, goal, verdict);
+}
+
+}  // namespace
+
+Coverage capture_coverage(const SavedRuleset& rules) {
+  Coverage cov;
+  // ISTIO_REDIRECT sends to the outbound listener; OUTPUT reaches it for
+  // captured connections (ISTIO_IN_REDIRECT, reached from OUTPUT too, is the
+  // proxy dialing its own pod).
+  cov.outbound = reaches(rules, "nat", "OUTPUT", "ISTIO_REDIRECT", "REDIRECT");
+  cov.inbound = reaches(rules, "nat", "PREROUTING", "ISTIO_IN_REDIRECT", "REDIRECT") ||
+                reaches(rules, "nat", "PREROUTING", "ISTIO_REDIRECT", "REDIRECT") ||
+                reaches(rules, "mangle", "PREROUTING", "ISTIO_TPROXY", "TPROXY");
+  return cov;
+}
+
 }  // namespace meshcap::iptables

@@ -60,4 +60,15 @@ std::string rule_spec_text(std::string_view line, std::string_view chain);
 /// True for ISTIO_* chain names.
 bool is_istio_chain(std::string_view chain);
 
+/// Which parts of a pod's traffic the rules of a dump really send to the
+/// proxy (followed from the built-in chains, not read from names alone):
+/// outbound when nat OUTPUT reaches a REDIRECT rule through ISTIO_OUTPUT;
+/// inbound when nat PREROUTING reaches a REDIRECT (or mangle PREROUTING a
+/// TPROXY) rule through ISTIO_INBOUND.
+struct Coverage {
+  bool outbound = false;
+  bool inbound = false;
+};
+Coverage capture_coverage(const SavedRuleset& rules);
+
 }  // namespace meshcap::iptables

@@ -39,12 +39,6 @@ constexpr const char* kPinRoot = "/sys/fs/bpf/meshcap";
 // names, so a hidden name in kPinRoot is not possible).
 constexpr const char* kStagingRoot = "/sys/fs/bpf/meshcap_staging";
 
-// Program name -> pin file name. Order is attach order.
-struct ProgSpec {
-  const char* pin;
-  const char* prog;
-};
-
 // Map pin names: what status and the tests read back.
 const std::vector<std::string> kPinnedMaps = {
     "counters",   "orig_dst",   "pod_addrs",  "excl_cidr4",  "incl_cidr4",   "excl_cidr6", "incl_cidr6",
@@ -102,7 +96,7 @@ void remove_tree(const std::string& dir) {
 
 }  // namespace
 
-void fault_point(const std::string& step) {
+void fault_point(const std::string& step, Part part) {
   const char* at = std::getenv("MESHCAP_FAULT_AT");
   if (!at) return;
   std::string spec = at;  // STEP or STEP:kill
@@ -110,79 +104,37 @@ void fault_point(const std::string& step) {
   if (kill_self) spec.resize(spec.size() - 5);
   if (spec != step) return;
   if (kill_self) raise(SIGKILL);
-  throw LoaderError("injected fault at " + step, EIO);
+  throw LoaderError("injected fault at " + step, EIO, "", part);
 }
 
-LoaderError::LoaderError(std::string step, int err, const std::string& detail)
+LoaderError::LoaderError(std::string step, int err, const std::string& detail, Part part)
     : std::runtime_error(step + ": " + (detail.empty() ? "" : detail + ": ") + errstr(err)),
       step_(std::move(step)),
-      err_(err < 0 ? -err : err) {}
-
-std::string PodAddress::str() const {
-  char buf[INET6_ADDRSTRLEN] = {};
-  inet_ntop(family, addr.data(), buf, sizeof(buf));
-  return buf;
-}
+      err_(err < 0 ? -err : err),
+      part_(part) {}
 
 const std::vector<std::string>& counter_names() {
   static const std::vector<std::string> names = {
-      "redirected_outbound", "redirected_inbound", "passthrough_source", "exempt_uid",
-      "exempt_gid",          "owner_group",        "excluded_port",      "excluded_cidr",
-      "local_destination",   "not_included",       "orig_dst_answered",  "orig_dst_not_found",
-      "map_full",            "storage_failed",     "bind_failed",        "excluded_interface",
-      "in_redirected",       "in_virt_redirected", "in_excluded_interface", "in_tunnel_port",
-      "in_excluded_port",    "in_not_included",    "in_proxy_down",      "in_assign_failed",
-      "accel_sockets",       "accel_redirected",   "accel_tcp",
+#define MC_COUNTER_NAME(id, name, what) #name,
+      MC_COUNTERS(MC_COUNTER_NAME)
+#undef MC_COUNTER_NAME
   };
   return names;
 }
-static_assert(MC_CNT__MAX == 27, "update counter_names()");
 
-std::vector<std::string> ebpf_unsupported_outbound(const CaptureConfig& cfg) {
-  std::vector<std::string> why;
-  if (cfg.redirect_dns) why.push_back("DNS capture (--redirect-dns) is iptables-only");
-  if (cfg.proxy_uids.tokens.size() > MC_MAX_IDS)
-    why.push_back("more than " + std::to_string(MC_MAX_IDS) + " UIDs in -u");
-  if (cfg.proxy_gids.tokens.size() > MC_MAX_IDS)
-    why.push_back("more than " + std::to_string(MC_MAX_IDS) + " GIDs in -g");
-  auto unresolved = [&](const IdList& l, const std::string& what) {
-    for (size_t i = 0; i < l.tokens.size(); i++)
-      if (!l.ids[i]) why.push_back(what + " '" + l.tokens[i] + "' does not exist on this machine");
+size_t max_proxy_ids() { return MC_MAX_IDS; }
+
+const std::vector<ProgramSpec>& cgroup_programs() {
+  static const std::vector<ProgramSpec> specs = {
+      // Records and lookups first, then the rewrites that depend on them.
+      {"link_sockops", "mc_sockops"},
+      {"link_getsockopt", "mc_getsockopt"},
+      {"link_getpeername4", "mc_getpeername4"},
+      {"link_getpeername6", "mc_getpeername6"},
+      {"link_connect4", "mc_connect4"},
+      {"link_connect6", "mc_connect6"},
   };
-  unresolved(cfg.proxy_uids, "user");
-  unresolved(cfg.proxy_gids, "group");
-  unresolved(cfg.owner_groups, "owner group");
-  return why;
-}
-
-std::vector<std::string> ebpf_unsupported_inbound(const CaptureConfig& cfg) {
-  std::vector<std::string> why;
-  if (cfg.inbound_mode == InterceptionMode::Tproxy && !cfg.inbound_ports_include.empty())
-    why.push_back("-m TPROXY is iptables-only");
-  if (cfg.drop_invalid) why.push_back("--drop-invalid is iptables-only");
-  return why;
-}
-
-std::vector<std::string> ebpf_unsupported(const CaptureConfig& cfg) {
-  auto why = ebpf_unsupported_outbound(cfg);
-  for (auto& w : ebpf_unsupported_inbound(cfg)) why.push_back(w);
-  return why;
-}
-
-bool ipv6_enabled(const CaptureConfig& cfg, const PodNetwork& pod) { return cfg.dual_stack || pod.source6.has_value(); }
-
-bool wants_inbound(const CaptureConfig& cfg) {
-  return !cfg.inbound_ports_include.empty() || !cfg.reroute_virtual_interfaces.empty();
-}
-
-bool kernel_has_sk_lookup() { return libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_LOOKUP, nullptr) == 1; }
-
-std::vector<std::string> missing_interfaces(const CaptureConfig& cfg, const PodNetwork& pod) {
-  std::vector<std::string> missing;
-  for (const auto* list : {&cfg.exclude_interfaces, &cfg.reroute_virtual_interfaces})
-    for (const auto& name : *list)
-      if (!pod.interfaces.count(name)) missing.push_back(name);
-  return missing;
+  return specs;
 }
 
 std::string pin_dir(const std::string& name) { return std::string(kPinRoot) + "/" + name; }
@@ -203,28 +155,12 @@ void ensure_bpffs() {
   spdlog::info("mounted the BPF filesystem at {}", kBpffs);
 }
 
-void BpfCapture::Deleter::operator()(meshcap_bpf* s) const { meshcap_bpf::destroy(s); }
 
-BpfCapture::BpfCapture() : skel_(meshcap_bpf::open()) {
-  if (!skel_) throw LoaderError("open BPF skeleton", errno);
-}
+namespace {
 
-BpfCapture::~BpfCapture() { detach_all(); }
-
-void BpfCapture::detach_all() {
-  for (auto* link : links_) bpf_link__destroy(link);
-  links_.clear();
-  link_pins_.clear();
-}
-
-void BpfCapture::configure(const CaptureConfig& cfg, const PodNetwork& pod) {
-  // The inbound reasons count only when this capture does inbound (the
-  // agent hands inbound to iptables otherwise, with the inbound flags off).
-  auto why = ebpf_unsupported_outbound(cfg);
-  if (wants_inbound(cfg))
-    for (auto& w : ebpf_unsupported_inbound(cfg)) why.push_back(w);
-  if (!why.empty()) throw UsageError("eBPF capture cannot honour this configuration: " + why.front());
-
+// The load-time settings of a capture.
+mc_config settings_of(const EbpfSpec& spec) {
+  const CaptureConfig& cfg = spec.cfg;
   mc_config c{};
   c.proxy_port = cfg.proxy_port;
   c.inbound_port = cfg.inbound_capture_port;
@@ -241,54 +177,60 @@ void BpfCapture::configure(const CaptureConfig& cfg, const PodNetwork& pod) {
   c.loopback4_mask = cfg.ipv4_loopback_cidr.prefix_len == 0
                          ? 0
                          : htonl(~uint32_t{0} << (32 - cfg.ipv4_loopback_cidr.prefix_len));
-  if (pod.source4) {
+  if (spec.pod.source4) {
     c.has_src4 = 1;
-    c.src4 = net32(pod.source4->addr);
+    c.src4 = net32(spec.pod.source4->addr);
   }
-  if (pod.source6) {
+  if (spec.pod.source6) {
     c.has_src6 = 1;
-    std::memcpy(c.src6, pod.source6->addr.data(), 16);
+    std::memcpy(c.src6, spec.pod.source6->addr.data(), 16);
   }
-  c.inbound = cfg.inbound_ports_include.wildcard ? 2 : cfg.inbound_ports_include.ports.empty() ? 0 : 1;
+  c.inbound = !spec.inbound                          ? MC_INBOUND_NONE
+              : cfg.inbound_ports_include.wildcard   ? MC_INBOUND_ALL
+              : cfg.inbound_ports_include.ports.empty() ? MC_INBOUND_NONE
+                                                     : MC_INBOUND_LIST;
   c.has_excluded_ifaces = !cfg.exclude_interfaces.empty();
-  c.ipv6 = ipv6_enabled(cfg, pod);
+  c.has_ifaces = spec.inbound && (!cfg.exclude_interfaces.empty() || !cfg.reroute_virtual_interfaces.empty());
+  c.ipv6 = spec.ipv6;
   c.accelerate = cfg.accelerate;
-  auto missing = missing_interfaces(cfg, pod);
-  if (!missing.empty())
-    throw UsageError((std::count(cfg.exclude_interfaces.begin(), cfg.exclude_interfaces.end(), missing[0]) ? "-c"
-                                                                                                           : "-k") +
-                     std::string(": invalid value '") + missing[0] + "': no such interface in the pod's network namespace");
-  if (wants_inbound(cfg) && !kernel_has_sk_lookup())
-    throw LoaderError("inbound capture needs sk_lookup programs", EOPNOTSUPP,
-                      "this kernel has none: capture inbound with iptables");
-  // sk_lookup is loaded only when inbound capture is asked for, so outbound
-  // capture still loads on a kernel without it.
-  bpf_program__set_autoload(skel_->progs.mc_sk_lookup, wants_inbound(cfg));
-  // The sk_msg program only with --accelerate.
-  if (cfg.accelerate && libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_MSG, nullptr) != 1)
-    throw LoaderError("--accelerate needs sk_msg programs", EOPNOTSUPP, "this kernel has none");
-  bpf_program__set_autoload(skel_->progs.mc_accel, cfg.accelerate);
+  return c;
+}
+
+// Opens the skeleton with the settings of `spec`; `with_inbound` false
+// leaves sk_lookup out (to tell which part a refused load was about).
+meshcap_bpf* open_configured(const EbpfSpec& spec, bool with_inbound) {
+  meshcap_bpf* skel = meshcap_bpf::open();
+  if (!skel) throw LoaderError("open BPF skeleton", errno);
+  // sk_lookup only for inbound capture, sk_msg only with --accelerate.
+  bpf_program__set_autoload(skel->progs.mc_sk_lookup, spec.inbound && with_inbound);
+  bpf_program__set_autoload(skel->progs.mc_accel, spec.cfg.accelerate);
   // inbound_orig is written by sk_lookup alone, accel_socks only with
   // --accelerate: otherwise they stay empty, and one entry spares the kernel
   // preallocating them (an LRU hash is always preallocated; a socket hash
   // allocates its buckets).
-  if (!wants_inbound(cfg))
-    if (int err = bpf_map__set_max_entries(skel_->maps.inbound_orig, 1))
-      throw LoaderError("size map inbound_orig", err);
-  if (!cfg.accelerate)
-    if (int err = bpf_map__set_max_entries(skel_->maps.accel_socks, 1))
-      throw LoaderError("size map accel_socks", err);
-  std::memcpy(const_cast<mc_config*>(&skel_->rodata->mc_cfg), &c, sizeof(c));
+  if (!spec.inbound) bpf_map__set_max_entries(skel->maps.inbound_orig, 1);
+  if (!spec.cfg.accelerate) bpf_map__set_max_entries(skel->maps.accel_socks, 1);
+  skel->rodata->mc_cfg = settings_of(spec);
+  auto& ports = skel->rodata->mc_port_flags;
+  for (auto p : spec.cfg.outbound_ports_exclude.ports) ports[p] |= MC_PORT_OUT_EXCLUDE;
+  for (auto p : spec.cfg.outbound_ports_include.ports) ports[p] |= MC_PORT_OUT_INCLUDE;
+  for (auto p : spec.cfg.inbound_ports_include.ports) ports[p] |= MC_PORT_IN_INCLUDE;
+  for (auto p : spec.cfg.inbound_ports_exclude.ports) ports[p] |= MC_PORT_IN_EXCLUDE;
+  return skel;
+}
 
-  auto* ports = const_cast<uint8_t*>(skel_->rodata->mc_port_flags);
-  for (auto p : cfg.outbound_ports_exclude.ports) ports[p] |= MC_PORT_OUT_EXCLUDE;
-  for (auto p : cfg.outbound_ports_include.ports) ports[p] |= MC_PORT_OUT_INCLUDE;
-  for (auto p : cfg.inbound_ports_include.ports) ports[p] |= MC_PORT_IN_INCLUDE;
-  for (auto p : cfg.inbound_ports_exclude.ports) ports[p] |= MC_PORT_IN_EXCLUDE;
+}  // namespace
 
-  cfg_ = cfg;
-  pod_ = pod;
-  configured_ = true;
+void BpfCapture::Deleter::operator()(meshcap_bpf* s) const { meshcap_bpf::destroy(s); }
+
+BpfCapture::BpfCapture(const EbpfSpec& spec) : skel_(open_configured(spec, true)), spec_(spec) {}
+
+BpfCapture::~BpfCapture() { detach_all(); }
+
+void BpfCapture::detach_all() {
+  for (auto* link : links_) bpf_link__destroy(link);
+  links_.clear();
+  link_pins_.clear();
 }
 
 namespace {
@@ -315,8 +257,20 @@ void update_all(bpf_map* map, const void* keys, const void* values, size_t n,
 }  // namespace
 
 void BpfCapture::load() {
-  if (!configured_) throw LoaderError("load BPF programs", EINVAL, "configure() first");
-  if (int err = meshcap_bpf::load(skel_.get())) throw LoaderError("load BPF programs", err);
+  fault_point("load");
+  if (spec_.inbound) fault_point("load-sk_lookup", Part::Inbound);
+  if (int err = meshcap_bpf::load(skel_.get())) {
+    // Only sk_lookup refused? Then outbound can still be eBPF's.
+    Part part = Part::Outbound;
+    if (spec_.inbound) {
+      std::unique_ptr<meshcap_bpf, Deleter> without(open_configured(spec_, false));
+      if (meshcap_bpf::load(without.get()) == 0) part = Part::Inbound;
+    }
+    throw LoaderError(part == Part::Inbound ? "load mc_sk_lookup" : "load BPF programs", err,
+                      "the kernel refuses the program", part);
+  }
+  const PodNetwork& pod = spec_.pod;
+  const CaptureConfig& cfg = spec_.cfg;
 
   auto update = [](bpf_map* map, const void* key, const void* value, const std::string& what) {
     if (bpf_map__update_elem(map, key, bpf_map__key_size(map), value, bpf_map__value_size(map), BPF_ANY))
@@ -325,10 +279,10 @@ void BpfCapture::load() {
   const uint8_t one = 1;
   {
     std::vector<mc_addr> keys;
-    for (const auto& a : pod_.addresses) keys.push_back(to_mc_addr(a));
+    for (const auto& a : pod.addresses) keys.push_back(to_mc_addr(a));
     const std::vector<uint8_t> ones(keys.size(), 1);
     update_all(skel_->maps.pod_addrs, keys.data(), ones.data(), keys.size(),
-               [&](size_t i) { return pod_.addresses[i].str(); });
+               [&](size_t i) { return pod.addresses[i].str(); });
   }
   auto fill_cidrs = [&](const CidrList& list, bpf_map* map4, bpf_map* map6) {
     std::vector<mc_lpm4> k4;
@@ -343,26 +297,26 @@ void BpfCapture::load() {
     update_all(map4, k4.data(), ones.data(), k4.size(), [&](size_t i) { return list.v4[i].str(); });
     update_all(map6, k6.data(), ones.data(), k6.size(), [&](size_t i) { return list.v6[i].str(); });
   };
-  fill_cidrs(cfg_.outbound_ranges_exclude, skel_->maps.excl_cidr4, skel_->maps.excl_cidr6);
-  fill_cidrs(cfg_.outbound_ranges_include, skel_->maps.incl_cidr4, skel_->maps.incl_cidr6);
-  for (const auto& g : cfg_.owner_groups.ids) {
+  fill_cidrs(cfg.outbound_ranges_exclude, skel_->maps.excl_cidr4, skel_->maps.excl_cidr6);
+  fill_cidrs(cfg.outbound_ranges_include, skel_->maps.incl_cidr4, skel_->maps.incl_cidr6);
+  for (const auto& g : cfg.owner_groups.ids) {
     uint32_t gid = *g;
     update(skel_->maps.owner_gids, &gid, &one, std::to_string(gid));
   }
   auto set_iface = [&](const std::string& name, uint8_t bit) {
-    uint32_t ifindex = pod_.interfaces.at(name);
+    uint32_t ifindex = pod.interfaces.at(name);
     uint8_t v = 0;
     bpf_map__lookup_elem(skel_->maps.iface_flags, &ifindex, sizeof(ifindex), &v, sizeof(v), 0);
     v |= bit;
     update(skel_->maps.iface_flags, &ifindex, &v, name);
   };
-  for (const auto& n : cfg_.exclude_interfaces) set_iface(n, MC_IF_EXCLUDE);
-  for (const auto& n : cfg_.reroute_virtual_interfaces) set_iface(n, MC_IF_VIRT);
-  if (!cfg_.exclude_interfaces.empty()) {
+  for (const auto& n : cfg.exclude_interfaces) set_iface(n, MC_IF_EXCLUDE);
+  for (const auto& n : cfg.reroute_virtual_interfaces) set_iface(n, MC_IF_VIRT);
+  if (!cfg.exclude_interfaces.empty()) {
     // The main table, each prefix marked by whether it leaves through a -c
     // interface; the BPF side takes the longest match.
-    for (const auto& r : pod_.routes) {
-      uint8_t excluded = std::count(cfg_.exclude_interfaces.begin(), cfg_.exclude_interfaces.end(), r.interface) > 0;
+    for (const auto& r : pod.routes) {
+      uint8_t excluded = std::count(cfg.exclude_interfaces.begin(), cfg.exclude_interfaces.end(), r.interface) > 0;
       std::string what = r.prefix.str() + "/" + std::to_string(r.prefix_len) + " dev " + r.interface;
       if (r.prefix.family == AF_INET) {
         mc_lpm4 k{r.prefix_len, net32(r.prefix.addr)};
@@ -377,39 +331,25 @@ void BpfCapture::load() {
   }
 }
 
-namespace {
-const std::vector<ProgSpec>& prog_specs() {
-  static const std::vector<ProgSpec> specs = {
-      // Records and lookups first, then the rewrites that depend on them.
-      {"link_sockops", "mc_sockops"},
-      {"link_getsockopt", "mc_getsockopt"},
-      {"link_getpeername4", "mc_getpeername4"},
-      {"link_getpeername6", "mc_getpeername6"},
-      {"link_connect4", "mc_connect4"},
-      {"link_connect6", "mc_connect6"},
-  };
-  return specs;
-}
-}  // namespace
-
 void BpfCapture::attach(const std::string& cgroup_dir, const std::string& netns_path) {
   Fd cg(open(cgroup_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (cg.fd < 0) throw LoaderError("open cgroup " + cgroup_dir, errno);
   Fd ns(open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (ns.fd < 0) throw LoaderError("open network namespace " + netns_path, errno);
-  for (const auto& spec : prog_specs()) {
-    bpf_program* prog = bpf_object__find_program_by_name(skel_->obj, spec.prog);
+  fault_point("attach");
+  for (const auto& spec : cgroup_programs()) {
+    bpf_program* prog = bpf_object__find_program_by_name(skel_->obj, spec.program);
     bpf_link* link = nullptr;
     if (prog) link = bpf_program__attach_cgroup(prog, cg.fd);
     if (!link) {
       int err = prog ? errno : ENOENT;
       detach_all();
-      throw LoaderError(std::string("attach ") + spec.prog + " to " + cgroup_dir, err);
+      throw LoaderError(std::string("attach ") + spec.program + " to " + cgroup_dir, err);
     }
     links_.push_back(link);
     link_pins_.push_back(spec.pin);
   }
-  if (cfg_.accelerate) {
+  if (spec_.cfg.accelerate) {
     // sk_msg has no bpf_link in libbpf 1.1: the program is attached to the
     // socket map and lives as long as the map (pinned below).
     if (bpf_prog_attach(bpf_program__fd(skel_->progs.mc_accel), bpf_map__fd(skel_->maps.accel_socks),
@@ -419,12 +359,15 @@ void BpfCapture::attach(const std::string& cgroup_dir, const std::string& netns_
       throw LoaderError("attach mc_accel to accel_socks", err);
     }
   }
-  if (wants_inbound(cfg_)) {
-    bpf_link* link = bpf_program__attach_netns(skel_->progs.mc_sk_lookup, ns.fd);
-    if (!link) {
-      int err = errno;
+  if (spec_.inbound) {
+    bpf_link* link = nullptr;
+    try {
+      fault_point("sk_lookup", Part::Inbound);
+      link = bpf_program__attach_netns(skel_->progs.mc_sk_lookup, ns.fd);
+      if (!link) throw LoaderError("attach mc_sk_lookup to " + netns_path, errno, "", Part::Inbound);
+    } catch (...) {
       detach_all();
-      throw LoaderError("attach mc_sk_lookup to " + netns_path, err);
+      throw;
     }
     links_.push_back(link);
     link_pins_.push_back("link_sk_lookup");
@@ -510,7 +453,9 @@ std::map<unsigned long, uint16_t> listening_inodes(pid_t pid, const std::vector<
 }  // namespace
 
 int BpfCapture::adopt_listeners(const std::string& netns_path) {
-  if (!wants_inbound(cfg_)) return 0;
+  if (!spec_.inbound) return 0;
+  fault_point("adopt", Part::Inbound);
+  const CaptureConfig& cfg = spec_.cfg;
   struct stat ns {};
   if (stat(netns_path.c_str(), &ns)) return 0;
   int adopted = 0;
@@ -521,7 +466,7 @@ int BpfCapture::adopt_listeners(const std::string& netns_path) {
     struct stat pns {};
     if (stat((proc.path() / "ns/net").c_str(), &pns) || pns.st_ino != ns.st_ino || pns.st_dev != ns.st_dev) continue;
     pid_t pid = std::stoi(pid_s);
-    auto inodes = listening_inodes(pid, {cfg_.inbound_capture_port, cfg_.proxy_port});
+    auto inodes = listening_inodes(pid, {cfg.inbound_capture_port, cfg.proxy_port});
     if (inodes.empty()) continue;
     std::error_code fec;
     for (const auto& fdent : fs::directory_iterator(proc.path() / "fd", fec)) {
@@ -530,21 +475,30 @@ int BpfCapture::adopt_listeners(const std::string& netns_path) {
       if (lec || target.rfind("socket:[", 0) != 0) continue;
       auto it = inodes.find(std::stoul(target.substr(8)));
       if (it == inodes.end()) continue;
-      // Take a copy of the proxy's socket (pidfd_getfd, Linux 5.6).
+      // Take a copy of the proxy's socket (pidfd_getfd, Linux 5.6). A proxy
+      // that listens but cannot be adopted would see inbound refused until
+      // it listens again: inbound is then not eBPF's to do.
+      const std::string what = "adopt the proxy's listener on port " + std::to_string(it->second) + " from pid " + pid_s;
       Fd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
-      if (pidfd.fd < 0) continue;
+      if (pidfd.fd < 0) {
+        if (errno == ESRCH) continue;  // gone meanwhile
+        throw LoaderError(what, errno, "pidfd_open", Part::Inbound);
+      }
       Fd sock(static_cast<int>(syscall(SYS_pidfd_getfd, pidfd.fd, std::stoi(fdent.path().filename()), 0)));
-      if (sock.fd < 0) continue;
+      if (sock.fd < 0) {
+        if (errno == ESRCH || errno == EBADF) continue;
+        throw LoaderError(what, errno, "pidfd_getfd", Part::Inbound);
+      }
       sockaddr_storage sa{};
       socklen_t len = sizeof(sa);
       if (getsockname(sock.fd, reinterpret_cast<sockaddr*>(&sa), &len)) continue;
       uint32_t v6 = sa.ss_family == AF_INET6;
-      uint32_t slot = (it->second == cfg_.inbound_capture_port ? MC_LISTENER_IN4 : MC_LISTENER_OUT4) + v6;
+      uint32_t slot = (it->second == cfg.inbound_capture_port ? MC_LISTENER_IN4 : MC_LISTENER_OUT4) + v6;
       uint64_t value = static_cast<uint64_t>(sock.fd);
-      if (bpf_map__update_elem(skel_->maps.listeners, &slot, sizeof(slot), &value, sizeof(value), BPF_ANY) == 0) {
-        spdlog::info("adopted the proxy's listener on port {} from pid {}", it->second, pid);
-        adopted++;
-      }
+      if (bpf_map__update_elem(skel_->maps.listeners, &slot, sizeof(slot), &value, sizeof(value), BPF_ANY))
+        throw LoaderError(what, errno, "listeners map", Part::Inbound);
+      spdlog::info("adopted the proxy's listener on port {} from pid {}", it->second, pid);
+      adopted++;
       inodes.erase(it);
     }
   }
@@ -597,6 +551,31 @@ PinnedState pinned_state(const std::string& name) {
     if (f.rfind("map_", 0) == 0) st.maps.push_back(f);
   }
   return st;
+}
+
+std::vector<PinnedLink> pinned_links(const std::string& name) {
+  std::vector<PinnedLink> out;
+  for (const auto& pin : pinned_state(name).links) {
+    PinnedLink l{pin};
+    Fd fd(bpf_obj_get((pin_dir(name) + "/" + pin).c_str()));
+    bpf_link_info info{};
+    __u32 len = sizeof(info);
+    if (fd.fd >= 0 && bpf_obj_get_info_by_fd(fd.fd, &info, &len) == 0) {
+      l.prog_id = info.prog_id;
+      l.attached = (info.type == BPF_LINK_TYPE_CGROUP && info.cgroup.cgroup_id != 0) ||
+                   (info.type == BPF_LINK_TYPE_NETNS && info.netns.netns_ino != 0);
+      if (info.type == BPF_LINK_TYPE_NETNS) l.netns_ino = info.netns.netns_ino;
+    }
+    out.push_back(l);
+  }
+  std::sort(out.begin(), out.end(), [](const PinnedLink& a, const PinnedLink& b) { return a.pin < b.pin; });
+  return out;
+}
+
+bool pinned_enabled(const std::string& name) {
+  Fd fd(bpf_obj_get((pin_dir(name) + "/map_control").c_str()));
+  uint32_t key = 0, on = 0;
+  return fd.fd >= 0 && bpf_map_lookup_elem(fd.fd, &key, &on) == 0 && on != 0;
 }
 
 Counters pinned_counters(const std::string& name) {

@@ -14,80 +14,47 @@
 #include <vector>
 
 #include "capture_config.h"
+#include "plan.h"
+#include "pod_network.h"
 
 struct meshcap_bpf;
 struct bpf_link;
 
 namespace meshcap::loader {
 
-/// A load, attach or pin failure: which step, and the errno it failed with.
+/// A load, attach or pin failure: which step, the errno, and the part of
+/// the capture that cannot be done (Part::Outbound when it is all of it: the
+/// cgroup programs; Part::Inbound when only sk_lookup or listener adoption
+/// failed, so outbound can stay on eBPF).
 class LoaderError : public std::runtime_error {
  public:
-  LoaderError(std::string step, int err, const std::string& detail = "");
+  LoaderError(std::string step, int err, const std::string& detail = "", Part part = Part::Outbound);
   const std::string& step() const { return step_; }
   int error() const { return err_; }
+  Part part() const { return part_; }
 
  private:
   std::string step_;
   int err_;
+  Part part_;
 };
 
 /// A test hook: when MESHCAP_FAULT_AT names `step` ("STEP" or "STEP:kill"),
-/// throws a LoaderError there (or SIGKILLs the process). Steps: "loaded",
-/// "attached", "pin-link", "pinned", "enabled", "iptables", "state".
-void fault_point(const std::string& step);
-
-/// An address of the pod, as 4 or 16 network-order bytes.
-struct PodAddress {
-  int family = 0;  // AF_INET or AF_INET6
-  std::array<uint8_t, 16> addr{};
-  std::string str() const;
-};
-
-/// What the outbound decision needs to know about the pod's network
-/// namespace: its own addresses (destinations routed over lo) and the source
-/// address a connection to a remote destination would get.
-struct PodNetwork {
-  std::vector<PodAddress> addresses;
-  std::optional<PodAddress> source4;
-  std::optional<PodAddress> source6;
-  std::map<std::string, uint32_t> interfaces;  // name -> ifindex
-  /// The main routing table: prefix and the interface it leaves through.
-  struct Route {
-    PodAddress prefix;
-    uint8_t prefix_len = 0;
-    std::string interface;
-  };
-  std::vector<Route> routes;
-};
-
-/// Reads the addresses of the network namespace at `netns_path` (entering it
-/// on a helper thread; the caller's namespace is unchanged).
-PodNetwork read_pod_network(const std::string& netns_path);
+/// throws a LoaderError there (or SIGKILLs the process). eBPF steps and the
+/// part they take with them: "load" (all: the kernel refuses the programs),
+/// "load-sk_lookup" (inbound: the kernel refuses only sk_lookup), "attach"
+/// (all), "sk_lookup" (inbound: attaching to the netns), "adopt" (inbound:
+/// taking the running proxy's listener), "pin-link", "pinned", "enabled"
+/// (all); then "iptables" and "state" in the agent.
+void fault_point(const std::string& step, Part part = Part::Outbound);
 
 /// The counters of one pod, by name (see bpf/meshcap.h enum mc_counter).
 using Counters = std::map<std::string, uint64_t>;
 /// Counter names in enum mc_counter order.
 const std::vector<std::string>& counter_names();
 
-/// Reasons the eBPF path cannot honour a configuration's outbound part
-/// (flags it does not implement, unresolvable user or group names, lists
-/// too long). Empty when it can. Never throws.
-std::vector<std::string> ebpf_unsupported_outbound(const CaptureConfig& cfg);
-/// The same for the inbound part (sk_lookup).
-std::vector<std::string> ebpf_unsupported_inbound(const CaptureConfig& cfg);
-/// Both of the above.
-std::vector<std::string> ebpf_unsupported(const CaptureConfig& cfg);
-/// Whether IPv6 is captured, as istio decides it: --dual-stack, or the pod
-/// has a global IPv6 address.
-bool ipv6_enabled(const CaptureConfig& cfg, const PodNetwork& pod);
-/// True when the configuration asks for inbound capture (-b or -k).
-bool wants_inbound(const CaptureConfig& cfg);
-/// True when the running kernel has sk_lookup programs (probed, not guessed
-/// from the version).
-bool kernel_has_sk_lookup();
-/// Interfaces named by -c / -k that the pod does not have.
-std::vector<std::string> missing_interfaces(const CaptureConfig& cfg, const PodNetwork& pod);
+/// The most UIDs (-u) or GIDs (-g) the programs take.
+size_t max_proxy_ids();
 
 /// The directory where a pod's pins live: /sys/fs/bpf/meshcap/NAME.
 std::string pin_dir(const std::string& name);
@@ -97,20 +64,39 @@ void validate_pod_name(const std::string& name);
 /// Mounts the BPF filesystem at /sys/fs/bpf when it is not mounted there.
 void ensure_bpffs();
 
-/// One pod's BPF capture being set up. Typical use: configure(), load(),
-/// attach(cgroup), pin(name). Until pin() succeeds, destroying the object
-/// detaches everything it attached.
+/// What one pod's eBPF capture carries out, decided by the planner: the
+/// eBPF part of the configuration (Plan::ebpf_config), the pod's network,
+/// and whether sk_lookup captures inbound. Nothing here is checked again.
+struct EbpfSpec {
+  CaptureConfig cfg;
+  PodNetwork pod;
+  bool inbound = false;
+  bool ipv6 = false;
+};
+
+/// The programs of a capture, in attach order: pin name, program name.
+struct ProgramSpec {
+  const char* pin;
+  const char* program;
+};
+/// The cgroup programs every eBPF capture attaches (sk_lookup and sk_msg
+/// come on top for inbound and --accelerate).
+const std::vector<ProgramSpec>& cgroup_programs();
+
+/// One pod's BPF capture being set up: BpfCapture(spec), load(),
+/// attach(cgroup, netns), adopt_listeners(netns), pin(name). Until pin()
+/// succeeds, destroying the object detaches everything it attached.
 class BpfCapture {
  public:
-  BpfCapture();  // opens the skeleton (no kernel objects yet)
+  /// Opens the skeleton and sets its read-only data (no kernel objects yet).
+  explicit BpfCapture(const EbpfSpec& spec);
   ~BpfCapture();
   BpfCapture(const BpfCapture&) = delete;
   BpfCapture& operator=(const BpfCapture&) = delete;
 
-  /// Sets read-only data and remembers map contents. Throws UsageError when
-  /// the config is not supported by the eBPF path (see ebpf_unsupported).
-  void configure(const CaptureConfig& cfg, const PodNetwork& pod);
-  /// Loads the programs and fills the maps.
+  /// Loads the programs and fills the maps. When the kernel refuses the
+  /// load, the LoaderError names the part it cannot do (inbound when the
+  /// programs load without sk_lookup).
   void load();
   /// Attaches every program to the cgroup v2 directory, and sk_lookup (when
   /// inbound capture is asked for) to the network namespace; all or nothing.
@@ -136,9 +122,7 @@ class BpfCapture {
   std::unique_ptr<meshcap_bpf, Deleter> skel_;
   std::vector<::bpf_link*> links_;
   std::vector<std::string> link_pins_;  // pin file name of each link
-  CaptureConfig cfg_;
-  PodNetwork pod_;
-  bool configured_ = false;
+  EbpfSpec spec_;
   void detach_all();
 };
 
@@ -149,6 +133,17 @@ struct PinnedState {
   std::vector<std::string> maps;
 };
 PinnedState pinned_state(const std::string& name);
+/// A pinned link and whether it is still attached (its cgroup or network
+/// namespace exists and nobody detached it).
+struct PinnedLink {
+  std::string pin;  ///< "link_connect4", ...
+  bool attached = false;
+  uint32_t prog_id = 0;
+  uint64_t netns_ino = 0;  ///< for a netns link: the namespace it is attached to
+};
+std::vector<PinnedLink> pinned_links(const std::string& name);
+/// Whether a pinned capture was switched on (its control map says so).
+bool pinned_enabled(const std::string& name);
 /// Counters of a pinned pod (reads the pinned counters map).
 Counters pinned_counters(const std::string& name);
 /// Entries in a pinned pod's connection table.

@@ -9,20 +9,40 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <fstream>
+#include <functional>
+#include <memory>
 #include <sstream>
+
+#include "meshcap.h"
+#include "meshcap.skel.h"
 
 namespace meshcap::loader {
 
 namespace {
+
+constexpr const char* kNames[] = {
+#define MC_FEATURE_NAME(name, doc) #name,
+    MESHCAP_KERNEL_FEATURES(MC_FEATURE_NAME)
+#undef MC_FEATURE_NAME
+};
+constexpr const char* kDocs[] = {
+#define MC_FEATURE_DOC(name, doc) doc,
+    MESHCAP_KERNEL_FEATURES(MC_FEATURE_DOC)
+#undef MC_FEATURE_DOC
+};
+static_assert(sizeof(kNames) / sizeof(kNames[0]) == kFeatureCount);
+
+size_t idx(Feature f) { return static_cast<size_t>(f); }
 
 // linux/capability.h
 constexpr int kCapNetAdmin = 12;
 constexpr int kCapSysAdmin = 21;
 constexpr int kCapBpf = 39;
 
-// Whether `cap` is in this thread's effective set (CapEff of
-// /proc/self/status), asked with capget(2) rather than parsing that file.
+// Whether `cap` is in this thread's effective set, asked with capget(2).
 bool capability(int cap) {
   __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
   __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3] = {};
@@ -30,122 +50,172 @@ bool capability(int cap) {
   return (data[cap / 32].effective >> (cap % 32)) & 1;
 }
 
-// Loads "r0 = 1; exit" as the given program and attach type.
-bool loads(bpf_prog_type type, bpf_attach_type attach) {
-  const bpf_insn insns[] = {
-      {BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, 1},
-      {BPF_JMP | BPF_EXIT, 0, 0, 0, 0},
-  };
-  LIBBPF_OPTS(bpf_prog_load_opts, opts, .expected_attach_type = attach);
-  int fd = bpf_prog_load(type, nullptr, "GPL", insns, 2, &opts);
-  if (fd < 0) return false;
-  close(fd);
-  return true;
-}
-
-// r1 = 0; *(u64 *)(r10 - 8) = r1; r1 = 1; r1 = atomic_fetch_or(r10 - 8, r1)
-bool atomic_fetch_loads() {
-  const bpf_insn insns[] = {
-      {BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_1, 0, 0, 0},
-      {BPF_STX | BPF_DW | BPF_MEM, BPF_REG_10, BPF_REG_1, -8, 0},
-      {BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_1, 0, 0, 1},
-      {BPF_STX | BPF_DW | BPF_ATOMIC, BPF_REG_10, BPF_REG_1, -8, BPF_OR | BPF_FETCH},
-      {BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, 1},
-      {BPF_JMP | BPF_EXIT, 0, 0, 0, 0},
-  };
-  LIBBPF_OPTS(bpf_prog_load_opts, opts);
-  int fd = bpf_prog_load(BPF_PROG_TYPE_SOCK_OPS, nullptr, "GPL", insns, 6, &opts);
-  if (fd < 0) return false;
-  close(fd);
-  return true;
-}
-
-bool have_file(const std::string& path) { return access(path.c_str(), X_OK) == 0; }
-
 bool have_tool(const std::string& name) {
   for (const char* dir : {"/usr/sbin/", "/sbin/", "/usr/bin/", "/bin/"})
-    if (have_file(dir + name)) return true;
+    if (access((dir + name).c_str(), X_OK) == 0) return true;
   return false;
+}
+
+// The skeleton programs behind each program row, and the settings they are
+// verified with (the verifier drops code behind settings that are off).
+struct ProgramRow {
+  Feature feature;
+  std::vector<const char*> programs;
+  bool ifaces;  // mc_cfg.has_ifaces: sk_lookup reads the arrival interface
+};
+
+const std::vector<ProgramRow>& program_rows() {
+  static const std::vector<ProgramRow> rows = {
+      {Feature::prog_connect, {"mc_connect4", "mc_connect6"}, false},
+      {Feature::prog_getpeername, {"mc_getpeername4", "mc_getpeername6"}, false},
+      {Feature::prog_sockops, {"mc_sockops"}, false},
+      {Feature::prog_getsockopt, {"mc_getsockopt"}, false},
+      {Feature::prog_sk_lookup, {"mc_sk_lookup"}, false},
+      {Feature::prog_sk_lookup_ifindex, {"mc_sk_lookup"}, true},
+      {Feature::prog_sk_msg, {"mc_accel"}, false},
+  };
+  return rows;
+}
+
+struct SkelDeleter {
+  void operator()(meshcap_bpf* s) const { meshcap_bpf::destroy(s); }
+};
+
+// Loads only `programs` of meshcap's skeleton, with every setting on (IPv6,
+// inbound, --accelerate, interfaces when `ifaces`) and its maps shrunk to one
+// entry, then discards everything. 0, or the negative errno of the load.
+int load_programs(const std::vector<const char*>& programs, bool ifaces) {
+  std::unique_ptr<meshcap_bpf, SkelDeleter> skel(meshcap_bpf::open());
+  if (!skel) return -errno;
+  bpf_program* prog;
+  bpf_object__for_each_program(prog, skel->obj) {
+    bool wanted = std::any_of(programs.begin(), programs.end(),
+                              [&](const char* p) { return std::strcmp(p, bpf_program__name(prog)) == 0; });
+    bpf_program__set_autoload(prog, wanted);
+  }
+  bpf_map* map;
+  bpf_object__for_each_map(map, skel->obj) {
+    if (bpf_map__type(map) != BPF_MAP_TYPE_SK_STORAGE && bpf_map__max_entries(map) > MC_CNT__MAX &&
+        !bpf_map__is_internal(map))
+      bpf_map__set_max_entries(map, 1);
+  }
+  auto& c = skel->rodata->mc_cfg;
+  c.proxy_port = 15001;
+  c.inbound_port = 15006;
+  c.tunnel_port = 15008;
+  c.include_all = 1;
+  c.inbound = MC_INBOUND_ALL;
+  c.ipv6 = 1;
+  c.accelerate = 1;
+  c.has_excluded_ifaces = 1;
+  c.has_ifaces = ifaces;
+  c.n_uids = c.n_gids = 1;
+  c.uids[0] = c.gids[0] = 1337;
+  return meshcap_bpf::load(skel.get());
 }
 
 }  // namespace
 
-const std::vector<std::string>& feature_names() {
-  static const std::vector<std::string> names = {
-      "bpf_syscall",   "btf",         "cgroup2",       "prog_sock_addr",     "prog_getpeername",
-      "prog_sock_ops", "prog_sockopt", "prog_sk_lookup", "prog_sk_msg", "helper_sk_storage", "helper_bind",
-      "helper_sk_assign", "helper_sock_map_update", "atomic_fetch", "cap_bpf", "cap_net_admin", "cap_sys_admin",
-      "iptables_nft",  "iptables_legacy"};
-  return names;
-}
+const char* feature_name(Feature f) { return kNames[idx(f)]; }
+const char* feature_doc(Feature f) { return kDocs[idx(f)]; }
 
-bool KernelFeatures::cached(const std::string& name) {
-  auto it = cache_.find(name);
-  if (it != cache_.end()) return it->second;
-  bool v = probe(name);
-  cache_[name] = v;
-  return v;
-}
+std::vector<std::string> feature_names() { return {std::begin(kNames), std::end(kNames)}; }
 
-bool KernelFeatures::probe(const std::string& n) {
-  if (n == "bpf_syscall") {
-    int fd = bpf_map_create(BPF_MAP_TYPE_ARRAY, "mc_probe", 4, 4, 1, nullptr);
-    if (fd < 0) return false;
-    close(fd);
-    return true;
+bool KernelFeatures::has(Feature f) {
+  auto& slot = cache_[idx(f)];
+  if (!slot) {
+    const bool is_program = std::any_of(program_rows().begin(), program_rows().end(),
+                                        [&](const ProgramRow& r) { return r.feature == f; });
+    if (is_program) {
+      probe_programs();
+    } else {
+      slot = probe(f, details_[idx(f)]);
+    }
   }
-  if (n == "btf") return access("/sys/kernel/btf/vmlinux", R_OK) == 0;
-  if (n == "cgroup2") return cgroup2_mount().has_value();
-  if (n == "prog_sock_addr") return loads(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_CGROUP_INET4_CONNECT);
-  if (n == "prog_getpeername") return loads(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_CGROUP_INET4_GETPEERNAME);
-  if (n == "prog_sock_ops") return libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SOCK_OPS, nullptr) == 1;
-  if (n == "prog_sockopt") return loads(BPF_PROG_TYPE_CGROUP_SOCKOPT, BPF_CGROUP_GETSOCKOPT);
-  if (n == "prog_sk_lookup") return libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_LOOKUP, nullptr) == 1;
-  if (n == "prog_sk_msg") return libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_MSG, nullptr) == 1;
-  if (n == "helper_sk_storage")
-    return libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_sk_storage_get, nullptr) == 1;
-  if (n == "helper_bind") return libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_bind, nullptr) == 1;
-  if (n == "helper_sk_assign") return libbpf_probe_bpf_helper(BPF_PROG_TYPE_SK_LOOKUP, BPF_FUNC_sk_assign, nullptr) == 1;
-  if (n == "helper_sock_map_update")
-    return libbpf_probe_bpf_helper(BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_sock_map_update, nullptr) == 1;
-  if (n == "atomic_fetch") return atomic_fetch_loads();
-  if (n == "cap_bpf") return capability(kCapBpf) || capability(kCapSysAdmin);
-  if (n == "cap_net_admin") return capability(kCapNetAdmin);
-  if (n == "cap_sys_admin") return capability(kCapSysAdmin);
-  if (n == "iptables_nft") return have_tool("iptables-nft") && have_tool("iptables-nft-restore");
-  if (n == "iptables_legacy") return have_tool("iptables-legacy") && have_tool("iptables-legacy-restore");
-  return false;
+  return *slot;
 }
 
-#define MC_FEATURE(name) \
-  bool KernelFeatures::name() { return cached(#name); }
-MC_FEATURE(bpf_syscall)
-MC_FEATURE(btf)
-MC_FEATURE(cgroup2)
-MC_FEATURE(prog_sock_addr)
-MC_FEATURE(prog_getpeername)
-MC_FEATURE(prog_sock_ops)
-MC_FEATURE(prog_sockopt)
-MC_FEATURE(prog_sk_lookup)
-MC_FEATURE(prog_sk_msg)
-MC_FEATURE(helper_sk_storage)
-MC_FEATURE(helper_bind)
-MC_FEATURE(helper_sk_assign)
-MC_FEATURE(helper_sock_map_update)
-MC_FEATURE(atomic_fetch)
-MC_FEATURE(cap_bpf)
-MC_FEATURE(cap_net_admin)
-MC_FEATURE(cap_sys_admin)
-MC_FEATURE(iptables_nft)
-MC_FEATURE(iptables_legacy)
-#undef MC_FEATURE
+std::string KernelFeatures::detail(Feature f) {
+  has(f);
+  return details_[idx(f)];
+}
+
+// Every program row at once: one load of all of meshcap's programs, and
+// only when the kernel refuses it, one load per row to tell which.
+void KernelFeatures::probe_programs() {
+  if (!batch_program_probe()) {
+    for (const auto& r : program_rows()) cache_[idx(r.feature)] = probe(r.feature, details_[idx(r.feature)]);
+    return;
+  }
+  std::vector<const char*> all;
+  for (const auto& r : program_rows())
+    if (!r.ifaces) all.insert(all.end(), r.programs.begin(), r.programs.end());
+  const bool all_load = load_programs(all, true) == 0;
+  for (const auto& r : program_rows()) {
+    if (all_load) {
+      cache_[idx(r.feature)] = true;
+      continue;
+    }
+    int err = load_programs(r.programs, r.ifaces);
+    cache_[idx(r.feature)] = err == 0;
+    if (err) details_[idx(r.feature)] = std::string("the kernel refuses it: ") + std::strerror(-err);
+  }
+}
+
+bool KernelFeatures::probe(Feature f, std::string& detail) {
+  switch (f) {
+    case Feature::cap_bpf:
+      return capability(kCapBpf) || capability(kCapSysAdmin);
+    case Feature::cap_net_admin:
+      return capability(kCapNetAdmin);
+    case Feature::cap_sys_admin:
+      return capability(kCapSysAdmin);
+    case Feature::bpf_syscall: {
+      int fd = bpf_map_create(BPF_MAP_TYPE_ARRAY, "mc_probe", 4, 4, 1, nullptr);
+      if (fd < 0) {
+        detail = std::strerror(errno);
+        return false;
+      }
+      close(fd);
+      return true;
+    }
+    case Feature::cgroup2: {
+      auto m = cgroup2_mount();
+      if (m) detail = *m;
+      return m.has_value();
+    }
+    case Feature::btf:
+      return access("/sys/kernel/btf/vmlinux", R_OK) == 0;
+    case Feature::helper_sk_storage:
+      return libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_sk_storage_get, nullptr) == 1;
+    case Feature::helper_bind:
+      return libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_bind, nullptr) == 1;
+    case Feature::helper_sk_assign:
+      return libbpf_probe_bpf_helper(BPF_PROG_TYPE_SK_LOOKUP, BPF_FUNC_sk_assign, nullptr) == 1;
+    case Feature::helper_sock_map_update:
+      return libbpf_probe_bpf_helper(BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_sock_map_update, nullptr) == 1;
+    case Feature::iptables_nft:
+      return have_tool("iptables-nft") && have_tool("iptables-nft-restore");
+    case Feature::iptables_legacy:
+      return have_tool("iptables-legacy") && have_tool("iptables-legacy-restore");
+    default: {
+      // A program row (a subclass asked for it).
+      for (const auto& r : program_rows())
+        if (r.feature == f) {
+          int err = load_programs(r.programs, r.ifaces);
+          if (err) detail = std::string("the kernel refuses it: ") + std::strerror(-err);
+          return err == 0;
+        }
+      return false;
+    }
+  }
+}
 
 std::vector<FeatureReport> KernelFeatures::report() {
   std::vector<FeatureReport> out;
-  for (const auto& n : feature_names()) {
-    FeatureReport r{n, cached(n), ""};
-    if (n == "cgroup2" && r.present) r.detail = cgroup2_mount().value_or("");
-    out.push_back(r);
+  for (size_t i = 0; i < kFeatureCount; i++) {
+    auto f = static_cast<Feature>(i);
+    out.push_back({feature_name(f), has(f), details_[i]});
   }
   return out;
 }
@@ -181,8 +251,10 @@ std::optional<std::string> FakeKernelFeatures::cgroup2_mount() {
   return std::nullopt;
 }
 
-bool FakeKernelFeatures::probe(const std::string& name) {
-  return std::count(present_.begin(), present_.end(), name) > 0;
+bool FakeKernelFeatures::probe(Feature f, std::string& detail) {
+  bool there = std::count(present_.begin(), present_.end(), feature_name(f)) > 0;
+  if (!there) detail = "(fake kernel)";
+  return there;
 }
 
 }  // namespace meshcap::loader

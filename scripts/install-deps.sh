@@ -10,7 +10,7 @@ PACKAGES=(
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev
   # run time and tests
-  iproute2 iptables util-linux procps haproxy
+  iproute2 iptables util-linux procps haproxy conntrack
   # benchmark plots (meshcap-bench)
   gnuplot-nox
   # fuzzing (scripts/fuzz.sh): clang's libFuzzer and sanitizer runtimes

@@ -2,6 +2,7 @@
 // through haproxy's inbound listener, steered by sk_lookup; haproxy reads
 // the original destination with SO_ORIGINAL_DST and connects to it from
 // 127.0.0.6, which capture lets through.
+#include "kernel_features.h"
 #include "kernel/capture_fixture.h"
 #include "support/gtest_helpers.h"
 #include "support/haproxy.h"
@@ -15,7 +16,7 @@ class HaproxyInbound : public CaptureTest {
     CaptureTest::SetUp();
     if (IsSkipped()) return;
     MESHCAP_REQUIRE_BINARY("haproxy");
-    if (!loader::kernel_has_sk_lookup()) GTEST_SKIP() << "this kernel has no sk_lookup programs";
+    if (!loader::KernelFeatures().prog_sk_lookup()) GTEST_SKIP() << "this kernel refuses meshcap's sk_lookup program";
     config_ = haproxy_config(*pod_);
     haproxy_ = start_haproxy(*pod_, config_);  // listening before init: adopted
     app_ = std::make_unique<EchoServer>(Placement::pod_process(*pod_), "0.0.0.0", 8080);

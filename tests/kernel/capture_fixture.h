@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "bpf_capture.h"
 #include "support/common.h"
 #include "support/sockets.h"
@@ -86,6 +88,13 @@ class CaptureTest : public ::testing::Test {
   RoundTrip app_roundtrip(const std::string& ip, uint16_t port, Identity id = Identity::user(1000, 1000),
                           const ConnectOptions& options = {}) {
     return roundtrip_in_pod(*pod_, ip, port, id, options);
+  }
+  /// A round trip made from outside the pod (its peer namespace).
+  RoundTrip peer_roundtrip(const std::string& ip, uint16_t port) { return roundtrip_in_peer(*pod_, ip, port); }
+  /// `meshcap status --name NAME --json`, the pod's entry.
+  nlohmann::json status_json(const std::string& name) {
+    auto r = meshcap({"status", "--name", name, "--json"});
+    return nlohmann::json::parse(r.output.substr(r.output.find('['))).at(0);
   }
 
   std::unique_ptr<TestPod> pod_;

@@ -3,6 +3,7 @@
 // rows I1-I6.
 #include <bpf/bpf.h>
 
+#include "kernel_features.h"
 #include "capture_fixture.h"
 
 namespace meshcap::test {
@@ -13,7 +14,7 @@ class EbpfInbound : public CaptureTest {
   void SetUp() override {
     CaptureTest::SetUp();
     if (IsSkipped()) return;
-    if (!loader::kernel_has_sk_lookup()) GTEST_SKIP() << "this kernel has no sk_lookup programs";
+    if (!loader::KernelFeatures().prog_sk_lookup()) GTEST_SKIP() << "this kernel refuses meshcap's sk_lookup program";
     for (uint16_t port : {8080, 9090, 15008}) {
       apps4_.push_back(std::make_unique<RecordingListener>(Placement::pod_process(*pod_), "0.0.0.0", port));
       apps6_.push_back(std::make_unique<RecordingListener>(Placement::pod_process(*pod_), "::", port));

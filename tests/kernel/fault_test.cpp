@@ -89,13 +89,77 @@ TEST_P(InitFault, LeavesAllOrNothingAndIsRepairable) {
 
 INSTANTIATE_TEST_SUITE_P(
     Steps, InitFault,
-    ::testing::Values(Fault{"ebpf", "loaded", false}, Fault{"ebpf", "attached", false},
+    ::testing::Values(Fault{"ebpf", "load", false}, Fault{"ebpf", "attach", false},
                       Fault{"ebpf", "pin-link", false}, Fault{"ebpf", "pinned", false},
-                      Fault{"ebpf", "enabled", false}, Fault{"ebpf", "loaded", true}, Fault{"ebpf", "attached", true},
+                      Fault{"ebpf", "enabled", false}, Fault{"ebpf", "load", true}, Fault{"ebpf", "attach", true},
                       Fault{"ebpf", "pin-link", true}, Fault{"ebpf", "pinned", true}, Fault{"ebpf", "enabled", true},
                       Fault{"ebpf", "state", true}, Fault{"iptables", "iptables", false},
                       Fault{"iptables", "iptables", true}, Fault{"iptables", "state", true}),
     fault_name);
+
+// The fallback of auto mode at each run-time step where eBPF can fail (the
+// bug this guards against: a refused load printed "outbound by iptables",
+// passed validation and captured nothing outbound). Each step moves only
+// the part it belongs to; what moved is captured by iptables for real;
+// --run-validation checks outbound to an address outside the pod; status
+// shows every part in place.
+struct AutoFault {
+  std::string step;
+  std::string outbound, inbound;  ///< the engines the plan must end with
+};
+
+class AutoFallback : public CaptureTest, public ::testing::WithParamInterface<AutoFault> {};
+
+TEST_P(AutoFallback, MovesOnlyWhatItMustAndCapturesIt) {
+  const AutoFault& f = GetParam();
+  auto r = run_command({"env", "MESHCAP_FAULT_AT=" + f.step, MESHCAP_BIN, "init", "--mode", "auto", "--name", name_,
+                        "--cgroup", pod_->cgroup_path(), "--netns", pod_->pod_netns_path(), "-p", "15001", "-z",
+                        "15006", "-u", "1337", "-g", "1337", "-m", "REDIRECT", "-i", "*", "-b", "*", "-d",
+                        "15090,15021,15020", "--run-validation"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("validation passed"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("outbound connection"), std::string::npos) << r.output;
+  auto st = status_json(name_);
+  EXPECT_EQ(st["parts"]["outbound"]["engine"], f.outbound) << st.dump();
+  EXPECT_EQ(st["parts"]["inbound"]["engine"], f.inbound) << st.dump();
+  EXPECT_TRUE(st["parts"]["outbound"]["in_place"].get<bool>()) << st.dump();
+  EXPECT_TRUE(st["parts"]["inbound"]["in_place"].get<bool>()) << st.dump();
+  EXPECT_TRUE(st["drift"].empty()) << st.dump();
+  EXPECT_NE(st["plan"][f.outbound == "ebpf" ? "inbound" : "outbound"]["reasons"].dump().find("failed at run time"),
+            std::string::npos)
+      << st.dump();
+
+  // Real traffic: outbound from the application to the peer lands on the
+  // proxy's outbound listener, inbound from the peer on its inbound one.
+  RecordingListener out4(Placement::pod_process(*pod_, Identity::proxy()), "0.0.0.0", 15001);
+  RecordingListener in4(Placement::pod_process(*pod_, Identity::proxy()), "0.0.0.0", 15006);
+  RecordingListener peer(Placement::peer_thread(*pod_), pod_->peer_ipv4(), 8080);
+  RecordingListener app(Placement::pod_process(*pod_, Identity::user(1000, 1000)), "0.0.0.0", 8080);
+  EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());
+  EXPECT_ACCEPTS(out4.accepted(), 1);
+  EXPECT_EQ(out4.records().at(0).original_dst.address, pod_->peer_ipv4() + ":8080");
+  EXPECT_EQ(peer.accepted(), 0u);
+  EXPECT_TRUE(peer_roundtrip(pod_->pod_ipv4(), 8080).ok());
+  EXPECT_ACCEPTS(in4.accepted(), 1);
+  EXPECT_EQ(in4.records().at(0).original_dst.address, pod_->pod_ipv4() + ":8080");
+  EXPECT_EQ(meshcap({"cleanup", "--name", name_}).exit_code, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Steps, AutoFallback,
+                         ::testing::Values(AutoFault{"load", "iptables", "iptables"},
+                                           AutoFault{"load-sk_lookup", "ebpf", "iptables"},
+                                           AutoFault{"attach", "iptables", "iptables"},
+                                           AutoFault{"sk_lookup", "ebpf", "iptables"},
+                                           AutoFault{"adopt", "ebpf", "iptables"},
+                                           AutoFault{"pin-link", "iptables", "iptables"},
+                                           AutoFault{"pinned", "iptables", "iptables"},
+                                           AutoFault{"enabled", "iptables", "iptables"}),
+                         [](const ::testing::TestParamInfo<AutoFault>& info) {
+                           std::string s = info.param.step;
+                           for (auto& c : s)
+                             if (!isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return s;
+                         });
 
 }  // namespace
 }  // namespace meshcap::test

@@ -1,5 +1,6 @@
-// The per-direction plan against fake kernels: the feature sets of typical
-// 4.19, 5.4, 5.10 and 6.1 kernels, with and without privileges.
+// The plan per part against fake kernels: the program rows of the kernels
+// booted under qemu (docs/kernel-facts/), with and without privileges,
+// flags eBPF cannot honour, and what a run-time refusal moves.
 #include <gtest/gtest.h>
 
 #include "istio_flags.h"
@@ -17,13 +18,21 @@ std::vector<std::string> with(std::vector<std::string> a, const std::vector<std:
   a.insert(a.end(), b.begin(), b.end());
   return a;
 }
+std::vector<std::string> without(const std::vector<std::string>& a, const std::string& gone) {
+  std::vector<std::string> out;
+  for (const auto& f : a)
+    if (f != gone) out.push_back(f);
+  return out;
+}
 
-// What each kernel has (upstream versions where the features arrived).
-const std::vector<std::string> k419 = {"bpf_syscall", "cgroup2", "prog_sock_addr", "prog_sock_ops", "helper_bind",
-                                       "helper_sock_map_update"};
-const std::vector<std::string> k54 = with(k419, {"btf", "prog_sockopt", "helper_sk_storage"});
-const std::vector<std::string> k510 = with(k54, {"prog_getpeername", "prog_sk_lookup", "helper_sk_assign"});
-const std::vector<std::string> k61 = with(k510, {"atomic_fetch"});
+// Which of meshcap's programs each kernel loads. 5.10 (Debian's
+// 5.10.0-46, booted): all but sk_lookup reading the arrival interface
+// (bpf_sk_lookup.ingress_ifindex). 5.4 has no getpeername hooks (5.8) and
+// no sk_lookup (5.9): predicted, not booted.
+const std::vector<std::string> k54 = {"bpf_syscall", "cgroup2", "prog_connect", "prog_sockops", "prog_getsockopt",
+                                      "prog_sk_msg"};
+const std::vector<std::string> k510 = with(k54, {"prog_getpeername", "prog_sk_lookup"});
+const std::vector<std::string> k61 = with(k510, {"prog_sk_lookup_ifindex"});
 
 CaptureConfig istio_init(std::vector<std::string> extra = {}) {
   std::vector<std::string> args = {"-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "",
@@ -32,9 +41,21 @@ CaptureConfig istio_init(std::vector<std::string> extra = {}) {
   return parse_capture_args(args, [](const std::string&) { return std::optional<std::string>(); });
 }
 
-Plan plan_on(const std::vector<std::string>& kernel, const CaptureConfig& cfg, const std::string& mode = "auto") {
+PodNetwork pod_with(std::vector<std::string> ifaces) {
+  PodNetwork p;
+  uint32_t i = 1;
+  for (const auto& n : ifaces) p.interfaces[n] = i++;
+  return p;
+}
+
+Plan plan_on(const std::vector<std::string>& kernel, const CaptureConfig& cfg, Mode mode = Mode::Auto,
+             PodNetwork pod = pod_with({"lo", "eth0"})) {
   FakeKernelFeatures k(kernel);
-  return make_plan(cfg, k, mode);
+  PlanInput in;
+  in.config = cfg;
+  in.mode = mode;
+  in.pod = std::move(pod);
+  return make_plan(in, k);
 }
 
 TEST(Planner, Linux61WithPrivilegesIsAllEbpf) {
@@ -43,17 +64,22 @@ TEST(Planner, Linux61WithPrivilegesIsAllEbpf) {
   EXPECT_EQ(p.inbound.engine, Engine::Ebpf);
 }
 
-// The programs use no atomic operations (records move with the sockets):
-// a 5.10 kernel has every hook eBPF capture needs.
-TEST(Planner, Linux510IsAllEbpf) {
+TEST(Planner, Linux510IsAllEbpfWithoutInterfaces) {
   auto p = plan_on(with(with(k510, kPrivileges), kTools), istio_init());
   EXPECT_EQ(p.outbound.engine, Engine::Ebpf);
   EXPECT_EQ(p.inbound.engine, Engine::Ebpf);
 }
 
-// 5.4 has no cgroup getpeername hooks: an application would see the proxy's
-// address as its peer, so outbound stays with iptables (and inbound: no
-// sk_lookup before 5.9).
+// -c needs the arrival interface in sk_lookup, which 5.10 refuses to give:
+// inbound goes to iptables and says so; outbound stays eBPF.
+TEST(Planner, Linux510WithExcludedInterfaceMovesOnlyInbound) {
+  auto p = plan_on(with(k510, kPrivileges), istio_init({"-c", "eth0"}));
+  EXPECT_EQ(p.outbound.engine, Engine::Ebpf);
+  EXPECT_EQ(p.inbound.engine, Engine::Iptables);
+  EXPECT_NE(p.inbound.reasons.at(0).find("arrival interface"), std::string::npos);
+  EXPECT_THROW(plan_on(with(k510, kPrivileges), istio_init({"-c", "eth0"}), Mode::Ebpf), std::runtime_error);
+}
+
 TEST(Planner, Linux54LacksGetpeernameSoIptables) {
   auto p = plan_on(with(with(k54, kPrivileges), kTools), istio_init());
   EXPECT_EQ(p.outbound.engine, Engine::Iptables);
@@ -61,19 +87,8 @@ TEST(Planner, Linux54LacksGetpeernameSoIptables) {
   EXPECT_EQ(p.inbound.engine, Engine::Iptables);
 }
 
-TEST(Planner, Linux54And419AreIptables) {
-  for (const auto& k : {k54, k419}) {
-    auto p = plan_on(with(with(k, kPrivileges), kTools), istio_init());
-    EXPECT_EQ(p.outbound.engine, Engine::Iptables);
-    EXPECT_EQ(p.inbound.engine, Engine::Iptables);
-  }
-}
-
-TEST(Planner, NoSkLookupMeansEbpfOutboundIptablesInbound) {
-  std::vector<std::string> k;
-  for (const auto& f : with(k61, kPrivileges))
-    if (f != "prog_sk_lookup") k.push_back(f);
-  auto p = plan_on(k, istio_init());
+TEST(Planner, RefusedSkLookupMeansEbpfOutboundIptablesInbound) {
+  auto p = plan_on(without(with(k61, kPrivileges), "prog_sk_lookup"), istio_init());
   EXPECT_EQ(p.outbound.engine, Engine::Ebpf);
   EXPECT_EQ(p.inbound.engine, Engine::Iptables);
   EXPECT_NE(p.inbound.reasons.at(0).find("sk_lookup"), std::string::npos);
@@ -88,12 +103,25 @@ TEST(Planner, IstioInitContainerWithoutBpfPrivilegeIsIptables) {
 }
 
 TEST(Planner, NoCgroupV2IsIptables) {
-  std::vector<std::string> k;
-  for (const auto& f : with(k61, kPrivileges))
-    if (f != "cgroup2") k.push_back(f);
-  auto p = plan_on(k, istio_init());
+  auto p = plan_on(without(with(k61, kPrivileges), "cgroup2"), istio_init());
   EXPECT_EQ(p.outbound.engine, Engine::Iptables);
   EXPECT_NE(p.outbound.reasons.at(0).find("cgroup v2"), std::string::npos);
+}
+
+// No place to attach (no --cgroup, no node data path): iptables in auto,
+// refused in ebpf mode; never "captured" by programs that see no pod.
+TEST(Planner, NoEbpfHostIsIptables) {
+  FakeKernelFeatures k(with(k61, kPrivileges));
+  PlanInput in;
+  in.config = istio_init();
+  in.pod = pod_with({"lo"});
+  in.no_ebpf_host = "no cgroup given";
+  auto p = make_plan(in, k);
+  EXPECT_EQ(p.outbound.engine, Engine::Iptables);
+  EXPECT_EQ(p.outbound.reasons.at(0), "no cgroup given");
+  EXPECT_EQ(p.inbound.engine, Engine::Iptables);
+  in.mode = Mode::Ebpf;
+  EXPECT_THROW(make_plan(in, k), std::runtime_error);
 }
 
 TEST(Planner, FlagsEbpfCannotHonourMoveTheirPartToIptables) {
@@ -104,6 +132,13 @@ TEST(Planner, FlagsEbpfCannotHonourMoveTheirPartToIptables) {
   auto dns = plan_on(all, istio_init({"--redirect-dns", "--dns-servers", "10.96.0.10"}));
   EXPECT_EQ(dns.outbound.engine, Engine::Iptables);
   EXPECT_EQ(dns.inbound.engine, Engine::Iptables);
+  // An interface the pod lacks: eBPF resolves names once, iptables matches
+  // them later too.
+  auto missing = plan_on(all, istio_init({"-k", "eth9"}));
+  EXPECT_EQ(missing.outbound.engine, Engine::Ebpf);
+  EXPECT_EQ(missing.inbound.engine, Engine::Iptables);
+  EXPECT_NE(missing.inbound.reasons.at(0).find("eth9"), std::string::npos);
+  EXPECT_THROW(plan_on(all, istio_init({"-c", "eth9"}), Mode::Ebpf), UsageError);
 }
 
 TEST(Planner, NoInboundRequested) {
@@ -114,24 +149,73 @@ TEST(Planner, NoInboundRequested) {
 
 TEST(Planner, ExplicitModes) {
   auto all = with(k61, kPrivileges);
-  auto ipt = plan_on(all, istio_init(), "iptables");
+  auto ipt = plan_on(all, istio_init(), Mode::Iptables);
   EXPECT_EQ(ipt.outbound.engine, Engine::Iptables);
   EXPECT_EQ(ipt.inbound.engine, Engine::Iptables);
-  EXPECT_THROW(plan_on(all, istio_init({"--redirect-dns", "--dns-servers", ""}), "ebpf"), UsageError);
-  EXPECT_THROW(plan_on(k61, istio_init(), "ebpf"), std::runtime_error);  // no privileges
+  EXPECT_THROW(plan_on(all, istio_init({"--redirect-dns", "--dns-servers", ""}), Mode::Ebpf), UsageError);
+  EXPECT_THROW(plan_on(k61, istio_init(), Mode::Ebpf), std::runtime_error);  // no privileges
 }
 
-TEST(Planner, IptablesPartDropsOutboundCaptureWhenEbpfHasIt) {
-  std::vector<std::string> k;
-  for (const auto& f : with(k61, kPrivileges))
-    if (f != "prog_sk_lookup") k.push_back(f);
-  auto cfg = istio_init();
-  auto p = plan_on(k, cfg);
-  auto part = iptables_part(cfg, p);
+TEST(Planner, AccelerateNeedsEbpfOutboundAndSkMsg) {
+  FakeKernelFeatures k(with(k61, kPrivileges));
+  PlanInput in;
+  in.config = istio_init();
+  in.accelerate = true;
+  EXPECT_TRUE(make_plan(in, k).accelerate);
+  FakeKernelFeatures no_msg(without(with(k61, kPrivileges), "prog_sk_msg"));
+  auto p = make_plan(in, no_msg);
+  EXPECT_FALSE(p.accelerate);
+  ASSERT_EQ(p.notes.size(), 1u);
+  in.mode = Mode::Iptables;
+  EXPECT_THROW(make_plan(in, k), UsageError);
+}
+
+TEST(Planner, IptablesConfigDropsOutboundCaptureWhenEbpfHasIt) {
+  auto p = plan_on(without(with(k61, kPrivileges), "prog_sk_lookup"), istio_init());
+  auto part = p.iptables_config();
   EXPECT_TRUE(part.outbound_ranges_include.empty());
   EXPECT_TRUE(part.inbound_ports_include.wildcard);
-  auto full = iptables_part(cfg, plan_on(with(k61, {"cap_net_admin"}), cfg));
+  auto full = plan_on(with(k61, {"cap_net_admin"}), istio_init()).iptables_config();
   EXPECT_TRUE(full.outbound_ranges_include.wildcard);
+}
+
+// A run-time refusal moves only its part: sk_lookup failing keeps outbound
+// on eBPF; outbound failing takes inbound and --accelerate with it; the
+// iptables configuration then holds the whole of what moved.
+TEST(Planner, FallBackMovesOnlyWhatItMust) {
+  FakeKernelFeatures k(with(k61, kPrivileges));
+  PlanInput in;
+  in.config = istio_init();
+  in.accelerate = true;
+  Plan p = make_plan(in, k);
+  p.fall_back_to_iptables(Part::Inbound, "sk_lookup refused");
+  EXPECT_EQ(p.outbound.engine, Engine::Ebpf);
+  EXPECT_EQ(p.inbound.engine, Engine::Iptables);
+  EXPECT_TRUE(p.accelerate);
+  EXPECT_TRUE(p.iptables_config().outbound_ranges_include.empty());
+  EXPECT_TRUE(p.ebpf_config().inbound_ports_include.empty());
+
+  Plan q = make_plan(in, k);
+  q.fall_back_to_iptables(Part::Outbound, "load refused");
+  EXPECT_EQ(q.outbound.engine, Engine::Iptables);
+  EXPECT_EQ(q.inbound.engine, Engine::Iptables);
+  EXPECT_FALSE(q.accelerate);
+  // The bug this replaces: the iptables part kept the first plan's cut.
+  EXPECT_TRUE(q.iptables_config().outbound_ranges_include.wildcard);
+  EXPECT_FALSE(q.uses(Engine::Ebpf));
+
+  in.mode = Mode::Ebpf;
+  Plan r = make_plan(in, k);
+  EXPECT_THROW(r.fall_back_to_iptables(Part::Inbound, "x"), std::runtime_error);
+}
+
+TEST(Planner, PlanRoundTripsThroughJson) {
+  Plan p = plan_on(with(k61, kPrivileges), istio_init({"-m", "TPROXY"}));
+  Plan q = Plan::from_json(p.to_json());
+  EXPECT_EQ(q.outbound.engine, p.outbound.engine);
+  EXPECT_EQ(q.inbound.engine, p.inbound.engine);
+  EXPECT_EQ(q.inbound.reasons, p.inbound.reasons);
+  EXPECT_EQ(q.ipv6, p.ipv6);
 }
 
 }  // namespace

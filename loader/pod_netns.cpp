@@ -12,9 +12,13 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <filesystem>
 #include <thread>
 
+#include <sys/socket.h>
+
 #include "bpf_capture.h"
+#include "pod_netns.h"
 
 namespace meshcap::loader {
 
@@ -112,7 +116,20 @@ PodNetwork read_pod_network(const std::string& netns_path) {
       close(fd);
       return;
     }
+    struct stat ns {};
+    if (fstat(fd, &ns) == 0) {
+      out.netns.dev = ns.st_dev;
+      out.netns.ino = ns.st_ino;
+    }
     close(fd);
+    // The cookie BPF sees for this namespace (SO_NETNS_COOKIE, Linux 5.14).
+    constexpr int kSoNetnsCookie = 71;
+    if (int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0); s >= 0) {
+      uint64_t cookie = 0;
+      socklen_t len = sizeof(cookie);
+      if (getsockopt(s, SOL_SOCKET, kSoNetnsCookie, &cookie, &len) == 0) out.netns.cookie = cookie;
+      ::close(s);
+    }
     struct ifaddrs* list = nullptr;
     if (getifaddrs(&list)) {
       error = errno;
@@ -152,6 +169,30 @@ PodNetwork read_pod_network(const std::string& netns_path) {
   worker.join();
   if (error) throw LoaderError(step, error);
   return out;
+}
+
+std::optional<NetnsId> netns_identity(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st)) return std::nullopt;
+  return NetnsId{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino), 0};
+}
+
+std::optional<std::string> find_netns(const NetnsId& id) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  auto matches = [&](const std::string& p) {
+    auto got = netns_identity(p);
+    return got && got->same_namespace(id);
+  };
+  for (const auto& e : fs::directory_iterator("/run/netns", ec))
+    if (matches(e.path())) return e.path().string();
+  for (const auto& e : fs::directory_iterator("/proc", ec)) {
+    const std::string pid = e.path().filename();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string p = "/proc/" + pid + "/ns/net";
+    if (matches(p)) return p;
+  }
+  return std::nullopt;
 }
 
 }  // namespace meshcap::loader

@@ -3,9 +3,12 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "capture_config.h"
 
@@ -55,8 +58,45 @@ void add_istio_flags(CLI::App& app, IstioFlagValues& values, bool with_dry_run);
 CaptureConfig build_capture_config(const IstioFlagValues& values, const EnvLookup& env,
                                    const std::string& resolv_conf = "/etc/resolv.conf");
 
+/// Throws UsageError for a user or group name that does not resolve on this
+/// machine: neither engine can capture by it (iptables' owner match refuses
+/// it when the rules are applied). Rendering rules (a dry run) does not
+/// need it.
+void require_resolved_ids(const CaptureConfig& cfg);
+
 /// Convenience for tests and tools: parses a whole istio-iptables argument
 /// list (without argv[0]) with the given environment.
 CaptureConfig parse_capture_args(const std::vector<std::string>& args, const EnvLookup& env);
+
+/// istio-iptables' long flag names ("envoy-port", "istio-service-cidr", ...),
+/// the keys of a flag set written as JSON (the CNI plugin's configuration,
+/// a pod's recorded state).
+std::vector<std::string> istio_flag_names();
+/// Sets the flag with long name `name`; false when there is no such flag.
+bool set_istio_flag(IstioFlagValues& values, const std::string& name, const std::string& value);
+/// The flags that are set, as {long name: value}.
+nlohmann::json istio_flags_to_json(const IstioFlagValues& values);
+/// The reverse; an unknown key or a value that is not a string, number or
+/// boolean throws UsageError naming it.
+IstioFlagValues istio_flags_from_json(const nlohmann::json& j, const std::string& where);
+
+/// The settings istio takes only from the environment
+/// (ISTIO_OUTBOUND_OWNER_GROUPS, ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE,
+/// ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR, ENVOY_USER).
+const std::vector<std::string>& env_only_settings();
+
+/// A flag set with everything that decides its configuration in it: the
+/// flags with istio's environment variables filled in where no flag was
+/// given, and the environment-only settings. Building its configuration
+/// again later (a recorded pod, a node data path upgrade) gives the same.
+struct FlagSet {
+  IstioFlagValues flags;
+  std::map<std::string, std::string> env;
+  /// Resolves `given` against `env` (see build_capture_config).
+  static FlagSet resolve(const IstioFlagValues& given, const EnvLookup& env);
+  CaptureConfig build() const;
+  nlohmann::json to_json() const;
+  static FlagSet from_json(const nlohmann::json& j);
+};
 
 }  // namespace meshcap

@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 
 namespace meshcap {
@@ -177,9 +178,11 @@ void add_istio_flags(CLI::App& app, IstioFlagValues& values, bool with_dry_run) 
   }
 }
 
-CaptureConfig build_capture_config(const IstioFlagValues& given, const EnvLookup& env,
-                                   const std::string& resolv_conf) {
-  // Environment first (later names override earlier ones), then the flags.
+namespace {
+
+// Flags filled in from istio's environment variables where not given (later
+// names override earlier ones).
+IstioFlagValues with_environment(const IstioFlagValues& given, const EnvLookup& env) {
   IstioFlagValues v = given;
   for (const auto& spec : flag_specs()) {
     if (v.*spec.field) continue;
@@ -190,6 +193,53 @@ CaptureConfig build_capture_config(const IstioFlagValues& given, const EnvLookup
   if (!v.dry_run) {
     if (auto value = env("DRY_RUN")) v.dry_run = *value;
   }
+  return v;
+}
+
+// A list flag's value: the text itself, or, as "@PATH" ("@-" for standard
+// input), the contents of a file with items separated by commas, spaces or
+// new lines (a 10,000-CIDR -x does not fit in an argument list).
+std::string list_value(const std::optional<std::string>& v, const std::string& what) {
+  if (!v || v->empty() || (*v)[0] != '@') return v.value_or("");
+  const std::string path = v->substr(1);
+  std::ifstream file;
+  std::istream* in = &std::cin;
+  if (path != "-") {
+    file.open(path);
+    if (!file) throw UsageError(what + ": invalid value '" + *v + "': cannot read " + path);
+    in = &file;
+  }
+  std::string out, word;
+  while (*in >> word) {
+    if (word[0] == '#') {
+      std::string rest;
+      std::getline(*in, rest);
+      continue;
+    }
+    out += (out.empty() ? "" : ",") + word;
+  }
+  return out;
+}
+
+void require_resolved(const IdList& list, const std::string& what, const char* kind) {
+  for (size_t i = 0; i < list.tokens.size(); i++)
+    if (!list.ids[i])
+      throw UsageError(what + ": invalid value '" + list.tokens[i] + "': no such " + kind + " on this machine");
+}
+
+}  // namespace
+
+void require_resolved_ids(const CaptureConfig& c) {
+  require_resolved(c.proxy_uids, "-u", "user");
+  require_resolved(c.proxy_gids, "-g", "group");
+  require_resolved(c.owner_groups,
+                   c.owner_groups_except ? "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE" : "ISTIO_OUTBOUND_OWNER_GROUPS",
+                   "group");
+}
+
+CaptureConfig build_capture_config(const IstioFlagValues& given, const EnvLookup& env,
+                                   const std::string& resolv_conf) {
+  const IstioFlagValues v = with_environment(given, env);
 
   CaptureConfig c;
   if (v.proxy_port && !v.proxy_port->empty()) {
@@ -236,12 +286,12 @@ CaptureConfig build_capture_config(const IstioFlagValues& given, const EnvLookup
     c.tproxy_route_table = *v.tproxy_route_table;
   }
 
-  c.inbound_ports_include = parse_port_list(v.inbound_ports.value_or(""), "-b", true);
-  c.inbound_ports_exclude = parse_port_list(v.local_exclude_ports.value_or(""), "-d", false);
-  c.outbound_ports_include = parse_port_list(v.outbound_ports.value_or(""), "-q", false);
-  c.outbound_ports_exclude = parse_port_list(v.local_outbound_ports_exclude.value_or(""), "-o", false);
-  c.outbound_ranges_include = parse_cidr_list(v.service_cidr.value_or(""), "-i", true);
-  c.outbound_ranges_exclude = parse_cidr_list(v.service_exclude_cidr.value_or(""), "-x", false);
+  c.inbound_ports_include = parse_port_list(list_value(v.inbound_ports, "-b"), "-b", true);
+  c.inbound_ports_exclude = parse_port_list(list_value(v.local_exclude_ports, "-d"), "-d", false);
+  c.outbound_ports_include = parse_port_list(list_value(v.outbound_ports, "-q"), "-q", false);
+  c.outbound_ports_exclude = parse_port_list(list_value(v.local_outbound_ports_exclude, "-o"), "-o", false);
+  c.outbound_ranges_include = parse_cidr_list(list_value(v.service_cidr, "-i"), "-i", true);
+  c.outbound_ranges_exclude = parse_cidr_list(list_value(v.service_exclude_cidr, "-x"), "-x", false);
   c.exclude_interfaces = parse_interface_list(v.exclude_interfaces.value_or(""), "-c");
   c.reroute_virtual_interfaces = parse_interface_list(v.kube_virt_interfaces.value_or(""), "-k");
 
@@ -315,6 +365,101 @@ CaptureConfig parse_capture_args(const std::vector<std::string>& args, const Env
     throw UsageError(e.what());
   }
   return build_capture_config(values, env);
+}
+
+namespace {
+
+// "-p,--envoy-port" -> "envoy-port".
+std::string long_name(const FlagSpec& spec) {
+  std::string f = spec.flags;
+  return f.substr(f.find("--") + 2);
+}
+
+std::string long_name_of(std::optional<std::string> IstioFlagValues::*field) {
+  for (const auto& spec : flag_specs())
+    if (spec.field == field) return long_name(spec);
+  return "?";
+}
+
+}  // namespace
+
+std::vector<std::string> istio_flag_names() {
+  std::vector<std::string> out;
+  for (const auto& spec : flag_specs()) out.push_back(long_name(spec));
+  return out;
+}
+
+bool set_istio_flag(IstioFlagValues& values, const std::string& name, const std::string& value) {
+  for (const auto& spec : flag_specs())
+    if (long_name(spec) == name) {
+      values.*spec.field = value;
+      return true;
+    }
+  return false;
+}
+
+nlohmann::json istio_flags_to_json(const IstioFlagValues& values) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& spec : flag_specs())
+    if (values.*spec.field) j[long_name(spec)] = *(values.*spec.field);
+  return j;
+}
+
+IstioFlagValues istio_flags_from_json(const nlohmann::json& j, const std::string& where) {
+  if (!j.is_object()) throw UsageError(where + ": expected an object of istio-iptables flags");
+  IstioFlagValues v;
+  for (const auto& [key, value] : j.items()) {
+    std::string text;
+    if (value.is_string())
+      text = value.get<std::string>();
+    else if (value.is_boolean())
+      text = value.get<bool>() ? "true" : "false";
+    else if (value.is_number_unsigned() || value.is_number_integer())
+      text = value.dump();
+    else
+      throw UsageError(where + ": invalid value for '" + key + "': expected a string, number or boolean");
+    if (!set_istio_flag(v, key, text)) throw UsageError(where + ": unknown key '" + key + "'");
+  }
+  return v;
+}
+
+const std::vector<std::string>& env_only_settings() {
+  static const std::vector<std::string> names = {"ISTIO_OUTBOUND_OWNER_GROUPS", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
+                                                 "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "ENVOY_USER"};
+  return names;
+}
+
+FlagSet FlagSet::resolve(const IstioFlagValues& given, const EnvLookup& env) {
+  FlagSet f;
+  f.flags = with_environment(given, env);
+  // Lists given as @FILE are read now, once: the set stands on its own.
+  for (auto field : {&IstioFlagValues::inbound_ports, &IstioFlagValues::local_exclude_ports,
+                     &IstioFlagValues::outbound_ports, &IstioFlagValues::local_outbound_ports_exclude,
+                     &IstioFlagValues::service_cidr, &IstioFlagValues::service_exclude_cidr})
+    if (f.flags.*field) f.flags.*field = list_value(f.flags.*field, "--" + long_name_of(field));
+  f.flags.dry_run.reset();
+  f.flags.network_namespace.reset();
+  for (const auto& name : env_only_settings())
+    if (auto v = env(name)) f.env[name] = *v;
+  return f;
+}
+
+CaptureConfig FlagSet::build() const {
+  auto lookup = [this](const std::string& name) -> std::optional<std::string> {
+    auto it = env.find(name);
+    if (it == env.end()) return std::nullopt;
+    return it->second;
+  };
+  return build_capture_config(flags, lookup);
+}
+
+nlohmann::json FlagSet::to_json() const { return {{"flags", istio_flags_to_json(flags)}, {"env", env}}; }
+
+FlagSet FlagSet::from_json(const nlohmann::json& j) {
+  FlagSet f;
+  f.flags = istio_flags_from_json(j.at("flags"), "flags");
+  f.env = j.value("env", std::map<std::string, std::string>{});
+  return f;
 }
 
 }  // namespace meshcap

@@ -1,4 +1,4 @@
-#include "pod.h"
+#include "target.h"
 
 #include <fcntl.h>
 #include <linux/magic.h>
@@ -12,29 +12,15 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "capture_config.h"
+#include "bpf_capture.h"
 #include "kernel_features.h"
+#include "pod_netns.h"
 
 namespace meshcap {
 
 std::optional<std::string> cgroup2_mount() { return loader::find_cgroup2_mount(); }
-
-std::optional<std::string> own_cgroup_dir() {
-  auto mount = cgroup2_mount();
-  if (!mount) return std::nullopt;
-  std::ifstream in("/proc/self/cgroup");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("0::", 0) == 0) {
-      std::string rel = line.substr(3);
-      return rel == "/" ? *mount : *mount + rel;
-    }
-  }
-  return std::nullopt;
-}
 
 std::string resolve_netns(const std::string& given) {
   std::string path = given.empty() ? "/proc/self/ns/net"
@@ -64,13 +50,22 @@ std::string validate_cgroup(const std::string& dir) {
   return std::filesystem::weakly_canonical(dir).string();
 }
 
-std::string derive_pod_name(const std::string& cgroup_dir, const std::string& netns_path) {
-  struct stat cg {}, ns {};
-  if (stat(cgroup_dir.c_str(), &cg) || stat(netns_path.c_str(), &ns))
-    throw UsageError("--name: cannot derive a name from '" + cgroup_dir + "' and '" + netns_path + "'");
-  return "cg" + std::to_string(cg.st_ino) + "-ns" + std::to_string(ns.st_ino);
+PodTarget resolve_target(const std::string& name, const std::string& cgroup, const std::string& netns) {
+  PodTarget t;
+  t.netns_path = resolve_netns(netns);
+  t.netns = loader::netns_identity(t.netns_path).value_or(NetnsId{});
+  if (!cgroup.empty()) t.cgroup_dir = validate_cgroup(cgroup);
+  if (!name.empty()) {
+    loader::validate_pod_name(name);
+    t.name = name;
+  } else if (!t.cgroup_dir.empty()) {
+    struct stat cg {};
+    stat(t.cgroup_dir.c_str(), &cg);
+    t.name = "cg" + std::to_string(cg.st_ino) + "-ns" + std::to_string(t.netns.ino);
+  } else {
+    t.name = "ns" + std::to_string(t.netns.ino);
+  }
+  return t;
 }
-
-std::string state_file(const std::string& name) { return "/run/meshcap/pods/" + name + ".json"; }
 
 }  // namespace meshcap

@@ -1,0 +1,58 @@
+// What meshcap applied to a pod, written by init and read by status and
+// cleanup: one typed, versioned record per pod under /run/meshcap/pods/.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "istio_flags.h"
+#include "plan.h"
+#include "pod_network.h"
+
+namespace meshcap {
+
+struct PodState {
+  static constexpr int kVersion = 2;
+
+  std::string name;
+  std::string cgroup;      ///< the per-pod eBPF cgroup ("" when none)
+  std::string netns_path;  ///< the path given at init (may name another namespace later)
+  NetnsId netns;           ///< what the path named at init
+  FlagSet flags;           ///< the flags and environment the capture was built from
+  Plan plan;               ///< engines and reasons per part, IPv6, --accelerate
+  /// The iptables part, when there is one: the save binary per family and
+  /// the ISTIO_ lines right after the apply (what drift is measured against).
+  struct Iptables {
+    std::string ipv4_save;
+    std::string ipv6_save;  ///< "" when IPv6 is not captured
+    std::vector<std::string> snapshot;
+    std::vector<std::string> save_binaries() const;
+  };
+  std::optional<Iptables> iptables;
+
+  nlohmann::json to_json() const;
+  /// Reads a record; nullopt (with a warning) for one it cannot read.
+  static std::optional<PodState> from_json(const nlohmann::json& j);
+
+  /// A path naming this pod's namespace now (the recorded path if it still
+  /// names it, else one found by identity); nullopt when it is gone.
+  std::optional<std::string> current_netns() const;
+  /// The tproxy mark and table the iptables cleanup needs.
+  CaptureConfig config() const;
+};
+
+/// The directory records live in (MESHCAP_STATE_DIR overrides /run/meshcap,
+/// so tests can keep theirs apart).
+std::string state_root();
+/// Where the record of pod `name` lives.
+std::string state_file(const std::string& name);
+std::optional<PodState> read_pod_state(const std::string& name);
+/// Writes atomically (a temporary file renamed into place).
+void write_pod_state(const PodState& st);
+/// Removes the record; true when there was one.
+bool remove_pod_state(const std::string& name);
+/// Names of the pods with a record.
+std::vector<std::string> recorded_pods();
+
+}  // namespace meshcap
