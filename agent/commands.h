@@ -34,6 +34,7 @@ struct StatusOptions {
 
 struct ProbeOptions {
   bool json = false;
+  std::string netns;  ///< plan for the pod with this network namespace (default: the caller's)
   IstioFlagValues istio;
 };
 

@@ -124,6 +124,7 @@ int main(int argc, char** argv) {
   ProbeOptions probe;
   auto* probe_cmd = app.add_subcommand("probe", "Show what this kernel and process can do, and the plan init would make");
   probe_cmd->add_flag("--json", probe.json, "JSON on stdout");
+  probe_cmd->add_option("--netns", probe.netns, "Plan for the pod with this network namespace (default: the caller's)");
   add_log_level(probe_cmd);
   add_istio_flags(*probe_cmd, probe.istio, false);
 

@@ -7,6 +7,7 @@
 #include "planner.h"
 #include "pod_netns.h"
 #include "report.h"
+#include "target.h"
 
 using nlohmann::json;
 
@@ -15,7 +16,7 @@ namespace meshcap {
 int run_probe(const ProbeOptions& o) {
   PlanInput in;
   in.config = FlagSet::resolve(o.istio, process_env()).build();
-  in.pod = loader::read_pod_network("/proc/self/ns/net");
+  in.pod = loader::read_pod_network(resolve_netns(o.netns));
   loader::KernelFeatures kernel;
   Plan plan = make_plan(in, kernel);
   json j;

@@ -191,6 +191,32 @@ TEST_F(Agent, IstioIptablesDropIn) {
   EXPECT_EQ(istio_lines(), 0u);
 }
 
+// The probe tells the truth: a part it plans on eBPF is not refused by the
+// kernel when init really loads the programs (no run-time fallback), for
+// istio-init's flags and for flags that need more of the kernel (-c, -k,
+// --accelerate).
+TEST_F(Agent, ProbePlanIsWhatInitEndsWith) {
+  const std::string veth = pod_->pod_veth();
+  for (std::vector<std::string> extra : {std::vector<std::string>{}, {"-c", veth}, {"-k", veth}, {"-b", ""}}) {
+    std::vector<std::string> flags = kIstioInit;
+    flags.insert(flags.end(), extra.begin(), extra.end());
+    std::vector<std::string> probe_args = {"probe", "--json", "--netns", pod_->pod_netns_path()};
+    probe_args.insert(probe_args.end(), flags.begin(), flags.end());
+    auto p = meshcap(probe_args);
+    ASSERT_EQ(p.exit_code, 0) << p.output;
+    json plan = json::parse(p.output.substr(p.output.find('{')))["plan"];
+    auto r = init("auto", flags);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    auto st = status_json().at(0);
+    for (const char* part : {"outbound", "inbound"}) {
+      SCOPED_TRACE(std::string(part) + " with" + (extra.empty() ? std::string(" istio-init's flags") : " " + extra[0]));
+      EXPECT_EQ(st["parts"][part]["engine"], plan[part]["engine"]) << st.dump() << "\nprobe: " << plan.dump();
+      EXPECT_TRUE(st["parts"][part]["in_place"].get<bool>()) << st.dump();
+      EXPECT_EQ(st["plan"][part]["reasons"].dump().find("failed at run time"), std::string::npos) << st.dump();
+    }
+  }
+}
+
 TEST_F(Agent, RunValidationPassesInBothModes) {
   out4_.reset();  // the validator listens on the proxy's ports itself
   for (const std::string mode : {"ebpf", "iptables"}) {
