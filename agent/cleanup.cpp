@@ -4,7 +4,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include "bpf_capture.h"
+#include "pins.h"
 #include "commands.h"
 #include "executor.h"
 #include "pod_state.h"
@@ -23,10 +23,10 @@ bool path_gone(const std::string& p) {
 // pinned link of it is defunct.
 bool stale(const std::string& name) {
   const auto st = read_pod_state(name);
-  const auto links = loader::pinned_links(name);
+  const auto links = loader::pinned_links(loader::pin_dir(name));
   const bool links_defunct =
       !links.empty() && std::none_of(links.begin(), links.end(), [](const loader::PinnedLink& l) { return l.attached; });
-  if (!st) return links.empty() ? loader::pinned_state(name).present : links_defunct;
+  if (!st) return true;  // pins without a record: an init that never finished
   return !st->current_netns() || path_gone(st->cgroup) || links_defunct;
 }
 

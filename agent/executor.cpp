@@ -1,31 +1,78 @@
 #include "executor.h"
 
+#include <cstdio>
+#include <filesystem>
+
 #include <spdlog/spdlog.h>
 
 #include "applier.h"
-#include "bpf_capture.h"
 #include "command_runner.h"
+#include "datapath.h"
+#include "enrollment.h"
+
+namespace fs = std::filesystem;
 
 namespace meshcap {
 
 namespace {
 
-// The eBPF part, all or nothing: pinned and switched on when this returns.
-void apply_ebpf(const Plan& plan, const PodTarget& t, const PodNetwork& pod) {
-  loader::BpfCapture capture(loader::EbpfSpec{plan.ebpf_config(), pod, plan.inbound.engine == Engine::Ebpf, plan.ipv6});
-  capture.load();
-  capture.attach(t.cgroup_dir, t.netns_path);
-  capture.adopt_listeners(t.netns_path);
-  capture.pin(t.name);
+loader::PodSettings settings_for(const Plan& plan, const PodNetwork& pod) {
+  return {plan.ebpf_config(), pod, plan.inbound.engine == Engine::Ebpf, plan.ipv6, plan.accelerate};
+}
+
+// Enrols the pod in the running node data path: map updates and, for
+// inbound, the pod's sk_lookup link. No program is loaded.
+PodState::Ebpf enroll_in_node(const Plan& plan, const PodTarget& t, const PodNetwork& pod, const EbpfHost& host) {
+  NodeLock lock;
+  const uint64_t cookie = loader::netns_cookie(pod.netns.cookie, t.netns_path, host.datapath_dir, host.cgroup_dir);
+  loader::PodTable table(host.datapath_dir);
+  const auto e = table.enroll(t.name, cookie, t.netns_path, settings_for(plan, pod));
+  return {"node", host.datapath_dir, e.index, e.cookie};
+}
+
+// A data path of the pod's own on its cgroup, with the pod enrolled: loaded,
+// attached and pinned beside the previous one (inert until the pod is
+// enrolled), then put in its place. No moment without capture: both run
+// until the old one goes (the new one sees connections the old one already
+// sent to 127.0.0.1 and leaves them).
+PodState::Ebpf own_data_path(const Plan& plan, const PodTarget& t, const PodNetwork& pod, const EbpfHost& host) {
+  const CaptureConfig cfg = plan.ebpf_config();
+  loader::DataPathSpec spec;
+  spec.max_pods = 1;
+  spec.inbound = plan.inbound.engine == Engine::Ebpf;
+  spec.accelerate = plan.accelerate;
+  spec.ingress_ifindex = spec.inbound && (!cfg.exclude_interfaces.empty() || !cfg.reroute_virtual_interfaces.empty());
+  const std::string next = loader::pin_root() + "/next/" + t.name;
+  loader::remove_tree(next);  // what a killed init left
+  loader::remove_dead_staging(t.name);
+  loader::DataPath dp(spec);
+  dp.load();
+  dp.attach(host.cgroup_dir);
+  dp.pin(next);
+  loader::Enrolment e;
+  try {
+    const uint64_t cookie = loader::netns_cookie(pod.netns.cookie, t.netns_path, next, host.cgroup_dir);
+    e = loader::PodTable(next).enroll(t.name, cookie, t.netns_path, settings_for(plan, pod));
+  } catch (...) {
+    loader::remove_tree(next);
+    throw;
+  }
+  loader::remove_tree(host.datapath_dir);
+  loader::make_pin_dirs(fs::path(host.datapath_dir).parent_path());
+  if (std::rename(next.c_str(), host.datapath_dir.c_str()))
+    throw loader::LoaderError("rename " + next + " to " + host.datapath_dir, errno);
+  std::error_code ec;
+  fs::remove(fs::path(next).parent_path(), ec);  // only when empty
+  return {"pod", host.datapath_dir, e.index, e.cookie};
 }
 
 // Tries the eBPF part until it is in place or no part is left on eBPF: a
 // refused piece moves only the part it belongs to.
-void apply_ebpf_with_fallback(Plan& plan, const PodTarget& t, const PodNetwork& pod) {
+std::optional<PodState::Ebpf> apply_ebpf_with_fallback(Plan& plan, const PodTarget& t, const PodNetwork& pod,
+                                                       const EbpfHost& host) {
   while (plan.uses(Engine::Ebpf)) {
     try {
-      apply_ebpf(plan, t, pod);
-      return;
+      return host.kind == EbpfHost::Kind::Node ? enroll_in_node(plan, t, pod, host) : own_data_path(plan, t, pod, host);
     } catch (const loader::LoaderError& e) {
       if (plan.mode != Mode::Auto) throw;
       const Part part = plan.inbound.engine == Engine::Ebpf ? e.part() : Part::Outbound;
@@ -33,15 +80,17 @@ void apply_ebpf_with_fallback(Plan& plan, const PodTarget& t, const PodNetwork& 
       plan.fall_back_to_iptables(part, std::string("eBPF failed at run time: ") + e.what());
     }
   }
+  return std::nullopt;
 }
 
 }  // namespace
 
 std::string iptables_state_dir() { return state_root() + "/iptables"; }
 
-std::optional<PodState::Iptables> apply_plan(Plan& plan, const PodTarget& t, const PodNetwork& pod) {
-  apply_ebpf_with_fallback(plan, t, pod);
-  if (!plan.uses(Engine::Iptables)) return std::nullopt;
+Applied apply_plan(Plan& plan, const PodTarget& t, const PodNetwork& pod, const EbpfHost& host) {
+  Applied out;
+  out.ebpf = apply_ebpf_with_fallback(plan, t, pod, host);
+  if (!plan.uses(Engine::Iptables)) return out;
   iptables::ProcessRunner runner(t.netns_path);
   iptables::IptablesApplier applier(runner, iptables::ApplierOptions{iptables_state_dir()});
   bool applied = false;
@@ -49,12 +98,13 @@ std::optional<PodState::Iptables> apply_plan(Plan& plan, const PodTarget& t, con
     auto result = applier.apply(plan.iptables_config(), plan.ipv6);
     applied = true;
     loader::fault_point("iptables");
-    PodState::Iptables out;
-    out.ipv4_save = result.ipv4.save_binary;
-    if (result.ipv6) out.ipv6_save = result.ipv6->save_binary;
+    PodState::Iptables ipt;
+    ipt.ipv4_save = result.ipv4.save_binary;
+    if (result.ipv6) ipt.ipv6_save = result.ipv6->save_binary;
+    out.iptables = ipt;
     return out;
   } catch (...) {
-    // All or nothing: undo this run's rules and programs.
+    // All or nothing: undo this run's rules and eBPF part.
     if (applied) {
       try {
         applier.cleanup(plan.iptables_config());
@@ -62,9 +112,38 @@ std::optional<PodState::Iptables> apply_plan(Plan& plan, const PodTarget& t, con
         spdlog::error("undoing the iptables rules failed too: {}", e.what());
       }
     }
-    loader::remove_pins(t.name);
+    if (out.ebpf) {
+      PodState undo;
+      undo.name = t.name;
+      undo.ebpf = out.ebpf;
+      remove_ebpf(t.name, undo);
+    }
     throw;
   }
+}
+
+bool unenroll_from_node(const std::string& name, const PodState& st) {
+  std::error_code ec;
+  if (!st.ebpf || st.ebpf->host != "node" || !fs::exists(st.ebpf->datapath_dir, ec)) return false;
+  NodeLock lock;
+  return loader::PodTable(st.ebpf->datapath_dir).unenroll(name, st.ebpf->cookie);
+}
+
+bool remove_own_data_path(const std::string& name) {
+  bool removed = loader::remove_dead_staging(name);
+  for (const auto& dir : {loader::pin_dir(name), loader::pin_root() + "/next/" + name}) {
+    std::error_code ec;
+    if (fs::exists(dir, ec)) {
+      loader::remove_tree(dir);
+      removed = true;
+    }
+  }
+  return removed;
+}
+
+bool remove_ebpf(const std::string& name, const std::optional<PodState>& st) {
+  bool removed = st && unenroll_from_node(name, *st);
+  return remove_own_data_path(name) || removed;
 }
 
 bool remove_iptables(const std::string& netns_path, const CaptureConfig& cfg) {
@@ -76,7 +155,7 @@ bool remove_iptables(const std::string& netns_path, const CaptureConfig& cfg) {
 
 bool remove_capture(const std::string& name, const std::optional<PodState>& st,
                     const std::optional<std::string>& netns_path) {
-  bool removed = loader::remove_pins(name);
+  bool removed = remove_ebpf(name, st);
   // iptables only where meshcap applied it (or where the caller names the
   // pod's namespace): never in a namespace nobody named.
   std::optional<std::string> ns = netns_path;

@@ -1,12 +1,13 @@
 // Carrying out a Plan: the eBPF part first (all or nothing inside), then the
 // iptables part; a part the kernel refuses at run time moves to iptables
 // with Plan::fall_back_to_iptables (auto mode) before anything of it stays
-// attached. The executors check nothing the planner decided.
+// in place. The executors check nothing the planner decided.
 #pragma once
 
 #include <optional>
 #include <string>
 
+#include "host.h"
 #include "plan.h"
 #include "pod_network.h"
 #include "pod_state.h"
@@ -14,22 +15,34 @@
 
 namespace meshcap {
 
+/// What apply_plan put in place.
+struct Applied {
+  std::optional<PodState::Ebpf> ebpf;
+  std::optional<PodState::Iptables> iptables;
+};
+
 /// Applies `plan` (which may change: a refused eBPF part falls back) to the
-/// pod. Returns the iptables part applied, if any. On failure nothing of
-/// this run stays applied, and the exception propagates (LoaderError,
-/// IptablesError, std::runtime_error).
-std::optional<PodState::Iptables> apply_plan(Plan& plan, const PodTarget& target, const PodNetwork& pod);
+/// pod, on `host` for its eBPF part. On failure nothing of this run stays
+/// applied (a previous capture of the pod is left as it was), and the
+/// exception propagates (LoaderError, IptablesError, std::runtime_error).
+Applied apply_plan(Plan& plan, const PodTarget& target, const PodNetwork& pod, const EbpfHost& host);
 
-/// Removes the capture a pod's record describes, and whatever else meshcap
-/// left for that name: eBPF pins, and iptables in `netns_path` when given
-/// (the record's namespace when it still exists otherwise). True when
-/// anything was removed.
-bool remove_capture(const std::string& name, const std::optional<PodState>& st,
-                    const std::optional<std::string>& netns_path);
-
+/// Takes pod `name` out of the node data path its record names; true when
+/// it was there.
+bool unenroll_from_node(const std::string& name, const PodState& st);
+/// Removes the pod's own data path (and what a killed init staged); true
+/// when there was one.
+bool remove_own_data_path(const std::string& name);
+/// Both of the above, as far as the record (if any) says.
+bool remove_ebpf(const std::string& name, const std::optional<PodState>& st);
 /// Removes meshcap's iptables capture from the namespace at `netns_path`
 /// (rules of `cfg`'s TPROXY routing too); true when anything was removed.
 bool remove_iptables(const std::string& netns_path, const CaptureConfig& cfg);
+/// Removes everything of pod `name`: eBPF, iptables in `netns_path` when
+/// given (the record's namespace when it still exists otherwise), and its
+/// record. True when anything was removed.
+bool remove_capture(const std::string& name, const std::optional<PodState>& st,
+                    const std::optional<std::string>& netns_path);
 
 /// Where the iptables engine keeps what it applied per namespace.
 std::string iptables_state_dir();

@@ -3,7 +3,8 @@
 
 #include <spdlog/spdlog.h>
 
-#include "bpf_capture.h"
+#include "host.h"
+#include "pins.h"
 #include "commands.h"
 #include "executor.h"
 #include "istio_rules.h"
@@ -24,6 +25,7 @@ struct InitRequest {
   FlagSet flags;
   PlanInput input;
   PodTarget target;
+  EbpfHost host;
 };
 
 InitRequest parse_init(InitOptions& o) {
@@ -42,34 +44,36 @@ InitRequest parse_init(InitOptions& o) {
   r.input.mode = *mode;
   r.input.accelerate = o.accelerate;
   r.target = resolve_target(o.name, o.cgroup, o.netns);
-  if (r.target.cgroup_dir.empty())
-    r.input.no_ebpf_host = "no cgroup given for the pod's eBPF programs (give --cgroup: the pod's cgroup v2 directory "
-                           "that holds the application)";
+  r.host = find_ebpf_host(r.target);
+  if (r.host.kind == EbpfHost::Kind::None) r.input.no_ebpf_host = r.host.why_none;
   r.input.pod = loader::read_pod_network(r.target.netns_path);
   return r;
 }
 
 // A previous capture of this pod by an engine the new plan does not use
 // goes now (the new one is in place: no moment without capture).
-void retire_previous(const InitRequest& r, const Plan& plan, const std::optional<PodState>& previous) {
-  if (previous && previous->iptables && !plan.uses(Engine::Iptables)) {
+void retire_previous(const PodState& now, const std::optional<PodState>& previous) {
+  const std::string home = now.ebpf ? now.ebpf->host : "";
+  if (previous && previous->iptables && !now.iptables)
     if (auto ns = previous->current_netns(); ns && remove_iptables(*ns, previous->config()))
-      spdlog::info("pod {}: removed its previous iptables capture", r.target.name);
-  }
-  if (!plan.uses(Engine::Ebpf) && loader::remove_pins(r.target.name))
-    spdlog::info("pod {}: removed its previous eBPF capture", r.target.name);
+      spdlog::info("pod {}: removed its previous iptables capture", now.name);
+  if (previous && home != "node" && unenroll_from_node(now.name, *previous))
+    spdlog::info("pod {}: left the node data path", now.name);
+  // The pod's own data path, when it no longer has one (or one that a
+  // killed init left behind).
+  if (home != "pod" && remove_own_data_path(now.name)) spdlog::info("pod {}: removed its own eBPF data path", now.name);
 }
 
 }  // namespace
 
 int run_init(InitOptions& o) {
   InitRequest r = parse_init(o);
-  loader::KernelFeatures kernel;
-  Plan plan = make_plan(r.input, kernel);
+  auto kernel = kernel_for(r.host, !o.dry_run);
+  Plan plan = make_plan(r.input, *kernel);
   spdlog::info("plan for pod {}: {}", r.target.name, plan.summary());
   for (const auto& note : plan.notes) spdlog::warn("{}", note);
   if (o.dry_run) {
-    print_plan(std::cout, r.target, plan, r.input.pod);
+    print_plan(std::cout, r.target, plan, r.input.pod, r.host);
     return kExitOk;
   }
 
@@ -79,14 +83,18 @@ int run_init(InitOptions& o) {
   st.netns_path = r.target.netns_path;
   st.netns = r.input.pod.netns;
   st.flags = r.flags;
-  st.iptables = apply_plan(plan, r.target, r.input.pod);
-  st.cgroup = plan.uses(Engine::Ebpf) ? r.target.cgroup_dir : "";
+  const Applied applied = apply_plan(plan, r.target, r.input.pod, r.host);
+  st.ebpf = applied.ebpf;
+  st.iptables = applied.iptables;
+  if (st.ebpf) st.netns.cookie = st.ebpf->cookie;
+  st.cgroup = st.ebpf ? r.host.cgroup_dir : "";
   st.plan = plan;
-  retire_previous(r, plan, previous);
+  retire_previous(st, previous);
   write_pod_state(st);
   loader::fault_point("state");
 
   if (plan.config.run_validation) {
+    // The validator runs below the cgroup the programs are attached to.
     auto v = run_validation(r.target, plan, r.input.pod, st.cgroup);
     if (!v.ok) {
       spdlog::error("validation failed: {}; removing the capture", v.detail);

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "bpf_capture.h"
+#include "datapath.h"
 
 namespace meshcap {
 

@@ -27,6 +27,8 @@ json PodState::to_json() const {
             {"netns", {{"path", netns_path}, {"dev", netns.dev}, {"ino", netns.ino}, {"cookie", netns.cookie}}},
             {"flags", flags.to_json()},
             {"plan", plan.to_json()}};
+  if (ebpf)
+    j["ebpf"] = {{"host", ebpf->host}, {"datapath", ebpf->datapath_dir}, {"index", ebpf->index}, {"cookie", ebpf->cookie}};
   if (iptables)
     j["iptables"] = {{"ipv4", iptables->ipv4_save}, {"ipv6", iptables->ipv6_save}, {"snapshot", iptables->snapshot}};
   return j;
@@ -46,6 +48,10 @@ std::optional<PodState> PodState::from_json(const json& j) {
     st.netns = {ns.value("dev", uint64_t{0}), ns.value("ino", uint64_t{0}), ns.value("cookie", uint64_t{0})};
     st.flags = FlagSet::from_json(j.at("flags"));
     st.plan = Plan::from_json(j.at("plan"));
+    if (j.contains("ebpf")) {
+      const auto& e = j["ebpf"];
+      st.ebpf = Ebpf{e.value("host", ""), e.value("datapath", ""), e.value("index", 0u), e.value("cookie", uint64_t{0})};
+    }
     if (j.contains("iptables")) {
       const auto& i = j["iptables"];
       st.iptables = Iptables{i.value("ipv4", ""), i.value("ipv6", ""),

@@ -21,6 +21,15 @@ struct PodState {
   NetnsId netns;           ///< what the path named at init
   FlagSet flags;           ///< the flags and environment the capture was built from
   Plan plan;               ///< engines and reasons per part, IPv6, --accelerate
+  /// The eBPF part, when there is one: the data path the pod is enrolled
+  /// in ("node", or "pod": its own) and where.
+  struct Ebpf {
+    std::string host;          ///< "node" or "pod"
+    std::string datapath_dir;  ///< its pins
+    uint32_t index = 0;        ///< the pod's row in the data path
+    uint64_t cookie = 0;       ///< the namespace's cookie (the data path's key)
+  };
+  std::optional<Ebpf> ebpf;
   /// The iptables part, when there is one: the save binary per family and
   /// the ISTIO_ lines right after the apply (what drift is measured against).
   struct Iptables {

@@ -1,6 +1,7 @@
 #include "report.h"
 
-#include "bpf_capture.h"
+#include "datapath.h"
+#include "pins.h"
 #include "istio_rules.h"
 
 namespace meshcap {
@@ -25,17 +26,21 @@ std::string ports(const PortList& l) { return l.ports.empty() ? "(none)" : join(
 
 std::string or_none(const std::vector<std::string>& v) { return v.empty() ? "(none)" : join(v, ","); }
 
-void print_ebpf(std::ostream& out, const PodTarget& t, const Plan& plan, const PodNetwork& pod) {
+void print_ebpf(std::ostream& out, const PodTarget& t, const Plan& plan, const PodNetwork& pod, const EbpfHost& host) {
   const CaptureConfig c = plan.ebpf_config();
   std::vector<std::string> programs;
   for (const auto& p : loader::cgroup_programs()) programs.push_back(p.program);
   out << "eBPF capture of pod " << t.name << "\n"
-      << "  cgroup: " << t.cgroup_dir << "\n"
+      << "  data path: "
+      << (host.kind == EbpfHost::Kind::Node ? "the node's (enrolment: map updates, no program loaded)"
+                                            : "the pod's own (programs loaded for this pod)")
+      << "\n"
+      << "  cgroup: " << host.cgroup_dir << "\n"
       << "  netns:  " << t.netns_path << "\n"
       << "  programs (cgroup, bpf_link): " << join(programs, " ") << "\n";
-  if (plan.inbound.engine == Engine::Ebpf) out << "  program (netns, bpf_link): mc_sk_lookup\n";
+  if (plan.inbound.engine == Engine::Ebpf) out << "  program (the pod's netns, bpf_link): mc_sk_lookup\n";
   if (plan.accelerate) out << "  program (socket map accel_socks): mc_accel; app<->proxy bytes bypass TCP\n";
-  out << "  pins: " << loader::pin_dir(t.name) << "/\n"
+  out << "  pins: " << host.datapath_dir << "/ (the pod's: " << loader::pod_pins(host.datapath_dir, t.name) << "/)\n"
       << "  outbound listener: 127.0.0.1:" << c.proxy_port << " / [::1]:" << c.proxy_port
       << "; the proxy dialing the pod itself: 127.0.0.1:" << c.inbound_capture_port << " (tunnel port "
       << c.inbound_tunnel_port << " excluded)\n"
@@ -62,13 +67,13 @@ void print_ebpf(std::ostream& out, const PodTarget& t, const Plan& plan, const P
 
 }  // namespace
 
-void print_plan(std::ostream& out, const PodTarget& t, const Plan& plan, const PodNetwork& pod) {
+void print_plan(std::ostream& out, const PodTarget& t, const Plan& plan, const PodNetwork& pod, const EbpfHost& host) {
   // Only the iptables payload when iptables does everything, as istio's
   // --dry-run prints it.
   if (plan.uses(Engine::Ebpf)) {
     out << "plan: " << plan.summary() << "\n";
     for (const auto& n : plan.notes) out << "note: " << n << "\n";
-    print_ebpf(out, t, plan, pod);
+    print_ebpf(out, t, plan, pod, host);
   }
   if (plan.uses(Engine::Iptables)) out << iptables::render_istio_rules(plan.iptables_config(), plan.ipv6).dry_run_output();
 }

@@ -5,13 +5,14 @@
 
 #include <ostream>
 
+#include "host.h"
 #include "plan.h"
 #include "pod_network.h"
 #include "target.h"
 
 namespace meshcap {
 
-void print_plan(std::ostream& out, const PodTarget& t, const Plan& plan, const PodNetwork& pod);
+void print_plan(std::ostream& out, const PodTarget& t, const Plan& plan, const PodNetwork& pod, const EbpfHost& host);
 
 /// "a; b; c".
 std::string join(const std::vector<std::string>& v, const std::string& sep = "; ");

@@ -8,7 +8,15 @@
 #include <spdlog/spdlog.h>
 
 #include "applier.h"
-#include "bpf_capture.h"
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "datapath.h"
+#include "enrollment.h"
+#include "pins.h"
+#include "target.h"
 #include "command_runner.h"
 #include "commands.h"
 #include "executor.h"
@@ -33,31 +41,71 @@ std::string save_of(iptables::CommandRunner& runner, const std::string& save_bin
 // What the eBPF pins of a pod show, and per part whether eBPF is in place.
 struct EbpfView {
   json j;
-  bool cgroup_links = false;  // every cgroup program attached, capture switched on
+  bool cgroup_links = false;  // every cgroup program attached
+  bool enrolled = false;      // the pod's namespace is in the data path's pods map
   bool sk_lookup = false;     // sk_lookup attached to the pod's namespace
+  size_t outside = 0;         // processes in the pod's namespace outside the programs' cgroup
 };
+
+// Processes in the namespace `ino` whose cgroup is not `cgroup_dir` or
+// below it: the programs attached there never see their sockets.
+size_t processes_outside(uint64_t ino, const std::string& cgroup_dir) {
+  const auto mount = cgroup2_mount();
+  if (!mount || cgroup_dir.empty() || ino == 0) return 0;
+  size_t n = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+    const std::string pid = e.path().filename();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    struct stat ns {};
+    if (stat(("/proc/" + pid + "/ns/net").c_str(), &ns) || ns.st_ino != ino) continue;
+    std::ifstream in("/proc/" + pid + "/cgroup");
+    std::string line, path;
+    while (std::getline(in, line))
+      if (line.rfind("0::", 0) == 0) path = *mount + (line.substr(3) == "/" ? "" : line.substr(3));
+    if (path.empty()) continue;  // a kernel thread, or gone
+    if (path != cgroup_dir && path.rfind(cgroup_dir + "/", 0) != 0) n++;
+  }
+  return n;
+}
 
 EbpfView ebpf_view(const std::string& name, const std::optional<PodState>& st) {
   EbpfView v;
-  if (!loader::pinned_state(name).present) return v;
+  const std::string dir = st && st->ebpf ? st->ebpf->datapath_dir : loader::pin_dir(name);
+  std::error_code ec;
+  if (!std::filesystem::exists(dir, ec)) return v;
   json links = json::array();
   std::set<std::string> attached;
-  uint64_t sk_lookup_ns = 0;
-  for (const auto& l : loader::pinned_links(name)) {
+  for (const auto& l : loader::pinned_links(dir)) {
     links.push_back({{"link", l.pin}, {"attached", l.attached}, {"prog_id", l.prog_id}});
     if (l.attached) attached.insert(l.pin);
-    if (l.pin == "link_sk_lookup" && l.attached) sk_lookup_ns = l.netns_ino;
   }
-  const bool enabled = loader::pinned_enabled(name);
-  v.cgroup_links = enabled && std::all_of(loader::cgroup_programs().begin(), loader::cgroup_programs().end(),
-                                          [&](const loader::ProgramSpec& p) { return attached.count(p.pin); });
-  v.sk_lookup = enabled && sk_lookup_ns != 0 && (!st || sk_lookup_ns == st->netns.ino);
-  v.j = {{"pins", loader::pin_dir(name)},
+  v.cgroup_links = std::all_of(loader::cgroup_programs().begin(), loader::cgroup_programs().end(),
+                               [&](const loader::ProgramSpec& p) { return attached.count(p.pin); });
+  for (const auto& l : loader::pinned_links(loader::pod_pins(dir, name))) {
+    links.push_back({{"link", l.pin}, {"attached", l.attached}, {"prog_id", l.prog_id}});
+    if (l.pin == "link_sk_lookup") v.sk_lookup = l.attached && (!st || l.netns_ino == st->netns.ino);
+  }
+  uint32_t index = 0;
+  if (st && st->ebpf) {
+    try {
+      const auto pods = loader::PodTable(dir).enrolled();
+      auto it = pods.find(st->ebpf->cookie);
+      v.enrolled = it != pods.end() && it->second == st->ebpf->index;
+      index = st->ebpf->index;
+    } catch (const loader::LoaderError&) {
+    }
+    v.outside = processes_outside(st->netns.ino, st->cgroup);
+  }
+  v.j = {{"pins", dir},
+         {"host", st && st->ebpf ? st->ebpf->host : "pod"},
          {"links", links},
-         {"enabled", enabled},
-         {"counters", loader::pinned_counters(name)},
-         {"awaiting_proxy", loader::pinned_connection_entries(name)},
-         {"accelerated_sockets", loader::pinned_accelerated_sockets(name)}};
+         {"enrolled", v.enrolled},
+         {"index", index},
+         {"counters", loader::pinned_counters(dir, index)},
+         {"awaiting_proxy", loader::pinned_entries(dir, "orig_dst")},
+         {"accelerated_sockets", loader::pinned_entries(dir, "accel_socks")},
+         {"processes_outside_cgroup", v.outside}};
   return v;
 }
 
@@ -138,8 +186,15 @@ json pod_status(const std::string& name) {
     bool in_place = true;
     std::string detail;
     if (pp.engine == Engine::Ebpf) {
-      in_place = ns && (out_part ? ebpf.cgroup_links : ebpf.cgroup_links && ebpf.sk_lookup);
-      detail = in_place ? "eBPF programs attached and on" : "eBPF programs missing, detached or off";
+      const bool on = ebpf.cgroup_links && ebpf.enrolled;
+      in_place = ns && (out_part ? on : on && ebpf.sk_lookup);
+      detail = !ebpf.cgroup_links ? "eBPF programs missing or detached"
+               : !ebpf.enrolled   ? "the pod is not enrolled in its data path"
+               : !out_part && !ebpf.sk_lookup ? "sk_lookup is not attached to the pod's namespace"
+                                              : "eBPF programs attached, the pod enrolled";
+      if (in_place && ebpf.outside)
+        detail += "; but " + std::to_string(ebpf.outside) +
+                  " process(es) in the pod's namespace are outside the programs' cgroup and not captured";
     } else if (pp.engine == Engine::Iptables) {
       const bool wanted = out_part ? expected.outbound : expected.inbound;
       const bool live = out_part ? ipt.coverage.outbound : ipt.coverage.inbound;
@@ -159,9 +214,14 @@ json pod_status(const std::string& name) {
                                    " but " + detail);
   }
   out["parts"] = parts;
-  if (!ebpf.j.is_null())
+  if (!ebpf.j.is_null()) {
     for (const auto& l : ebpf.j["links"])
       if (!l["attached"].get<bool>()) drift.push_back(l["link"].get<std::string>() + " is detached");
+    if (ebpf.outside)
+      drift.push_back(std::to_string(ebpf.outside) +
+                      " process(es) in the pod's namespace are outside the cgroup the eBPF programs are attached "
+                      "to: their connections are not captured");
+  }
   out["drift"] = drift;
   return out;
 }
@@ -236,6 +296,7 @@ void print_text(const json& all) {
 std::vector<std::string> known_pods() {
   std::set<std::string> names;
   for (const auto& n : loader::pinned_pods()) names.insert(n);
+  for (const auto& n : loader::enrolled_pins(loader::node_dir())) names.insert(n);
   for (const auto& n : recorded_pods()) names.insert(n);
   return {names.begin(), names.end()};
 }

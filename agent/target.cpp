@@ -14,7 +14,7 @@
 #include <filesystem>
 
 #include "capture_config.h"
-#include "bpf_capture.h"
+#include "pins.h"
 #include "kernel_features.h"
 #include "pod_netns.h"
 

@@ -241,7 +241,20 @@ int checks_in_pod(const PodTarget& pod, const Plan& plan, const PodNetwork& net,
 }  // namespace
 
 ValidationResult run_validation(const PodTarget& pod, const Plan& plan, const PodNetwork& net,
-                                const std::string& join_cgroup) {
+                                const std::string& programs_cgroup) {
+  // A leaf of our own below the cgroup the programs are attached to (that
+  // cgroup may have children and controllers, where no process may join).
+  std::string join_cgroup;
+  if (!programs_cgroup.empty()) {
+    join_cgroup = programs_cgroup + "/meshcap-validate-" + std::to_string(getpid());
+    if (mkdir(join_cgroup.c_str(), 0755) && errno != EEXIST) join_cgroup = programs_cgroup;
+  }
+  struct Leaf {
+    std::string dir, parent;
+    ~Leaf() {
+      if (!dir.empty() && dir != parent) rmdir(dir.c_str());
+    }
+  } leaf{join_cgroup, programs_cgroup};
   int pipefd[2];
   if (pipe2(pipefd, O_CLOEXEC)) return {false, "pipe: " + std::string(std::strerror(errno))};
   pid_t child = fork();

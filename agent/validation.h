@@ -35,10 +35,10 @@ struct OutboundProbe {
 };
 std::optional<OutboundProbe> outbound_probe(const CaptureConfig& cfg, const PodNetwork& pod);
 
-/// Runs the checks inside the pod: a child process joins `join_cgroup`
-/// (when not empty: where per-pod eBPF programs are attached) and the pod's
-/// network namespace. Never throws.
+/// Runs the checks inside the pod: a child process joins a cgroup below
+/// `programs_cgroup` (when not empty: where the eBPF programs are attached)
+/// and the pod's network namespace. Never throws.
 ValidationResult run_validation(const PodTarget& pod, const Plan& plan, const PodNetwork& net,
-                                const std::string& join_cgroup);
+                                const std::string& programs_cgroup);
 
 }  // namespace meshcap

@@ -27,7 +27,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include "bpf_capture.h"
+#include "datapath.h"
 #include "meshcap.h"
 #include "results.h"
 #include "rig.h"
@@ -322,16 +322,13 @@ struct InitCapture {
 double add_one_exclusion(Rig& rig, const InitCapture& ic, std::string& how, int insert_pos) {
   const std::string cidr = extra_exclusion_cidr();
   if (ic.capture == Capture::ebpf) {
-    how = "bpf_map_update_elem on the pinned excl_cidr4";
-    // The pinned map's file name ("map_excl_cidr4" today), from the loader.
-    std::string pin;
-    for (const auto& m : loader::pinned_state(rig.name()).maps)
-      if (m.size() >= 10 && m.compare(m.size() - 10, 10, "excl_cidr4") == 0) pin = loader::pin_dir(rig.name()) + "/" + m;
-    if (pin.empty()) throw std::runtime_error("no pinned excl_cidr4 map for " + rig.name());
+    how = "bpf_map_update_elem on the pinned cidrs4 (the pod's -x)";
+    const std::string pin = loader::pin_dir(rig.name()) + "/map_cidrs4";
     const int fd = ::bpf_obj_get(pin.c_str());
     if (fd < 0) throw std::runtime_error("bpf_obj_get " + pin + ": " + std::strerror(errno));
     mc_lpm4 key{};
-    key.prefixlen = 24;
+    key.prefixlen = 32 + 24;
+    key.tag = MC_LPM_TAG(0u, MC_CIDR_EXCLUDE);  // the pod's own data path: pod 0
     in_addr a{};
     ::inet_pton(AF_INET, "198.51.100.0", &a);
     key.addr = a.s_addr;

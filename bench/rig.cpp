@@ -20,7 +20,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include "bpf_capture.h"
+#include "datapath.h"
 #include "istio_flags.h"
 #include "istio_rules.h"
 #include "support/common.h"

@@ -10,11 +10,11 @@ SEC("sk_msg")
 int mc_accel(struct sk_msg_md *msg)
 {
 	struct mc_sock_key peer = {};
-	__u32 *state;
+	struct mc_accel_state *state;
 	long ret;
 
-	state = bpf_sk_storage_get(&accel_state, msg->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!state || *state == MC_ACCEL_TCP)
+	state = bpf_sk_storage_get(&accel_state, msg->sk, 0, 0);
+	if (!state || state->decision == MC_ACCEL_TCP)
 		return SK_PASS;
 	if (msg->family == AF_INET) {
 		__u32 l4, r4;
@@ -31,14 +31,9 @@ int mc_accel(struct sk_msg_md *msg)
 	peer.local_port = (__u16)bpf_ntohl(msg->remote_port);  /* network order, upper half */
 
 	ret = bpf_msg_redirect_hash(msg, &accel_socks, &peer, BPF_F_INGRESS);
-	if (*state == MC_ACCEL_UNDECIDED) {
-		if (ret == SK_PASS) {
-			*state = MC_ACCEL_REDIRECT;
-			mc_count(MC_CNT_ACCEL_REDIRECTED);
-		} else {
-			*state = MC_ACCEL_TCP;
-			mc_count(MC_CNT_ACCEL_TCP);
-		}
+	if (state->decision == MC_ACCEL_UNDECIDED) {
+		state->decision = ret == SK_PASS ? MC_ACCEL_REDIRECT : MC_ACCEL_TCP;
+		mc_count(state->pod, ret == SK_PASS ? MC_CNT_ACCEL_REDIRECTED : MC_CNT_ACCEL_TCP);
 	}
 	/* Redirected when the helper found the peer; otherwise (no peer at
 	 * the first send, or the peer has closed since) by TCP. */

@@ -1,7 +1,13 @@
 /* Shared by every meshcap BPF program: maps, load-time settings, and the
  * environment the decision logic (decision.h) reads. maps.bpf.c defines the
  * maps and settings (MC_DEFINE_MAPS); the other objects declare them extern,
- * and `bpftool gen object` links them into one object with one skeleton. */
+ * and `bpftool gen object` links them into one object with one skeleton.
+ *
+ * One data path serves every pod attached below its cgroup: a pod's
+ * settings live in maps keyed by its network-namespace cookie (pods) or by
+ * its index (the per-pod tables), so a socket in a namespace that is not
+ * enrolled costs one lookup and is left alone. A per-pod capture is the
+ * same data path attached to one pod's cgroup with that one pod enrolled. */
 #ifndef MESHCAP_BPF_COMMON_H
 #define MESHCAP_BPF_COMMON_H
 
@@ -35,6 +41,10 @@
 #define IP6T_SO_ORIGINAL_DST 80
 #define MC_PAGE_SIZE 4096
 
+/* Verdicts of the cgroup socket hooks. */
+#define MC_SYS_PROCEED 1 /* let the call go on (with what the program rewrote) */
+#define MC_SYS_REJECT 0  /* refuse the call (EPERM) */
+
 #ifdef MESHCAP_DEBUG
 #define mc_debug(fmt, ...) bpf_printk("meshcap: " fmt, ##__VA_ARGS__)
 #else
@@ -50,9 +60,113 @@
 #endif
 
 /* Load-time settings, set through skel->rodata before load. */
-MC_EXTERN const volatile struct mc_config mc_cfg MC_ZERO;
-/* Per destination port: MC_PORT_* bits (-o, -q, -b, -d). */
-MC_EXTERN const volatile __u8 mc_port_flags[65536] MC_ZERO;
+MC_EXTERN const volatile struct mc_node mc_node MC_ZERO;
+
+/* --- per pod --- (sizes set by the loader) */
+
+/* Enrolled pods: netns cookie -> settings. A plain hash: a running pod's
+ * settings are never evicted. Writing the entry is the commit of an
+ * enrolment; deleting it, the first step of removing one. */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MC_DEFAULT_MAX_PODS);
+	__type(key, __u64);
+	__type(value, struct mc_pod);
+} pods SEC(".maps");
+
+/* The pods' own addresses: for sk_lookup (which has no netns cookie), the
+ * address a connection arrived for -> the pod's cookie. */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MC_DEFAULT_MAX_PODS * MC_ADDRS_PER_POD);
+	__type(key, struct mc_addr);
+	__type(value, __u64);
+} pod_by_addr SEC(".maps");
+
+/* A pod's own addresses (destinations routed over lo). */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MC_DEFAULT_MAX_PODS * MC_ADDRS_PER_POD);
+	__type(key, struct mc_pod_addr);
+	__type(value, __u8);
+} pod_addrs SEC(".maps");
+
+/* A pod's ports: MC_PORT_* bits (-o, -q, -b, -d). */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MC_DEFAULT_MAX_PODS * MC_PORTS_PER_POD);
+	__type(key, struct mc_pod_port);
+	__type(value, __u8);
+} pod_ports SEC(".maps");
+
+/* A pod's -x and -i prefixes and its main routing table (for -c), one trie
+ * per family; the key's tag names the pod and the kind. Exclusions are
+ * checked before inclusions whatever their lengths, as istio's rule order
+ * does; routes: the longest match wins, as in the kernel's lookup. */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MC_DEFAULT_MAX_PODS * MC_CIDRS_PER_POD);
+	__type(key, struct mc_lpm4);
+	__type(value, __u8);
+} cidrs4 SEC(".maps");
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MC_DEFAULT_MAX_PODS * MC_CIDRS_PER_POD);
+	__type(key, struct mc_lpm6);
+	__type(value, __u8);
+} cidrs6 SEC(".maps");
+
+/* A pod's owner groups (ISTIO_OUTBOUND_OWNER_GROUPS(_EXCLUDE)). */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MC_DEFAULT_MAX_PODS * MC_GROUPS_PER_POD);
+	__type(key, struct mc_pod_u32);
+	__type(value, __u8);
+} owner_gids SEC(".maps");
+
+/* A pod's interfaces named by -c and -k: ifindex -> MC_IF_* bits. */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MC_DEFAULT_MAX_PODS * MC_IFACES_PER_POD);
+	__type(key, struct mc_pod_u32);
+	__type(value, __u8);
+} iface_flags SEC(".maps");
+
+/* The proxies' listening sockets, by pod and slot: added by sockops when a
+ * proxy listens (the socket was tagged at bind), or by the loader from a
+ * running proxy; the kernel removes a socket from the map when it closes. */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, MC_DEFAULT_MAX_PODS * MC_LISTENER__MAX);
+	__type(key, struct mc_listener_key);
+	__type(value, __u64);
+} listeners SEC(".maps");
+
+/* One counter per decision and event, per pod (row = pod index; the last
+ * row is the node's, for events no pod can be named for). */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, (MC_DEFAULT_MAX_PODS + 1) * MC_CNT__MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* Netns cookies asked for by the loader: process id -> cookie (see
+ * MC_COOKIE_PROBE_ADDR). */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u64);
+} cookie_probe SEC(".maps");
+
+/* --- per connection, shared by the node --- */
 
 /* Original destination per redirected application socket, freed with it. */
 MC_EXTERN struct {
@@ -70,10 +184,31 @@ MC_EXTERN struct {
  * about yet (a proxy asks right after accept()), not for open connections. */
 MC_EXTERN struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MC_ORIG_DST_ENTRIES);
+	__uint(max_entries, MC_DEFAULT_MAX_CONNECTIONS);
 	__type(key, struct mc_conn_key);
 	__type(value, struct mc_orig);
 } orig_dst SEC(".maps");
+
+/* The connection table a data path had before `meshcap node start`
+ * resized it: getsockopt looks here when the current table has no record,
+ * so no connection in its handshake is lost to an upgrade (a one-entry
+ * table otherwise). */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct mc_conn_key);
+	__type(value, struct mc_orig);
+} orig_dst_prev SEC(".maps");
+
+/* Connections sk_lookup steered to a listener: their original destination
+ * is their own local address. Like orig_dst, a record moves onto the
+ * proxy's socket when the proxy asks for it. */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MC_DEFAULT_MAX_CONNECTIONS);
+	__type(key, struct mc_conn_key);
+	__type(value, struct mc_orig);
+} inbound_orig SEC(".maps");
 
 /* Original destination per proxy-side socket of a redirected connection
  * (outbound, and inbound steered by sk_lookup), freed with the socket: what
@@ -85,98 +220,13 @@ MC_EXTERN struct {
 	__type(value, struct mc_orig);
 } accepted_orig SEC(".maps");
 
-/* The pod's own addresses (v4 mapped): destinations routed over lo. */
+/* A proxy's socket bound to one of its pod's listener ports. */
 MC_EXTERN struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MC_POD_ADDR_ENTRIES);
-	__type(key, struct mc_addr);
-	__type(value, __u8);
-} pod_addrs SEC(".maps");
-
-/* -x and -i prefixes, one trie each per family: exclusions are checked
- * before inclusions whatever their lengths, as istio's rule order does. */
-MC_EXTERN struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, MC_CIDR_ENTRIES);
-	__type(key, struct mc_lpm4);
-	__type(value, __u8);
-} excl_cidr4 SEC(".maps");
-MC_EXTERN struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, MC_CIDR_ENTRIES);
-	__type(key, struct mc_lpm4);
-	__type(value, __u8);
-} incl_cidr4 SEC(".maps");
-MC_EXTERN struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, MC_CIDR_ENTRIES);
-	__type(key, struct mc_lpm6);
-	__type(value, __u8);
-} excl_cidr6 SEC(".maps");
-MC_EXTERN struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, MC_CIDR_ENTRIES);
-	__type(key, struct mc_lpm6);
-	__type(value, __u8);
-} incl_cidr6 SEC(".maps");
-
-/* Owner groups listed in ISTIO_OUTBOUND_OWNER_GROUPS(_EXCLUDE). */
-MC_EXTERN struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MC_OWNER_GROUP_ENTRIES);
-	__type(key, __u32);
-	__type(value, __u8);
-} owner_gids SEC(".maps");
-
-/* The pod's main routing table (snapshot): prefix -> 1 when its route
- * leaves through a -c interface, 0 otherwise; longest prefix wins, as in
- * the kernel's route lookup. */
-MC_EXTERN struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, MC_ROUTE_ENTRIES);
-	__type(key, struct mc_lpm4);
-	__type(value, __u8);
-} route4 SEC(".maps");
-MC_EXTERN struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, MC_ROUTE_ENTRIES);
-	__type(key, struct mc_lpm6);
-	__type(value, __u8);
-} route6 SEC(".maps");
-
-/* Interfaces of the pod named by -c and -k: ifindex -> MC_IF_* bits. */
-MC_EXTERN struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MC_IFACE_ENTRIES);
-	__type(key, __u32);
-	__type(value, __u8);
-} iface_flags SEC(".maps");
-
-/* The proxy's listening sockets (enum mc_listener_slot), added by sockops
- * when the proxy listens, or by the loader from a running proxy; the kernel
- * removes a socket from the map when it closes. */
-MC_EXTERN struct {
-	__uint(type, BPF_MAP_TYPE_SOCKMAP);
-	__uint(max_entries, MC_LISTENER__MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} listeners SEC(".maps");
-
-/* Connections sk_lookup steered to a listener: their original destination
- * is their own local address. Like orig_dst, a record moves onto the
- * proxy's socket when the proxy asks for it. */
-MC_EXTERN struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MC_INBOUND_ORIG_ENTRIES);
-	__type(key, struct mc_conn_key);
-	__type(value, struct mc_orig);
-} inbound_orig SEC(".maps");
+	__type(key, int);
+	__type(value, struct mc_sock_pod);
+} sock_pod SEC(".maps");
 
 /* --accelerate: the application's and the proxy's sockets of redirected
  * connections, keyed by their own view (mc_sock_key). The sk_msg program
@@ -193,38 +243,19 @@ MC_EXTERN struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, __u32);
+	__type(value, struct mc_accel_state);
 } accel_state SEC(".maps");
 
-/* control[0] != 0 once the capture is committed: the loader attaches and
- * pins everything with capture off, then turns it on with this one update,
- * so a loader killed half-way leaves a pod either captured or not at all. */
-MC_EXTERN struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} control SEC(".maps");
-
-static __always_inline bool mc_enabled(void)
+/* The enrolled pod a network-namespace cookie names, or NULL. */
+static __always_inline struct mc_pod *mc_pod_of(__u64 netns)
 {
-	__u32 key = 0;
-	__u32 *on = bpf_map_lookup_elem(&control, &key);
-
-	return on && *on;
+	return bpf_map_lookup_elem(&pods, &netns);
 }
 
-/* One counter per decision and event (enum mc_counter). */
-MC_EXTERN struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MC_CNT__MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
-
-static __always_inline void mc_count(enum mc_counter c)
+/* Counts event `c` for pod `index` (the node's row: mc_node.max_pods). */
+static __always_inline void mc_count(__u32 index, enum mc_counter c)
 {
-	__u32 key = c;
+	__u32 key = index * MC_CNT__MAX + c;
 	__u64 *v = bpf_map_lookup_elem(&counters, &key);
 
 	if (v)
@@ -258,57 +289,74 @@ static __always_inline void mc_addr_from4(struct mc_addr *a, __u32 ip4)
 	a->ip[3] = ip4;
 }
 
+/* Copies an mc_addr into four 32-bit words (a context's or a sockaddr's). */
+#define MC_STORE_ADDR6(words, a) \
+	do { \
+		(words)[0] = (a)->ip[0]; \
+		(words)[1] = (a)->ip[1]; \
+		(words)[2] = (a)->ip[2]; \
+		(words)[3] = (a)->ip[3]; \
+	} while (0)
+
 /* --- the environment decision.h reads --- */
 #define MC_INLINE __always_inline
 
-static __always_inline bool mc_env_pod_addr(const struct mc_addr *a)
+static __always_inline bool mc_env_pod_addr(const struct mc_pod *pod, const struct mc_addr *a)
 {
-	return bpf_map_lookup_elem(&pod_addrs, a) != 0;
+	struct mc_pod_addr k = {pod->index, *a};
+
+	return bpf_map_lookup_elem(&pod_addrs, &k) != 0;
 }
 
-static __always_inline bool mc_env_excluded(const struct mc_addr *a, bool v4)
+/* The trie entry of `kind` for `a` in `pod`'s prefixes, or NULL. */
+static __always_inline __u8 *__mc_cidr(const struct mc_pod *pod, enum mc_cidr_kind kind,
+				       const struct mc_addr *a, bool v4)
 {
+	__u32 tag = MC_LPM_TAG(pod->index, kind);
+
 	if (v4) {
-		struct mc_lpm4 k = {32, a->ip[3]};
-		return bpf_map_lookup_elem(&excl_cidr4, &k) != 0;
+		struct mc_lpm4 k = {64, tag, a->ip[3]};
+		return bpf_map_lookup_elem(&cidrs4, &k);
 	}
-	struct mc_lpm6 k6 = {128, {a->ip[0], a->ip[1], a->ip[2], a->ip[3]}};
-	return bpf_map_lookup_elem(&excl_cidr6, &k6) != 0;
+	struct mc_lpm6 k6 = {160, tag, {a->ip[0], a->ip[1], a->ip[2], a->ip[3]}};
+	return bpf_map_lookup_elem(&cidrs6, &k6);
 }
 
-static __always_inline bool mc_env_included(const struct mc_addr *a, bool v4)
+static __always_inline bool mc_env_excluded(const struct mc_pod *pod, const struct mc_addr *a, bool v4)
 {
-	if (v4) {
-		struct mc_lpm4 k = {32, a->ip[3]};
-		return bpf_map_lookup_elem(&incl_cidr4, &k) != 0;
-	}
-	struct mc_lpm6 k6 = {128, {a->ip[0], a->ip[1], a->ip[2], a->ip[3]}};
-	return bpf_map_lookup_elem(&incl_cidr6, &k6) != 0;
+	return __mc_cidr(pod, MC_CIDR_EXCLUDE, a, v4) != 0;
 }
 
-static __always_inline __u8 mc_env_port_flags(__u16 port)
+static __always_inline bool mc_env_included(const struct mc_pod *pod, const struct mc_addr *a, bool v4)
 {
-	return mc_port_flags[port];
+	return __mc_cidr(pod, MC_CIDR_INCLUDE, a, v4) != 0;
 }
 
-static __always_inline bool mc_env_owner_group(__u32 gid)
+static __always_inline __u8 mc_env_port_flags(const struct mc_pod *pod, __u16 port)
 {
-	return bpf_map_lookup_elem(&owner_gids, &gid) != 0;
+	struct mc_pod_port k = {pod->index, port};
+	__u8 *v;
+
+	if (!(pod->flags & MC_POD_PORTS))
+		return 0;
+	v = bpf_map_lookup_elem(&pod_ports, &k);
+	return v ? *v : 0;
 }
 
-static __always_inline bool mc_env_route_excluded(const struct mc_addr *a, bool v4)
+static __always_inline bool mc_env_owner_group(const struct mc_pod *pod, __u32 gid)
+{
+	struct mc_pod_u32 k = {pod->index, gid};
+
+	return (pod->flags & MC_POD_OWNER_GROUPS) && bpf_map_lookup_elem(&owner_gids, &k) != 0;
+}
+
+static __always_inline bool mc_env_route_excluded(const struct mc_pod *pod, const struct mc_addr *a, bool v4)
 {
 	__u8 *v;
 
-	if (!mc_cfg.has_excluded_ifaces)
+	if (!(pod->flags & MC_POD_EXCLUDED_IFACES))
 		return false;
-	if (v4) {
-		struct mc_lpm4 k = {32, a->ip[3]};
-		v = bpf_map_lookup_elem(&route4, &k);
-	} else {
-		struct mc_lpm6 k6 = {128, {a->ip[0], a->ip[1], a->ip[2], a->ip[3]}};
-		v = bpf_map_lookup_elem(&route6, &k6);
-	}
+	v = __mc_cidr(pod, MC_CIDR_ROUTE, a, v4);
 	return v && *v;
 }
 

@@ -4,14 +4,14 @@
  *
  * Plain C over plain structs so that the same code runs in the BPF programs
  * and in the user-space unit tests. The includer defines, before including
- * this file:
+ * this file (each takes the pod whose settings apply first):
  *   MC_INLINE                       inline qualifier
- *   bool mc_env_pod_addr(const struct mc_addr *)       pod's own address?
- *   bool mc_env_excluded(const struct mc_addr *, bool v4)  in -x?
- *   bool mc_env_included(const struct mc_addr *, bool v4)  in -i?
- *   __u8 mc_env_port_flags(__u16 port)                 MC_PORT_* bits
- *   bool mc_env_owner_group(__u32 gid)                 listed owner group?
- *   bool mc_env_route_excluded(const struct mc_addr *, bool v4)
+ *   bool mc_env_pod_addr(pod, const struct mc_addr *)       pod's own address?
+ *   bool mc_env_excluded(pod, const struct mc_addr *, bool v4)  in -x?
+ *   bool mc_env_included(pod, const struct mc_addr *, bool v4)  in -i?
+ *   __u8 mc_env_port_flags(pod, __u16 port)                 MC_PORT_* bits
+ *   bool mc_env_owner_group(pod, __u32 gid)                 listed owner group?
+ *   bool mc_env_route_excluded(pod, const struct mc_addr *, bool v4)
  *                                  routed out of a -c interface?
  * The inbound decision (mc_decide_inbound) follows istio's nat PREROUTING
  * rules for a TCP connection arriving from outside the pod.
@@ -45,9 +45,22 @@ struct mc_decision {
 #endif
 #define MC_V4_MAPPED_WORD MC_NET32(0x0000ffff)
 
+/* Address tests are written with | and ^ rather than && chains: each &&
+ * is a branch, and branches multiply the paths the verifier walks. */
 static MC_INLINE bool __mc_is_v4_mapped(const struct mc_addr *a)
 {
-	return a->ip[0] == 0 && a->ip[1] == 0 && a->ip[2] == MC_V4_MAPPED_WORD;
+	return (a->ip[0] | a->ip[1] | (a->ip[2] ^ MC_V4_MAPPED_WORD)) == 0;
+}
+
+/* ::W (the first three words zero, the last `last`). */
+static MC_INLINE bool __mc_is_v6_low(const struct mc_addr *a, __u32 last)
+{
+	return (a->ip[0] | a->ip[1] | a->ip[2] | (a->ip[3] ^ last)) == 0;
+}
+
+static MC_INLINE bool __mc_is_zero(const struct mc_addr *a)
+{
+	return (a->ip[0] | a->ip[1] | a->ip[2] | a->ip[3]) == 0;
 }
 
 /* 127.0.0.6 / ::6: the proxy's inbound passthrough source. */
@@ -55,31 +68,29 @@ static MC_INLINE bool __mc_is_passthrough_src(const struct mc_addr *a, bool v4)
 {
 	if (v4)
 		return a->ip[3] == MC_NET32(0x7f000006); /* 127.0.0.6 */
-	return a->ip[0] == 0 && a->ip[1] == 0 && a->ip[2] == 0 && a->ip[3] == MC_NET32(6);
+	return __mc_is_v6_low(a, MC_NET32(6));
 }
 
 /* The istio loopback CIDR: ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR or ::1/128. */
-static MC_INLINE bool __mc_in_loopback_cidr(const volatile struct mc_config *cfg,
-					    const struct mc_addr *a, bool v4)
+static MC_INLINE bool __mc_in_loopback_cidr(const struct mc_pod *pod, const struct mc_addr *a, bool v4)
 {
 	if (v4)
-		return (a->ip[3] & cfg->loopback4_mask) == (cfg->loopback4 & cfg->loopback4_mask);
-	return a->ip[0] == 0 && a->ip[1] == 0 && a->ip[2] == 0 && a->ip[3] == MC_NET32(1);
+		return (a->ip[3] & pod->loopback4_mask) == (pod->loopback4 & pod->loopback4_mask);
+	return __mc_is_v6_low(a, MC_NET32(1));
 }
 
 /* Would the kernel route this destination over lo ("-o lo")? Loopback, the
  * unspecified address, or one of the pod's own addresses. */
-static MC_INLINE bool __mc_via_lo(const struct mc_addr *a, bool v4)
+static MC_INLINE bool __mc_via_lo(const struct mc_pod *pod, const struct mc_addr *a, bool v4)
 {
 	if (v4) {
 		/* 127.0.0.0/8 or 0.0.0.0 */
 		if ((a->ip[3] & MC_NET32(0xff000000)) == MC_NET32(0x7f000000) || a->ip[3] == 0)
 			return true;
-	} else if (a->ip[0] == 0 && a->ip[1] == 0 && a->ip[2] == 0 &&
-		   (a->ip[3] == 0 || a->ip[3] == MC_NET32(1))) {
+	} else if (__mc_is_zero(a) || __mc_is_v6_low(a, MC_NET32(1))) {
 		return true;
 	}
-	return mc_env_pod_addr(a);
+	return mc_env_pod_addr(pod, a);
 }
 
 static MC_INLINE struct mc_decision __mc_result(enum mc_verdict v, enum mc_counter r)
@@ -88,25 +99,68 @@ static MC_INLINE struct mc_decision __mc_result(enum mc_verdict v, enum mc_count
 	return d;
 }
 
+/* Whether `owner` is in ids[0..n). */
+static MC_INLINE bool __mc_listed(const __u32 *ids, __u32 n, __u32 owner)
+{
+	__u32 i;
+
+	for (i = 0; i < MC_MAX_IDS; i++) {
+		if (i >= n)
+			break;
+		if (ids[i] == owner)
+			return true;
+	}
+	return false;
+}
+
+/* istio's per-owner rules of ISTIO_OUTPUT for one list (-u, then -g), one
+ * rule group per id in order, first match wins:
+ *   a) "-o lo ! -d LOOPBACK ! --dport TUNNEL --owner ID -j ISTIO_IN_REDIRECT"
+ *   b) "-o lo ! --owner ID -j RETURN"   (absent when -i holds a loopback prefix)
+ *   c) "--owner ID -j RETURN"
+ * Folded: over lo (without a loopback -i) the first id alone decides --
+ * a) or c) for its owner, b) for every other; otherwise the owner's first
+ * listed id decides, a) over lo and c) elsewhere. Sets *d and returns true
+ * on a match. */
+static MC_INLINE bool __mc_owner_rules(const struct mc_pod *pod, const struct mc_connect *c, bool lo,
+				       const __u32 *ids, __u32 n, __u32 owner, enum mc_counter exempt,
+				       struct mc_decision *d)
+{
+	bool to_inbound = lo && !__mc_in_loopback_cidr(pod, &c->dst, c->v4) && c->dport != pod->tunnel_port;
+	bool listed;
+
+	if (n == 0)
+		return false;
+	if (lo && !(pod->flags & MC_POD_INCLUDE_HAS_LOOPBACK))
+		listed = ids[0] == owner;
+	else
+		listed = __mc_listed(ids, n, owner);
+	if (listed)
+		*d = to_inbound ? __mc_result(MC_TO_INBOUND, MC_CNT_REDIRECTED_IN) : __mc_result(MC_PASS, exempt);
+	else if (lo && !(pod->flags & MC_POD_INCLUDE_HAS_LOOPBACK))
+		*d = __mc_result(MC_PASS, MC_CNT_LOCAL_DST);
+	else
+		return false;
+	return true;
+}
+
 /* The decision for one TCP connect(), in the order of istio's ISTIO_OUTPUT
- * chain. DNS capture is not part of the eBPF path; the agent refuses it
- * before loading. */
-static MC_INLINE struct mc_decision mc_decide_outbound(const volatile struct mc_config *cfg,
-						       const struct mc_connect *c)
+ * chain. */
+static MC_INLINE struct mc_decision mc_decide_outbound(const struct mc_pod *pod, const struct mc_connect *c)
 {
 	bool v4 = c->v4;
-	__u8 pflags = mc_env_port_flags(c->dport);
+	__u8 pflags = mc_env_port_flags(pod, c->dport);
+	struct mc_decision d;
 	bool lo;
-	__u32 i;
 
 	/* istio writes IPv6 rules only with --dual-stack or when the pod has
 	 * an IPv6 address; without them IPv6 is not captured. */
-	if (!v4 && !cfg->ipv6)
+	if (!v4 && !(pod->flags & MC_POD_IPV6))
 		return __mc_result(MC_PASS, MC_CNT_NOT_INCLUDED);
-	lo = __mc_via_lo(&c->dst, v4);
+	lo = __mc_via_lo(pod, &c->dst, v4);
 	/* -c: "-A OUTPUT -o IF -j RETURN" comes before the jump to
 	 * ISTIO_OUTPUT. The egress interface is taken from the pod's routes. */
-	if (!lo && mc_env_route_excluded(&c->dst, v4))
+	if (!lo && mc_env_route_excluded(pod, &c->dst, v4))
 		return __mc_result(MC_PASS, MC_CNT_EXCLUDED_IFACE);
 	/* -o: "-p tcp --dport P -j RETURN", first in ISTIO_OUTPUT. */
 	if (pflags & MC_PORT_OUT_EXCLUDE)
@@ -116,53 +170,32 @@ static MC_INLINE struct mc_decision mc_decide_outbound(const volatile struct mc_
 	if (lo && __mc_is_passthrough_src(&c->src, v4))
 		return __mc_result(MC_PASS, MC_CNT_PASSTHROUGH_SRC);
 
-	/* Per proxy UID: to the inbound listener when the proxy dials the pod
-	 * itself; other users' traffic over lo returns; the proxy's own
-	 * traffic returns. With several UIDs the first UID's "other users"
-	 * rule already returns lo traffic of the later ones, as in istio. */
-	for (i = 0; i < MC_MAX_IDS; i++) {
-		if (i >= cfg->n_uids)
-			break;
-		if (lo && !__mc_in_loopback_cidr(cfg, &c->dst, v4) &&
-		    c->dport != cfg->tunnel_port && c->uid == cfg->uids[i])
-			return __mc_result(MC_TO_INBOUND, MC_CNT_REDIRECTED_IN);
-		if (lo && !cfg->include_has_loopback && c->uid != cfg->uids[i])
-			return __mc_result(MC_PASS, MC_CNT_LOCAL_DST);
-		if (c->uid == cfg->uids[i])
-			return __mc_result(MC_PASS, MC_CNT_EXEMPT_UID);
-	}
-	for (i = 0; i < MC_MAX_IDS; i++) {
-		if (i >= cfg->n_gids)
-			break;
-		if (lo && !__mc_in_loopback_cidr(cfg, &c->dst, v4) &&
-		    c->dport != cfg->tunnel_port && c->gid == cfg->gids[i])
-			return __mc_result(MC_TO_INBOUND, MC_CNT_REDIRECTED_IN);
-		if (lo && !cfg->include_has_loopback && c->gid != cfg->gids[i])
-			return __mc_result(MC_PASS, MC_CNT_LOCAL_DST);
-		if (c->gid == cfg->gids[i])
-			return __mc_result(MC_PASS, MC_CNT_EXEMPT_GID);
-	}
+	/* Per proxy UID, then per proxy GID. */
+	if (__mc_owner_rules(pod, c, lo, pod->uids, pod->n_uids, c->uid, MC_CNT_EXEMPT_UID, &d))
+		return d;
+	if (__mc_owner_rules(pod, c, lo, pod->gids, pod->n_gids, c->gid, MC_CNT_EXEMPT_GID, &d))
+		return d;
 
 	/* Owner groups: "--gid-owner G -j RETURN" per excluded group, or one
 	 * rule returning every group not listed. */
-	if (cfg->owner_groups_except) {
-		if (mc_env_owner_group(c->gid))
+	if (pod->flags & MC_POD_OWNER_EXCEPT) {
+		if (mc_env_owner_group(pod, c->gid))
 			return __mc_result(MC_PASS, MC_CNT_OWNER_GROUP);
-	} else if (!mc_env_owner_group(c->gid)) {
+	} else if (!mc_env_owner_group(pod, c->gid)) {
 		return __mc_result(MC_PASS, MC_CNT_OWNER_GROUP);
 	}
 
 	/* "-d 127.0.0.1/32 -j RETURN" (::1/128) */
-	if (__mc_in_loopback_cidr(cfg, &c->dst, v4))
+	if (__mc_in_loopback_cidr(pod, &c->dst, v4))
 		return __mc_result(MC_PASS, MC_CNT_LOCAL_DST);
 	/* -x */
-	if (mc_env_excluded(&c->dst, v4))
+	if (mc_env_excluded(pod, &c->dst, v4))
 		return __mc_result(MC_PASS, MC_CNT_EXCLUDED_CIDR);
 	/* -q */
 	if (pflags & MC_PORT_OUT_INCLUDE)
 		return __mc_result(MC_TO_OUTBOUND, MC_CNT_REDIRECTED_OUT);
 	/* -i */
-	if (cfg->include_all || mc_env_included(&c->dst, v4))
+	if ((pod->flags & MC_POD_INCLUDE_ALL) || mc_env_included(pod, &c->dst, v4))
 		return __mc_result(MC_TO_OUTBOUND, MC_CNT_REDIRECTED_OUT);
 	return __mc_result(MC_PASS, MC_CNT_NOT_INCLUDED);
 }
@@ -179,26 +212,25 @@ struct mc_arrival {
  * PREROUTING chain: -k interfaces first (inserted at the top: to the
  * outbound listener when -i includes the destination, else RETURN), then -c
  * interfaces, then ISTIO_INBOUND: the tunnel port, then -b / -d. */
-static MC_INLINE struct mc_decision mc_decide_inbound(const volatile struct mc_config *cfg,
-						      const struct mc_arrival *a)
+static MC_INLINE struct mc_decision mc_decide_inbound(const struct mc_pod *pod, const struct mc_arrival *a)
 {
 	__u8 pflags;
 
-	if (!a->v4 && !cfg->ipv6)
+	if (!a->v4 && !(pod->flags & MC_POD_IPV6))
 		return __mc_result(MC_PASS, MC_CNT_IN_NOT_INCLUDED);
 	if (a->iface_flags & MC_IF_VIRT) {
-		if (cfg->include_all || mc_env_included(&a->dst, a->v4))
+		if ((pod->flags & MC_POD_INCLUDE_ALL) || mc_env_included(pod, &a->dst, a->v4))
 			return __mc_result(MC_TO_OUTBOUND, MC_CNT_IN_VIRT_REDIRECTED);
 		return __mc_result(MC_PASS, MC_CNT_IN_EXCLUDED_IFACE);
 	}
 	if (a->iface_flags & MC_IF_EXCLUDE)
 		return __mc_result(MC_PASS, MC_CNT_IN_EXCLUDED_IFACE);
-	if (cfg->inbound == MC_INBOUND_NONE)
+	if (pod->inbound == MC_INBOUND_NONE)
 		return __mc_result(MC_PASS, MC_CNT_IN_NOT_INCLUDED);
-	if (a->dport == cfg->tunnel_port)
+	if (a->dport == pod->tunnel_port)
 		return __mc_result(MC_PASS, MC_CNT_IN_TUNNEL);
-	pflags = mc_env_port_flags(a->dport);
-	if (cfg->inbound == MC_INBOUND_ALL) {
+	pflags = mc_env_port_flags(pod, a->dport);
+	if (pod->inbound == MC_INBOUND_ALL) {
 		if (pflags & MC_PORT_IN_EXCLUDE)
 			return __mc_result(MC_PASS, MC_CNT_IN_EXCLUDED_PORT);
 		return __mc_result(MC_TO_INBOUND, MC_CNT_IN_REDIRECTED);

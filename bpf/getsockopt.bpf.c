@@ -26,15 +26,18 @@ int mc_getsockopt(struct bpf_sockopt *ctx)
 		 * call with EFAULT otherwise). */
 		if (ctx->optlen > MC_PAGE_SIZE)
 			ctx->optlen = 0;
-		return 1;
+		return MC_SYS_PROCEED;
 	}
 	if (!sk)
-		return 1;
+		return MC_SYS_PROCEED;
 
 	/* Asked before: the record is on the socket. */
 	orig = bpf_sk_storage_get(&accepted_orig, sk, 0, 0);
 	if (orig)
 		goto answer;
+	/* Load-time constant: kernels without the cookie here key without it. */
+	if (mc_node.key_netns)
+		k.netns = bpf_get_netns_cookie(ctx);
 	if (sk->family == AF_INET) {
 		__u32 src4, dst4;
 
@@ -53,6 +56,13 @@ int mc_getsockopt(struct bpf_sockopt *ctx)
 	table = &orig_dst;
 	orig = bpf_map_lookup_elem(&orig_dst, &k);
 	if (!orig) {
+		table = &orig_dst_prev;
+		orig = bpf_map_lookup_elem(&orig_dst_prev, &k);
+	}
+	if (!orig) {
+		/* sk_lookup has no netns cookie: its records are keyed by the
+		 * pod's own address, which no other pod has. */
+		k.netns = 0;
 		table = &inbound_orig;
 		orig = bpf_map_lookup_elem(&inbound_orig, &k);
 	}
@@ -61,10 +71,11 @@ int mc_getsockopt(struct bpf_sockopt *ctx)
 		 * stands. Ours comes first: with iptables in the pod too,
 		 * conntrack also tracks a connection eBPF already rewrote, and
 		 * would name the listener, or a former connection on the same
-		 * ports, instead of the original destination. */
+		 * ports, instead of the original destination. No pod can be
+		 * named here: the node's row counts it. */
 		if (ctx->retval != 0)
-			mc_count(MC_CNT_ORIG_NOT_FOUND);
-		return 1;
+			mc_count(mc_node.max_pods, MC_CNT_ORIG_NOT_FOUND);
+		return MC_SYS_PROCEED;
 	}
 	/* Move the record onto the socket; without storage it stays in the
 	 * table, where the next call finds it again. */
@@ -79,7 +90,7 @@ answer:
 		struct sockaddr_in *sa = optval;
 
 		if ((void *)(sa + 1) > optval_end)
-			return 1;
+			return MC_SYS_PROCEED;
 		sa->sin_family = AF_INET;
 		sa->sin_port = orig->port;
 		sa->sin_addr.s_addr = orig->addr.ip[3];
@@ -88,22 +99,19 @@ answer:
 		struct sockaddr_in6 *sa6 = optval;
 
 		if ((void *)(sa6 + 1) > optval_end)
-			return 1;
+			return MC_SYS_PROCEED;
 		sa6->sin6_family = AF_INET6;
 		sa6->sin6_port = orig->port;
 		sa6->sin6_flowinfo = 0;
-		sa6->sin6_addr.in6_u.u6_addr32[0] = orig->addr.ip[0];
-		sa6->sin6_addr.in6_u.u6_addr32[1] = orig->addr.ip[1];
-		sa6->sin6_addr.in6_u.u6_addr32[2] = orig->addr.ip[2];
-		sa6->sin6_addr.in6_u.u6_addr32[3] = orig->addr.ip[3];
+		MC_STORE_ADDR6(sa6->sin6_addr.in6_u.u6_addr32, &orig->addr);
 		sa6->sin6_scope_id = 0;
 		ctx->optlen = sizeof(*sa6);
 	} else {
 		/* Asked in the other family than the connection's: as conntrack. */
-		mc_count(MC_CNT_ORIG_NOT_FOUND);
-		return 1;
+		mc_count(orig->pod, MC_CNT_ORIG_NOT_FOUND);
+		return MC_SYS_PROCEED;
 	}
 	ctx->retval = 0;
-	mc_count(MC_CNT_ORIG_ANSWERED);
-	return 1;
+	mc_count(orig->pod, MC_CNT_ORIG_ANSWERED);
+	return MC_SYS_PROCEED;
 }

@@ -7,30 +7,39 @@
 
 /* Largest -u / -g list the eBPF path takes (istio's defaults have one). */
 #define MC_MAX_IDS 16
+/* Default sizes; a data path sets its own at load (meshcap node start
+ * --max-pods, --max-connections; one pod for a per-pod capture). */
+#define MC_DEFAULT_MAX_PODS 256
 /* Entries of the connection table: original destinations of redirected
- * connections the proxy has not asked about yet (its SO_ORIGINAL_DST moves a
- * record onto its socket). */
-#define MC_ORIG_DST_ENTRIES 16384
-/* Entries each CIDR trie may grow to (no preallocation: memory is used only
- * for the prefixes present). */
-#define MC_CIDR_ENTRIES 262144
-#define MC_POD_ADDR_ENTRIES 256
-#define MC_OWNER_GROUP_ENTRIES 64
-#define MC_IFACE_ENTRIES 64
-/* Routes of the pod's main table (a snapshot taken at init), for -c. */
-#define MC_ROUTE_ENTRIES 16384
-/* Records of connections steered by sk_lookup, also until the proxy asks
- * (LRU: a SYN that never completes leaves nothing behind for long). */
-#define MC_INBOUND_ORIG_ENTRIES 16384
+ * connections the proxy has not asked about yet (its SO_ORIGINAL_DST moves
+ * a record onto its socket). */
+#define MC_DEFAULT_MAX_CONNECTIONS 16384
+/* Entries the per-pod tables may grow to in all, per pod enrolled: CIDR
+ * prefixes and routes (tries, no preallocation), ports, addresses, owner
+ * groups, interfaces. */
+#define MC_CIDRS_PER_POD 1024
+#define MC_PORTS_PER_POD 256
+#define MC_ADDRS_PER_POD 16
+#define MC_GROUPS_PER_POD 64
+#define MC_IFACES_PER_POD 16
 /* Sockets of accelerated application<->proxy connections (--accelerate):
  * two per open connection. */
 #define MC_ACCEL_ENTRIES 65536
 
-/* Bits of iface_flags[ifindex]. */
+/* Learning a namespace's cookie where the kernel has no SO_NETNS_COOKIE
+ * (before 5.14): a process of the loader, inside the data path's cgroup and
+ * the namespace, connects a socket marked MC_COOKIE_MARK to this address and
+ * port; connect4 records bpf_get_netns_cookie() under the process's id in
+ * cookie_probe and refuses the connect, so nothing is sent. */
+#define MC_COOKIE_PROBE_ADDR 0x7ffffffe /* 127.255.255.254, host order */
+#define MC_COOKIE_PROBE_PORT 9
+#define MC_COOKIE_MARK 0x6d636b31 /* "mck1" */
+
+/* Bits of an interface's flags (iface_flags). */
 #define MC_IF_EXCLUDE 0x01 /* -c */
 #define MC_IF_VIRT 0x02    /* -k */
 
-/* Slots of the listeners socket map, filled when the proxy listens. */
+/* The proxy's listeners a pod can have (listeners is keyed by pod and slot). */
 enum mc_listener_slot {
 	MC_LISTENER_IN4 = 0,  /* inbound listener (-z), AF_INET */
 	MC_LISTENER_IN6 = 1,  /* inbound listener, AF_INET6 */
@@ -39,13 +48,13 @@ enum mc_listener_slot {
 	MC_LISTENER__MAX,
 };
 
-/* Bits of mc_port_flags[port]. */
+/* Bits of a pod's port flags (pod_ports). */
 #define MC_PORT_OUT_EXCLUDE 0x01 /* -o */
 #define MC_PORT_OUT_INCLUDE 0x02 /* -q */
 #define MC_PORT_IN_INCLUDE 0x04  /* -b */
 #define MC_PORT_IN_EXCLUDE 0x08  /* -d */
 
-/* Where a connect() goes. */
+/* Where a connection goes. */
 enum mc_verdict {
 	MC_PASS = 0,        /* its real destination */
 	MC_TO_OUTBOUND = 1, /* the outbound listener (-p) */
@@ -98,22 +107,30 @@ enum mc_inbound {
 	MC_INBOUND_ALL = 2,  /* -b '*': all but -d */
 };
 
-/* Load-time settings (read-only data, set before load). Addresses are in
+/* Bits of mc_pod.flags. */
+#define MC_POD_INCLUDE_ALL (1u << 0)        /* -i '*' */
+#define MC_POD_INCLUDE_HAS_LOOPBACK (1u << 1) /* -i holds a loopback prefix */
+#define MC_POD_OWNER_EXCEPT (1u << 2)       /* owner groups: all but listed (else only listed) */
+#define MC_POD_HAS_SRC4 (1u << 3)           /* src4 is set */
+#define MC_POD_HAS_SRC6 (1u << 4)           /* src6 is set */
+#define MC_POD_IPV6 (1u << 5)               /* IPv6 captured: --dual-stack or the pod has IPv6, as istio */
+#define MC_POD_EXCLUDED_IFACES (1u << 6)    /* -c given: consult the pod's routes */
+#define MC_POD_IFACES (1u << 7)             /* -c or -k given: sk_lookup reads the arrival interface */
+#define MC_POD_PORTS (1u << 8)              /* the pod has entries in pod_ports */
+#define MC_POD_ACCELERATE (1u << 9)         /* --accelerate */
+#define MC_POD_OWNER_GROUPS (1u << 10)      /* the pod has entries in owner_gids */
+
+/* One enrolled pod's settings: istio-iptables' flags as the programs read
+ * them, keyed by the pod's network-namespace cookie (pods). Addresses in
  * network byte order, ports in host order. */
-struct mc_config {
+struct mc_pod {
+	__u32 index;           /* the pod's slot: counters and per-pod map keys */
+	__u32 flags;           /* MC_POD_* */
 	__u16 proxy_port;      /* -p: outbound listener */
 	__u16 inbound_port;    /* -z: inbound listener */
 	__u16 tunnel_port;     /* -e: never sent to the inbound listener */
-	__u8 include_all;      /* -i '*' */
-	__u8 include_has_loopback; /* -i holds a loopback prefix */
-	__u8 owner_groups_except;  /* owner groups: 1 = all but listed, 0 = only listed */
-	__u8 has_src4;         /* src4 is set */
-	__u8 has_src6;         /* src6 is set */
 	__u8 inbound;          /* enum mc_inbound */
-	__u8 has_excluded_ifaces; /* -c given: consult route4/route6 */
-	__u8 ipv6;             /* IPv6 captured: --dual-stack or the pod has IPv6, as istio */
-	__u8 accelerate;       /* --accelerate: app<->proxy sockets into accel_socks */
-	__u8 has_ifaces;       /* -c or -k given: sk_lookup reads the arrival interface */
+	__u8 pad;
 	__u32 n_uids;          /* entries used in uids */
 	__u32 n_gids;          /* entries used in gids */
 	__u32 uids[MC_MAX_IDS]; /* -u, in order */
@@ -124,6 +141,17 @@ struct mc_config {
 	__u32 src6[4];         /* the pod's IPv6 source address */
 };
 
+/* Load-time settings of a data path (read-only data, set before load):
+ * what this kernel lets the programs do. */
+struct mc_node {
+	__u32 max_pods;        /* rows of the per-pod counters (one more for the node) */
+	__u8 key_netns;        /* the connection table's key carries the netns cookie:
+				* getsockopt can read it (bpf_get_netns_cookie, 5.15+) */
+	__u8 ingress_ifindex;  /* sk_lookup may read the arrival interface (5.17+) */
+	__u8 accelerate;       /* the sk_msg program is attached: accelerate pods that ask */
+	__u8 pad;
+};
+
 /* An address in 16 bytes: IPv4 as ::ffff:a.b.c.d, so one key type serves
  * AF_INET sockets, AF_INET6 sockets and v4-mapped addresses alike. */
 struct mc_addr {
@@ -131,12 +159,17 @@ struct mc_addr {
 };
 
 /* The connection table's key: the application's end (client) and the
- * listener it was sent to (server). Ports in host order. */
+ * listener it was sent to (server), and the network namespace they are in
+ * where the kernel tells getsockopt (else 0: the client end is then the
+ * pod's own address, bound at connect, which no other pod has). Ports in
+ * host order. */
 struct mc_conn_key {
+	__u64 netns;
 	struct mc_addr client;
 	struct mc_addr server;
 	__u16 client_port;
 	__u16 server_port;
+	__u32 pad;
 };
 
 /* The accelerated-socket map's key: one socket's own view of its
@@ -154,38 +187,80 @@ struct mc_sock_key {
 #define MC_ACCEL_REDIRECT 1
 #define MC_ACCEL_TCP 2
 
-/* An original destination. */
+/* An accelerated socket's decision, and its pod (for the counters). */
+struct mc_accel_state {
+	__u32 decision; /* MC_ACCEL_* */
+	__u32 pod;
+};
+
+/* An original destination, and whose it is. */
 struct mc_orig {
 	struct mc_addr addr; /* as dialed (v4 mapped) */
 	__u16 port;          /* network order, as in sockaddr */
 	__u16 family;        /* AF_INET or AF_INET6: what SO_ORIGINAL_DST answers */
-	__u32 reserved;      /* zero */
+	__u32 pod;           /* the pod's index (its counters) */
+	__u64 netns;         /* the key's netns (see mc_conn_key) */
+	__u32 accelerate;    /* the pod asked for --accelerate */
+	__u32 pad;
 };
 
-/* LPM trie keys. */
+/* A listening socket of an enrolled pod's proxy, tagged at bind() so
+ * sockops can file it under its pod when it listens. */
+struct mc_sock_pod {
+	__u32 pod;
+	__u32 slot; /* enum mc_listener_slot */
+};
+
+/* Keys of the per-pod tables: the pod's index first, then what it is about. */
+struct mc_pod_port {
+	__u32 pod;
+	__u32 port;
+};
+struct mc_pod_u32 {
+	__u32 pod;
+	__u32 value; /* a GID (owner_gids), an ifindex (iface_flags) */
+};
+struct mc_pod_addr {
+	__u32 pod;
+	struct mc_addr addr;
+};
+struct mc_listener_key {
+	__u32 pod;
+	__u32 slot;
+};
+
+/* What a CIDR trie entry is about. */
+enum mc_cidr_kind {
+	MC_CIDR_EXCLUDE = 1, /* -x */
+	MC_CIDR_INCLUDE = 2, /* -i */
+	MC_CIDR_ROUTE = 3,   /* a route of the pod's main table; value 1 when it leaves by a -c interface */
+};
+/* LPM trie keys: the pod and the kind (always matched whole, 32 bits),
+ * then the address; prefixlen counts the 32 bits of `tag` too. */
 struct mc_lpm4 {
 	__u32 prefixlen;
+	__u32 tag; /* pod index << 2 | enum mc_cidr_kind */
 	__u32 addr;
 };
 struct mc_lpm6 {
 	__u32 prefixlen;
+	__u32 tag;
 	__u32 addr[4];
 };
+#define MC_LPM_TAG(pod, kind) (((pod) << 2) | (kind))
 
 #ifdef __cplusplus
-static_assert(sizeof(struct mc_config) == 180, "mc_config layout");
-static_assert(sizeof(struct mc_conn_key) == 36, "mc_conn_key layout");
-static_assert(sizeof(struct mc_orig) == 24, "mc_orig layout");
-static_assert(sizeof(struct mc_sock_key) == 36, "mc_sock_key layout");
-static_assert(sizeof(struct mc_lpm4) == 8, "mc_lpm4 layout");
-static_assert(sizeof(struct mc_lpm6) == 20, "mc_lpm6 layout");
+#define MC_STATIC_ASSERT static_assert
 #else
-_Static_assert(sizeof(struct mc_config) == 180, "mc_config layout");
-_Static_assert(sizeof(struct mc_conn_key) == 36, "mc_conn_key layout");
-_Static_assert(sizeof(struct mc_orig) == 24, "mc_orig layout");
-_Static_assert(sizeof(struct mc_sock_key) == 36, "mc_sock_key layout");
-_Static_assert(sizeof(struct mc_lpm4) == 8, "mc_lpm4 layout");
-_Static_assert(sizeof(struct mc_lpm6) == 20, "mc_lpm6 layout");
+#define MC_STATIC_ASSERT _Static_assert
 #endif
+MC_STATIC_ASSERT(sizeof(struct mc_pod) == 180, "mc_pod layout");
+MC_STATIC_ASSERT(sizeof(struct mc_node) == 8, "mc_node layout");
+MC_STATIC_ASSERT(sizeof(struct mc_conn_key) == 48, "mc_conn_key layout");
+MC_STATIC_ASSERT(sizeof(struct mc_orig) == 40, "mc_orig layout");
+MC_STATIC_ASSERT(sizeof(struct mc_sock_key) == 36, "mc_sock_key layout");
+MC_STATIC_ASSERT(sizeof(struct mc_lpm4) == 12, "mc_lpm4 layout");
+MC_STATIC_ASSERT(sizeof(struct mc_lpm6) == 24, "mc_lpm6 layout");
+MC_STATIC_ASSERT(sizeof(struct mc_pod_addr) == 20, "mc_pod_addr layout");
 
 #endif /* MESHCAP_BPF_MESHCAP_H */

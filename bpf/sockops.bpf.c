@@ -3,8 +3,9 @@
  * table (orig_dst, keyed by the four-tuple) when the SYN goes out; the
  * proxy's SO_ORIGINAL_DST (getsockopt) moves it onto the proxy's accepted
  * socket, even after a short-lived client has gone. No state callbacks.
- * Also remembers the proxy's listeners for sk_lookup, and, with
- * --accelerate, puts app<->proxy sockets into accel_socks. */
+ * Also files the proxies' listeners under their pods for sk_lookup, and,
+ * with --accelerate, puts app<->proxy sockets into accel_socks. Every other
+ * callback, and every socket meshcap did not touch, leaves at once. */
 #include "common.bpf.h"
 
 static __always_inline void __mc_ops_addrs(const struct bpf_sock_ops *skops,
@@ -23,47 +24,34 @@ static __always_inline void __mc_ops_addrs(const struct bpf_sock_ops *skops,
 	MC_LOAD_ADDR6(remote, skops->remote_ip6);
 }
 
-/* The key as the application's socket sees it (it is the client). */
-static __always_inline void __mc_client_key(const struct bpf_sock_ops *skops, struct mc_conn_key *k)
+/* A socket's own view of its connection: local and remote ends, ports in
+ * host order (remote_port carries the network-order port in its upper
+ * half). */
+static __always_inline void __mc_ends(const struct bpf_sock_ops *skops, struct mc_addr *local, __u16 *local_port,
+				      struct mc_addr *remote, __u16 *remote_port)
 {
-	__mc_ops_addrs(skops, &k->client, &k->server);
-	k->client_port = (__u16)skops->local_port;            /* host order */
-	k->server_port = (__u16)bpf_ntohl(skops->remote_port); /* network order, upper half */
-}
-
-/* The key as the proxy's accepted socket sees it (it is the server). */
-static __always_inline void __mc_server_key(const struct bpf_sock_ops *skops, struct mc_conn_key *k)
-{
-	__mc_ops_addrs(skops, &k->server, &k->client);
-	k->server_port = (__u16)skops->local_port;
-	k->client_port = (__u16)bpf_ntohl(skops->remote_port);
-}
-
-static __always_inline bool __mc_is_listener_port(__u32 port)
-{
-	return port == mc_cfg.proxy_port || port == mc_cfg.inbound_port;
-}
-
-/* A socket's own view of its connection, for accel_socks. */
-static __always_inline void __mc_sock_key(const struct bpf_sock_ops *skops, struct mc_sock_key *k)
-{
-	__mc_ops_addrs(skops, &k->local, &k->remote);
-	k->local_port = (__u16)skops->local_port;
-	k->remote_port = (__u16)bpf_ntohl(skops->remote_port);
+	__mc_ops_addrs(skops, local, remote);
+	*local_port = (__u16)skops->local_port;
+	*remote_port = (__u16)bpf_ntohl(skops->remote_port);
 }
 
 /* --accelerate: puts a socket of a redirected app<->proxy connection into
  * accel_socks, where the sk_msg program (accel.bpf.c) sees its sends. */
-static __always_inline bool __mc_accelerate(struct bpf_sock_ops *skops)
+static __always_inline bool __mc_accelerate(struct bpf_sock_ops *skops, __u32 pod)
 {
 	struct mc_sock_key k = {};
+	struct mc_accel_state *state;
 
-	if (!mc_cfg.accelerate)
+	if (!skops->sk)
 		return false;
-	__mc_sock_key(skops, &k);
+	state = bpf_sk_storage_get(&accel_state, skops->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!state)
+		return false;
+	state->pod = pod;
+	__mc_ends(skops, &k.local, &k.local_port, &k.remote, &k.remote_port);
 	if (bpf_sock_hash_update(skops, &accel_socks, &k, BPF_NOEXIST))
 		return false;
-	mc_count(MC_CNT_ACCEL_SOCKETS);
+	mc_count(pod, MC_CNT_ACCEL_SOCKETS);
 	return true;
 }
 
@@ -81,11 +69,12 @@ static __always_inline void __mc_on_connect(struct bpf_sock_ops *skops)
 	orig = bpf_sk_storage_get(&orig_store, sk, 0, 0);
 	if (!orig)
 		return;
-	__mc_client_key(skops, &k);
+	__mc_ends(skops, &k.client, &k.client_port, &k.server, &k.server_port);
+	k.netns = orig->netns;
 	/* BPF_ANY: an entry left by an earlier connection on the same four
 	 * ports is stale by definition. */
 	if (bpf_map_update_elem(&orig_dst, &k, orig, BPF_ANY))
-		mc_count(MC_CNT_MAP_FULL);
+		mc_count(orig->pod, MC_CNT_MAP_FULL);
 }
 
 /* The application's side of a redirected connection is established. Only
@@ -99,15 +88,16 @@ static __always_inline void __mc_on_connect(struct bpf_sock_ops *skops)
 static __always_inline void __mc_on_active(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
+	struct mc_orig *orig;
 
-	/* Load-time constant: without --accelerate the verifier drops this. */
-	if (!mc_cfg.accelerate || !sk)
+	if (!sk)
 		return;
 	if (skops->snd_nxt != skops->snd_una || skops->bytes_acked > 1)
 		return;
-	if (!bpf_sk_storage_get(&orig_store, sk, 0, 0))
+	orig = bpf_sk_storage_get(&orig_store, sk, 0, 0);
+	if (!orig || !orig->accelerate)
 		return;
-	if (__mc_accelerate(skops))
+	if (__mc_accelerate(skops, orig->pod))
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
 }
 
@@ -117,78 +107,83 @@ static __always_inline void __mc_on_active(struct bpf_sock_ops *skops)
 static __always_inline void __mc_on_hdr_opt_len(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
-	__u32 *state;
+	struct mc_accel_state *state;
 
 	if (!sk)
 		return;
-	state = bpf_sk_storage_get(&accel_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	state = bpf_sk_storage_get(&accel_state, sk, 0, 0);
 	if (!state)
 		return;
 	/* Called before the TCP header is pushed: skb_len is the payload. */
-	if (*state == MC_ACCEL_UNDECIDED && skops->skb_len > 0) {
-		*state = MC_ACCEL_TCP;
-		mc_count(MC_CNT_ACCEL_TCP);
+	if (state->decision == MC_ACCEL_UNDECIDED && skops->skb_len > 0) {
+		state->decision = MC_ACCEL_TCP;
+		mc_count(state->pod, MC_CNT_ACCEL_TCP);
 	}
-	if (*state != MC_ACCEL_UNDECIDED)
+	if (state->decision != MC_ACCEL_UNDECIDED)
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
 }
 
 /* The proxy's side of a redirected connection is established. The record
  * stays in the table until the proxy asks for it (getsockopt moves it onto
  * this socket then): a connection whose proxy never asks costs nothing
- * more here. With --accelerate, the socket joins accel_socks when the
- * connection was redirected and nothing was received yet (no Fast Open data
- * went by TCP). */
+ * more here. With --accelerate, the socket joins accel_socks when its pod
+ * asked for it and nothing was received yet (no Fast Open data went by
+ * TCP). */
 static __always_inline void __mc_on_passive(struct bpf_sock_ops *skops)
 {
 	struct mc_conn_key k = {};
+	struct mc_orig *orig;
 
-	/* Load-time constant: without --accelerate the verifier drops this. */
-	if (!mc_cfg.accelerate || !skops->sk)
+	if (!skops->sk || skops->bytes_received != 0)
 		return;
-	/* Otherwise steered by sk_lookup: the local port is the original one. */
-	if (!__mc_is_listener_port(skops->local_port) || skops->bytes_received != 0)
-		return;
-	__mc_server_key(skops, &k);
-	if (bpf_map_lookup_elem(&orig_dst, &k))
-		(void)__mc_accelerate(skops);
+	__mc_ends(skops, &k.server, &k.server_port, &k.client, &k.client_port);
+	/* Load-time constant: kernels without the cookie here key without it. */
+	if (mc_node.key_netns)
+		k.netns = bpf_get_netns_cookie(skops);
+	orig = bpf_map_lookup_elem(&orig_dst, &k);
+	if (orig && orig->accelerate)
+		(void)__mc_accelerate(skops, orig->pod);
 }
 
-/* The proxy listens on one of its ports: remember the socket for sk_lookup,
- * without the proxy's cooperation. */
+/* A proxy's socket tagged at bind starts listening: file it under its pod
+ * for sk_lookup, without the proxy's cooperation. */
 static __always_inline void __mc_on_listen(struct bpf_sock_ops *skops)
 {
-	__u32 port = skops->local_port;
-	__u32 v6 = skops->family == AF_INET6;
-	__u32 slot;
+	struct mc_listener_key k;
+	struct mc_sock_pod *tag;
 
-	if (port == mc_cfg.inbound_port)
-		slot = MC_LISTENER_IN4 + v6;
-	else if (port == mc_cfg.proxy_port)
-		slot = MC_LISTENER_OUT4 + v6;
-	else
+	if (!skops->sk)
 		return;
-	bpf_sock_map_update(skops, &listeners, &slot, BPF_ANY);
+	tag = bpf_sk_storage_get(&sock_pod, skops->sk, 0, 0);
+	if (!tag)
+		return;
+	k.pod = tag->pod;
+	k.slot = tag->slot;
+	bpf_sock_hash_update(skops, &listeners, &k, BPF_ANY);
 }
 
 SEC("sockops")
 int mc_sockops(struct bpf_sock_ops *skops)
 {
 	switch (skops->op) {
-	case BPF_SOCK_OPS_TCP_LISTEN_CB:
-		__mc_on_listen(skops);
-		break;
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		__mc_on_connect(skops);
 		break;
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+		__mc_on_listen(skops);
+		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-		__mc_on_active(skops);
+		/* Load-time constant: without --accelerate the verifier drops this. */
+		if (mc_node.accelerate)
+			__mc_on_active(skops);
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		__mc_on_passive(skops);
+		if (mc_node.accelerate)
+			__mc_on_passive(skops);
 		break;
 	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
-		__mc_on_hdr_opt_len(skops);
+		if (mc_node.accelerate)
+			__mc_on_hdr_opt_len(skops);
 		break;
 	default:
 		break;

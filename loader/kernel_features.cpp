@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <sstream>
+#include <string_view>
 
 #include "meshcap.h"
 #include "meshcap.skel.h"
@@ -61,17 +62,18 @@ bool have_tool(const std::string& name) {
 struct ProgramRow {
   Feature feature;
   std::vector<const char*> programs;
-  bool ifaces;  // mc_cfg.has_ifaces: sk_lookup reads the arrival interface
+  bool variant;  // verified with the row's load-time setting on (see load_programs)
 };
 
 const std::vector<ProgramRow>& program_rows() {
   static const std::vector<ProgramRow> rows = {
-      {Feature::prog_connect, {"mc_connect4", "mc_connect6"}, false},
+      {Feature::prog_connect, {"mc_connect4", "mc_connect6", "mc_bind4", "mc_bind6"}, false},
       {Feature::prog_getpeername, {"mc_getpeername4", "mc_getpeername6"}, false},
       {Feature::prog_sockops, {"mc_sockops"}, false},
       {Feature::prog_getsockopt, {"mc_getsockopt"}, false},
       {Feature::prog_sk_lookup, {"mc_sk_lookup"}, false},
       {Feature::prog_sk_lookup_ifindex, {"mc_sk_lookup"}, true},
+      {Feature::prog_key_netns, {"mc_sockops", "mc_getsockopt"}, true},
       {Feature::prog_sk_msg, {"mc_accel"}, false},
   };
   return rows;
@@ -81,10 +83,11 @@ struct SkelDeleter {
   void operator()(meshcap_bpf* s) const { meshcap_bpf::destroy(s); }
 };
 
-// Loads only `programs` of meshcap's skeleton, with every setting on (IPv6,
-// inbound, --accelerate, interfaces when `ifaces`) and its maps shrunk to one
+// Loads only `programs` of meshcap's skeleton, with --accelerate on (and
+// the row's own setting when `variant`: the arrival interface for sk_lookup,
+// the netns cookie for sockops and getsockopt) and its maps shrunk to one
 // entry, then discards everything. 0, or the negative errno of the load.
-int load_programs(const std::vector<const char*>& programs, bool ifaces) {
+int load_programs(const std::vector<const char*>& programs, bool variant) {
   std::unique_ptr<meshcap_bpf, SkelDeleter> skel(meshcap_bpf::open());
   if (!skel) return -errno;
   bpf_program* prog;
@@ -99,18 +102,8 @@ int load_programs(const std::vector<const char*>& programs, bool ifaces) {
         !bpf_map__is_internal(map))
       bpf_map__set_max_entries(map, 1);
   }
-  auto& c = skel->rodata->mc_cfg;
-  c.proxy_port = 15001;
-  c.inbound_port = 15006;
-  c.tunnel_port = 15008;
-  c.include_all = 1;
-  c.inbound = MC_INBOUND_ALL;
-  c.ipv6 = 1;
-  c.accelerate = 1;
-  c.has_excluded_ifaces = 1;
-  c.has_ifaces = ifaces;
-  c.n_uids = c.n_gids = 1;
-  c.uids[0] = c.gids[0] = 1337;
+  const bool lookup = std::find(programs.begin(), programs.end(), std::string_view("mc_sk_lookup")) != programs.end();
+  skel->rodata->mc_node = mc_node{1, static_cast<__u8>(variant && !lookup), static_cast<__u8>(variant && lookup), 1, 0};
   return meshcap_bpf::load(skel.get());
 }
 
@@ -126,7 +119,9 @@ bool KernelFeatures::has(Feature f) {
   if (!slot) {
     const bool is_program = std::any_of(program_rows().begin(), program_rows().end(),
                                         [&](const ProgramRow& r) { return r.feature == f; });
-    if (is_program) {
+    const bool variant = std::any_of(program_rows().begin(), program_rows().end(),
+                                     [&](const ProgramRow& r) { return r.feature == f && r.variant; });
+    if (is_program && !variant) {
       probe_programs();
     } else {
       slot = probe(f, details_[idx(f)]);
@@ -149,14 +144,15 @@ void KernelFeatures::probe_programs() {
   }
   std::vector<const char*> all;
   for (const auto& r : program_rows())
-    if (!r.ifaces) all.insert(all.end(), r.programs.begin(), r.programs.end());
-  const bool all_load = load_programs(all, true) == 0;
+    if (!r.variant) all.insert(all.end(), r.programs.begin(), r.programs.end());
+  const bool all_load = load_programs(all, false) == 0;
   for (const auto& r : program_rows()) {
+    if (r.variant) continue;  // probed on their own, when asked
     if (all_load) {
       cache_[idx(r.feature)] = true;
       continue;
     }
-    int err = load_programs(r.programs, r.ifaces);
+    int err = load_programs(r.programs, r.variant);
     cache_[idx(r.feature)] = err == 0;
     if (err) details_[idx(r.feature)] = std::string("the kernel refuses it: ") + std::strerror(-err);
   }
@@ -202,7 +198,7 @@ bool KernelFeatures::probe(Feature f, std::string& detail) {
       // A program row (a subclass asked for it).
       for (const auto& r : program_rows())
         if (r.feature == f) {
-          int err = load_programs(r.programs, r.ifaces);
+          int err = load_programs(r.programs, r.variant);
           if (err) detail = std::string("the kernel refuses it: ") + std::strerror(-err);
           return err == 0;
         }

@@ -17,7 +17,7 @@
 
 #include <sys/socket.h>
 
-#include "bpf_capture.h"
+#include "errors.h"
 #include "pod_netns.h"
 
 namespace meshcap::loader {

@@ -8,7 +8,7 @@
 #include <iostream>
 #include <stdexcept>
 
-#include "bpf_capture.h"
+#include "datapath.h"
 #include "kernel/capture_fixture.h"
 #include "support/haproxy.h"
 

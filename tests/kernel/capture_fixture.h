@@ -14,7 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "bpf_capture.h"
+#include "datapath.h"
 #include "support/common.h"
 #include "support/sockets.h"
 #include "support/test_pod.h"
@@ -25,11 +25,14 @@
 
 namespace meshcap::test {
 
-/// The cgroup attach types meshcap's outbound capture uses.
+/// How many programs one eBPF capture attaches to a cgroup.
+inline constexpr size_t kCapturePrograms = 8;
+/// The cgroup attach types meshcap's capture uses.
 inline const std::vector<bpf_attach_type>& capture_attach_types() {
   static const std::vector<bpf_attach_type> types = {
       BPF_CGROUP_INET4_CONNECT,     BPF_CGROUP_INET6_CONNECT,     BPF_CGROUP_SOCK_OPS,
-      BPF_CGROUP_GETSOCKOPT,        BPF_CGROUP_INET4_GETPEERNAME, BPF_CGROUP_INET6_GETPEERNAME};
+      BPF_CGROUP_GETSOCKOPT,        BPF_CGROUP_INET4_GETPEERNAME, BPF_CGROUP_INET6_GETPEERNAME,
+      BPF_CGROUP_INET4_BIND,        BPF_CGROUP_INET6_BIND};
   return types;
 }
 

@@ -265,7 +265,7 @@ TEST_F(EbpfOutbound, RecordMovesOntoTheProxySocketWhenItAsks) {
 
 TEST_F(EbpfOutbound, CleanupRemovesEverythingAndTrafficGoesDirect) {
   ASSERT_EQ(init_ebpf({"-i", "*"}).exit_code, 0);
-  EXPECT_EQ(programs_attached(pod_->cgroup_path()), 6u);
+  EXPECT_EQ(programs_attached(pod_->cgroup_path()), kCapturePrograms);
   EXPECT_TRUE(loader::pinned_state(name_).present);
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());
   EXPECT_ACCEPTS(out4_->accepted(), 1);
@@ -288,7 +288,7 @@ TEST_F(EbpfOutbound, CaptureOutlivesTheProcessAndReinitReplaces) {
   EXPECT_ACCEPTS(out4_->accepted(), 1);
   // Same name, new flags: replaced, one set of programs.
   ASSERT_EQ(init_ebpf({"-i", "*", "-x", pod_->peer_ipv4() + "/32"}).exit_code, 0);
-  EXPECT_EQ(programs_attached(pod_->cgroup_path()), 6u);
+  EXPECT_EQ(programs_attached(pod_->cgroup_path()), kCapturePrograms);
   EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());
   EXPECT_ACCEPTS(peer4_->accepted(), 1);
 }

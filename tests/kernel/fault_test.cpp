@@ -80,7 +80,7 @@ TEST_P(InitFault, LeavesAllOrNothingAndIsRepairable) {
   r = init_with_fault("");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(captured(), 1);
-  if (f.mode == "ebpf") EXPECT_EQ(programs_attached(pod_->cgroup_path()), 6u);
+  if (f.mode == "ebpf") EXPECT_EQ(programs_attached(pod_->cgroup_path()), kCapturePrograms);
   // And cleanup removes everything, including what a killed init staged.
   EXPECT_EQ(meshcap({"cleanup", "--name", name_}).exit_code, 0);
   EXPECT_TRUE(nothing_left());

@@ -182,7 +182,7 @@ TEST_F(CoexistBpf, ForeignProgramsAttachedBeforeKeepWorkingAndSurviveCleanup) {
 
   auto r = init_ebpf({"-i", "*"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_EQ(meshcap_programs(), 6u);
+  EXPECT_EQ(meshcap_programs(), kCapturePrograms);
   expect_foreign_attached();
   Seen during = traffic(true);
   EXPECT_EQ(during.connect4, 1u);
@@ -215,7 +215,7 @@ TEST_F(CoexistBpf, ForeignProgramsAttachedAfterInitSurviveCleanup) {
   EXPECT_GE(during.getsockopt, 1u);
   // A re-init (same name) replaces meshcap's programs only.
   ASSERT_EQ(init_ebpf({"-i", "*"}).exit_code, 0);
-  EXPECT_EQ(meshcap_programs(), 6u);
+  EXPECT_EQ(meshcap_programs(), kCapturePrograms);
   expect_foreign_attached();
   ASSERT_EQ(meshcap({"cleanup", "--name", name_}).exit_code, 0);
   EXPECT_EQ(meshcap_programs(), 0u);

@@ -32,16 +32,17 @@ bool prefix_match(const uint8_t* a, const std::vector<uint8_t>& p, int bits) {
 bool any_match(const mc_addr* a, bool v4, const std::vector<std::pair<std::vector<uint8_t>, int>>& l);
 }  // namespace
 
-static bool mc_env_pod_addr(const struct mc_addr* a);
-static bool mc_env_excluded(const struct mc_addr* a, bool v4);
-static bool mc_env_included(const struct mc_addr* a, bool v4);
-static __u8 mc_env_port_flags(__u16 port) { return env.port_flags[port]; }
-static bool mc_env_owner_group(__u32 gid) { return env.owner_groups.count(gid) > 0; }
-static bool mc_env_route_excluded(const struct mc_addr* a, bool v4);
+// The fake environment ignores the pod: one pod's settings per test.
+static bool mc_env_pod_addr(const struct mc_pod*, const struct mc_addr* a);
+static bool mc_env_excluded(const struct mc_pod*, const struct mc_addr* a, bool v4);
+static bool mc_env_included(const struct mc_pod*, const struct mc_addr* a, bool v4);
+static __u8 mc_env_port_flags(const struct mc_pod*, __u16 port) { return env.port_flags[port]; }
+static bool mc_env_owner_group(const struct mc_pod*, __u32 gid) { return env.owner_groups.count(gid) > 0; }
+static bool mc_env_route_excluded(const struct mc_pod*, const struct mc_addr* a, bool v4);
 
 #include "decision.h"
 
-static bool mc_env_pod_addr(const struct mc_addr* a) {
+static bool mc_env_pod_addr(const struct mc_pod*, const struct mc_addr* a) {
   return env.pod_addrs.count({a->ip[0], a->ip[1], a->ip[2], a->ip[3]}) > 0;
 }
 namespace {
@@ -52,11 +53,11 @@ bool any_match(const mc_addr* a, bool v4, const std::vector<std::pair<std::vecto
   return false;
 }
 }  // namespace
-static bool mc_env_route_excluded(const struct mc_addr* a, bool v4) {
+static bool mc_env_route_excluded(const struct mc_pod*, const struct mc_addr* a, bool v4) {
   return v4 && any_match(a, v4, env.excluded_routes4);
 }
-static bool mc_env_excluded(const struct mc_addr* a, bool v4) { return any_match(a, v4, v4 ? env.excl4 : env.excl6); }
-static bool mc_env_included(const struct mc_addr* a, bool v4) { return any_match(a, v4, v4 ? env.incl4 : env.incl6); }
+static bool mc_env_excluded(const struct mc_pod*, const struct mc_addr* a, bool v4) { return any_match(a, v4, v4 ? env.excl4 : env.excl6); }
+static bool mc_env_included(const struct mc_pod*, const struct mc_addr* a, bool v4) { return any_match(a, v4, v4 ? env.incl4 : env.incl6); }
 
 namespace {
 
@@ -81,7 +82,7 @@ class DecisionTest : public ::testing::Test {
  protected:
   void SetUp() override {
     env = FakeEnv{};
-    cfg = mc_config{};
+    cfg = mc_pod{};
     cfg.proxy_port = 15001;
     cfg.inbound_port = 15006;
     cfg.tunnel_port = 15008;
@@ -89,9 +90,7 @@ class DecisionTest : public ::testing::Test {
     cfg.uids[0] = 1337;
     cfg.n_gids = 1;
     cfg.gids[0] = 1337;
-    cfg.owner_groups_except = 1;
-    cfg.include_all = 1;  // istio-init: -i '*'
-    cfg.ipv6 = 1;
+    cfg.flags = MC_POD_OWNER_EXCEPT | MC_POD_INCLUDE_ALL | MC_POD_IPV6;  // istio-init: -i '*'; IPv6
     inet_pton(AF_INET, "127.0.0.1", &cfg.loopback4);
     cfg.loopback4_mask = 0xffffffff;
     env.pod_addrs.insert({0, 0, htonl(0xffff), addr("10.1.1.2").ip[3]});
@@ -111,7 +110,7 @@ class DecisionTest : public ::testing::Test {
     return mc_decide_outbound(&cfg, &c);
   }
 
-  mc_config cfg{};
+  mc_pod cfg{};
 };
 
 #define EXPECT_DECISION(d, v, r)   \
@@ -170,7 +169,7 @@ TEST_F(DecisionTest, O5ExcludedPortsAndCidrs) {
 }
 
 TEST_F(DecisionTest, O6IncludedPortsAndCidrs) {
-  cfg.include_all = 0;
+  cfg.flags &= ~MC_POD_INCLUDE_ALL;
   env.incl4.push_back(prefix("10.96.0.0", 12));
   env.incl6.push_back(prefix("fd01::", 16));
   env.port_flags[9000] = MC_PORT_OUT_INCLUDE;
@@ -184,7 +183,7 @@ TEST_F(DecisionTest, O6IncludedPortsAndCidrs) {
 
 TEST_F(DecisionTest, ExclusionWinsOverALongerInclusion) {
   // istio checks every -x rule before any -i rule, whatever the lengths.
-  cfg.include_all = 0;
+  cfg.flags &= ~MC_POD_INCLUDE_ALL;
   env.excl4.push_back(prefix("10.0.0.0", 8));
   env.incl4.push_back(prefix("10.1.2.0", 24));
   EXPECT_DECISION(decide("10.1.2.3", 80), MC_PASS, MC_CNT_EXCLUDED_CIDR);
@@ -194,7 +193,7 @@ TEST_F(DecisionTest, ExclusionWinsOverALongerInclusion) {
 }
 
 TEST_F(DecisionTest, EmptyIncludeCapturesNothing) {
-  cfg.include_all = 0;  // istio's default -i ""
+  cfg.flags &= ~MC_POD_INCLUDE_ALL;  // istio's default -i ""
   EXPECT_DECISION(decide("10.9.9.9", 80), MC_PASS, MC_CNT_NOT_INCLUDED);
 }
 
@@ -212,8 +211,8 @@ TEST_F(DecisionTest, SeveralUidsFollowIstioOrder) {
 
 TEST_F(DecisionTest, LoopbackInIncludeKeepsLoopbackTrafficCapturable) {
   // -i 127.0.0.0/8 drops the "other users over lo return" rules.
-  cfg.include_all = 0;
-  cfg.include_has_loopback = 1;
+  cfg.flags &= ~MC_POD_INCLUDE_ALL;
+  cfg.flags |= MC_POD_INCLUDE_HAS_LOOPBACK;
   env.incl4.push_back(prefix("127.0.0.0", 8));
   EXPECT_DECISION(decide("127.0.0.5", 8080), MC_TO_OUTBOUND, MC_CNT_REDIRECTED_OUT);
   // 127.0.0.1 still returns ("-d 127.0.0.1/32 -j RETURN").
@@ -230,7 +229,7 @@ TEST_F(DecisionTest, OwnerGroups) {
   env.owner_groups.insert(888);  // ..._EXCLUDE=888
   EXPECT_DECISION(decide("10.9.9.9", 80, 1000, 888), MC_PASS, MC_CNT_OWNER_GROUP);
   EXPECT_DECISION(decide("10.9.9.9", 80, 1000, 889), MC_TO_OUTBOUND, MC_CNT_REDIRECTED_OUT);
-  cfg.owner_groups_except = 0;  // ISTIO_OUTBOUND_OWNER_GROUPS=888: only 888
+  cfg.flags &= ~MC_POD_OWNER_EXCEPT;  // ISTIO_OUTBOUND_OWNER_GROUPS=888: only 888
   EXPECT_DECISION(decide("10.9.9.9", 80, 1000, 888), MC_TO_OUTBOUND, MC_CNT_REDIRECTED_OUT);
   EXPECT_DECISION(decide("10.9.9.9", 80, 1000, 889), MC_PASS, MC_CNT_OWNER_GROUP);
 }
@@ -243,7 +242,7 @@ TEST_F(DecisionTest, V4MappedAddressesAreDecidedAsIpv4) {
 }
 
 TEST_F(DecisionTest, Ipv6IsLeftAloneWithoutIpv6Rules) {
-  cfg.ipv6 = 0;  // no --dual-stack and no IPv6 address in the pod
+  cfg.flags &= ~MC_POD_IPV6;  // no --dual-stack and no IPv6 address in the pod
   EXPECT_DECISION(decide("2001:db8::9", 80), MC_PASS, MC_CNT_NOT_INCLUDED);
   EXPECT_DECISION(decide("::ffff:10.9.9.9", 80), MC_TO_OUTBOUND, MC_CNT_REDIRECTED_OUT);
 }
@@ -272,7 +271,7 @@ class InboundDecisionTest : public DecisionTest {
 };
 
 TEST_F(InboundDecisionTest, AllPortsExceptExcludedAndTunnel) {
-  cfg.inbound = 2;  // -b '*' -d 15090,15021
+  cfg.inbound = MC_INBOUND_ALL;  // -b '*' -d 15090,15021
   env.port_flags[15090] = MC_PORT_IN_EXCLUDE;
   env.port_flags[15021] = MC_PORT_IN_EXCLUDE;
   EXPECT_DECISION(arrive("10.1.1.2", 8080), MC_TO_INBOUND, MC_CNT_IN_REDIRECTED);
@@ -282,24 +281,24 @@ TEST_F(InboundDecisionTest, AllPortsExceptExcludedAndTunnel) {
 }
 
 TEST_F(InboundDecisionTest, PortListOnlyAndEmptyList) {
-  cfg.inbound = 1;  // -b 8080
+  cfg.inbound = MC_INBOUND_LIST;  // -b 8080
   env.port_flags[8080] = MC_PORT_IN_INCLUDE;
   EXPECT_DECISION(arrive("10.1.1.2", 8080), MC_TO_INBOUND, MC_CNT_IN_REDIRECTED);
   EXPECT_DECISION(arrive("10.1.1.2", 9090), MC_PASS, MC_CNT_IN_NOT_INCLUDED);
   // -d only applies with '*'.
   env.port_flags[8080] |= MC_PORT_IN_EXCLUDE;
   EXPECT_DECISION(arrive("10.1.1.2", 8080), MC_TO_INBOUND, MC_CNT_IN_REDIRECTED);
-  cfg.inbound = 0;  // -b ''
+  cfg.inbound = MC_INBOUND_NONE;  // -b ''
   EXPECT_DECISION(arrive("10.1.1.2", 8080), MC_PASS, MC_CNT_IN_NOT_INCLUDED);
 }
 
 TEST_F(InboundDecisionTest, ExcludedAndVirtualInterfaces) {
-  cfg.inbound = 2;
+  cfg.inbound = MC_INBOUND_ALL;
   EXPECT_DECISION(arrive("10.1.1.2", 8080, MC_IF_EXCLUDE), MC_PASS, MC_CNT_IN_EXCLUDED_IFACE);
   // -k with -i '*': everything to the outbound listener, before -c.
   EXPECT_DECISION(arrive("10.9.9.9", 80, MC_IF_VIRT | MC_IF_EXCLUDE), MC_TO_OUTBOUND, MC_CNT_IN_VIRT_REDIRECTED);
   // -k with -i CIDRs: only those; the rest returns.
-  cfg.include_all = 0;
+  cfg.flags &= ~MC_POD_INCLUDE_ALL;
   env.incl4.push_back(prefix("10.9.0.0", 16));
   EXPECT_DECISION(arrive("10.9.9.9", 80, MC_IF_VIRT), MC_TO_OUTBOUND, MC_CNT_IN_VIRT_REDIRECTED);
   EXPECT_DECISION(arrive("10.8.9.9", 80, MC_IF_VIRT), MC_PASS, MC_CNT_IN_EXCLUDED_IFACE);

@@ -4,7 +4,7 @@
 
 #include <set>
 
-#include "bpf_capture.h"
+#include "datapath.h"
 #include "istio_flags.h"
 #include "kernel_features.h"
 #include "meshcap.h"
@@ -17,7 +17,13 @@ CaptureConfig parse(std::vector<std::string> args) {
 }
 
 TEST(LoaderUnit, SkeletonOpensWithItsSettingsWithoutTheKernel) {
-  EXPECT_NO_THROW(loader::BpfCapture(loader::EbpfSpec{parse({"-i", "*", "-u", "1337", "-g", "1337"}), {}, true, true}));
+  loader::DataPathSpec spec;
+  spec.max_pods = 1000;
+  spec.accelerate = true;
+  EXPECT_NO_THROW(loader::DataPath dp(spec));
+  EXPECT_EQ(spec.pods(), 1000u);
+  EXPECT_EQ(loader::DataPathSpec{}.connections(), 16384u);
+  (void)parse;
 }
 
 TEST(LoaderUnit, PodNames) {

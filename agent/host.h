@@ -1,0 +1,62 @@
+// Where a pod's eBPF capture runs: the node data path when one is running
+// (its pods are enrolled by network namespace), a per-pod data path on the
+// pod's own cgroup when the caller names one, or nowhere -- and what the
+// chosen place can do, for the planner.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "datapath.h"
+#include "kernel_features.h"
+#include "target.h"
+
+namespace meshcap {
+
+/// The node data path's record (STATE/node.json), written by `node start`.
+struct NodeRecord {
+  std::string cgroup;               ///< the cgroup v2 directory it is attached to
+  loader::DataPathSpec spec;        ///< what was loaded
+  std::vector<std::string> dropped; ///< what the kernel refused, and why
+  std::string started;              ///< when (UTC)
+  nlohmann::json to_json() const;
+  static std::optional<NodeRecord> read();
+  void write() const;
+};
+
+struct EbpfHost {
+  enum class Kind { None, Node, Pod } kind = Kind::None;
+  std::string why_none;      ///< Kind::None: why not
+  std::string datapath_dir;  ///< pins of the data path the pod is (to be) in
+  std::string cgroup_dir;    ///< the cgroup it is attached to
+  std::optional<loader::DataPathSpec> node_spec;  ///< Kind::Node: what it loaded
+};
+
+/// The host for `t`: the node data path when it is running (attached and
+/// recorded), else the pod's cgroup when given, else none (with the reason).
+EbpfHost find_ebpf_host(const PodTarget& t);
+
+/// The kernel as the planner must see it for `host`: for the node data
+/// path, its program rows are what it loaded (nothing is loaded per pod);
+/// for a pod's own data path about to be loaded (`loading`), the program
+/// rows are left to that load, which is the probe: a program the kernel
+/// refuses moves its part to iptables before anything is attached
+/// (Plan::fall_back_to_iptables). Otherwise (probe, dry run) the programs
+/// are loaded and discarded. Privileges and the rest are always probed.
+std::unique_ptr<loader::KernelFeatures> kernel_for(const EbpfHost& host, bool loading);
+
+/// An exclusive lock on the node data path (enrolments, start, stop): held
+/// until destroyed. Across processes (flock on STATE/node.lock).
+class NodeLock {
+ public:
+  NodeLock();
+  ~NodeLock();
+  NodeLock(const NodeLock&) = delete;
+  NodeLock& operator=(const NodeLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace meshcap
