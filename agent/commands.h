@@ -38,6 +38,26 @@ struct ProbeOptions {
   IstioFlagValues istio;
 };
 
+struct NodeStartOptions {
+  std::string cgroup;           ///< default: the orchestrator's pods cgroup, else the hierarchy's root
+  uint32_t max_pods = 0;        ///< 0: the default
+  uint32_t max_connections = 0; ///< 0: the default
+  bool accelerate = false;      ///< load sk_msg, so pods may ask --accelerate
+};
+
+struct NodeStopOptions {
+  bool move_to_iptables = false;  ///< move enrolled pods to iptables first (else refuse while any is enrolled)
+};
+
+/// Loads the node data path once and attaches it (or replaces a running
+/// one's programs in place, taking its pods along).
+int run_node_start(const NodeStartOptions& o);
+/// Removes the node data path; refuses while pods are enrolled unless
+/// they are moved to iptables first.
+int run_node_stop(const NodeStopOptions& o);
+/// Programs, sizes, pods enrolled, map use and counters per pod.
+int run_node_status(const StatusOptions& o);
+
 /// Validates everything, plans per direction, applies all or nothing,
 /// validates when asked, records what it did. Returns the exit code; throws
 /// UsageError (exit 2) or another exception (exit 1) with nothing applied.

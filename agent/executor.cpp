@@ -24,6 +24,9 @@ loader::PodSettings settings_for(const Plan& plan, const PodNetwork& pod) {
 // inbound, the pod's sk_lookup link. No program is loaded.
 PodState::Ebpf enroll_in_node(const Plan& plan, const PodTarget& t, const PodNetwork& pod, const EbpfHost& host) {
   NodeLock lock;
+  if (upgrade_interrupted())
+    throw loader::LoaderError("enrol " + t.name, EAGAIN,
+                              "an upgrade of the node data path was interrupted: run `meshcap node start` to finish it");
   const uint64_t cookie = loader::netns_cookie(pod.netns.cookie, t.netns_path, host.datapath_dir, host.cgroup_dir);
   loader::PodTable table(host.datapath_dir);
   const auto e = table.enroll(t.name, cookie, t.netns_path, settings_for(plan, pod));

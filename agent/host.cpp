@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <csignal>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +23,7 @@ namespace meshcap {
 namespace {
 
 std::string node_record_path() { return state_root() + "/node.json"; }
+std::string upgrade_marker() { return state_root() + "/node.upgrading"; }
 
 // The node data path's program rows are what it loaded; everything else is
 // asked of the kernel.
@@ -101,6 +103,27 @@ std::optional<NodeRecord> NodeRecord::read() {
   }
 }
 
+void NodeRecord::remove() {
+  std::error_code ec;
+  fs::remove(node_record_path(), ec);
+}
+
+void mark_upgrade(bool on) {
+  std::error_code ec;
+  if (!on) {
+    fs::remove(upgrade_marker(), ec);
+    return;
+  }
+  fs::create_directories(state_root(), ec);
+  std::ofstream(upgrade_marker()) << getpid() << "\n";
+}
+
+bool upgrade_interrupted() {
+  std::ifstream in(upgrade_marker());
+  pid_t pid = 0;
+  return in && in >> pid && pid != getpid() && (kill(pid, 0) != 0);
+}
+
 void NodeRecord::write() const {
   NodeRecord r = *this;
   if (r.started.empty()) r.started = now_utc();
@@ -119,7 +142,7 @@ EbpfHost find_ebpf_host(const PodTarget& t) {
   EbpfHost h;
   const auto record = NodeRecord::read();
   const auto links = loader::pinned_links(loader::node_dir());
-  const bool node_up = record && !links.empty() &&
+  const bool node_up = record && links.size() >= loader::cgroup_programs().size() &&
                        std::all_of(links.begin(), links.end(), [](const loader::PinnedLink& l) { return l.attached; });
   if (node_up) {
     h.kind = EbpfHost::Kind::Node;
@@ -152,16 +175,25 @@ std::unique_ptr<loader::KernelFeatures> kernel_for(const EbpfHost& host, bool lo
   return std::make_unique<loader::KernelFeatures>();
 }
 
+namespace {
+int lock_depth = 0;  // NodeLock nests within a process (flock would not)
+}
+
 NodeLock::NodeLock() {
+  if (lock_depth++ > 0) return;
   std::error_code ec;
   fs::create_directories(state_root(), ec);
   const std::string path = state_root() + "/node.lock";
   fd_ = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd_ < 0) throw std::runtime_error("cannot open " + path);
-  if (flock(fd_, LOCK_EX)) throw std::runtime_error("cannot lock " + path);
+  if (fd_ < 0 || flock(fd_, LOCK_EX)) {
+    --lock_depth;
+    if (fd_ >= 0) close(fd_);
+    throw std::runtime_error("cannot lock " + path);
+  }
 }
 
 NodeLock::~NodeLock() {
+  --lock_depth;
   if (fd_ >= 0) close(fd_);
 }
 

@@ -23,7 +23,15 @@ struct NodeRecord {
   nlohmann::json to_json() const;
   static std::optional<NodeRecord> read();
   void write() const;
+  static void remove();
 };
+
+/// Marks (or unmarks) a node data path upgrade under way: a node start
+/// killed half-way leaves the mark, and enrolments are refused until a new
+/// node start finishes the upgrade.
+void mark_upgrade(bool on);
+/// True when an upgrade was started by a process that is gone.
+bool upgrade_interrupted();
 
 struct EbpfHost {
   enum class Kind { None, Node, Pod } kind = Kind::None;

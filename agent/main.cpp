@@ -128,6 +128,29 @@ int main(int argc, char** argv) {
   add_log_level(probe_cmd);
   add_istio_flags(*probe_cmd, probe.istio, false);
 
+  auto* node_cmd = app.add_subcommand("node", "The node data path: programs loaded once for every pod of the node");
+  node_cmd->require_subcommand(1);
+  NodeStartOptions node_start;
+  auto* node_start_cmd = node_cmd->add_subcommand(
+      "start", "Load and attach the node data path, or replace a running one's programs in place");
+  node_start_cmd->add_option("--cgroup", node_start.cgroup,
+                             "cgroup v2 directory holding every pod (default: the kubelet's kubepods, else the root)");
+  node_start_cmd->add_option("--max-pods", node_start.max_pods, "Pods it takes (default 256)");
+  node_start_cmd->add_option("--max-connections", node_start.max_connections,
+                             "Connections the proxies have not asked about yet (default 16384)");
+  node_start_cmd->add_flag("--accelerate", node_start.accelerate, "Load sk_msg, so pods may ask --accelerate");
+  add_log_level(node_start_cmd);
+  NodeStopOptions node_stop;
+  auto* node_stop_cmd = node_cmd->add_subcommand("stop", "Remove the node data path");
+  node_stop_cmd->add_flag("--move-to-iptables", node_stop.move_to_iptables,
+                          "Capture enrolled pods with iptables first (refused otherwise while pods are enrolled)");
+  add_log_level(node_stop_cmd);
+  StatusOptions node_status;
+  auto* node_status_cmd = node_cmd->add_subcommand("status", "Programs, sizes, pods, map use, counters per pod");
+  node_status_cmd->add_flag("--json", node_status.json, "JSON on stdout");
+  node_status_cmd->add_flag("--prometheus", node_status.prometheus, "Prometheus text format on stdout");
+  add_log_level(node_status_cmd);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -145,6 +168,9 @@ int main(int argc, char** argv) {
     if (cleanup_cmd->parsed()) return run_cleanup(cleanup);
     if (status_cmd->parsed()) return run_status(status);
     if (probe_cmd->parsed()) return run_probe(probe);
+    if (node_start_cmd->parsed()) return run_node_start(node_start);
+    if (node_stop_cmd->parsed()) return run_node_stop(node_stop);
+    if (node_status_cmd->parsed()) return run_node_status(node_status);
   } catch (const UsageError& e) {
     spdlog::error("{}", e.what());
     return kExitUsage;

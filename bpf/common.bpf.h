@@ -148,6 +148,17 @@ MC_EXTERN struct {
 	__type(value, __u64);
 } listeners SEC(".maps");
 
+/* The loader's own bookkeeping, never read by the programs: 1 while a pod
+ * index's rows are being written or removed. An enrolment or removal killed
+ * half-way leaves it set, and the next enrolment that takes the index
+ * clears the index's rows first. */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MC_DEFAULT_MAX_PODS);
+	__type(key, __u32);
+	__type(value, __u8);
+} pod_dirty SEC(".maps");
+
 /* One counter per decision and event, per pod (row = pod index; the last
  * row is the node's, for events no pod can be named for). */
 MC_EXTERN struct {

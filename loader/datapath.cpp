@@ -38,7 +38,7 @@ struct Fd {
 // The sizes of each map for a spec.
 uint32_t map_size(const std::string& name, const DataPathSpec& s) {
   const uint32_t p = s.pods();
-  if (name == "pods") return p;
+  if (name == "pods" || name == "pod_dirty") return p;
   if (name == "pod_by_addr" || name == "pod_addrs") return p * MC_ADDRS_PER_POD;
   if (name == "pod_ports") return p * MC_PORTS_PER_POD;
   if (name == "cidrs4" || name == "cidrs6") return p * MC_CIDRS_PER_POD;

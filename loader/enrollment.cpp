@@ -239,7 +239,7 @@ uint32_t first_u32(const uint8_t* p) {
 }  // namespace
 
 struct PodTable::Fds {
-  Fd pods, pod_by_addr, pod_addrs, pod_ports, cidrs4, cidrs6, owner_gids, iface_flags, listeners, counters;
+  Fd pods, pod_by_addr, pod_addrs, pod_ports, cidrs4, cidrs6, owner_gids, iface_flags, listeners, counters, dirty;
   Fd sk_lookup;
 };
 
@@ -260,6 +260,7 @@ PodTable::PodTable(std::string datapath_dir) : dir_(std::move(datapath_dir)), fd
   f.iface_flags = open("map_iface_flags");
   f.listeners = open("map_listeners");
   f.counters = open("map_counters");
+  f.dirty = open("map_pod_dirty");
   f.sk_lookup = open("prog_sk_lookup", false);
   bpf_map_info info{};
   __u32 len = sizeof(info);
@@ -279,6 +280,16 @@ std::map<uint64_t, uint32_t> PodTable::enrolled() const {
     if (bpf_map_lookup_elem(fds_->pods.fd, &key, &p) == 0) out[key] = p.index;
   }
   return out;
+}
+
+void PodTable::set_dirty(uint32_t index, bool dirty) {
+  const uint8_t v = dirty;
+  bpf_map_update_elem(fds_->dirty.fd, &index, &v, BPF_ANY);
+}
+
+bool PodTable::is_dirty(uint32_t index) const {
+  uint8_t v = 0;
+  return bpf_map_lookup_elem(fds_->dirty.fd, &index, &v) == 0 && v;
 }
 
 void PodTable::delete_rows(uint32_t index) {
@@ -311,6 +322,9 @@ Enrolment PodTable::enroll(const std::string& name, uint64_t cookie, const std::
     throw LoaderError("enrol " + name, ENOSPC,
                       "the data path holds its maximum of " + std::to_string(capacity_) + " pods (--max-pods)");
 
+  // Rows an enrolment or removal killed half-way left under this index.
+  if (is_dirty(index)) delete_rows(index);
+  set_dirty(index, true);
   Undo undo;
   const std::string pins = pod_pins(dir_, name);
   const std::string link_pin = pins + "/link_sk_lookup";
@@ -407,12 +421,18 @@ Enrolment PodTable::enroll(const std::string& name, uint64_t cookie, const std::
       throw LoaderError("enrol " + name, errno, errno == E2BIG ? "the data path holds its maximum of pods" : "");
   } catch (...) {
     undo.run();
+    set_dirty(index, false);
     if (link.fd >= 0) bpf_link_detach(link.fd);
     unlink(new_link_pin.c_str());
     throw;
   }
+  set_dirty(index, false);
   // The pod's previous settings, and its previous sk_lookup link, go.
-  if (old_index) delete_rows(*old_index);
+  if (old_index) {
+    set_dirty(*old_index, true);
+    delete_rows(*old_index);
+    set_dirty(*old_index, false);
+  }
   if (s.inbound) {
     // rename() over the old pin; the old link is detached explicitly (a
     // process may still hold it).
@@ -442,8 +462,10 @@ bool PodTable::unenroll(const std::string& name, uint64_t cookie) {
   bool removed = false;
   mc_pod p{};
   if (cookie && bpf_map_lookup_elem(f.pods.fd, &cookie, &p) == 0) {
+    set_dirty(p.index, true);
     bpf_map_delete_elem(f.pods.fd, &cookie);  // capture off first
     delete_rows(p.index);
+    set_dirty(p.index, false);
     removed = true;
   }
   if (cookie)

@@ -62,6 +62,8 @@ class PodTable {
   std::unique_ptr<Fds> fds_;
   uint32_t capacity_ = 0;
   void delete_rows(uint32_t index);
+  void set_dirty(uint32_t index, bool dirty);
+  bool is_dirty(uint32_t index) const;
 };
 
 /// The cookie BPF sees for the namespace at `netns_path`: `known` (from

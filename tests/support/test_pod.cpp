@@ -201,7 +201,8 @@ void TestPod::reserve_names() {
     // A reaper may have opened it between our create and lock: then it
     // holds the lock, or already unlinked the file.
     if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0 || !same_file(fd.get(), lock)) continue;
-    const std::string cg = cgroup2_mount() + "/" + kPodPrefix + s;
+    const std::string cg =
+        (options_.cgroup_parent.empty() ? cgroup2_mount() : options_.cgroup_parent) + "/" + kPodPrefix + s;
     if (exists("/run/netns/" + std::string(kPodPrefix) + s) ||
         exists("/run/netns/" + std::string(kPeerPrefix) + s) || exists(cg) ||
         exists("/tmp/" + std::string(kPodPrefix) + s)) {

@@ -67,6 +67,9 @@ class TestPod {
     Timeout default_timeout = kDefaultTimeout;
     /// net.ipv4.ip_local_port_range inside both namespaces.
     std::string local_port_range = "10000 65535";
+    /// The cgroup v2 directory the pod's cgroup is made in (default: the
+    /// hierarchy's root): a TestNode's, for pods under a node data path.
+    std::string cgroup_parent;
     /// Self-test hook: throw after the named construction step ("cgroup",
     /// "netns", "veth", "addresses", "sysctls") to exercise the cleanup of a
     /// half-built pod.

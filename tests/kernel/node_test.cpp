@@ -1,0 +1,370 @@
+// Node mode for real: one data path attached to a test "node" cgroup that
+// holds several throwaway pods, pods enrolled by network namespace with
+// `meshcap init` (no cgroup, no program load), and what the issue asks of
+// it: per-pod settings that never leak to another pod, namespaces that are
+// not enrolled left alone, an in-place upgrade under load with no failed
+// connection, a full table that fails cleanly or falls back, kills at every
+// step, stale pods, and a stop that never leaves a pod uncaptured.
+#include <sys/stat.h>
+
+#include <atomic>
+#include <filesystem>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "capture_fixture.h"
+#include "support/test_node.h"
+
+namespace meshcap::test {
+namespace {
+
+using nlohmann::json;
+
+/// The pods a node's state directory has records of.
+std::vector<std::string> recorded(const TestNode& node) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(node.state_dir() + "/pods", ec)) {
+    const std::string f = e.path().filename();
+    if (f.size() > 5 && f.substr(f.size() - 5) == ".json") out.push_back(f.substr(0, f.size() - 5));
+  }
+  return out;
+}
+
+const std::vector<std::string> kIstioInit = {"-p", "15001", "-z", "15006", "-u", "1337", "-g", "1337", "-m",
+                                             "REDIRECT", "-i", "*", "-b", "*", "-d", "15090,15021,15020"};
+
+// One pod under the node, with the proxy's two listeners and a peer server.
+struct NodePod {
+  explicit NodePod(const TestNode& node) : pod(options(node)) {
+    out4 = std::make_unique<RecordingListener>(Placement::pod_process(pod, Identity::proxy()), "0.0.0.0", 15001);
+    in4 = std::make_unique<RecordingListener>(Placement::pod_process(pod, Identity::proxy()), "0.0.0.0", 15006);
+    peer = std::make_unique<RecordingListener>(Placement::peer_thread(pod), pod.peer_ipv4(), 8080);
+    app = std::make_unique<RecordingListener>(Placement::pod_process(pod, Identity::user(1000, 1000)), "0.0.0.0", 8080);
+  }
+  static TestPod::Options options(const TestNode& node) {
+    TestPod::Options o;
+    o.cgroup_parent = node.cgroup_path();
+    return o;
+  }
+  std::string name() const { return "n" + pod.suffix(); }
+  RoundTrip out() { return roundtrip_in_pod(pod, pod.peer_ipv4(), 8080, Identity::user(1000, 1000)); }
+  RoundTrip in() { return roundtrip_in_peer(pod, pod.pod_ipv4(), 8080); }
+
+  TestPod pod;
+  std::unique_ptr<RecordingListener> out4, in4, peer, app;
+};
+
+class Node : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root: creates namespaces and cgroups and loads BPF";
+    node_ = std::make_unique<TestNode>(MESHCAP_BIN);
+  }
+  void TearDown() override { node_.reset(); }
+
+  CommandResult init(NodePod& p, std::vector<std::string> flags = kIstioInit, const std::string& mode = "auto",
+                     const std::vector<std::string>& env = {}) {
+    std::vector<std::string> args = {"init", "--mode", mode, "--name", p.name(), "--netns", p.pod.pod_netns_path()};
+    args.insert(args.end(), flags.begin(), flags.end());
+    return node_->meshcap(args, env);
+  }
+  json status(const NodePod& p) {
+    auto r = node_->meshcap({"status", "--name", p.name(), "--json"});
+    return json::parse(r.output.substr(r.output.find('['))).at(0);
+  }
+  json node_status() {
+    auto r = node_->meshcap({"node", "status", "--json"});
+    return json::parse(r.output.substr(r.output.find('{')));
+  }
+  /// Both parts captured by eBPF through the node, for real.
+  void expect_captured(NodePod& p) {
+    size_t o = p.out4->accepted(), i = p.in4->accepted();
+    EXPECT_TRUE(p.out().ok());
+    EXPECT_ACCEPTS(p.out4->accepted(), o + 1);
+    EXPECT_EQ(p.out4->records().back().original_dst.address, p.pod.peer_ipv4() + ":8080");
+    EXPECT_TRUE(p.in().ok());
+    EXPECT_ACCEPTS(p.in4->accepted(), i + 1);
+    EXPECT_EQ(p.in4->records().back().original_dst.address, p.pod.pod_ipv4() + ":8080");
+  }
+  void expect_direct(NodePod& p) {
+    size_t peer = p.peer->accepted(), app = p.app->accepted(), o = p.out4->accepted(), i = p.in4->accepted();
+    EXPECT_TRUE(p.out().ok());
+    EXPECT_TRUE(p.in().ok());
+    EXPECT_ACCEPTS(p.peer->accepted(), peer + 1);
+    EXPECT_ACCEPTS(p.app->accepted(), app + 1);
+    EXPECT_EQ(p.out4->accepted(), o);
+    EXPECT_EQ(p.in4->accepted(), i);
+  }
+
+  std::unique_ptr<TestNode> node_;
+};
+
+TEST_F(Node, StartsOnceAndEnrolsPodsWithoutLoadingPrograms) {
+  auto r = node_->start();
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(programs_attached(node_->cgroup_path()), kCapturePrograms);
+  NodePod a(*node_);
+  r = init(a);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("outbound by ebpf, inbound by ebpf"), std::string::npos) << r.output;
+  // No program of its own: nothing attached to the pod's cgroup itself.
+  EXPECT_EQ(programs_attached(a.pod.cgroup_path()), 0u);
+  expect_captured(a);
+  auto st = status(a);
+  EXPECT_EQ(st["ebpf"]["host"], "node");
+  EXPECT_TRUE(st["parts"]["outbound"]["in_place"].get<bool>()) << st.dump();
+  EXPECT_TRUE(st["parts"]["inbound"]["in_place"].get<bool>()) << st.dump();
+  EXPECT_TRUE(st["drift"].empty()) << st.dump();
+  auto ns = node_status();
+  EXPECT_EQ(ns["pods_enrolled"], 1);
+  EXPECT_GE(ns["pods"].at(0)["counters"]["redirected_outbound"].get<uint64_t>(), 1u);
+  EXPECT_GE(ns["pods"].at(0)["counters"]["in_redirected"].get<uint64_t>(), 1u);
+  // Cleanup takes the pod out; the data path stays for the others.
+  ASSERT_EQ(node_->meshcap({"cleanup", "--name", a.name()}).exit_code, 0);
+  EXPECT_EQ(node_status()["pods_enrolled"], 0);
+  expect_direct(a);
+  EXPECT_EQ(programs_attached(node_->cgroup_path()), kCapturePrograms);
+}
+
+// The issue's first finding: istio-init's way (a process in its own
+// container cgroup beside the application's, default flags, auto). With a
+// node data path that holds both, the application is captured.
+TEST_F(Node, InitFromASiblingCgroupCapturesTheApplication) {
+  ASSERT_EQ(node_->start().exit_code, 0);
+  NodePod a(*node_);
+  const std::string init_cg = node_->cgroup_path() + "/istio-init-" + a.pod.suffix();
+  ASSERT_EQ(mkdir(init_cg.c_str(), 0755), 0);
+  std::vector<std::string> argv = {"env"};
+  for (const auto& e : node_->env()) argv.push_back(e);
+  argv.push_back(std::filesystem::path(MESHCAP_BIN).parent_path() / "istio-iptables");
+  argv.insert(argv.end(), kIstioInit.begin(), kIstioInit.end());
+  const int rc = a.pod.run_in_pod([&] {
+    // Move into the init container's own cgroup first, as a runtime would.
+    FILE* f = fopen((init_cg + "/cgroup.procs").c_str(), "w");
+    if (!f) return 90;
+    fprintf(f, "%d\n", getpid());
+    fclose(f);
+    std::vector<char*> v;
+    for (auto& s : argv) v.push_back(s.data());
+    v.push_back(nullptr);
+    execv("/usr/bin/env", v.data());
+    return 127;
+  });
+  EXPECT_EQ(rc, 0);
+  ASSERT_EQ(rmdir(init_cg.c_str()), 0);  // the init container goes away
+  expect_captured(a);
+  EXPECT_EQ(node_status()["pods_enrolled"], 1);
+  for (const auto& n : recorded(*node_)) node_->meshcap({"cleanup", "--name", n});
+}
+
+TEST_F(Node, UnenrolledNamespacesAreLeftAloneAndSettingsNeverLeak) {
+  ASSERT_EQ(node_->start().exit_code, 0);
+  NodePod a(*node_), b(*node_), c(*node_);
+  ASSERT_EQ(init(a).exit_code, 0);
+  // b excludes its peer's address: a's wildcard must not apply to b.
+  std::vector<std::string> b_flags = kIstioInit;
+  b_flags.insert(b_flags.end(), {"-x", b.pod.peer_ipv4() + "/32", "-b", ""});
+  ASSERT_EQ(init(b, b_flags).exit_code, 0);
+  expect_captured(a);
+  // b: outbound excluded by its own -x, inbound not requested.
+  expect_direct(b);
+  // c is below the node's cgroup but not enrolled: untouched.
+  expect_direct(c);
+  auto ns = node_status();
+  EXPECT_EQ(ns["pods_enrolled"], 2);
+  for (const auto& p : ns["pods"]) {
+    if (p["name"] == b.name()) {
+      EXPECT_EQ(p["counters"]["redirected_outbound"], 0u) << p.dump();
+      EXPECT_GE(p["counters"]["excluded_cidr"].get<uint64_t>(), 1u) << p.dump();
+    }
+  }
+  // A process of b cannot change a: b's settings are keyed by b's netns;
+  // re-enrolling b with a capture-all configuration leaves a as it was.
+  ASSERT_EQ(init(b).exit_code, 0);
+  expect_captured(a);
+  expect_captured(b);
+  for (auto* p : {&a, &b}) node_->meshcap({"cleanup", "--name", p->name()});
+}
+
+TEST_F(Node, FullTableFailsCleanlyInEbpfModeAndFallsBackInAuto) {
+  ASSERT_EQ(node_->start({"--max-pods", "1"}).exit_code, 0);
+  NodePod a(*node_), b(*node_);
+  ASSERT_EQ(init(a).exit_code, 0);
+  auto r = init(b, kIstioInit, "ebpf");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("maximum of 1 pods"), std::string::npos) << r.output;
+  EXPECT_EQ(node_status()["pods_enrolled"], 1);
+  expect_direct(b);
+  r = init(b);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto st = status(b);
+  EXPECT_EQ(st["parts"]["outbound"]["engine"], "iptables") << st.dump();
+  EXPECT_NE(st["plan"]["outbound"]["reasons"].dump().find("maximum of 1 pods"), std::string::npos) << st.dump();
+  expect_captured(b);  // by iptables: same landing, same original destination
+  expect_captured(a);
+  for (auto* p : {&a, &b}) node_->meshcap({"cleanup", "--name", p->name()});
+}
+
+TEST_F(Node, UpgradeInPlaceUnderLoadBreaksNothing) {
+  ASSERT_EQ(node_->start().exit_code, 0);
+  NodePod a(*node_);
+  ASSERT_EQ(init(a).exit_code, 0);
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, failed{0};
+  // Connections from the pod while the node data path is replaced: the
+  // same sizes (maps kept), then other sizes (maps copied, the old
+  // connection table read through orig_dst_prev).
+  std::thread load([&] {
+    while (!stop) {
+      const std::string out = a.pod.run_in_pod_capture(
+          [&] {
+            int n_ok = 0, n_bad = 0;
+            for (int i = 0; i < 50; i++) (tcp_roundtrip(a.pod.peer_ipv4(), 8080, "x").ok() ? n_ok : n_bad)++;
+            return std::to_string(n_ok) + " " + std::to_string(n_bad);
+          },
+          Identity::user(1000, 1000));
+      ok += std::stoi(out);
+      failed += std::stoi(out.substr(out.find(' ') + 1));
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  auto r1 = node_->start();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  auto r2 = node_->start({"--max-pods", "512", "--max-connections", "32768"});
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  stop = true;
+  load.join();
+  EXPECT_EQ(r1.exit_code, 0) << r1.output;
+  EXPECT_EQ(r2.exit_code, 0) << r2.output;
+  EXPECT_EQ(failed, 0) << ok << " connections succeeded";
+  EXPECT_GT(ok, 100);
+  // Every one of them went through the proxy's listener.
+  EXPECT_ACCEPTS(a.out4->accepted(), size_t(ok));
+  EXPECT_EQ(node_status()["spec"]["max_pods"], 512);
+  expect_captured(a);
+  node_->meshcap({"cleanup", "--name", a.name()});
+}
+
+struct KillStep {
+  std::string step;
+};
+
+class NodeKill : public Node, public ::testing::WithParamInterface<KillStep> {};
+
+// A kill at each step of an enrolment: the pod is captured fully or not at
+// all, and init again (or cleanup) repairs.
+TEST_P(NodeKill, EnrolmentIsAllOrNothingAndRepairable) {
+  ASSERT_EQ(node_->start().exit_code, 0);
+  NodePod a(*node_);
+  // The killed enrolment excludes port 8080 outbound; the repair does not:
+  // rows the kill left behind must not survive into it.
+  std::vector<std::string> killed = kIstioInit;
+  killed.insert(killed.end(), {"-o", "8080"});
+  auto r = init(a, killed, "ebpf", {"MESHCAP_FAULT_AT=" + GetParam().step + ":kill"});
+  EXPECT_EQ(r.exit_code, 128 + SIGKILL) << r.output;
+  size_t o = a.out4->accepted(), i = a.in4->accepted(), peer = a.peer->accepted(), app = a.app->accepted();
+  EXPECT_TRUE(a.out().ok());
+  EXPECT_TRUE(a.in().ok());
+  // Outbound to 8080 is excluded by the killed enrolment's -o: "captured
+  // fully" shows as inbound captured and outbound direct.
+  const bool out_captured = settle([&] { return a.out4->accepted(); }, o + 1, Millis(500)) > o;
+  const bool in_captured = settle([&] { return a.in4->accepted(); }, i + 1, Millis(500)) > i;
+  EXPECT_FALSE(out_captured);
+  if (!in_captured) {
+    EXPECT_ACCEPTS(a.peer->accepted(), peer + 1);
+    EXPECT_ACCEPTS(a.app->accepted(), app + 1);
+  }
+  r = init(a, kIstioInit, "ebpf");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  expect_captured(a);
+  ASSERT_EQ(node_->meshcap({"cleanup", "--name", a.name()}).exit_code, 0);
+  EXPECT_EQ(node_status()["pods_enrolled"], 0);
+  expect_direct(a);
+}
+
+INSTANTIATE_TEST_SUITE_P(Steps, NodeKill,
+                         ::testing::Values(KillStep{"enroll"}, KillStep{"adopt"}, KillStep{"sk_lookup"},
+                                           KillStep{"enabled"}, KillStep{"state"}),
+                         [](const ::testing::TestParamInfo<KillStep>& i) { return i.param.step; });
+
+// A kill during node start (fresh) and during an upgrade: pods keep their
+// capture; node start again repairs.
+TEST_F(Node, KilledStartAndUpgradeAreRepairedByStartingAgain) {
+  auto r = node_->meshcap({"node", "start", "--cgroup", node_->cgroup_path()}, {"MESHCAP_FAULT_AT=pin-link:kill"});
+  EXPECT_EQ(r.exit_code, 128 + SIGKILL);
+  ASSERT_EQ(node_->start().exit_code, 0);
+  EXPECT_EQ(programs_attached(node_->cgroup_path()), kCapturePrograms);
+  NodePod a(*node_);
+  ASSERT_EQ(init(a).exit_code, 0);
+  r = node_->meshcap({"node", "start", "--cgroup", node_->cgroup_path(), "--max-pods", "300"},
+                     {"MESHCAP_FAULT_AT=upgrade-link:kill"});
+  EXPECT_EQ(r.exit_code, 128 + SIGKILL);
+  expect_captured(a);
+  // Enrolments wait for the repair (auto falls back to iptables meanwhile).
+  NodePod b(*node_);
+  r = init(b, kIstioInit, "ebpf");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("interrupted"), std::string::npos) << r.output;
+  ASSERT_EQ(node_->start({"--max-pods", "300"}).exit_code, 0);
+  EXPECT_TRUE(node_status()["whole"].get<bool>());
+  ASSERT_EQ(init(b).exit_code, 0);
+  expect_captured(a);
+  expect_captured(b);
+  for (auto* p : {&a, &b}) node_->meshcap({"cleanup", "--name", p->name()});
+}
+
+TEST_F(Node, StaleCleanupUnenrolsPodsWhoseNamespaceIsGone) {
+  ASSERT_EQ(node_->start().exit_code, 0);
+  std::string name;
+  {
+    NodePod a(*node_);
+    name = a.name();
+    ASSERT_EQ(init(a).exit_code, 0);
+    EXPECT_EQ(node_status()["pods_enrolled"], 1);
+  }  // the pod (namespace, cgroup) is deleted under meshcap
+  auto r = node_->meshcap({"cleanup", "--all-stale"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(node_status()["pods_enrolled"], 0) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(node_->state_dir() + "/pods/" + name + ".json"));
+  EXPECT_FALSE(std::filesystem::exists(node_->pin_dir() + "/node/pods/" + name));
+}
+
+TEST_F(Node, StopRefusesWhilePodsAreEnrolledOrMovesThemToIptables) {
+  ASSERT_EQ(node_->start().exit_code, 0);
+  NodePod a(*node_);
+  ASSERT_EQ(init(a).exit_code, 0);
+  auto r = node_->meshcap({"node", "stop"});
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find(a.name()), std::string::npos) << r.output;
+  expect_captured(a);
+  r = node_->meshcap({"node", "stop", "--move-to-iptables"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(programs_attached(node_->cgroup_path()), 0u);
+  auto st = status(a);
+  EXPECT_EQ(st["parts"]["outbound"]["engine"], "iptables") << st.dump();
+  EXPECT_TRUE(st["drift"].empty()) << st.dump();
+  expect_captured(a);
+  node_->meshcap({"cleanup", "--name", a.name()});
+  expect_direct(a);
+}
+
+// A process of an enrolled pod that sits outside the node's cgroup is not
+// captured; status says so instead of "drift: none".
+TEST_F(Node, StatusReportsProcessesOutsideTheDataPathsCgroup) {
+  ASSERT_EQ(node_->start().exit_code, 0);
+  TestPod::Options o;  // a pod whose cgroup is NOT below the node's
+  TestPod outside(o);
+  auto r = node_->meshcap({"init", "--name", "x" + outside.suffix(), "--netns", outside.pod_netns_path(), "-i", "*"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  RecordingListener l(Placement::pod_process(outside, Identity::proxy()), "127.0.0.1", 15001);
+  pid_t holder = outside.spawn_in_pod({"sleep", "30"});
+  (void)holder;
+  auto s = node_->meshcap({"status", "--name", "x" + outside.suffix(), "--json"});
+  EXPECT_NE(s.output.find("outside the cgroup"), std::string::npos) << s.output;
+  node_->meshcap({"cleanup", "--name", "x" + outside.suffix()});
+}
+
+}  // namespace
+}  // namespace meshcap::test
