@@ -222,6 +222,7 @@ FlagSet render(std::string name, CaptureFlags f, const Addrs& a) {
     fs.args.push_back("--drop-invalid");
     fs.refused_by.push_back("ebpf");
     fs.refused_by.push_back("ebpf-accel");
+    fs.refused_by.push_back("node");
   }
   fs.args.push_back("--dual-stack");
   if (f.groups == CaptureFlags::Groups::include)
@@ -681,6 +682,7 @@ struct Mode {
   std::vector<std::string> args;
   bool ebpf_inbound_possible;  ///< restarting the proxy after init exercises sockops
   std::vector<std::string> env = {};  ///< "NAME=value" for meshcap init (a fault to inject)
+  bool node = false;  ///< a node data path on the pod's cgroup (pins and state of its own); init enrols
 };
 
 const std::vector<Mode> kModes = {
@@ -698,6 +700,9 @@ const std::vector<Mode> kModes = {
     {"auto-fault-load", {"--mode", "auto"}, false, {"MESHCAP_FAULT_AT=load"}},
     {"auto-fault-attach", {"--mode", "auto"}, false, {"MESHCAP_FAULT_AT=attach"}},
     {"auto-fault-sk_lookup", {"--mode", "auto"}, false, {"MESHCAP_FAULT_AT=sk_lookup"}},
+    // The node data path: loaded once for the mode, the pod enrolled by its
+    // network namespace at each init and taken out at each cleanup.
+    {"node", {"--mode", "ebpf"}, true, {}, true},
 };
 
 class Equivalence : public ::testing::Test {
@@ -737,6 +742,7 @@ class Equivalence : public ::testing::Test {
   void TearDown() override {
     if (!pod_) return;
     meshcap({"cleanup", "--name", name_});
+    node_mode(false);
     proxy_.reset();
     pod_app_.reset();
     peer_.reset();
@@ -757,11 +763,30 @@ class Equivalence : public ::testing::Test {
 
   CommandResult meshcap(std::vector<std::string> args, const std::vector<std::string>& env = {}) {
     args.insert(args.begin(), MESHCAP_BIN);
-    if (!env.empty()) {
-      args.insert(args.begin(), env.begin(), env.end());
+    std::vector<std::string> all_env = node_env_;
+    all_env.insert(all_env.end(), env.begin(), env.end());
+    if (!all_env.empty()) {
+      args.insert(args.begin(), all_env.begin(), all_env.end());
       args.insert(args.begin(), "env");
     }
     return run_command(args);
+  }
+
+  /// Starts (true) or stops the node data path of the "node" mode, on the
+  /// pod's cgroup, with pins and state of its own.
+  void node_mode(bool on) {
+    const std::string pins = "/sys/fs/bpf/mceq-" + pod_->suffix(), state = "/run/mceq-" + pod_->suffix();
+    if (on) {
+      node_env_ = {"MESHCAP_PIN_DIR=" + pins, "MESHCAP_STATE_DIR=" + state};
+      auto r = meshcap({"node", "start", "--cgroup", pod_->cgroup_path()});
+      ASSERT_EQ(r.exit_code, 0) << r.output;
+      return;
+    }
+    if (node_env_.empty()) return;
+    meshcap({"node", "stop", "--move-to-iptables"});
+    meshcap({"cleanup", "--all-stale"});
+    node_env_.clear();
+    run_command({"rm", "-rf", pins, state});
   }
 
   CommandResult init(const Mode& m, const FlagSet& fs) {
@@ -782,7 +807,13 @@ class Equivalence : public ::testing::Test {
       auto r = run_command({"nsenter", "--net=" + pod_->pod_netns_path(), save});
       if (r.output.find("ISTIO_") != std::string::npos) s += std::string(save) + " shows ISTIO_ chains; ";
     }
-    if (size_t n = programs_attached(pod_->cgroup_path())) s += std::to_string(n) + " cgroup programs attached; ";
+    if (!node_env_.empty()) {
+      // The node's programs stay attached; the pod must be out of its tables.
+      auto r = meshcap({"node", "status", "--json"});
+      if (r.output.find("\"pods_enrolled\": 0") == std::string::npos) s += "the pod is still enrolled; ";
+    } else if (size_t n = programs_attached(pod_->cgroup_path())) {
+      s += std::to_string(n) + " cgroup programs attached; ";
+    }
     if (size_t n = sk_lookup_attached(pod_->pod_netns_path())) s += std::to_string(n) + " sk_lookup programs; ";
     if (loader::pinned_state(name_).present) s += "pins under /sys/fs/bpf/meshcap/" + name_ + "; ";
     return s;
@@ -829,6 +860,7 @@ class Equivalence : public ::testing::Test {
 
   std::unique_ptr<TestPod> pod_;
   std::string name_;
+  std::vector<std::string> node_env_;  ///< the node mode's pins and state, while it runs
   Addrs a_;
   TagStore store_;
   std::unique_ptr<TaggedServer> proxy_, pod_app_, peer_;
@@ -898,6 +930,7 @@ TEST_F(Equivalence, AllModesGiveIstiosOutcomeConnectionByConnection) {
     const Mode& m = modes[mi];
     const bool accelerated = std::count(m.args.begin(), m.args.end(), "--accelerate") > 0;
     if (accelerated) accel_redirected[m.name] = 0;
+    if (m.node) node_mode(true);
     // Each mode starts as a fresh pod would: without the conntrack entries
     // of the previous mode's NAT'd connections, which linger in TIME_WAIT
     // and would remap the source ports of later connections with the same
@@ -978,6 +1011,7 @@ TEST_F(Equivalence, AllModesGiveIstiosOutcomeConnectionByConnection) {
         "%.1f, direct again %.1f)\n",
         m.name.c_str(), sets.size(), cases.size(), secs(tm), t_init, t_cases, t_cleanup, t_direct);
     std::fflush(stdout);
+    if (m.node) node_mode(false);
   }
 
   // Compare: every mode against the model, and the modes among themselves.
