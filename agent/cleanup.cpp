@@ -8,6 +8,7 @@
 #include "commands.h"
 #include "executor.h"
 #include "pod_state.h"
+#include "status.h"
 #include "target.h"
 
 namespace meshcap {
@@ -31,8 +32,6 @@ bool stale(const std::string& name) {
 }
 
 }  // namespace
-
-std::vector<std::string> known_pods();
 
 int run_cleanup(const CleanupOptions& o) {
   if (o.all_stale) {

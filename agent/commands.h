@@ -45,6 +45,14 @@ struct NodeStartOptions {
   bool accelerate = false;      ///< load sk_msg, so pods may ask --accelerate
 };
 
+struct NodeServeOptions {
+  NodeStartOptions start;
+  std::string metrics_listen;  ///< HOST:PORT for GET /metrics and /healthz ("" none)
+  std::string cni_conf_dir, cni_bin_dir;  ///< keep meshcap-cni installed there
+  std::string cni_binary;      ///< default: the meshcap-cni shipped beside meshcap
+  std::string cni_settings;    ///< JSON file: the plugin entry's keys
+};
+
 struct NodeStopOptions {
   bool move_to_iptables = false;  ///< move enrolled pods to iptables first (else refuse while any is enrolled)
 };
@@ -52,6 +60,9 @@ struct NodeStopOptions {
 /// Loads the node data path once and attaches it (or replaces a running
 /// one's programs in place, taking its pods along).
 int run_node_start(const NodeStartOptions& o);
+/// node start, then keeps meshcap-cni installed and serves metrics until
+/// SIGTERM, leaving everything in place when it stops.
+int run_node_serve(const NodeServeOptions& o);
 /// Removes the node data path; refuses while pods are enrolled unless
 /// they are moved to iptables first.
 int run_node_stop(const NodeStopOptions& o);

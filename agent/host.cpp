@@ -138,6 +138,15 @@ void NodeRecord::write() const {
   fs::rename(tmp, node_record_path());
 }
 
+bool node_not_ready() {
+  const auto record = NodeRecord::read();
+  const auto links = loader::pinned_links(loader::node_dir());
+  if (!record && links.empty()) return false;
+  const bool whole = record && links.size() >= loader::cgroup_programs().size() &&
+                     std::all_of(links.begin(), links.end(), [](const loader::PinnedLink& l) { return l.attached; });
+  return !whole || upgrade_interrupted();
+}
+
 EbpfHost find_ebpf_host(const PodTarget& t) {
   EbpfHost h;
   const auto record = NodeRecord::read();

@@ -32,6 +32,11 @@ struct NodeRecord {
 void mark_upgrade(bool on);
 /// True when an upgrade was started by a process that is gone.
 bool upgrade_interrupted();
+/// True when a node data path is configured here (its record or pins)
+/// but not whole: links missing or detached, or an upgrade interrupted.
+/// Pods must wait then rather than fall back (the CNI plugin's "try again
+/// later").
+bool node_not_ready();
 
 struct EbpfHost {
   enum class Kind { None, Node, Pod } kind = Kind::None;

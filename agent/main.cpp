@@ -140,6 +140,19 @@ int main(int argc, char** argv) {
                              "Connections the proxies have not asked about yet (default 16384)");
   node_start_cmd->add_flag("--accelerate", node_start.accelerate, "Load sk_msg, so pods may ask --accelerate");
   add_log_level(node_start_cmd);
+  NodeServeOptions node_serve;
+  auto* node_serve_cmd = node_cmd->add_subcommand(
+      "serve", "node start, keep meshcap-cni installed, serve metrics; leaves everything in place on exit");
+  node_serve_cmd->add_option("--cgroup", node_serve.start.cgroup, "As for node start");
+  node_serve_cmd->add_option("--max-pods", node_serve.start.max_pods, "As for node start");
+  node_serve_cmd->add_option("--max-connections", node_serve.start.max_connections, "As for node start");
+  node_serve_cmd->add_flag("--accelerate", node_serve.start.accelerate, "As for node start");
+  node_serve_cmd->add_option("--metrics-listen", node_serve.metrics_listen, "HOST:PORT for /metrics and /healthz");
+  node_serve_cmd->add_option("--cni-conf-dir", node_serve.cni_conf_dir, "CNI configuration directory to keep meshcap-cni in");
+  node_serve_cmd->add_option("--cni-bin-dir", node_serve.cni_bin_dir, "CNI plugin directory to copy meshcap-cni to");
+  node_serve_cmd->add_option("--cni-binary", node_serve.cni_binary, "The meshcap-cni binary (default: beside meshcap)");
+  node_serve_cmd->add_option("--cni-settings", node_serve.cni_settings, "JSON file: the plugin entry's keys");
+  add_log_level(node_serve_cmd);
   NodeStopOptions node_stop;
   auto* node_stop_cmd = node_cmd->add_subcommand("stop", "Remove the node data path");
   node_stop_cmd->add_flag("--move-to-iptables", node_stop.move_to_iptables,
@@ -170,6 +183,7 @@ int main(int argc, char** argv) {
     if (probe_cmd->parsed()) return run_probe(probe);
     if (node_start_cmd->parsed()) return run_node_start(node_start);
     if (node_stop_cmd->parsed()) return run_node_stop(node_stop);
+    if (node_serve_cmd->parsed()) return run_node_serve(node_serve);
     if (node_status_cmd->parsed()) return run_node_status(node_status);
   } catch (const UsageError& e) {
     spdlog::error("{}", e.what());

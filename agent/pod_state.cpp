@@ -26,6 +26,12 @@ json PodState::to_json() const {
             {"cgroup", cgroup},
             {"netns", {{"path", netns_path}, {"dev", netns.dev}, {"ino", netns.ino}, {"cookie", netns.cookie}}},
             {"flags", flags.to_json()},
+            {"origin",
+             {{"via", origin.via},
+              {"container_id", origin.container_id},
+              {"ifname", origin.ifname},
+              {"k8s_namespace", origin.k8s_namespace},
+              {"k8s_pod", origin.k8s_pod}}},
             {"plan", plan.to_json()}};
   if (ebpf)
     j["ebpf"] = {{"host", ebpf->host}, {"datapath", ebpf->datapath_dir}, {"index", ebpf->index}, {"cookie", ebpf->cookie}};
@@ -47,6 +53,11 @@ std::optional<PodState> PodState::from_json(const json& j) {
     st.netns_path = ns.value("path", "");
     st.netns = {ns.value("dev", uint64_t{0}), ns.value("ino", uint64_t{0}), ns.value("cookie", uint64_t{0})};
     st.flags = FlagSet::from_json(j.at("flags"));
+    if (j.contains("origin")) {
+      const auto& o = j["origin"];
+      st.origin = {o.value("via", "init"), o.value("container_id", ""), o.value("ifname", ""),
+                   o.value("k8s_namespace", ""), o.value("k8s_pod", "")};
+    }
     st.plan = Plan::from_json(j.at("plan"));
     if (j.contains("ebpf")) {
       const auto& e = j["ebpf"];

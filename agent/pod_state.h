@@ -20,6 +20,13 @@ struct PodState {
   std::string netns_path;  ///< the path given at init (may name another namespace later)
   NetnsId netns;           ///< what the path named at init
   FlagSet flags;           ///< the flags and environment the capture was built from
+  /// Who asked for the capture: `meshcap init`, or the CNI plugin for a
+  /// container (GC and DEL find pods by it).
+  struct Origin {
+    std::string via = "init";  ///< "init" or "cni"
+    std::string container_id, ifname, k8s_namespace, k8s_pod;
+  };
+  Origin origin;
   Plan plan;               ///< engines and reasons per part, IPv6, --accelerate
   /// The eBPF part, when there is one: the data path the pod is enrolled
   /// in ("node", or "pod": its own) and where.

@@ -23,6 +23,7 @@
 #include "istio_rules.h"
 #include "pod_state.h"
 #include "report.h"
+#include "status.h"
 #include "saved_ruleset.h"
 
 using nlohmann::json;
@@ -156,6 +157,8 @@ iptables::Coverage expected_iptables_coverage(const PodState& st) {
   }
 }
 
+}  // namespace
+
 json pod_status(const std::string& name) {
   const auto st = read_pod_state(name);
   json out = {{"name", name}};
@@ -225,6 +228,8 @@ json pod_status(const std::string& name) {
   out["drift"] = drift;
   return out;
 }
+
+namespace {
 
 void print_prometheus(const json& all) {
   auto pod = [](const json& p) { return "pod=\"" + p["name"].get<std::string>() + "\""; };
