@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Checks meshcap's Kubernetes manifests (deploy/kubernetes) without a cluster.
 #
-#   scripts/validate-manifests.sh             render and check every kustomization
-#   scripts/validate-manifests.sh --install   only install the checker (needs the npm registry)
+#   scripts/validate-manifests.sh                  render and check every kustomization
+#   scripts/validate-manifests.sh DIR...           render and check these (an overlay of your own, say)
+#   scripts/validate-manifests.sh --kubectl none   use the built-in renderer even where kubectl is
+#   scripts/validate-manifests.sh --install        only install the checker (needs the npm registry)
 #
 # Every directory under deploy/kubernetes with a kustomization.yaml is
 # rendered with `kubectl kustomize` (a small built-in renderer stands in
@@ -24,12 +26,12 @@ src="$root/deploy/kubernetes/validate"
 tools="$root/build/tools/k8s-validate"
 
 install_tools() {
-  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-    echo "validate-manifests: node and npm are needed (Node.js 20 or later)" >&2
-    return 1
-  fi
   if [ -d "$tools/node_modules" ] && cmp -s "$src/package-lock.json" "$tools/package-lock.json"; then
     return 0
+  fi
+  if ! command -v npm >/dev/null; then
+    echo "validate-manifests: npm is needed to install the checker (Node.js 20 or later)" >&2
+    return 1
   fi
   echo "validate-manifests: installing the checker into ${tools#"$root"/}"
   mkdir -p "$tools"
