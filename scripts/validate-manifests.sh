@@ -10,8 +10,9 @@
 # rendered with `kubectl kustomize` (a small built-in renderer stands in
 # where kubectl is missing, and says what it skipped), and each object is
 # checked against the JSON schema of its kind generated from Kubernetes'
-# OpenAPI document, type-checked so that unknown fields fail too, and held
-# to the API server's rules and to meshcap's own (deploy/kubernetes/validate/
+# OpenAPI document, walked field by field against its kind's TypeScript
+# interface so that unknown fields fail too, and held to the API server's
+# rules and to meshcap's own (deploy/kubernetes/validate/
 # validate.mjs says which). A self-test then plants known mistakes and
 # requires each to be caught. The last line reads "N passed, M failed"; the
 # exit code is 0 only when nothing failed.

@@ -10,10 +10,11 @@
 //      Kubernetes' own OpenAPI document (kubernetes-models; the
 //      ServiceMonitor's from the Prometheus Operator's CRD): types, formats,
 //      enums, required fields;
-//   2. fields: every field name exists in that kind (the OpenAPI schemas do
-//      not forbid unknown fields, the API server drops or rejects them): the
-//      objects are type-checked by the TypeScript compiler against the same
-//      models' interfaces, which rejects any field the kind does not have;
+//   2. fields: every field name, at any depth, exists in that kind (the
+//      OpenAPI schemas do not forbid unknown fields; the API server drops
+//      or rejects them): each object is walked alongside its kind's
+//      TypeScript interface from the same models, resolved by the
+//      TypeScript compiler;
 //   3. API-server rules that no schema expresses (selector matches the pod
 //      template, mounts name existing volumes, Bidirectional propagation
 //      only in privileged containers, names of ports, ...) and references
