@@ -17,6 +17,7 @@ PACKAGES=(
   libclang-rt-14-dev
 )
 
+"$(dirname "$0")/validate-manifests.sh" --install  # the Kubernetes manifest checker's npm packages, into build/tools/k8s-validate (git-ignored)
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
