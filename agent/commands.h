@@ -50,7 +50,7 @@ struct NodeServeOptions {
   std::string metrics_listen;  ///< HOST:PORT for GET /metrics and /healthz ("" none)
   std::string cni_conf_dir, cni_bin_dir;  ///< keep meshcap-cni installed there
   std::string cni_binary;      ///< default: the meshcap-cni shipped beside meshcap
-  std::string cni_settings;    ///< JSON file: the plugin entry's keys
+  std::string cni_plugin_config;    ///< JSON file: the plugin entry's keys
 };
 
 struct NodeStopOptions {

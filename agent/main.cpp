@@ -151,7 +151,7 @@ int main(int argc, char** argv) {
   node_serve_cmd->add_option("--cni-conf-dir", node_serve.cni_conf_dir, "CNI configuration directory to keep meshcap-cni in");
   node_serve_cmd->add_option("--cni-bin-dir", node_serve.cni_bin_dir, "CNI plugin directory to copy meshcap-cni to");
   node_serve_cmd->add_option("--cni-binary", node_serve.cni_binary, "The meshcap-cni binary (default: beside meshcap)");
-  node_serve_cmd->add_option("--cni-settings", node_serve.cni_settings, "JSON file: the plugin entry's keys");
+  node_serve_cmd->add_option("--cni-plugin-config", node_serve.cni_plugin_config, "JSON file: the plugin entry's keys");
   add_log_level(node_serve_cmd);
   NodeStopOptions node_stop;
   auto* node_stop_cmd = node_cmd->add_subcommand("stop", "Remove the node data path");

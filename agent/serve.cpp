@@ -19,6 +19,7 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.h"
+#include "cni_config.h"
 #include "conflist.h"
 #include "host.h"
 
@@ -29,6 +30,7 @@ namespace meshcap {
 namespace {
 
 volatile std::sig_atomic_t stop_requested = 0;
+std::string iptables_only;  // why the node data path is not running, when it is not
 void on_signal(int) { stop_requested = 1; }
 
 // What `fn` prints on stdout, as a string.
@@ -87,12 +89,32 @@ void serve_one(int client) {
     prom.prometheus = true;
     reply = http_reply(200, captured([&] { run_node_status(prom); }) + captured([&] { run_status(prom); }));
   } else if (req.rfind("GET /healthz", 0) == 0) {
-    const bool ready = NodeRecord::read().has_value() && !node_not_ready();
-    reply = http_reply(ready ? 200 : 503, ready ? "ok\n" : "node data path not whole\n");
+    if (!iptables_only.empty()) {
+      reply = http_reply(200, "ok: iptables only (" + iptables_only + ")\n");
+    } else {
+      const bool ready = NodeRecord::read().has_value() && !node_not_ready();
+      reply = http_reply(ready ? 200 : 503, ready ? "ok\n" : "node data path not whole\n");
+    }
   } else {
     reply = http_reply(404, "GET /metrics or /healthz\n");
   }
   (void)!send(client, reply.data(), reply.size(), MSG_NOSIGNAL);
+}
+
+// The plugin entry's keys must parse as meshcap-cni would parse them on
+// every ADD: a bad value is found here, before anything is installed.
+void check_plugin_settings(const nlohmann::json& settings, const std::string& file) {
+  nlohmann::json entry = settings;
+  entry["cniVersion"] = "1.0.0";
+  entry["name"] = "meshcap-check";
+  entry["type"] = "meshcap-cni";
+  cni::CniEnv env;
+  env.command = "ADD";
+  try {
+    (void)cni::parse_config(entry.dump(), env);
+  } catch (const cni::CniError& e) {
+    throw UsageError("--cni-plugin-config: invalid value '" + file + "': " + e.what());
+  }
 }
 
 // The meshcap-cni binary shipped with this meshcap.
@@ -111,29 +133,45 @@ int run_node_serve(const NodeServeOptions& o) {
     throw UsageError("--cni-conf-dir and --cni-bin-dir go together");
   cni::InstallOptions cni;
   if (!o.cni_conf_dir.empty()) {
+    for (const auto& [flag, dir] : {std::pair{"--cni-conf-dir", o.cni_conf_dir}, {"--cni-bin-dir", o.cni_bin_dir}})
+      if (!fs::is_directory(dir)) throw UsageError(std::string(flag) + ": invalid value '" + dir + "': not a directory");
     cni.conf_dir = o.cni_conf_dir;
     cni.bin_dir = o.cni_bin_dir;
     cni.source_binary = cni_binary(o.cni_binary);
-    if (!o.cni_settings.empty()) {
-      std::ifstream in(o.cni_settings);
-      if (!in) throw UsageError("--cni-settings: invalid value '" + o.cni_settings + "': cannot read it");
+    if (!o.cni_plugin_config.empty()) {
+      std::ifstream in(o.cni_plugin_config);
+      if (!in) throw UsageError("--cni-plugin-config: invalid value '" + o.cni_plugin_config + "': cannot read it");
       cni.settings = nlohmann::json::parse(in, nullptr, false);
-      if (!cni.settings.is_object()) throw UsageError("--cni-settings: invalid value '" + o.cni_settings + "': not a JSON object");
+      if (!cni.settings.is_object()) throw UsageError("--cni-plugin-config: invalid value '" + o.cni_plugin_config + "': not a JSON object");
+      check_plugin_settings(cni.settings, o.cni_plugin_config);
     }
   }
   uint16_t port = 0;
   const int listener = o.metrics_listen.empty() ? -1 : listen_on(o.metrics_listen, &port);
-  if (int rc = run_node_start(o.start); rc != kExitOk) return rc;
+  try {
+    if (int rc = run_node_start(o.start); rc != kExitOk) return rc;
+  } catch (const UsageError&) {
+    throw;
+  } catch (const std::exception& e) {
+    // A node whose kernel or privileges cannot hold the data path still
+    // captures its pods: meshcap-cni applies iptables in each pod's
+    // namespace when no node data path is running.
+    iptables_only = e.what();
+    spdlog::warn("node data path not started ({}); pods are captured by iptables through meshcap-cni", e.what());
+  }
   std::signal(SIGTERM, on_signal);
   std::signal(SIGINT, on_signal);
   if (listener >= 0) std::cout << "metrics on " << o.metrics_listen.substr(0, o.metrics_listen.rfind(':')) << ":" << port
                                << std::endl;
+  std::string last_error;  // said once, not every second
   while (!stop_requested) {
     if (!cni.conf_dir.empty()) {
       try {
         if (auto f = cni::install_plugin(cni); !f.empty()) spdlog::info("meshcap-cni (re)added to {}", f);
+        last_error.clear();
       } catch (const std::exception& e) {
-        spdlog::warn("{}", e.what());
+        if (last_error != e.what()) spdlog::warn("{} (retrying every second)", e.what());
+        last_error = e.what();
       }
     }
     pollfd p{listener, POLLIN, 0};

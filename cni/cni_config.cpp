@@ -168,6 +168,16 @@ PluginConfig parse_config(const std::string& stdin_text, const CniEnv& env) {
   }
   apply_args(c, env);
   if (j.contains("prevResult")) c.prev_result = j["prevResult"];
+  // Every value is checked now, as init checks its flags: ADD and CHECK
+  // refuse a bad one before touching anything. DEL takes what it is given
+  // (it must clean up even after the configuration was broken).
+  if (env.command != "DEL" && env.command != "GC" && env.command != "VERSION") {
+    try {
+      (void)FlagSet::resolve(c.flags, [](const std::string&) { return std::optional<std::string>(); }).build();
+    } catch (const std::exception& e) {
+      throw CniError(kInvalidConfig, e.what());
+    }
+  }
   return c;
 }
 
