@@ -8,27 +8,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "report_format.h"
 #include "results.h"
 #include "rig.h"
 
 namespace meshcap::bench {
 
 namespace {
-
-std::string fmt(const char* f, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, f, v);
-  return buf;
-}
-
-std::string num(double v) {
-  if (v == 0) return "0";
-  if (std::fabs(v) >= 100) return fmt("%.0f", v);
-  if (std::fabs(v) >= 10) return fmt("%.1f", v);
-  return fmt("%.2f", v);
-}
-
-std::string ratio(double a, double b) { return b > 0 && a > 0 ? fmt("%.2fx", a / b) : "-"; }
 
 std::string pad(const std::string& s, size_t w, bool left = false) {
   if (s.size() >= w) return s;
@@ -240,15 +226,80 @@ std::string interference(const Results& r) {
 }
 
 std::string target_line(const Target& t) {
+  if (t.figure) return "figure " + t.name + ": " + t.measured + " (was a goal: " + t.goal + ")";
   return "target " + t.name + ": " + t.measured + " (goal " + t.goal + ") " + (t.pass ? "PASS" : "MISS");
 }
 
-// ---- targets ----
+// Node mode: connection setup of the enrolled pod and of the namespace not
+// enrolled (paired by round against their reference).
+std::optional<Table> node_connect_table(const Results& r) {
+  Table t;
+  t.title = "node mode: connection setup (connect + 16 B request/response + close), latency in µs, " +
+            std::to_string(r.node.pods) + " pods or 1 enrolled; diff = median over rounds of the p50 difference";
+  t.head = {"variant", "n", "p50", "p90", "p99", "p99.9", "vs", "diff (µs)", "spread"};
+  const std::string many = "node-" + std::to_string(r.node.pods) + "-pods";
+  const std::map<std::string, std::string> ref = {{many, "node-1-pod"}, {"unenrolled-node-on", "unenrolled-node-off"}};
+  for (const auto& v : r.variants) {
+    const Cell* c = r.cell("node", "connect", v.name, 0);
+    if (v.view != "node" || !c) continue;
+    const auto it = ref.find(v.name);
+    const Cell* b = it == ref.end() ? nullptr : r.cell("node", "connect", it->second, 0);
+    const auto d = b ? paired_diff(*c, *b) : std::nullopt;
+    t.rows.push_back({v.name, std::to_string(c->samples.size()) + (c->errors ? " (" + std::to_string(c->errors) + " err)" : ""),
+                      num(c->p50), num(c->p90), num(c->p99), num(c->p999), b ? it->second : "-",
+                      d ? fmt("%+.2f", *d) : "-", fmt("%.0f%%", spread_pct(c->round_p50_us))});
+  }
+  if (t.rows.empty()) return std::nullopt;
+  return t;
+}
 
-const InitRecord* find_init(const Results& r, const std::string& cap, size_t n) {
-  for (const auto& i : r.init)
-    if (i.capture == cap && i.exclusions == n) return &i;
-  return nullptr;
+std::optional<Table> node_time_table(const Results& r) {
+  if (r.node.seconds.empty()) return std::nullopt;
+  Table t;
+  t.title = "node mode: times, median (min–max) over repetitions, each enrolment and restore on a fresh namespace "
+            "while the node holds " + std::to_string(r.node.pods) + " pods";
+  t.head = {"step", "reps", "ms", "how"};
+  for (const auto& [step, v] : r.node.seconds) {
+    const auto it = r.node.how.find(step);
+    t.rows.push_back({step, std::to_string(v.size()), ms_range(v, 1e3, "%.3f"), it == r.node.how.end() ? "" : it->second});
+  }
+  const auto& k = r.node.enroll_by_count;
+  if (k.size() >= 20) {
+    const std::vector<double> first(k.begin(), k.begin() + 10), last(k.end() - 10, k.end());
+    t.rows.push_back({"enroll in-process, pods 1-10", "10", ms_range(first, 1e3, "%.3f"), "as the node fills"});
+    t.rows.push_back({"enroll in-process, last 10 pods", "10", ms_range(last, 1e3, "%.3f"), "as the node fills"});
+  }
+  return t;
+}
+
+std::optional<Table> node_memory_table(const Results& r) {
+  if (r.node.memlock.empty()) return std::nullopt;
+  Table t;
+  t.title = "node mode: kernel memory of meshcap's maps (memlock, as `meshcap node status` and bpftool report); "
+            "the node's --max-pods " + std::to_string(r.node.max_pods);
+  t.head = {"data path", "pods enrolled", "bytes", "bytes/pod"};
+  for (const auto& [state, bytes] : r.node.memlock) {
+    const auto it = r.node.enrolled.find(state);
+    const size_t pods = it == r.node.enrolled.end() ? 1 : it->second;
+    t.rows.push_back({state, std::to_string(pods), std::to_string(bytes),
+                      pods ? fmt("%.0f", static_cast<double>(bytes) / static_cast<double>(pods)) : "-"});
+  }
+  return t;
+}
+
+std::vector<Table> all_tables(const Results& r) {
+  std::vector<Table> out = latency_tables(r);
+  auto add = [&](std::optional<Table> t) {
+    if (t) out.push_back(std::move(*t));
+  };
+  add(throughput_table(r));
+  for (auto& t : scaling_tables(r)) out.push_back(std::move(t));
+  add(init_table(r));
+  add(node_time_table(r));
+  add(node_memory_table(r));
+  add(node_connect_table(r));
+  add(prog_stats_table(r));
+  return out;
 }
 
 }  // namespace
@@ -265,201 +316,13 @@ const Cell* Results::cell(const std::string& phase, const std::string& workload,
   return it == cells.end() || it->second.samples.empty() ? nullptr : &it->second;
 }
 
-void compute_targets(Results& r) {
-  r.targets.clear();
-  auto p50 = [&](const std::string& v, size_t s) -> std::optional<double> {
-    const Cell* c = r.cell("scaling", "connect", v, s);
-    if (!c) return std::nullopt;
-    return c->p50;
-  };
-  // Overheads and ratios are paired per round (median over rounds), so
-  // drift of the shared machine between rounds cancels out.
-  auto overhead = [&](const std::string& cap, size_t s) -> std::optional<double> {
-    const Cell* a = r.cell("scaling", "connect", cap + "-mech", s);
-    const Cell* b = r.cell("scaling", "connect", "local-direct", s);
-    if (!a || !b) return std::nullopt;
-    return paired_diff(*a, *b);
-  };
-  // iptables: the faster of the two backends at that size (the stricter comparison).
-  auto ipt_overhead = [&](size_t s) -> std::optional<std::pair<double, std::string>> {
-    std::optional<std::pair<double, std::string>> best;
-    for (const std::string cap : {"iptables-nft", "iptables-legacy"})
-      if (auto o = overhead(cap, s); o && (!best || *o < best->first)) best = std::pair{*o, cap};
-    return best;
-  };
-  auto not_measured = [&](const std::string& name, const std::string& goal) {
-    r.targets.push_back({name, "not measured", goal, false});
-  };
-  auto has = [&](size_t s) { return std::find(r.sizes.begin(), r.sizes.end(), s) != r.sizes.end(); };
-
-  // Mechanism: eBPF's connection-setup overhead against iptables'.
-  auto mech_ratio = [&](const std::vector<size_t>& sizes, double goal, const std::string& name) {
-    double worst = -std::numeric_limits<double>::infinity();
-    std::string detail;
-    bool ok = !sizes.empty();
-    for (size_t s : sizes) {
-      auto e = overhead("ebpf", s);
-      auto i = ipt_overhead(s);
-      if (!e || !i || i->first <= 0) {
-        ok = false;
-        break;
-      }
-      const double q = *e / i->first;
-      if (q > worst) {
-        worst = q;
-        detail = "at " + std::to_string(s) + ": eBPF " + fmt("%+.1f", *e) + " µs, " + i->second + " " +
-                 fmt("%+.1f", i->first) + " µs";
-      }
-    }
-    if (!ok) return not_measured(name, fmt("<= %.2fx iptables' overhead", goal));
-    r.targets.push_back({name, fmt("%.3fx", worst) + " [" + detail + "]", fmt("<= %.2fx iptables' overhead", goal),
-                         worst <= goal});
-  };
-  if (has(0)) mech_ratio({0}, 0.25, "mechanism-overhead-0");
-  else not_measured("mechanism-overhead-0", "<= 0.25x iptables' overhead");
-  std::vector<size_t> big;
-  for (size_t s : r.sizes)
-    if (s >= 1000) big.push_back(s);
-  mech_ratio(big, 0.1, "mechanism-overhead-1000plus");
-  {
-    auto lo = overhead("ebpf", 0), hi = overhead("ebpf", 10000);
-    if (lo && hi)
-      r.targets.push_back({"mechanism-ebpf-growth-0-10000", fmt("%+.2f µs", *hi - *lo) + " [" + fmt("%+.2f", *lo) +
-                                                              " -> " + fmt("%+.2f", *hi) + " µs]",
-                           "<= +2 µs", *hi - *lo <= 2.0});
-    else
-      not_measured("mechanism-ebpf-growth-0-10000", "<= +2 µs");
-  }
-  // Through haproxy.
-  auto proxy_ratio = [&](const std::vector<size_t>& sizes, double goal, const std::string& name) {
-    double worst = -1;
-    std::string detail;
-    bool ok = !sizes.empty();
-    for (size_t s : sizes) {
-      const Cell* e = r.cell("scaling", "connect", "ebpf+proxy", s);
-      // Against the faster backend: the larger of the two ratios.
-      std::optional<std::pair<double, std::string>> q;
-      for (const std::string cap : {"iptables-nft", "iptables-legacy"}) {
-        const Cell* i = r.cell("scaling", "connect", cap + "+proxy", s);
-        const auto x = e && i ? paired_ratio(*e, *i) : std::nullopt;
-        if (x && (!q || *x > q->first)) q = std::pair{*x, cap};
-      }
-      if (!q) {
-        ok = false;
-        break;
-      }
-      if (q->first > worst) {
-        worst = q->first;
-        detail = "at " + std::to_string(s) + ": eBPF " + num(*p50("ebpf+proxy", s)) + " µs, " + q->second + " " +
-                 num(*p50(q->second + "+proxy", s)) + " µs";
-      }
-    }
-    if (!ok) return not_measured(name, fmt("<= %.2fx iptables' p50", goal));
-    r.targets.push_back({name, fmt("%.3fx", worst) + " [worst " + detail + "]", fmt("<= %.2fx iptables' p50", goal),
-                         worst <= goal});
-  };
-  proxy_ratio(r.sizes, 1.0, "proxy-p50-every-size");
-  proxy_ratio(big, 0.95, "proxy-p50-1000plus");
-  // Init.
-  {
-    const InitRecord* e = find_init(r, "ebpf", 1000);
-    std::optional<std::pair<double, std::string>> best;
-    for (const std::string cap : {"iptables-nft", "iptables-legacy"})
-      if (const InitRecord* i = find_init(r, cap, 1000); i && !i->apply_s.empty())
-        if (!best || median(i->apply_s) < best->first) best = std::pair{median(i->apply_s), cap + " (" + i->how + ")"};
-    if (e && !e->apply_s.empty() && best) {
-      const double m = median(e->apply_s);
-      r.targets.push_back({"init-apply-1000", fmt("%.1f ms", m * 1e3) + " [" + best->second + " " +
-                                                  fmt("%.1f ms", best->first * 1e3) + "]",
-                           "eBPF <= iptables-restore", m <= best->first});
-    } else {
-      not_measured("init-apply-1000", "eBPF <= iptables-restore");
-    }
-    const InitRecord* e10 = find_init(r, "ebpf", 10);
-    const InitRecord* e10k = find_init(r, "ebpf", 10000);
-    if (e10 && e10k && !e10->apply_s.empty() && !e10k->apply_s.empty()) {
-      const double q = median(e10k->apply_s) / median(e10->apply_s);
-      r.targets.push_back({"init-apply-10000-vs-10", fmt("%.2fx", q) + " [" + fmt("%.1f", median(e10k->apply_s) * 1e3) +
-                                                         " ms vs " + fmt("%.1f", median(e10->apply_s) * 1e3) + " ms]",
-                           "<= 3x", q <= 3.0});
-    } else {
-      not_measured("init-apply-10000-vs-10", "<= 3x");
-    }
-    if (e10k && !e10k->add_one_s.empty()) {
-      const double m = median(e10k->add_one_s);
-      r.targets.push_back({"init-add-one-at-10000", fmt("%.1f µs", m * 1e6) + " [" + e10k->add_how + "]", "<= 1 ms",
-                           m <= 1e-3});
-    } else {
-      not_measured("init-add-one-at-10000", "<= 1 ms");
-    }
-  }
-  // Acceleration: ebpf-accel+proxy against ebpf+proxy on persistent
-  // connections, every request/response workload; the worst one counts.
-  {
-    struct Worst {
-      double q = 0;
-      std::string detail;
-      bool set = false;
-    };
-    Worst p50q, rateq, tailq;
-    bool ok = false;
-    for (const auto& w : r.workloads) {
-      if (w.rfind("rr-", 0) != 0) continue;
-      const Cell* a = r.cell("main", w, "ebpf-accel+proxy", 0);
-      const Cell* e = r.cell("main", w, "ebpf+proxy", 0);
-      if (!a || !e) continue;
-      ok = true;
-      auto take = [&](Worst& worst, double q, bool higher_is_worse, const std::string& detail) {
-        if (!worst.set || (higher_is_worse ? q > worst.q : q < worst.q)) worst = {q, w + ": " + detail, true};
-      };
-      if (auto q = paired_ratio(*a, *e))
-        take(p50q, *q, true, num(a->p50) + " µs vs " + num(e->p50) + " µs");
-      const double ra = median(a->round_rate), re = median(e->round_rate);
-      if (re > 0) take(rateq, ra / re, false, fmt("%.0f", ra) + " vs " + fmt("%.0f", re) + " req/s");
-      if (e->p999 > 0) take(tailq, a->p999 / e->p999, true, num(a->p999) + " µs vs " + num(e->p999) + " µs");
-    }
-    auto put = [&](const std::string& name, const Worst& w, const std::string& goal, bool pass) {
-      if (!ok || !w.set) return not_measured(name, goal);
-      r.targets.push_back({name, fmt("%.3fx", w.q) + " [worst " + w.detail + "]", goal, pass});
-    };
-    put("accel-rr-p50", p50q, "<= 0.7x eBPF without it", p50q.q <= 0.7);
-    put("accel-rr-rate", rateq, ">= 1.4x eBPF's requests/s", rateq.q >= 1.4);
-    put("accel-rr-p99.9", tailq, "<= 2x eBPF without it", tailq.q <= 2.0);
-    // Stalls: any error or timeout of the accelerated variant, in any
-    // workload (rr, throughput, connect), or a workload it did not finish.
-    uint64_t errors = 0;
-    size_t cells = 0, missing = 0;
-    for (const auto& w : r.workloads) {
-      auto it = r.cells.find(CellKey{"main", w, "ebpf-accel+proxy", 0});
-      if (it == r.cells.end()) {
-        missing++;
-        continue;
-      }
-      cells++;
-      errors += it->second.errors;
-      if (it->second.samples.empty()) missing++;
-    }
-    if (cells == 0)
-      not_measured("accel-no-stalls", "no stalls");
-    else
-      r.targets.push_back({"accel-no-stalls",
-                           std::to_string(errors) + " errors/timeouts, " + std::to_string(missing) +
-                               " unfinished workloads [" + std::to_string(cells) + " workloads]",
-                           "no stalls", errors == 0 && missing == 0});
-  }
-}
-
 std::string render_text(const Results& r) {
   std::ostringstream o;
   o << "meshcap-bench (" << r.profile << "), " << r.rounds << " round(s), " << fmt("%.0f", r.duration_s) << " s\n";
   for (const auto& [k, v] : r.machine) o << "  " << k << ": " << v << "\n";
   for (const auto& [k, v] : r.config) o << "  " << k << ": " << v << "\n";
   o << "  " << interference(r) << "\n";
-  for (const auto& t : latency_tables(r)) o << t.text();
-  if (auto t = throughput_table(r)) o << t->text();
-  for (const auto& t : scaling_tables(r)) o << t.text();
-  if (auto t = init_table(r)) o << t->text();
-  if (auto t = prog_stats_table(r)) o << t->text();
+  for (const auto& t : all_tables(r)) o << t.text();
   if (!r.notes.empty()) {
     o << "\nnotes:\n";
     for (const auto& n : r.notes) o << "  - " << n << "\n";
@@ -469,76 +332,50 @@ std::string render_text(const Results& r) {
 
 std::string render_targets(const Results& r) {
   std::string o;
-  for (const auto& t : r.targets) o += target_line(t) + "\n";
+  for (bool figures : {true, false})
+    for (const auto& t : r.targets)
+      if (t.figure == figures) o += target_line(t) + "\n";
   return o;
 }
 
 std::string render_markdown(const Results& r) {
   std::ostringstream o;
   o << "\n" << interference(r) << "\n";
-  for (const auto& t : latency_tables(r)) o << t.markdown();
-  if (auto t = throughput_table(r)) o << t->markdown();
-  for (const auto& t : scaling_tables(r)) o << t.markdown();
-  if (auto t = init_table(r)) o << t->markdown();
-  if (auto t = prog_stats_table(r)) o << t->markdown();
-  o << "\n```\n";
-  for (const auto& t : r.targets) o << target_line(t) << "\n";
-  o << "```\n";
+  for (const auto& t : all_tables(r)) o << t.markdown();
+  o << "\n```\n" << render_targets(r) << "```\n";
   return o.str();
 }
 
-std::string render_json(const Results& r) {
+namespace {
+
+nlohmann::json cell_json(const CellKey& k, const Cell& c) {
+  nlohmann::json x = {{"phase", k.phase}, {"workload", k.workload}, {"variant", k.variant},
+                      {"exclusions", k.exclusions}, {"errors", c.errors}};
+  if (k.workload != "throughput") {
+    x.update({{"samples", c.samples.size()}, {"p50_us", c.p50}, {"p90_us", c.p90}, {"p99_us", c.p99},
+              {"p99_9_us", c.p999}, {"mean_us", c.mean}, {"round_p50_us", c.round_p50_us},
+              {"spread_pct", spread_pct(c.round_p50_us)}});
+  } else {
+    x.update({{"rounds", c.round_rate.size()}, {"round_mb_per_s", c.round_rate}, {"mb_per_s", median(c.round_rate)},
+              {"round_cpu_s_per_gb", c.round_cpu_gb}, {"cpu_s_per_gb", median(c.round_cpu_gb)},
+              {"round_system_cpu_s_per_gb", c.round_sys_gb}, {"system_cpu_s_per_gb", median(c.round_sys_gb)},
+              {"spread_pct", spread_pct(c.round_rate)}});
+  }
+  if (!c.first_error.empty()) x["first_error"] = c.first_error;
+  if (k.workload.rfind("rr-", 0) == 0) x.update({{"round_requests_per_s", c.round_rate}, {"requests_per_s", median(c.round_rate)}});
+  return x;
+}
+
+nlohmann::json details_json(const Results& r) {
   using nlohmann::json;
   json j;
-  j["tool"] = "meshcap-bench";
-  j["command"] = r.command;
-  j["started"] = r.started;
-  j["duration_s"] = r.duration_s;
-  j["profile"] = r.profile;
-  j["rounds"] = r.rounds;
-  j["machine"] = r.machine;
-  j["config"] = r.config;
-  j["notes"] = r.notes;
-  j["interference"] = interference(r);
-  j["foreign_cpu_share_per_job"] = r.foreign_share;
-  j["sizes"] = r.sizes;
   json vs = json::array();
   for (const auto& v : r.variants)
     vs.push_back({{"name", v.name}, {"view", v.view}, {"capture", v.capture}, {"dials_local", v.local},
                   {"port", v.echo_port}, {"expect", v.expect}});
   j["variants"] = vs;
   json cells = json::array();
-  for (const auto& [k, c] : r.cells) {
-    json x = {{"phase", k.phase}, {"workload", k.workload}, {"variant", k.variant}, {"exclusions", k.exclusions},
-              {"errors", c.errors}};
-    if (k.workload != "throughput") {
-      x["samples"] = c.samples.size();
-      x["p50_us"] = c.p50;
-      x["p90_us"] = c.p90;
-      x["p99_us"] = c.p99;
-      x["p99_9_us"] = c.p999;
-      x["mean_us"] = c.mean;
-      x["round_p50_us"] = c.round_p50_us;
-      x["spread_pct"] = spread_pct(c.round_p50_us);
-    } else {
-      x["rounds"] = c.round_rate.size();
-    }
-    if (!c.first_error.empty()) x["first_error"] = c.first_error;
-    if (k.workload.rfind("rr-", 0) == 0) {
-      x["round_requests_per_s"] = c.round_rate;
-      x["requests_per_s"] = median(c.round_rate);
-    }
-    if (k.workload == "throughput") {
-      x["round_mb_per_s"] = c.round_rate;
-      x["mb_per_s"] = median(c.round_rate);
-      x["round_cpu_s_per_gb"] = c.round_cpu_gb;
-      x["cpu_s_per_gb"] = median(c.round_cpu_gb);
-      x["round_system_cpu_s_per_gb"] = c.round_sys_gb;
-      x["system_cpu_s_per_gb"] = median(c.round_sys_gb);
-      x["spread_pct"] = spread_pct(c.round_rate);
-    }
-    cells.push_back(x);
-  }
+  for (const auto& [k, c] : r.cells) cells.push_back(cell_json(k, c));
   j["cells"] = cells;
   json init = json::array();
   for (const auto& i : r.init)
@@ -552,157 +389,28 @@ std::string render_json(const Results& r) {
     ps.push_back({{"variant", s.variant}, {"workload", s.workload}, {"program", s.program}, {"units", s.units},
                   {"runs", s.runs}, {"run_ns", s.run_ns}});
   j["bpf_run_time"] = ps;
-  json targets = json::array();
-  for (const auto& t : r.targets)
-    targets.push_back({{"name", t.name}, {"measured", t.measured}, {"goal", t.goal}, {"pass", t.pass}});
-  j["targets"] = targets;
-  return j.dump(2) + "\n";
+  j["node"] = {{"pods", r.node.pods},         {"max_pods", r.node.max_pods}, {"seconds", r.node.seconds},
+               {"how", r.node.how},           {"memlock_bytes", r.node.memlock}, {"pods_enrolled", r.node.enrolled},
+               {"enroll_by_count_s", r.node.enroll_by_count}};
+  return j;
 }
 
-std::vector<std::string> write_plots(Results& r, const std::string& dir) {
-  std::vector<std::string> pngs;
-  const auto gp = test::find_binary("gnuplot");
-  if (!gp) {
-    r.notes.push_back("gnuplot is not installed (scripts/install-deps.sh installs gnuplot-nox): no PNG plots");
-    return pngs;
-  }
-  std::ostringstream script;
-  script << "set terminal pngcairo size 1100,650 noenhanced font ',10'\nset grid\nset key outside right\n";
-  // Latency distribution (CDF) of connection setup per variant and view.
-  for (const std::string view : {"proxy", "mechanism"}) {
-    std::vector<std::pair<std::string, std::string>> series;
-    for (const auto& v : r.variants) {
-      if (v.view != view) continue;
-      const Cell* c = r.cell("main", "connect", v.name, 0);
-      if (!c) continue;
-      const std::string file = dir + "/cdf-" + v.name + ".dat";
-      std::ofstream d(file);
-      d << "# latency_us cumulative_percent (" << c->sorted.size() << " samples)\n";
-      const size_t n = c->sorted.size();
-      for (int i = 0; i <= 1000; i++) {
-        const double p = i / 10.0;
-        d << c->sorted[std::min(n - 1, static_cast<size_t>(std::ceil(p / 100 * n)) - (p > 0 ? 1 : 0))] / 1000.0 << " "
-          << p << "\n";
-      }
-      for (double p : {99.5, 99.9, 99.95, 99.99, 100.0})
-        d << percentile_sorted(c->sorted, p) / 1000.0 << " " << p << "\n";
-      series.push_back({file, v.name});
-    }
-    if (series.empty()) continue;
-    const std::string png = dir + "/latency-connect-" + view + ".png";
-    script << "set output '" << png << "'\nset title 'connection setup latency, "
-           << (view == "proxy" ? "through haproxy" : "mechanism only (no proxy)")
-           << ", no exclusions: cumulative distribution'\nset xlabel 'latency (µs, log scale)'\n"
-           << "set ylabel 'samples <= x (%)'\nset logscale x\nset yrange [0:100]\nset xtics auto\nplot ";
-    for (size_t i = 0; i < series.size(); i++)
-      script << (i ? ", " : "") << "'" << series[i].first << "' using 1:2 with lines lw 2 title '" << series[i].second
-             << "'";
-    script << "\nunset logscale x\nset yrange [*:*]\n";
-    pngs.push_back(png);
-  }
-  // Rule-scaling curves.
-  if (!r.sizes.empty()) {
-    for (const std::string view : {"mechanism", "proxy"}) {
-      std::vector<std::string> names;
-      for (const auto& v : r.variants)
-        if (v.view == view && v.scaling) names.push_back(v.name);
-      if (names.empty()) continue;
-      const std::string file = dir + "/scaling-" + view + ".dat";
-      std::ofstream d(file);
-      d << "# index exclusions";
-      for (const auto& n : names) d << " " << n;
-      d << "  (connection-setup p50, µs)\n";
-      for (size_t i = 0; i < r.sizes.size(); i++) {
-        d << i << " " << r.sizes[i];
-        for (const auto& n : names) {
-          const Cell* c = r.cell("scaling", "connect", n, r.sizes[i]);
-          d << " " << (c ? num(c->p50) : std::string("NaN"));
-        }
-        d << "\n";
-      }
-      const std::string png = dir + "/scaling-" + view + ".png";
-      script << "set output '" << png << "'\nset title 'rule scaling, "
-             << (view == "proxy" ? "through haproxy" : "mechanism only (no proxy)")
-             << ": connection-setup p50 vs excluded CIDRs (destination matches none)'\n"
-             << "set xlabel 'excluded CIDRs (-x)'\nset ylabel 'p50 (µs)'\nset yrange [0:*]\nplot ";
-      for (size_t i = 0; i < names.size(); i++)
-        script << (i ? ", " : "") << "'" << file << "' using 1:" << i + 3 << ":xtic(2) with linespoints lw 2 title '"
-               << names[i] << "'";
-      script << "\nset yrange [*:*]\n";
-      pngs.push_back(png);
-    }
-  }
-  // Mechanism overhead by size (paired per round, as the goals use it).
-  if (!r.sizes.empty()) {
-    std::vector<std::string> caps;
-    for (const std::string cap : {"iptables-nft", "iptables-legacy", "ebpf"})
-      if (r.variant(cap + "-mech")) caps.push_back(cap);
-    if (!caps.empty() && r.variant("local-direct")) {
-      const std::string file = dir + "/scaling-overhead.dat";
-      std::ofstream d(file);
-      d << "# index exclusions";
-      for (const auto& c : caps) d << " " << c;
-      d << "  (connection-setup p50 minus local-direct's, median over rounds, µs)\n";
-      for (size_t i = 0; i < r.sizes.size(); i++) {
-        d << i << " " << r.sizes[i];
-        for (const auto& c : caps) {
-          const Cell* a = r.cell("scaling", "connect", c + "-mech", r.sizes[i]);
-          const Cell* b = r.cell("scaling", "connect", "local-direct", r.sizes[i]);
-          const auto x = a && b ? paired_diff(*a, *b) : std::nullopt;
-          d << " " << (x ? fmt("%.2f", *x) : "NaN");
-        }
-        d << "\n";
-      }
-      const std::string png = dir + "/scaling-overhead.png";
-      script << "set output '" << png << "'\nset title 'capture mechanism overhead on connection setup "
-             << "(p50 minus local-direct, median over rounds)'\n"
-             << "set xlabel 'excluded CIDRs (-x)'\nset ylabel 'overhead (µs)'\nset yrange [*:*]\nplot ";
-      for (size_t i = 0; i < caps.size(); i++)
-        script << (i ? ", " : "") << "'" << file << "' using 1:" << i + 3 << ":xtic(2) with linespoints lw 2 title '"
-               << caps[i] << "'";
-      script << "\n";
-      pngs.push_back(png);
-    }
-  }
-  // Init time by size.
-  if (!r.init.empty()) {
-    std::vector<size_t> sizes;
-    std::vector<std::string> caps;
-    for (const auto& i : r.init) {
-      if (std::find(sizes.begin(), sizes.end(), i.exclusions) == sizes.end()) sizes.push_back(i.exclusions);
-      if (std::find(caps.begin(), caps.end(), i.capture) == caps.end()) caps.push_back(i.capture);
-    }
-    std::sort(sizes.begin(), sizes.end());
-    const std::string file = dir + "/init.dat";
-    std::ofstream d(file);
-    d << "# index exclusions";
-    for (const auto& c : caps) d << " " << c;
-    d << "  (apply time, ms, median)\n";
-    for (size_t i = 0; i < sizes.size(); i++) {
-      d << i << " " << sizes[i];
-      for (const auto& c : caps) {
-        const InitRecord* rec = find_init(r, c, sizes[i]);
-        d << " " << (rec && !rec->apply_s.empty() ? fmt("%.3f", median(rec->apply_s) * 1e3) : "NaN");
-      }
-      d << "\n";
-    }
-    const std::string png = dir + "/init-apply.png";
-    script << "set output '" << png << "'\nset title 'apply capture to a fresh pod (median)'\n"
-           << "set xlabel 'excluded CIDRs (-x)'\nset ylabel 'ms (log scale)'\nset logscale y\nplot ";
-    for (size_t i = 0; i < caps.size(); i++)
-      script << (i ? ", " : "") << "'" << file << "' using 1:" << i + 3 << ":xtic(2) with linespoints lw 2 title '"
-             << caps[i] << "'";
-    script << "\nunset logscale y\n";
-    pngs.push_back(png);
-  }
-  const std::string script_path = dir + "/plots.gp";
-  std::ofstream(script_path) << script.str();
-  const Timed t = run_timed({*gp, script_path});
-  if (!t.ok()) {
-    r.notes.push_back("gnuplot failed: " + t.output);
-    pngs.clear();
-  }
-  return pngs;
+}  // namespace
+
+std::string render_json(const Results& r) {
+  using nlohmann::json;
+  json j = details_json(r);
+  j.update({{"tool", "meshcap-bench"},        {"command", r.command}, {"started", r.started},
+            {"duration_s", r.duration_s},     {"profile", r.profile}, {"rounds", r.rounds},
+            {"machine", r.machine},           {"config", r.config},   {"notes", r.notes},
+            {"interference", interference(r)}, {"foreign_cpu_share_per_job", r.foreign_share},
+            {"sizes", r.sizes}});
+  json targets = json::array();
+  for (const auto& t : r.targets)
+    targets.push_back({{"name", t.name}, {"measured", t.measured}, {"goal", t.goal}, {"pass", t.pass},
+                       {"figure", t.figure}});
+  j["targets"] = targets;
+  return j.dump(2) + "\n";
 }
 
 }  // namespace meshcap::bench

@@ -19,7 +19,7 @@ struct VariantDef {
   bool local = false;     ///< dials 127.0.0.1 (else the peer's address)
   uint16_t echo_port = 0;
   uint16_t sink_port = 0; ///< 0: no throughput workload
-  std::string view;       ///< "proxy" (through haproxy) or "mechanism" (no proxy)
+  std::string view;       ///< "proxy" (through haproxy), "mechanism" (no proxy) or "node"
   std::string capture;    ///< "none", "iptables-nft", "iptables-legacy", "ebpf"
   bool persistent = false;  ///< also runs the rr and throughput workloads
   bool scaling = false;     ///< part of the rule-scaling phase
@@ -53,9 +53,21 @@ struct ProgStat {
   uint64_t run_ns = 0;
 };
 
+/// Node mode's figures besides its connection cells (phase "node").
+struct NodeFigures {
+  size_t pods = 0;      ///< pods enrolled in the many-pods state
+  size_t max_pods = 0;  ///< the node's --max-pods
+  std::map<std::string, std::vector<double>> seconds;  ///< every timing of a step, by step
+  std::map<std::string, std::string> how;               ///< what each step ran
+  std::map<std::string, uint64_t> memlock;              ///< maps' memlock bytes, by state
+  std::map<std::string, size_t> enrolled;               ///< pods enrolled when memlock was read
+  std::vector<double> enroll_by_count;                  ///< k-th pod's in-process enrolment, s
+};
+
 struct Target {
   std::string name, measured, goal;
   bool pass = false;
+  bool figure = false;  ///< kept for comparison with older runs, not a goal any more
 };
 
 struct Results {
@@ -72,6 +84,7 @@ struct Results {
   std::map<CellKey, Cell> cells;
   std::vector<InitRecord> init;
   std::vector<ProgStat> prog_stats;
+  NodeFigures node;
   std::vector<Target> targets;
   std::vector<std::string> notes;              ///< anything that went wrong
   /// Per job: share of the data-path CPUs busy with work other than the
@@ -85,11 +98,13 @@ struct Results {
                    size_t exclusions) const;
 };
 
-/// Fills results.targets from the cells and init records (issue 7's goals).
+/// Fills results.targets from the cells, init records and node figures:
+/// issue 7's goals and node mode's, and the figures kept beside them.
 void compute_targets(Results& r);
 /// The terminal report: machine, settings, tables and notes.
 std::string render_text(const Results& r);
-/// One line per target: `target NAME: MEASURED (goal GOAL) PASS|MISS`.
+/// One line per target: `target NAME: MEASURED (goal GOAL) PASS|MISS`,
+/// after one line per figure: `figure NAME: MEASURED (was a goal: GOAL)`.
 std::string render_targets(const Results& r);
 /// The same tables as markdown (for docs/benchmarks.md).
 std::string render_markdown(const Results& r);

@@ -61,83 +61,45 @@ std::string join(const std::vector<std::string>& v, const std::string& sep) {
   return out;
 }
 
-Timed run_timed(const std::vector<std::string>& argv, const std::string& input, const std::string& netns_path,
-                std::chrono::milliseconds timeout) {
-  Timed t;
-  const auto bin = test::find_binary(argv.at(0));
-  if (!bin) {
-    t.output = argv[0] + ": not found";
-    return t;
-  }
-  int in[2], out[2];
-  if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) {
-    t.output = std::string("pipe: ") + std::strerror(errno);
-    return t;
-  }
-  int ns_fd = -1;
-  if (!netns_path.empty()) {
-    ns_fd = ::open(netns_path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (ns_fd < 0) {
-      t.output = "open " + netns_path + ": " + std::strerror(errno);
-      for (int fd : {in[0], in[1], out[0], out[1]}) ::close(fd);
-      return t;
-    }
-  }
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args[0] = const_cast<char*>(bin->c_str());
-  args.push_back(nullptr);
+namespace {
+
+// The child of run_timed: enters the namespace, wires the pipes, execs.
+pid_t spawn(std::vector<char*>& args, int in_fd, int out_fd, int ns_fd) {
   const pid_t parent = ::getpid();
-  const auto t0 = Clock::now();
   const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(127);
-    if (ns_fd >= 0 && ::setns(ns_fd, CLONE_NEWNET) != 0) ::_exit(126);
-    ::dup2(in[0], 0);
-    ::dup2(out[1], 1);
-    ::dup2(out[1], 2);
-    ::execv(args[0], args.data());
-    ::_exit(127);
-  }
-  ::close(in[0]);
-  ::close(out[1]);
-  if (ns_fd >= 0) ::close(ns_fd);
-  if (pid < 0) {
-    ::close(in[1]);
-    ::close(out[0]);
-    t.output = std::string("fork: ") + std::strerror(errno);
-    return t;
-  }
-  // Feed stdin and collect output together: neither side may fill a pipe.
+  if (pid != 0) return pid;
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != parent) ::_exit(127);
+  if (ns_fd >= 0 && ::setns(ns_fd, CLONE_NEWNET) != 0) ::_exit(126);
+  ::dup2(in_fd, 0);
+  ::dup2(out_fd, 1);
+  ::dup2(out_fd, 2);
+  ::execv(args[0], args.data());
+  ::_exit(127);
+}
+
+// Feeds `input` to in_fd and collects out_fd together (neither side may
+// fill a pipe) until the output closes or the deadline passes; false on
+// the deadline.
+bool pump(int in_fd, int out_fd, const std::string& input, std::string& output, Clock::time_point deadline) {
   size_t written = 0;
-  int in_fd = in[1];
   if (input.empty()) {
     ::close(in_fd);
     in_fd = -1;
   } else {
     ::fcntl(in_fd, F_SETFL, O_NONBLOCK);
   }
-  const auto deadline = t0 + timeout;
-  bool out_open = true;
-  bool timed_out = false;
-  while (out_open) {
-    if (Clock::now() > deadline) {
-      timed_out = true;
-      break;
-    }
-    pollfd fds[2] = {{out[0], POLLIN, 0}, {in_fd, POLLOUT, 0}};
+  bool out_open = true, in_time = true;
+  while (out_open && (in_time = Clock::now() <= deadline)) {
+    pollfd fds[2] = {{out_fd, POLLIN, 0}, {in_fd, POLLOUT, 0}};
     const int n = ::poll(fds, in_fd >= 0 ? 2 : 1, 200);
     if (n < 0 && errno != EINTR) break;
     if (n <= 0) continue;
     if (fds[0].revents) {
       char buf[4096];
-      const ssize_t r = ::read(out[0], buf, sizeof buf);
-      if (r > 0) {
-        if (t.output.size() < (1u << 20)) t.output.append(buf, static_cast<size_t>(r));
-      } else if (r == 0 || errno != EINTR) {
-        out_open = false;
-      }
+      const ssize_t r = ::read(out_fd, buf, sizeof buf);
+      if (r > 0 && output.size() < (1u << 20)) output.append(buf, static_cast<size_t>(r));
+      if (r == 0 || (r < 0 && errno != EINTR)) out_open = false;
     }
     if (in_fd >= 0 && fds[1].revents) {
       const ssize_t w = ::write(in_fd, input.data() + written, input.size() - written);
@@ -149,16 +111,53 @@ Timed run_timed(const std::vector<std::string>& argv, const std::string& input, 
     }
   }
   if (in_fd >= 0) ::close(in_fd);
+  return in_time;
+}
+
+}  // namespace
+
+Timed run_timed(const std::vector<std::string>& argv, const std::string& input, const std::string& netns_path,
+                std::chrono::milliseconds timeout) {
+  Timed t;
+  const auto bin = test::find_binary(argv.at(0));
+  if (!bin) {
+    t.output = argv[0] + ": not found";
+    return t;
+  }
+  test::UniqueFd ns;
+  if (!netns_path.empty() && !(ns = test::UniqueFd(::open(netns_path.c_str(), O_RDONLY | O_CLOEXEC)))) {
+    t.output = "open " + netns_path + ": " + std::strerror(errno);
+    return t;
+  }
+  int in[2], out[2];
+  if (::pipe2(in, O_CLOEXEC) != 0) return t.output = std::string("pipe: ") + std::strerror(errno), t;
+  if (::pipe2(out, O_CLOEXEC) != 0) {
+    for (int fd : in) ::close(fd);
+    return t.output = std::string("pipe: ") + std::strerror(errno), t;
+  }
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args[0] = const_cast<char*>(bin->c_str());
+  args.push_back(nullptr);
+  const auto t0 = Clock::now();
+  const pid_t pid = spawn(args, in[0], out[1], ns.get());
+  ::close(in[0]);
+  ::close(out[1]);
+  if (pid < 0) {
+    for (int fd : {in[1], out[0]}) ::close(fd);
+    return t.output = std::string("fork: ") + std::strerror(errno), t;
+  }
+  const bool in_time = pump(in[1], out[0], input, t.output, t0 + timeout);
   ::close(out[0]);
-  int status = 0;
-  if (timed_out) {
+  if (!in_time) {
     ::kill(pid, SIGKILL);
     t.output += "\n(killed after " + std::to_string(timeout.count()) + " ms)";
   }
+  int status = 0;
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   t.seconds = since(t0);
-  t.exit_code = timed_out ? -1 : test::wait_status_to_code(status);
+  t.exit_code = in_time ? test::wait_status_to_code(status) : -1;
   return t;
 }
 
@@ -188,21 +187,25 @@ std::vector<std::string> capture_flags(const std::vector<std::string>& exclusion
   return f;
 }
 
+std::string istio_payload_for(const std::vector<std::string>& flags) {
+  const EnvLookup no_env = [](const std::string&) { return std::optional<std::string>{}; };
+  const CaptureConfig cfg = parse_capture_args(flags, no_env);
+  return iptables::render_istio_rules(cfg, false).ipv4.text();
+}
+
 std::string istio_payload(const std::vector<std::string>& exclusions) {
   static std::map<size_t, std::string> cache;  // the lists are prefixes of one sequence
   if (auto it = cache.find(exclusions.size()); it != cache.end()) return it->second;
-  const EnvLookup no_env = [](const std::string&) { return std::optional<std::string>{}; };
-  const CaptureConfig cfg = parse_capture_args(capture_flags(exclusions), no_env);
-  std::string text = iptables::render_istio_rules(cfg, false).ipv4.text();
-  cache[exclusions.size()] = text;
-  return text;
+  return cache[exclusions.size()] = istio_payload_for(capture_flags(exclusions));
 }
 
 // ---- Rig ----
 
 Rig::Rig(std::string label, Capture capture, Sidecar sidecar, const RigOptions& options)
     : label_(std::move(label)), capture_(capture), sidecar_(sidecar), options_(options) {
-  pod_ = std::make_unique<test::TestPod>();
+  test::TestPod::Options o;
+  o.cgroup_parent = options_.cgroup_parent;
+  pod_ = std::make_unique<test::TestPod>(o);
   name_ = "mcb-" + pod_->suffix();
   start_servers();
 }
@@ -289,13 +292,17 @@ void Rig::start_servers() {
 std::vector<pid_t> Rig::server_pids() const { return servers_; }
 
 double Rig::apply(const std::vector<std::string>& exclusions) {
+  return apply_flags(capture_flags(exclusions), exclusions.size());
+}
+
+double Rig::apply_flags(const std::vector<std::string>& flags, size_t exclusions) {
   if (capture_ == Capture::none) return 0;
-  const std::vector<std::string> flags = capture_flags(exclusions);
   Timed t;
   if (capture_ == Capture::ebpf || options_.meshcap_iptables) {
     std::vector<std::string> argv = {options_.meshcap_bin, "init", "--log-level", "warn", "--mode",
                                      capture_ == Capture::ebpf ? "ebpf" : "iptables", "--name", name_,
-                                     "--cgroup", pod_->cgroup_path(), "--netns", pod_->pod_netns_path()};
+                                     "--netns", pod_->pod_netns_path()};
+    if (!options_.node) argv.insert(argv.end(), {"--cgroup", pod_->cgroup_path()});
     if (capture_ == Capture::ebpf && accelerate_) argv.push_back("--accelerate");
     if (capture_ != Capture::ebpf) {
       argv.push_back("--force-iptables-binary");
@@ -309,13 +316,13 @@ double Rig::apply(const std::vector<std::string>& exclusions) {
     std::vector<std::string> argv = {restore_binary(capture_)};
     if (!captured_) argv.push_back("--noflush");
     if (capture_ == Capture::legacy) argv.push_back("--wait=30");
-    t = run_timed(argv, istio_payload(exclusions), pod_->pod_netns_path());
+    t = run_timed(argv, istio_payload_for(flags), pod_->pod_netns_path());
   }
   if (!t.ok())
     throw std::runtime_error(label_ + ": applying " + capture_name(capture_) + " capture with " +
-                             std::to_string(exclusions.size()) + " exclusions failed: " + t.output);
+                             std::to_string(exclusions) + " exclusions failed: " + t.output);
   captured_ = true;
-  applied_ = exclusions.size();
+  applied_ = exclusions;
   if (connect_only_ && capture_ == Capture::ebpf) {
     for (const auto& link : loader::pinned_state(name_).links)
       if (link.find("connect4") == std::string::npos && link.find("connect6") == std::string::npos)
@@ -324,39 +331,31 @@ double Rig::apply(const std::vector<std::string>& exclusions) {
   return t.seconds;
 }
 
-std::map<std::string, std::pair<uint64_t, uint64_t>> Rig::program_stats() const {
-  std::map<std::string, std::pair<uint64_t, uint64_t>> out;
-  if (capture_ != Capture::ebpf || !captured_) return out;
+ProgramStats program_stats(const std::string& dir) {
+  ProgramStats out;
   auto add_prog = [&](uint32_t id) {
-    int fd = bpf_prog_get_fd_by_id(id);
-    if (fd < 0) return;
+    const test::UniqueFd fd(bpf_prog_get_fd_by_id(id));
     bpf_prog_info info{};
     __u32 len = sizeof info;
-    if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0) {
+    if (fd && bpf_obj_get_info_by_fd(fd.get(), &info, &len) == 0) {
       auto& v = out[info.name];
       v.first += info.run_cnt;
       v.second += info.run_time_ns;
     }
-    ::close(fd);
   };
-  const std::string dir = loader::pin_dir(name_);
-  for (const auto& link : loader::pinned_state(name_).links) {
-    int fd = bpf_obj_get((dir + "/" + link).c_str());
-    if (fd < 0) continue;
-    bpf_link_info info{};
-    __u32 len = sizeof info;
-    if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0) add_prog(info.prog_id);
-    ::close(fd);
-  }
+  for (const auto& link : loader::pinned_links(dir))
+    if (link.prog_id) add_prog(link.prog_id);
   // The sk_msg program hangs off the accelerated-socket map, not a link.
-  int map = bpf_obj_get((dir + "/map_accel_socks").c_str());
-  if (map >= 0) {
-    __u32 ids[4] = {}, n = 4;
-    if (bpf_prog_query(map, BPF_SK_MSG_VERDICT, 0, nullptr, ids, &n) == 0)
-      for (__u32 i = 0; i < n; i++) add_prog(ids[i]);
-    ::close(map);
-  }
+  const test::UniqueFd map(bpf_obj_get((dir + "/map_accel_socks").c_str()));
+  __u32 ids[4] = {}, n = 4;
+  if (map && bpf_prog_query(map.get(), BPF_SK_MSG_VERDICT, 0, nullptr, ids, &n) == 0)
+    for (__u32 i = 0; i < n; i++) add_prog(ids[i]);
   return out;
+}
+
+ProgramStats Rig::program_stats() const {
+  if (capture_ != Capture::ebpf || !captured_) return {};
+  return bench::program_stats(options_.node ? loader::node_dir() : loader::pin_dir(name_));
 }
 
 double Rig::remove() {
@@ -379,13 +378,15 @@ ClientResult Rig::run_client(ClientSpec spec) {
   const int cpu = options_.cpus.client;
   spec.cpu_pids = servers_;
   spec.cpus = options_.cpus.data_cpus();
+  const test::Identity id = spec.cgroup.empty() ? test::Identity::user(1000, 1000) : test::Identity::root();
   auto [pid, fd] = pod_->start_in_pod_with_pipe(
       [spec, cpu](int wfd) {
+        if (!spec.cgroup.empty()) test::write_text_file(spec.cgroup + "/cgroup.procs", std::to_string(::getpid()));
         pin_to_cpu(cpu);
         const ClientResult r = bench::run_client(spec);
         return write_result(wfd, r) ? 0 : 1;
       },
-      test::Identity::user(1000, 1000));
+      id);
   ClientResult r;
   const int limit_ms = static_cast<int>(spec.seconds * 1000) + 30000;
   if (!read_result(fd.get(), r, limit_ms)) {
@@ -404,35 +405,6 @@ std::string Rig::probe(const std::string& ip, uint16_t port) {
   } catch (const std::exception& e) {
     return std::string("error ") + e.what();
   }
-}
-
-std::vector<std::string> bench_captures() {
-  std::vector<std::string> names;
-  for (const auto& name : loader::pinned_pods())
-    if (name.rfind("mcb-", 0) == 0) names.push_back(name);
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(kStateDir, ec)) {
-    const std::string f = e.path().filename().string();
-    if (f.rfind("mcb-", 0) == 0 && e.path().extension() == ".json") {
-      const std::string name = e.path().stem().string();
-      if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
-    }
-  }
-  return names;
-}
-
-int remove_stale_captures(const std::string& meshcap_bin) {
-  int n = 0;
-  for (const auto& name : bench_captures()) {
-    const Timed t = run_timed({meshcap_bin, "cleanup", "--log-level", "warn", "--name", name});
-    if (!t.ok()) {
-      loader::remove_pins(name);
-      std::error_code ec;
-      std::filesystem::remove(std::string(kStateDir) + "/" + name + ".json", ec);
-    }
-    n++;
-  }
-  return n;
 }
 
 bool meshcap_has_iptables_mode(const std::string& meshcap_bin, test::TestPod& pod) {

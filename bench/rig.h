@@ -74,6 +74,8 @@ std::vector<std::string> capture_flags(const std::vector<std::string>& exclusion
 /// The IPv4 iptables-restore payload istio-iptables would apply for
 /// capture_flags(exclusions) (meshcap's own istio-identical rendering).
 std::string istio_payload(const std::vector<std::string>& exclusions);
+/// The same for any istio-iptables flags.
+std::string istio_payload_for(const std::vector<std::string>& flags);
 
 /// Settings shared by every rig.
 struct RigOptions {
@@ -83,7 +85,20 @@ struct RigOptions {
   /// iptables variants (when it works) instead of iptables-restore.
   bool meshcap_iptables = false;
   double server_lifetime_s = 7200;  ///< upper bound on any server's life
+  /// The cgroup v2 directory the pod's cgroup is made in ("" = the root):
+  /// a test node's, for pods under a node data path.
+  std::string cgroup_parent;
+  /// eBPF capture by enrolling in the running node data path (`meshcap
+  /// init` without --cgroup) instead of a data path of the pod's own.
+  bool node = false;
 };
+
+/// BPF programs of a data path: name -> (run count, run time in ns) as the
+/// kernel counts them while BPF statistics are enabled.
+using ProgramStats = std::map<std::string, std::pair<uint64_t, uint64_t>>;
+/// The programs of the data path pinned at `dir` (its cgroup links and the
+/// sk_msg program of its accelerated-socket map).
+ProgramStats program_stats(const std::string& dir);
 
 /// One pod with its servers and capture.
 class Rig {
@@ -106,6 +121,8 @@ class Rig {
   /// Applies (or replaces) the capture with these exclusions; returns the
   /// command's wall time. Throws std::runtime_error on failure.
   double apply(const std::vector<std::string>& exclusions);
+  /// The same with any istio-iptables flags.
+  double apply_flags(const std::vector<std::string>& flags, size_t exclusions = 0);
   /// Diagnostic (eBPF only): after each apply, detach every program except
   /// connect4/connect6 by unlinking their link pins, to show what the
   /// connect hook alone costs. The capture then no longer answers
@@ -117,12 +134,13 @@ class Rig {
   /// Removes the capture; returns the wall time. No-op for Capture::none.
   double remove();
   size_t applied_exclusions() const { return applied_; }
-  /// The capture's BPF programs (eBPF only): name -> (run count, run time
-  /// in ns) as the kernel counts them while BPF statistics are enabled.
-  std::map<std::string, std::pair<uint64_t, uint64_t>> program_stats() const;
+  /// The capture's BPF programs (eBPF only; see program_stats()).
+  ProgramStats program_stats() const;
 
   /// Runs the load client in the pod (its cgroup, as UID/GID 1000), pinned
   /// to the client CPU; returns its result (errors noted in the result).
+  /// With spec.cgroup set, the client runs as root and moves itself into
+  /// that cgroup first.
   ClientResult run_client(ClientSpec spec);
   /// Sends the probe (see workload.h) from the pod as UID 1000: "TAG
   /// PEER-SEEN-BY-SERVER LOCAL", or "error ...".
@@ -144,15 +162,6 @@ class Rig {
   bool accelerate_ = false;
   size_t applied_ = 0;
 };
-
-/// Where meshcap keeps a pod's state (one NAME.json per capture).
-inline constexpr const char* kStateDir = "/run/meshcap/pods";
-
-/// Names of the benchmark's captures ("mcb-*") that meshcap still knows:
-/// pinned eBPF state or a state file (iptables mode).
-std::vector<std::string> bench_captures();
-/// Removes captures a killed benchmark left behind; returns how many.
-int remove_stale_captures(const std::string& meshcap_bin);
 
 /// True when `meshcap init --mode iptables` works in this build (checked
 /// with a dry run against a throwaway pod).

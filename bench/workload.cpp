@@ -12,16 +12,18 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <optional>
 #include <cstring>
 #include <ctime>
 #include <fstream>
 #include <sstream>
 #include <unordered_map>
 
-namespace meshcap::bench {
+#include "support/sockets.h"
 
-namespace {
+namespace meshcap::bench {
 
 uint64_t now_ns() {
   timespec ts{};
@@ -29,16 +31,19 @@ uint64_t now_ns() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
+void set_int(int fd, int level, int opt, int v) { ::setsockopt(fd, level, opt, &v, sizeof v); }
+
+namespace {
+
 std::string errno_text(const char* step, int err) { return std::string(step) + ": " + std::strerror(err); }
 
-bool make_addr(const std::string& ip, uint16_t port, sockaddr_in& sa) {
-  std::memset(&sa, 0, sizeof sa);
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons(port);
-  return ::inet_pton(AF_INET, ip.c_str(), &sa.sin_addr) == 1;
-}
-
-void set_int(int fd, int level, int opt, int v) { ::setsockopt(fd, level, opt, &v, sizeof v); }
+// The address of a workload, parsed once (IPv4 or IPv6).
+struct Target {
+  sockaddr_storage sa{};
+  socklen_t len = 0;
+  int family() const { return sa.ss_family; }
+  const sockaddr* addr() const { return reinterpret_cast<const sockaddr*>(&sa); }
+};
 
 void set_timeouts(int fd, int ms) {
   timeval tv{ms / 1000, (ms % 1000) * 1000};
@@ -155,289 +160,249 @@ bool give_up(const ClientResult& r, uint64_t attempts) { return r.errors > 50 &&
 
 // ---- workloads ----
 
-ClientResult run_connect(const ClientSpec& spec, const sockaddr_in& sa) {
-  ClientResult r;
-  std::string msg(spec.message, 'q');
-  std::string buf(spec.message, '\0');
-  r.samples_ns.reserve(spec.count);
-  const uint64_t deadline = now_ns() + static_cast<uint64_t>(spec.seconds * 1e9);
-  const linger lg{1, 0};
-  sockaddr_in src{};
-  const bool have_src = !spec.bind_ip.empty() && make_addr(spec.bind_ip, 0, src);
+Target target_of(const ClientSpec& spec) {
+  Target t;
+  t.sa = test::make_sockaddr(spec.ip, spec.port, &t.len);
+  return t;
+}
+
+// One timed connection of the connect workload: socket, (bind), connect,
+// request, response, close with SO_LINGER 0 (no TIME_WAIT pile-up). The
+// failed step's name and errno on failure.
+std::optional<std::string> one_connection(const ClientSpec& spec, const Target& dst, const Target* src,
+                                          std::string& msg, std::string& buf) {
+  const int fd = ::socket(dst.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errno_text("socket", errno);
+  test::set_linger_zero(fd);
+  set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+  set_timeouts(fd, spec.io_timeout_ms);
+  bool ok = true;
+  const char* step = "bind";
+  if (src) {
+    // What a redirect keeps: the pod's own source address (port at connect).
+    set_int(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1);
+    ok = ::bind(fd, src->addr(), src->len) == 0;
+  }
+  if (ok && !(ok = ::connect(fd, dst.addr(), dst.len) == 0)) step = "connect";
+  if (ok && !(ok = send_all(fd, msg.data(), msg.size()))) step = "send";
+  if (ok && !(ok = recv_all(fd, buf.data(), buf.size()))) step = "recv";
+  const int err = errno;
+  ::close(fd);
+  if (!ok) return errno_text(step, err);
+  return std::nullopt;
+}
+
+// Marks where sampling starts (after the warm-up) and charges the CPU time
+// from there.
+struct Sampling {
   CpuSnapshot before;
   uint64_t t_start = 0;
-  const uint64_t total = spec.warmup + spec.count;
-  for (uint64_t i = 0; i < total && now_ns() < deadline && !give_up(r, i); i++) {
-    if (i == spec.warmup) {
-      before = cpu_snapshot(spec);
-      t_start = now_ns();
-    }
-    const uint64_t t0 = now_ns();
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-      note_error(r, errno_text("socket", errno));
-      continue;
-    }
-    // SO_LINGER 0: close() resets, so a long loop leaves no TIME_WAIT behind.
-    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1);
-    set_timeouts(fd, spec.io_timeout_ms);
-    bool ok = true;
-    const char* step = "bind";
-    if (have_src) {
-      // What a redirect keeps: the pod's own source address (port at connect).
-      set_int(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1);
-      ok = ::bind(fd, reinterpret_cast<const sockaddr*>(&src), sizeof src) == 0;
-    }
-    if (ok) {
-      ok = ::connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof sa) == 0;
-      step = "connect";
-    }
-    if (ok) {
-      ok = send_all(fd, msg.data(), msg.size());
-      step = "send";
-    }
-    if (ok) {
-      ok = recv_all(fd, buf.data(), buf.size());
-      step = "recv";
-    }
-    const int err = errno;
-    ::close(fd);
-    const uint64_t t1 = now_ns();
-    if (!ok) {
-      note_error(r, errno_text(step, err));
-    } else if (i >= spec.warmup) {
-      r.samples_ns.push_back(static_cast<uint32_t>(std::min<uint64_t>(t1 - t0, UINT32_MAX)));
-    }
+  void start(const ClientSpec& spec) {
+    before = cpu_snapshot(spec);
+    t_start = now_ns();
   }
-  if (t_start != 0) {
+  void finish(const ClientSpec& spec, ClientResult& r) const {
+    if (t_start == 0) return;
     r.elapsed_ns = now_ns() - t_start;
     charge_cpu(spec, before, r);
   }
+};
+
+uint32_t clamp_ns(uint64_t ns) { return static_cast<uint32_t>(std::min<uint64_t>(ns, UINT32_MAX)); }
+
+ClientResult run_connect(const ClientSpec& spec) {
+  ClientResult r;
+  const Target dst = target_of(spec);
+  Target src;
+  if (!spec.bind_ip.empty()) src.sa = test::make_sockaddr(spec.bind_ip, 0, &src.len);
+  std::string msg(spec.message, 'q'), buf(spec.message, '\0');
+  r.samples_ns.reserve(spec.count);
+  const uint64_t deadline = now_ns() + static_cast<uint64_t>(spec.seconds * 1e9);
+  Sampling sampling;
+  const uint64_t total = spec.warmup + spec.count;
+  for (uint64_t i = 0; i < total && now_ns() < deadline && !give_up(r, i); i++) {
+    if (i == spec.warmup) sampling.start(spec);
+    const uint64_t t0 = now_ns();
+    const auto failed = one_connection(spec, dst, spec.bind_ip.empty() ? nullptr : &src, msg, buf);
+    const uint64_t t1 = now_ns();
+    if (failed)
+      note_error(r, *failed);
+    else if (i >= spec.warmup)
+      r.samples_ns.push_back(clamp_ns(t1 - t0));
+  }
+  sampling.finish(spec, r);
   return r;
 }
 
-int connect_persistent(const sockaddr_in& sa, int timeout_ms, std::string& err) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    err = errno_text("socket", errno);
-    return -1;
+// A workload's persistent connection (setup not timed): blocking, with
+// TCP_NODELAY and the I/O timeouts; invalid when it fails, noted in `r`.
+test::UniqueFd connect_noted(const ClientSpec& spec, ClientResult& r) {
+  test::Connection c = test::connect_tcp(spec.ip, spec.port, test::Millis(spec.io_timeout_ms));
+  if (!c.ok()) {
+    note_error(r, errno_text("connect", c.error));
+    return {};
   }
-  set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1);
-  set_timeouts(fd, timeout_ms);
-  if (::connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof sa) != 0) {
-    err = errno_text("connect", errno);
-    ::close(fd);
-    return -1;
-  }
-  return fd;
+  set_int(c.fd.get(), IPPROTO_TCP, TCP_NODELAY, 1);
+  set_timeouts(c.fd.get(), spec.io_timeout_ms);
+  return std::move(c.fd);
 }
 
-// A workload's persistent connection; -1 when it fails, the error noted in `r`.
-int connect_noted(const ClientSpec& spec, const sockaddr_in& sa, ClientResult& r) {
-  std::string err;
-  const int fd = connect_persistent(sa, spec.io_timeout_ms, err);
-  if (fd < 0) note_error(r, err);
-  return fd;
-}
-
-ClientResult run_rr_single(const ClientSpec& spec, const sockaddr_in& sa) {
+ClientResult run_rr_single(const ClientSpec& spec) {
   ClientResult r;
-  const int fd = connect_noted(spec, sa, r);
-  if (fd < 0) return r;
-  std::string msg(spec.message, 'r');
-  std::string buf(spec.message, '\0');
+  const test::UniqueFd fd = connect_noted(spec, r);
+  if (!fd) return r;
+  std::string msg(spec.message, 'r'), buf(spec.message, '\0');
   r.samples_ns.reserve(spec.count);
   const uint64_t deadline = now_ns() + static_cast<uint64_t>(spec.seconds * 1e9);
-  CpuSnapshot before;
-  uint64_t t_start = 0;
+  Sampling sampling;
   const uint64_t total = spec.warmup + spec.count;
   for (uint64_t i = 0; i < total && now_ns() < deadline; i++) {
-    if (i == spec.warmup) {
-      before = cpu_snapshot(spec);
-      t_start = now_ns();
-    }
+    if (i == spec.warmup) sampling.start(spec);
     const uint64_t t0 = now_ns();
-    if (!send_all(fd, msg.data(), msg.size()) || !recv_all(fd, buf.data(), buf.size())) {
+    if (!send_all(fd.get(), msg.data(), msg.size()) || !recv_all(fd.get(), buf.data(), buf.size())) {
       note_error(r, errno_text("request", errno));
       break;  // the connection is unusable
     }
-    const uint64_t t1 = now_ns();
-    if (i >= spec.warmup) r.samples_ns.push_back(static_cast<uint32_t>(std::min<uint64_t>(t1 - t0, UINT32_MAX)));
+    if (i >= spec.warmup) r.samples_ns.push_back(clamp_ns(now_ns() - t0));
   }
-  if (t_start != 0) {
-    r.elapsed_ns = now_ns() - t_start;
-    charge_cpu(spec, before, r);
-  }
-  ::close(fd);
+  sampling.finish(spec, r);
   return r;
 }
 
 // Several persistent connections, one request in flight on each (closed
 // loop), multiplexed with epoll in this one process.
-ClientResult run_rr_multi(const ClientSpec& spec, const sockaddr_in& sa) {
-  ClientResult r;
+class MultiRr {
+ public:
+  MultiRr(const ClientSpec& spec, ClientResult& r) : spec_(spec), r_(r), msg_(spec.message, 'm'), buf_(spec.message) {}
+
+  ClientResult& run() {
+    if (!open()) return r_;
+    warm_ = spec_.warmup * conns_.size();
+    total_ = warm_ + spec_.count;
+    deadline_ = now_ns() + static_cast<uint64_t>(spec_.seconds * 1e9);
+    r_.samples_ns.reserve(spec_.count);
+    bool ok = true;
+    for (size_t i = 0; i < conns_.size() && ok; i++) ok = send_request(i);
+    while (ok && in_flight_ > 0) ok = step();
+    sampling_.finish(spec_, r_);
+    return r_;
+  }
+
+ private:
   struct Conn {
-    int fd = -1;
+    test::UniqueFd fd;
     uint64_t sent_at = 0;
     size_t got = 0;
   };
-  std::vector<Conn> conns(static_cast<size_t>(spec.connections));
-  const int ep = ::epoll_create1(EPOLL_CLOEXEC);
-  auto close_all = [&] {
-    for (auto& c : conns)
-      if (c.fd >= 0) ::close(c.fd);
-    ::close(ep);
-  };
-  for (size_t i = 0; i < conns.size(); i++) {
-    conns[i].fd = connect_noted(spec, sa, r);
-    if (conns[i].fd < 0) {
-      close_all();
-      return r;
+
+  bool open() {
+    ep_ = test::UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
+    conns_.resize(static_cast<size_t>(spec_.connections));
+    for (size_t i = 0; i < conns_.size(); i++) {
+      if (!(conns_[i].fd = connect_noted(spec_, r_))) return false;
+      set_nonblocking(conns_[i].fd.get());
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.u64 = i;
+      ::epoll_ctl(ep_.get(), EPOLL_CTL_ADD, conns_[i].fd.get(), &ev);
     }
-    set_nonblocking(conns[i].fd);
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = i;
-    ::epoll_ctl(ep, EPOLL_CTL_ADD, conns[i].fd, &ev);
+    return true;
   }
-  std::string msg(spec.message, 'm');
-  std::vector<char> buf(spec.message);
-  auto send_request = [&](Conn& c) {
+
+  // A request of at most a few KiB fits an idle socket's send buffer.
+  bool send_request(size_t i) {
+    Conn& c = conns_[i];
     c.got = 0;
     c.sent_at = now_ns();
-    // A request of at most a few KiB fits an idle socket's send buffer.
-    const ssize_t w = ::send(c.fd, msg.data(), msg.size(), MSG_NOSIGNAL);
-    return w == static_cast<ssize_t>(msg.size());
-  };
-  const uint64_t warm = spec.warmup * conns.size();
-  const uint64_t total = warm + spec.count;
-  r.samples_ns.reserve(spec.count);
-  const uint64_t deadline = now_ns() + static_cast<uint64_t>(spec.seconds * 1e9);
-  uint64_t done = 0, in_flight = 0;
-  CpuSnapshot before;
-  uint64_t t_start = 0;
-  bool failed = false;
-  for (auto& c : conns) {
-    if (!send_request(c)) {
-      note_error(r, errno_text("send", errno));
-      failed = true;
-      break;
+    if (::send(c.fd.get(), msg_.data(), msg_.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(msg_.size())) {
+      note_error(r_, errno_text("send", errno));
+      return false;
     }
-    in_flight++;
+    in_flight_++;
+    return true;
   }
-  epoll_event events[64];
-  while (!failed && in_flight > 0) {
-    const int n = ::epoll_wait(ep, events, 64, spec.io_timeout_ms);
-    if (n < 0 && errno == EINTR) continue;
+
+  // One wait for responses; false when the run must stop.
+  bool step() {
+    epoll_event events[64];
+    const int n = ::epoll_wait(ep_.get(), events, 64, spec_.io_timeout_ms);
+    if (n < 0 && errno == EINTR) return true;
     if (n <= 0) {
-      note_error(r, n == 0 ? "stall: no response within the I/O timeout" : errno_text("epoll_wait", errno));
-      break;
+      note_error(r_, n == 0 ? "stall: no response within the I/O timeout" : errno_text("epoll_wait", errno));
+      return false;
     }
-    for (int e = 0; e < n && !failed; e++) {
-      Conn& c = conns[events[e].data.u64];
-      const ssize_t rd = ::recv(c.fd, buf.data(), spec.message - c.got, 0);
-      if (rd < 0 && (errno == EAGAIN || errno == EINTR)) continue;
-      if (rd <= 0) {
-        note_error(r, rd == 0 ? "recv: connection closed" : errno_text("recv", errno));
-        failed = true;
-        break;
-      }
-      c.got += static_cast<size_t>(rd);
-      if (c.got < spec.message) continue;
-      const uint64_t t1 = now_ns();
-      in_flight--;
-      done++;
-      if (done > warm) r.samples_ns.push_back(static_cast<uint32_t>(std::min<uint64_t>(t1 - c.sent_at, UINT32_MAX)));
-      if (done == warm) {
-        before = cpu_snapshot(spec);
-        t_start = now_ns();
-      }
-      // Keep every connection busy until the last request is issued.
-      if (done + in_flight < total && t1 < deadline) {
-        if (!send_request(c)) {
-          note_error(r, errno_text("send", errno));
-          failed = true;
-          break;
-        }
-        in_flight++;
-      }
+    for (int e = 0; e < n; e++)
+      if (!receive(events[e].data.u64)) return false;
+    return true;
+  }
+
+  bool receive(size_t i) {
+    Conn& c = conns_[i];
+    const ssize_t rd = ::recv(c.fd.get(), buf_.data(), spec_.message - c.got, 0);
+    if (rd < 0 && (errno == EAGAIN || errno == EINTR)) return true;
+    if (rd <= 0) {
+      note_error(r_, rd == 0 ? "recv: connection closed" : errno_text("recv", errno));
+      return false;
     }
+    c.got += static_cast<size_t>(rd);
+    if (c.got < spec_.message) return true;
+    const uint64_t t1 = now_ns();
+    in_flight_--;
+    done_++;
+    if (done_ > warm_) r_.samples_ns.push_back(clamp_ns(t1 - c.sent_at));
+    if (done_ == warm_) sampling_.start(spec_);
+    // Keep every connection busy until the last request is issued.
+    return done_ + in_flight_ >= total_ || t1 >= deadline_ || send_request(i);
   }
-  if (t_start != 0) {
-    r.elapsed_ns = now_ns() - t_start;
-    charge_cpu(spec, before, r);
+
+  const ClientSpec& spec_;
+  ClientResult& r_;
+  std::string msg_;
+  std::vector<char> buf_;
+  std::vector<Conn> conns_;
+  test::UniqueFd ep_;
+  uint64_t warm_ = 0, total_ = 0, deadline_ = 0, done_ = 0, in_flight_ = 0;
+  Sampling sampling_;
+};
+
+// Delivered means the sink read it all: it closes after our FIN.
+void wait_for_sink(int fd, ClientResult& r) {
+  ::shutdown(fd, SHUT_WR);
+  char sink[256];
+  for (;;) {
+    const ssize_t rd = ::recv(fd, sink, sizeof sink, 0);
+    if (rd < 0 && errno == EINTR) continue;
+    if (rd < 0) note_error(r, errno_text("waiting for the sink to finish", errno));
+    if (rd <= 0) return;
   }
-  close_all();
-  return r;
 }
 
-ClientResult run_throughput(const ClientSpec& spec, const sockaddr_in& sa) {
+ClientResult run_throughput(const ClientSpec& spec) {
   ClientResult r;
-  const int fd = connect_noted(spec, sa, r);
-  if (fd < 0) return r;
+  const test::UniqueFd fd = connect_noted(spec, r);
+  if (!fd) return r;
   std::vector<char> chunk(64 * 1024, 't');
   const CpuSnapshot before = cpu_snapshot(spec);
   const uint64_t t0 = now_ns();
   const uint64_t stop = t0 + static_cast<uint64_t>(spec.seconds * 1e9);
   bool ok = true;
-  while (now_ns() < stop) {
-    const ssize_t w = ::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL);
+  while (ok && now_ns() < stop) {
+    const ssize_t w = ::send(fd.get(), chunk.data(), chunk.size(), MSG_NOSIGNAL);
     if (w < 0 && errno == EINTR) continue;
+    if (w > 0) r.bytes += static_cast<uint64_t>(w);
     if (w <= 0) {
       note_error(r, errno_text("send", errno));
       ok = false;
-      break;
-    }
-    r.bytes += static_cast<uint64_t>(w);
-  }
-  // Delivered means the sink read it all: it closes after our FIN.
-  if (ok) {
-    ::shutdown(fd, SHUT_WR);
-    char sink[256];
-    for (;;) {
-      const ssize_t rd = ::recv(fd, sink, sizeof sink, 0);
-      if (rd < 0 && errno == EINTR) continue;
-      if (rd < 0) note_error(r, errno_text("waiting for the sink to finish", errno));
-      if (rd <= 0) break;
     }
   }
+  if (ok) wait_for_sink(fd.get(), r);
   r.elapsed_ns = now_ns() - t0;
   charge_cpu(spec, before, r);
-  ::close(fd);
-  if (r.errors == 0 && r.elapsed_ns > 0) r.samples_ns.push_back(static_cast<uint32_t>(std::min<uint64_t>(r.elapsed_ns, UINT32_MAX)));
+  if (r.errors == 0 && r.elapsed_ns > 0) r.samples_ns.push_back(clamp_ns(r.elapsed_ns));
   return r;
 }
 
 }  // namespace
-
-std::string probe(const std::string& ip, uint16_t port, int timeout_ms) {
-  sockaddr_in sa{};
-  if (!make_addr(ip, port, sa)) return "error bad address";
-  std::string err;
-  const int fd = connect_persistent(sa, timeout_ms, err);
-  if (fd < 0) return "error " + err;
-  sockaddr_in local{};
-  socklen_t len = sizeof local;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len);
-  char lip[INET_ADDRSTRLEN] = "?";
-  ::inet_ntop(AF_INET, &local.sin_addr, lip, sizeof lip);
-  std::string reply;
-  if (send_all(fd, kWhoRequest, std::strlen(kWhoRequest))) {
-    char buf[256];
-    for (;;) {
-      const ssize_t r = ::recv(fd, buf, sizeof buf, 0);
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) break;
-      reply.append(buf, static_cast<size_t>(r));
-      if (reply.size() > 1024) break;
-    }
-  }
-  ::close(fd);
-  while (!reply.empty() && (reply.back() == '\n' || reply.back() == '\r')) reply.pop_back();
-  if (reply.empty()) return "error no answer";
-  return reply + " " + lip + ":" + std::to_string(ntohs(local.sin_port));
-}
 
 bool pin_to_cpu(int cpu) {
   cpu_set_t set;
@@ -447,142 +412,24 @@ bool pin_to_cpu(int cpu) {
 }
 
 ClientResult run_client(const ClientSpec& spec) {
-  sockaddr_in sa{};
-  if (!make_addr(spec.ip, spec.port, sa)) {
+  try {
+    switch (spec.workload) {
+      case Workload::connect:
+        return run_connect(spec);
+      case Workload::rr: {
+        if (spec.connections <= 1) return run_rr_single(spec);
+        ClientResult r;
+        return MultiRr(spec, r).run();
+      }
+      case Workload::throughput:
+        return run_throughput(spec);
+    }
+  } catch (const test::TestSupportError& e) {
     ClientResult r;
-    note_error(r, "bad IPv4 address " + spec.ip);
+    note_error(r, e.what());
     return r;
   }
-  switch (spec.workload) {
-    case Workload::connect:
-      return run_connect(spec, sa);
-    case Workload::rr:
-      return spec.connections <= 1 ? run_rr_single(spec, sa) : run_rr_multi(spec, sa);
-    case Workload::throughput:
-      return run_throughput(spec, sa);
-  }
   return {};
-}
-
-// ---- server ----
-
-int serve(const std::vector<ListenSpec>& listeners, int ready_fd, double max_seconds, const std::string& tag) {
-  auto report = [ready_fd](const std::string& s) {
-    const std::string line = s + "\n";
-    [[maybe_unused]] ssize_t w = ::write(ready_fd, line.data(), line.size());
-  };
-  const int ep = ::epoll_create1(EPOLL_CLOEXEC);
-  struct Conn {
-    ServeMode mode = ServeMode::echo;
-    bool listener = false;
-    std::string pending;  // echo bytes not yet written
-    bool fresh = true;    // nothing read yet: may be the probe
-  };
-  std::unordered_map<int, Conn> fds;
-  for (const auto& l : listeners) {
-    sockaddr_in sa{};
-    if (!make_addr(l.ip, l.port, sa)) {
-      report("error bad address " + l.ip);
-      return 1;
-    }
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    set_int(fd, SOL_SOCKET, SO_REUSEADDR, 1);
-    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(fd, 4096) != 0) {
-      report("error " + errno_text(("listen " + l.ip + ":" + std::to_string(l.port)).c_str(), errno));
-      return 1;
-    }
-    fds[fd] = Conn{l.mode, true, {}};
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.fd = fd;
-    ::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
-  }
-  report("ready");
-  ::close(ready_fd);
-
-  auto drop = [&](int fd) {
-    ::epoll_ctl(ep, EPOLL_CTL_DEL, fd, nullptr);
-    ::close(fd);
-    fds.erase(fd);
-  };
-  auto watch_out = [&](int fd, bool out) {
-    epoll_event ev{};
-    ev.events = EPOLLIN | (out ? EPOLLOUT : 0u);
-    ev.data.fd = fd;
-    ::epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev);
-  };
-  std::vector<char> buf(256 * 1024);
-  const uint64_t deadline = now_ns() + static_cast<uint64_t>(max_seconds * 1e9);
-  epoll_event events[128];
-  while (now_ns() < deadline) {
-    const int n = ::epoll_wait(ep, events, 128, 500);
-    for (int e = 0; e < n; e++) {
-      const int fd = events[e].data.fd;
-      auto it = fds.find(fd);
-      if (it == fds.end()) continue;
-      if (it->second.listener) {
-        const ServeMode mode = it->second.mode;
-        for (;;) {
-          const int c = ::accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-          if (c < 0) break;
-          set_int(c, IPPROTO_TCP, TCP_NODELAY, 1);
-          fds[c] = Conn{mode, false, {}};
-          epoll_event ev{};
-          ev.events = EPOLLIN;
-          ev.data.fd = c;
-          ::epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev);
-        }
-        continue;
-      }
-      Conn& conn = it->second;
-      bool closed = false;
-      if (events[e].events & EPOLLOUT) {
-        while (!conn.pending.empty()) {
-          const ssize_t w = ::send(fd, conn.pending.data(), conn.pending.size(), MSG_NOSIGNAL);
-          if (w <= 0) break;
-          conn.pending.erase(0, static_cast<size_t>(w));
-        }
-        if (conn.pending.empty()) watch_out(fd, false);
-      }
-      if (events[e].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-        // Sinks drain everything available; echo reads once per wakeup.
-        for (int reads = 0; reads < (conn.mode == ServeMode::sink ? 64 : 1); reads++) {
-          const ssize_t rd = ::recv(fd, buf.data(), buf.size(), 0);
-          if (rd < 0 && (errno == EAGAIN || errno == EINTR)) break;
-          if (rd <= 0) {
-            closed = true;
-            break;
-          }
-          if (conn.mode == ServeMode::sink) continue;
-          if (conn.fresh && static_cast<size_t>(rd) == std::strlen(kWhoRequest) &&
-              std::memcmp(buf.data(), kWhoRequest, static_cast<size_t>(rd)) == 0) {
-            sockaddr_in peer{};
-            socklen_t len = sizeof peer;
-            ::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len);
-            char ip[INET_ADDRSTRLEN] = "?";
-            ::inet_ntop(AF_INET, &peer.sin_addr, ip, sizeof ip);
-            const std::string answer = tag + " " + ip + ":" + std::to_string(ntohs(peer.sin_port)) + "\n";
-            [[maybe_unused]] ssize_t w = ::send(fd, answer.data(), answer.size(), MSG_NOSIGNAL);
-            closed = true;
-            break;
-          }
-          conn.fresh = false;
-          size_t off = 0;
-          if (conn.pending.empty()) {
-            const ssize_t w = ::send(fd, buf.data(), static_cast<size_t>(rd), MSG_NOSIGNAL);
-            off = w > 0 ? static_cast<size_t>(w) : 0;
-          }
-          if (off < static_cast<size_t>(rd)) {
-            conn.pending.append(buf.data() + off, static_cast<size_t>(rd) - off);
-            if (conn.pending.size() > (16u << 20)) closed = true;  // a client that never reads
-            watch_out(fd, true);
-          }
-        }
-      }
-      if (closed) drop(fd);
-    }
-  }
-  return 0;
 }
 
 // ---- result stream ----

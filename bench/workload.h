@@ -3,6 +3,14 @@
 // netns, so capture applies to it; servers: the peer's netns, or the pod's
 // for the mechanism-only listener). Every loop is bounded in count and time,
 // and every socket operation has a timeout.
+//
+// Why not the harness's servers and client: its TcpServer asks every
+// accepted socket for SO_ORIGINAL_DST (meshcap's getsockopt program runs,
+// and moves the record, in the mechanism-only view that must not), and its
+// client polls before every send and receive; both would be in every sample.
+// The timed loops here make only the calls the workload needs, blocking,
+// bounded by SO_SNDTIMEO/SO_RCVTIMEO. Everything untimed (addresses,
+// persistent connections, the probe) uses the harness.
 #pragma once
 
 #include <sys/types.h>
@@ -55,6 +63,7 @@ struct ClientSpec {
   double seconds = 5;          ///< connect/rr: time bound; throughput: send duration
   int io_timeout_ms = 2000;    ///< per socket operation
   std::string bind_ip;         ///< connect: bind this source address first (port chosen at connect)
+  std::string cgroup;          ///< run as root, moved into this cgroup v2 directory first ("" = the pod's, as UID 1000)
   std::vector<pid_t> cpu_pids; ///< processes whose CPU time is charged to the run (servers, proxy)
   std::vector<int> cpus;       ///< CPUs whose /proc/stat busy time is charged to the run
 };
@@ -79,6 +88,11 @@ ClientResult run_client(const ClientSpec& spec);
 /// forked child). read_result returns false on a short or malformed stream.
 bool write_result(int fd, const ClientResult& r);
 bool read_result(int fd, ClientResult& r, int timeout_ms);
+
+/// CLOCK_MONOTONIC in nanoseconds.
+uint64_t now_ns();
+/// setsockopt of an int option.
+void set_int(int fd, int level, int opt, int v);
 
 /// Pins the calling thread (and so processes it forks) to one CPU; false on
 /// failure (errno set).

@@ -1,0 +1,288 @@
+// The goals, checked against this run's figures: issue 7's (mechanism,
+// proxy, init, acceleration) and node mode's. Comparisons of latency are
+// paired by round (median over rounds of the per-round difference or
+// ratio), so drift of the shared machine between rounds cancels out;
+// "iptables" is the faster backend, the stricter comparison.
+#include <algorithm>
+#include <limits>
+#include <optional>
+#include <tuple>
+
+#include "report_format.h"
+#include "results.h"
+
+namespace meshcap::bench {
+
+namespace {
+
+using Named = std::optional<std::pair<double, std::string>>;
+
+class Targets {
+ public:
+  explicit Targets(Results& r) : r_(r) {}
+  void mechanism();
+  void mechanism_above_floor();
+  void proxy();
+  void init();
+  void accel();
+  void node_enrolment();
+  void node_memory();
+  void node_connections();
+
+ private:
+  void put(const std::string& name, const std::string& measured, const std::string& goal, bool pass,
+           bool figure = false) {
+    r_.targets.push_back({name, measured, goal, pass, figure});
+  }
+  void not_measured(const std::string& name, const std::string& goal, bool figure = false) {
+    put(name, "not measured", goal, false, figure);
+  }
+  bool has(size_t s) const { return std::find(r_.sizes.begin(), r_.sizes.end(), s) != r_.sizes.end(); }
+  std::vector<size_t> sizes_from(size_t lo) const {
+    std::vector<size_t> v;
+    for (size_t s : r_.sizes)
+      if (s >= lo) v.push_back(s);
+    return v;
+  }
+  // Connection-setup overhead of a capture's -mech variant above a floor.
+  std::optional<double> overhead(const std::string& cap, size_t s, const std::string& floor) const {
+    const Cell* a = r_.cell("scaling", "connect", cap + "-mech", s);
+    const Cell* b = r_.cell("scaling", "connect", floor, s);
+    return a && b ? paired_diff(*a, *b) : std::nullopt;
+  }
+  Named ipt_overhead(size_t s, const std::string& floor) const {
+    Named best;
+    for (const std::string cap : {"iptables-nft", "iptables-legacy"})
+      if (auto o = overhead(cap, s, floor); o && (!best || *o < best->first)) best = std::pair{*o, cap};
+    return best;
+  }
+  void mech_ratio(const std::vector<size_t>& sizes, double goal, const std::string& name, const std::string& floor,
+                  bool figure);
+  void proxy_ratio(const std::vector<size_t>& sizes, double goal, const std::string& name);
+  Named faster_restore() const;
+
+  Results& r_;
+};
+
+// eBPF's overhead over iptables' at the worst of `sizes`.
+void Targets::mech_ratio(const std::vector<size_t>& sizes, double goal, const std::string& name,
+                         const std::string& floor, bool figure) {
+  const std::string goal_text = fmt("<= %.2fx iptables' overhead", goal) + (floor == "local-direct" ? "" : " above " + floor);
+  double worst = -std::numeric_limits<double>::infinity();
+  std::string detail;
+  for (size_t s : sizes) {
+    const auto e = overhead("ebpf", s, floor);
+    const auto i = ipt_overhead(s, floor);
+    if (!e || !i || i->first <= 0) return not_measured(name, goal_text, figure);
+    if (*e / i->first > worst) {
+      worst = *e / i->first;
+      detail = "at " + std::to_string(s) + ": eBPF " + fmt("%+.1f", *e) + " µs, " + i->second + " " +
+               fmt("%+.1f", i->first) + " µs";
+    }
+  }
+  if (sizes.empty()) return not_measured(name, goal_text, figure);
+  put(name, fmt("%.3fx", worst) + " [" + detail + "]", goal_text, worst <= goal, figure);
+}
+
+// Above local-direct (127.0.0.1 to 127.0.0.1): issue 7's goals, now figures.
+void Targets::mechanism() {
+  if (has(0)) mech_ratio({0}, 0.25, "mechanism-overhead-0", "local-direct", true);
+  else not_measured("mechanism-overhead-0", "<= 0.25x iptables' overhead", true);
+  mech_ratio(sizes_from(1000), 0.1, "mechanism-overhead-1000plus", "local-direct", true);
+  const auto lo = overhead("ebpf", 0, "local-direct"), hi = overhead("ebpf", 10000, "local-direct");
+  if (lo && hi)
+    put("mechanism-ebpf-growth-0-10000",
+        fmt("%+.2f µs", *hi - *lo) + " [" + fmt("%+.2f", *lo) + " -> " + fmt("%+.2f", *hi) + " µs]", "<= +2 µs",
+        *hi - *lo <= 2.0);
+  else
+    not_measured("mechanism-ebpf-growth-0-10000", "<= +2 µs");
+}
+
+// Above the connection a redirect keeps: the pod's own source address.
+void Targets::mechanism_above_floor() {
+  for (size_t s : {size_t{0}, size_t{1000}}) {
+    const std::string name = "mechanism-above-podsrc-" + std::to_string(s);
+    if (has(s)) mech_ratio({s}, 0.1, name, "local-direct-podsrc", false);
+    else not_measured(name, "<= 0.10x iptables' overhead above local-direct-podsrc");
+  }
+}
+
+void Targets::proxy_ratio(const std::vector<size_t>& sizes, double goal, const std::string& name) {
+  const std::string goal_text = fmt("<= %.2fx iptables' p50", goal);
+  double worst = -1;
+  std::string detail;
+  for (size_t s : sizes) {
+    const Cell* e = r_.cell("scaling", "connect", "ebpf+proxy", s);
+    Named q;  // against the faster backend: the larger of the two ratios
+    for (const std::string cap : {"iptables-nft", "iptables-legacy"}) {
+      const Cell* i = r_.cell("scaling", "connect", cap + "+proxy", s);
+      const auto x = e && i ? paired_ratio(*e, *i) : std::nullopt;
+      if (x && (!q || *x > q->first)) q = std::pair{*x, cap};
+    }
+    if (!q) return not_measured(name, goal_text);
+    if (q->first > worst) {
+      worst = q->first;
+      detail = "at " + std::to_string(s) + ": eBPF " + num(e->p50) + " µs, " + q->second + " " +
+               num(r_.cell("scaling", "connect", q->second + "+proxy", s)->p50) + " µs";
+    }
+  }
+  if (sizes.empty()) return not_measured(name, goal_text);
+  put(name, fmt("%.3fx", worst) + " [worst " + detail + "]", goal_text, worst <= goal);
+}
+
+void Targets::proxy() {
+  proxy_ratio(r_.sizes, 1.0, "proxy-p50-every-size");
+  proxy_ratio(sizes_from(1000), 0.95, "proxy-p50-1000plus");
+}
+
+void Targets::init() {
+  const InitRecord* e = find_init(r_, "ebpf", 1000);
+  Named best;
+  for (const std::string cap : {"iptables-nft", "iptables-legacy"})
+    if (const InitRecord* i = find_init(r_, cap, 1000); i && !i->apply_s.empty())
+      if (!best || median(i->apply_s) < best->first) best = std::pair{median(i->apply_s), cap + " (" + i->how + ")"};
+  if (e && !e->apply_s.empty() && best)
+    put("init-apply-1000",
+        fmt("%.1f ms", median(e->apply_s) * 1e3) + " [" + best->second + " " + fmt("%.1f ms", best->first * 1e3) + "]",
+        "eBPF <= iptables-restore", median(e->apply_s) <= best->first);
+  else
+    not_measured("init-apply-1000", "eBPF <= iptables-restore");
+  const InitRecord* e10 = find_init(r_, "ebpf", 10);
+  const InitRecord* e10k = find_init(r_, "ebpf", 10000);
+  if (e10 && e10k && !e10->apply_s.empty() && !e10k->apply_s.empty()) {
+    const double q = median(e10k->apply_s) / median(e10->apply_s);
+    put("init-apply-10000-vs-10",
+        fmt("%.2fx", q) + " [" + fmt("%.1f", median(e10k->apply_s) * 1e3) + " ms vs " +
+            fmt("%.1f", median(e10->apply_s) * 1e3) + " ms]",
+        "<= 3x", q <= 3.0);
+  } else {
+    not_measured("init-apply-10000-vs-10", "<= 3x");
+  }
+  if (e10k && !e10k->add_one_s.empty())
+    put("init-add-one-at-10000", fmt("%.1f µs", median(e10k->add_one_s) * 1e6) + " [" + e10k->add_how + "]",
+        "<= 1 ms", median(e10k->add_one_s) <= 1e-3);
+  else
+    not_measured("init-add-one-at-10000", "<= 1 ms");
+}
+
+// ebpf-accel+proxy against ebpf+proxy on persistent connections, every
+// request/response workload; the worst one counts.
+void Targets::accel() {
+  struct Worst {
+    double q = 0;
+    std::string detail;
+    bool set = false;
+    void take(double x, bool higher_is_worse, const std::string& d) {
+      if (!set || (higher_is_worse ? x > q : x < q)) *this = {x, d, true};
+    }
+  };
+  Worst p50q, rateq, tailq;
+  for (const auto& w : r_.workloads) {
+    const Cell* a = r_.cell("main", w, "ebpf-accel+proxy", 0);
+    const Cell* e = r_.cell("main", w, "ebpf+proxy", 0);
+    if (w.rfind("rr-", 0) != 0 || !a || !e) continue;
+    if (auto q = paired_ratio(*a, *e)) p50q.take(*q, true, w + ": " + num(a->p50) + " µs vs " + num(e->p50) + " µs");
+    const double ra = median(a->round_rate), re = median(e->round_rate);
+    if (re > 0) rateq.take(ra / re, false, w + ": " + fmt("%.0f", ra) + " vs " + fmt("%.0f", re) + " req/s");
+    if (e->p999 > 0) tailq.take(a->p999 / e->p999, true, w + ": " + num(a->p999) + " µs vs " + num(e->p999) + " µs");
+  }
+  auto line = [&](const std::string& name, const Worst& w, const std::string& goal, bool pass) {
+    if (!w.set) return not_measured(name, goal);
+    put(name, fmt("%.3fx", w.q) + " [worst " + w.detail + "]", goal, pass);
+  };
+  line("accel-rr-p50", p50q, "<= 0.7x eBPF without it", p50q.q <= 0.7);
+  line("accel-rr-rate", rateq, ">= 1.4x eBPF's requests/s", rateq.q >= 1.4);
+  line("accel-rr-p99.9", tailq, "<= 2x eBPF without it", tailq.q <= 2.0);
+  // Stalls: any error or timeout of the accelerated variant, in any
+  // workload, or a workload it did not finish.
+  uint64_t errors = 0;
+  size_t cells = 0, missing = 0;
+  for (const auto& w : r_.workloads) {
+    auto it = r_.cells.find(CellKey{"main", w, "ebpf-accel+proxy", 0});
+    if (it == r_.cells.end()) {
+      missing++;
+      continue;
+    }
+    cells++;
+    errors += it->second.errors;
+    missing += it->second.samples.empty();
+  }
+  if (cells == 0) return not_measured("accel-no-stalls", "no stalls");
+  put("accel-no-stalls",
+      std::to_string(errors) + " errors/timeouts, " + std::to_string(missing) + " unfinished workloads [" +
+          std::to_string(cells) + " workloads]",
+      "no stalls", errors == 0 && missing == 0);
+}
+
+Named Targets::faster_restore() const {
+  Named best;
+  for (const std::string k : {"iptables-nft-restore", "iptables-legacy-restore"})
+    if (auto it = r_.node.seconds.find(k); it != r_.node.seconds.end() && !it->second.empty())
+      if (!best || median(it->second) < best->first) best = std::pair{median(it->second), k};
+  return best;
+}
+
+void Targets::node_enrolment() {
+  const auto restore = faster_restore();
+  for (const auto& [name, step, goal] : {std::tuple{"node-enroll-vs-restore", "enroll in-process", 0.1},
+                                         std::tuple{"node-init-vs-restore", "meshcap init", 0.5}}) {
+    const std::string goal_text = fmt("<= %.1fx iptables-restore (process)", goal);
+    auto it = r_.node.seconds.find(step);
+    if (!restore || it == r_.node.seconds.end() || it->second.empty()) {
+      not_measured(name, goal_text);
+      continue;
+    }
+    const double m = median(it->second), q = m / restore->first;
+    put(name,
+        fmt("%.3fx", q) + " [" + step + " p50 " + fmt("%.3f ms", m * 1e3) + ", " + restore->second + " p50 " +
+            fmt("%.2f ms", restore->first * 1e3) + "]",
+        goal_text, q <= goal);
+  }
+}
+
+void Targets::node_memory() {
+  const std::string many = "node data path, " + std::to_string(r_.node.pods) + " pods";
+  const auto own = r_.node.memlock.find("per-pod data path, 1 pod");
+  const auto node = r_.node.memlock.find(many);
+  const std::string name = "node-memlock-" + std::to_string(r_.node.pods) + "-pods";
+  if (own == r_.node.memlock.end() || node == r_.node.memlock.end() || own->second == 0)
+    return not_measured(name, "<= 2x one pod's own data path");
+  const double q = static_cast<double>(node->second) / static_cast<double>(own->second);
+  put(name,
+      fmt("%.2fx", q) + " [" + std::to_string(node->second) + " B for " + std::to_string(r_.node.pods) + " pods, " +
+          fmt("%.0f", static_cast<double>(node->second) / static_cast<double>(r_.node.pods)) +
+          " B/pod; one pod's own data path " + std::to_string(own->second) + " B]",
+      "<= 2x one pod's own data path", q <= 2.0);
+}
+
+void Targets::node_connections() {
+  const std::string many = "node-" + std::to_string(r_.node.pods) + "-pods";
+  auto diff = [&](const std::string& name, const std::string& a, const std::string& b, double goal) {
+    const Cell* ca = r_.cell("node", "connect", a, 0);
+    const Cell* cb = r_.cell("node", "connect", b, 0);
+    const std::string goal_text = fmt("<= %+.1f µs", goal);
+    const auto d = ca && cb ? paired_diff(*ca, *cb) : std::nullopt;
+    if (!d) return not_measured(name, goal_text);
+    put(name, fmt("%+.2f µs", *d) + " [p50 " + num(ca->p50) + " µs vs " + num(cb->p50) + " µs]", goal_text,
+        *d <= goal);
+  };
+  diff("node-connect-" + std::to_string(r_.node.pods) + "-vs-1-pods", many, "node-1-pod", 0.5);
+  diff("node-unenrolled-on-vs-off", "unenrolled-node-on", "unenrolled-node-off", 0.3);
+}
+
+}  // namespace
+
+void compute_targets(Results& r) {
+  r.targets.clear();
+  Targets t(r);
+  t.mechanism();
+  t.mechanism_above_floor();
+  t.proxy();
+  t.init();
+  t.accel();
+  t.node_enrolment();
+  t.node_memory();
+  t.node_connections();
+}
+
+}  // namespace meshcap::bench
