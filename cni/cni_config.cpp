@@ -70,7 +70,11 @@ void apply_object(PluginConfig& c, const json& obj, const std::string& where, bo
     } else if (key == "exclude-pods") {
       c.exclude_pods = as_list(value, key);
     } else if (key == "log-level") {
+      static const std::set<std::string> levels = {"trace", "debug", "info", "warn", "error", "off"};
       c.log_level = as_text(value, key);
+      if (!levels.count(c.log_level))
+        throw CniError(kInvalidConfig, "invalid value for 'log-level': '" + c.log_level + "'",
+                       "expected trace, debug, info, warn, error or off");
     } else if (!set_flag(c.flags, key, value)) {
       throw CniError(kInvalidConfig, "unknown key '" + key + "' in " + where,
                      "keys are istio-iptables' long flag names (envoy-port, istio-service-cidr, ...) and mode, "

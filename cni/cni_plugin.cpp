@@ -20,6 +20,10 @@ using nlohmann::json;
 
 // No istio environment variables in the plugin: the runtime's environment is
 // not the pod's; settings come from the configuration alone.
+// JSON for stdout; bytes that are not UTF-8 (a namespace path, CNI_ARGS)
+// are replaced, never a reason to fail.
+std::string text(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n"; }
+
 EnvLookup no_env() {
   return [](const std::string&) { return std::optional<std::string>(); };
 }
@@ -123,8 +127,8 @@ Reply run(const std::function<std::optional<std::string>(const std::string&)>& g
     }
     const PluginConfig c = parse_config(stdin_text, env);
     version = c.cni_version;
-    spdlog::set_level(spdlog::level::from_str(c.log_level));
-    if (env.command == "ADD") return {0, cmd_add(c, env).dump() + "\n"};
+    spdlog::set_level(spdlog::level::from_str(c.log_level));  // checked by parse_config
+    if (env.command == "ADD") return {0, text(cmd_add(c, env))};
     if (env.command == "DEL") {
       cmd_del(env);
       return {0, ""};
@@ -141,10 +145,10 @@ Reply run(const std::function<std::optional<std::string>(const std::string&)>& g
     return {0, ""};
   } catch (const CniError& e) {
     spdlog::error("{}{}", e.what(), e.details().empty() ? "" : " (" + e.details() + ")");
-    return {1, e.to_json(version).dump() + "\n"};
+    return {1, text(e.to_json(version))};
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
-    return {1, CniError(kCaptureFailed, e.what()).to_json(version).dump() + "\n"};
+    return {1, text(CniError(kCaptureFailed, e.what()).to_json(version))};
   }
 }
 

@@ -1,0 +1,217 @@
+// meshcap-cni without a kernel: the environment and configuration parsers,
+// the CNI error JSON, exclusion, and the conflist installer on files in a
+// temporary directory. Every refusal here happens before anything is
+// touched, so these run unprivileged.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "cni_config.h"
+#include "cni_plugin.h"
+#include "conflist.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using namespace meshcap;
+using namespace meshcap::cni;
+
+namespace {
+
+using Vars = std::map<std::string, std::string>;
+
+auto lookup(const Vars& v) {
+  return [v](const std::string& k) -> std::optional<std::string> {
+    auto it = v.find(k);
+    if (it == v.end()) return std::nullopt;
+    return it->second;
+  };
+}
+
+Vars add_env() {
+  return {{"CNI_COMMAND", "ADD"}, {"CNI_CONTAINERID", "abc123"}, {"CNI_NETNS", "/var/run/netns/x"},
+          {"CNI_IFNAME", "eth0"}, {"CNI_ARGS", "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-1"}};
+}
+
+std::string conf(const json& extra = json::object()) {
+  json j = {{"cniVersion", "1.0.0"}, {"name", "pods"}, {"type", "meshcap-cni"}};
+  j.update(extra);
+  return j.dump();
+}
+
+int error_code(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const CniError& e) {
+    return e.code();
+  }
+  return 0;
+}
+
+}  // namespace
+
+TEST(CniEnv, ReadsTheCommandAndArgs) {
+  const CniEnv e = read_env(lookup(add_env()));
+  EXPECT_EQ(e.command, "ADD");
+  EXPECT_EQ(e.container_id, "abc123");
+  EXPECT_EQ(e.args.at("K8S_POD_NAME"), "cart-1");
+}
+
+TEST(CniEnv, RefusesWhatACommandNeedsAndLacks) {
+  for (const char* missing : {"CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"}) {
+    Vars v = add_env();
+    v.erase(missing);
+    EXPECT_EQ(error_code([&] { read_env(lookup(v)); }), kInvalidEnv) << missing;
+  }
+  Vars v = add_env();
+  v["CNI_COMMAND"] = "FROB";
+  EXPECT_EQ(error_code([&] { read_env(lookup(v)); }), kInvalidEnv);
+  v = add_env();
+  v["CNI_CONTAINERID"] = "../../etc";
+  EXPECT_EQ(error_code([&] { read_env(lookup(v)); }), kInvalidEnv);
+  v = add_env();
+  v["CNI_ARGS"] = "IgnoreUnknown=1;novalue";
+  EXPECT_EQ(error_code([&] { read_env(lookup(v)); }), kInvalidEnv);
+}
+
+TEST(CniEnv, DelNeedsNoNamespace) {
+  Vars v = add_env();
+  v["CNI_COMMAND"] = "DEL";
+  v.erase("CNI_NETNS");
+  v.erase("CNI_IFNAME");
+  EXPECT_NO_THROW(read_env(lookup(v)));
+}
+
+TEST(CniConfig, DefaultsAreIstioCnisSidecarPod) {
+  const PluginConfig c = parse_config(conf(), read_env(lookup(add_env())));
+  const CaptureConfig cfg = FlagSet::resolve(c.flags, [](const std::string&) { return std::nullopt; }).build();
+  EXPECT_EQ(cfg.proxy_port, 15001);
+  EXPECT_EQ(cfg.inbound_capture_port, 15006);
+  EXPECT_EQ(c.mode, Mode::Auto);
+}
+
+TEST(CniConfig, KeysAreIstioFlagNamesAndLaterSourcesWin) {
+  Vars v = add_env();
+  v["CNI_ARGS"] = "MESHCAP_ENVOY_PORT=15111";
+  const PluginConfig c = parse_config(
+      conf({{"envoy-port", "15101"}, {"inbound-capture-port", 15107}, {"runtimeConfig", {{"meshcap", {{"envoy-port", "15102"}}}}}}),
+      read_env(lookup(v)));
+  const CaptureConfig cfg = FlagSet::resolve(c.flags, [](const std::string&) { return std::nullopt; }).build();
+  EXPECT_EQ(cfg.proxy_port, 15111);  // CNI_ARGS over runtimeConfig over the entry
+  EXPECT_EQ(cfg.inbound_capture_port, 15107);
+}
+
+TEST(CniConfig, BadInputIsAnErrorWithItsCode) {
+  const CniEnv env = read_env(lookup(add_env()));
+  EXPECT_EQ(error_code([&] { parse_config("{not json", env); }), kDecodeFailure);
+  EXPECT_EQ(error_code([&] { parse_config("[]", env); }), kDecodeFailure);
+  EXPECT_EQ(error_code([&] { parse_config(R"({"name":"x"})", env); }), kInvalidConfig);
+  EXPECT_EQ(error_code([&] { parse_config(conf({{"cniVersion", "9.9.9"}}), env); }), kIncompatibleVersion);
+  EXPECT_EQ(error_code([&] { parse_config(conf({{"type", "bridge"}}), env); }), kInvalidConfig);
+  EXPECT_EQ(error_code([&] { parse_config(conf({{"envoy-prot", "15001"}}), env); }), kInvalidConfig);
+  EXPECT_EQ(error_code([&] { parse_config(conf({{"envoy-port", "notaport"}}), env); }), kInvalidConfig);
+  EXPECT_EQ(error_code([&] { parse_config(conf({{"istio-service-cidr", "10.0.0.0/33"}}), env); }), kInvalidConfig);
+  EXPECT_EQ(error_code([&] { parse_config(conf({{"mode", "fast"}}), env); }), kInvalidConfig);
+  EXPECT_EQ(error_code([&] { parse_config(conf({{"log-level", "loud"}}), env); }), kInvalidConfig);
+  EXPECT_EQ(error_code([&] { parse_config(conf({{"exclude-pods", "a"}}), env); }), kInvalidConfig);
+  EXPECT_EQ(error_code([&] { parse_config(conf({{"network-namespace", "/proc/1/ns/net"}}), env); }), kInvalidConfig);
+  EXPECT_EQ(error_code([&] { parse_config(conf({{"envoy-port", json::array()}}), env); }), kInvalidConfig);
+}
+
+TEST(CniConfig, DelTakesAConfigurationThatAddWouldRefuse) {
+  Vars v = add_env();
+  v["CNI_COMMAND"] = "DEL";
+  EXPECT_NO_THROW(parse_config(conf({{"envoy-port", "notaport"}}), read_env(lookup(v))));
+}
+
+TEST(CniConfig, ExcludesByNamespaceAndPod) {
+  const CniEnv env = read_env(lookup(add_env()));
+  auto excluded_with = [&](const json& extra) { return excluded(parse_config(conf(extra), env), env); };
+  EXPECT_FALSE(excluded_with(json::object()));
+  EXPECT_TRUE(excluded_with({{"exclude-namespaces", {"kube-system", "shop"}}}));
+  EXPECT_TRUE(excluded_with({{"exclude-pods", {"shop/cart-1"}}}));
+  EXPECT_TRUE(excluded_with({{"exclude-pods", {"cart-1"}}}));
+  EXPECT_FALSE(excluded_with({{"exclude-pods", {"other/cart-1", "cart"}}}));
+}
+
+TEST(CniPlugin, ErrorsAreCniJsonOnStdout) {
+  Vars v = add_env();
+  const Reply r = run(lookup(v), "{broken");
+  EXPECT_NE(r.exit_code, 0);
+  const json j = json::parse(r.stdout_text);
+  EXPECT_EQ(j["code"], kDecodeFailure);
+  EXPECT_TRUE(j.contains("msg"));
+  EXPECT_TRUE(j.contains("cniVersion"));
+}
+
+TEST(CniPlugin, BytesThatAreNotUtf8NeverBreakTheErrorJson) {
+  Vars v = add_env();
+  v["CNI_ARGS"] = std::string("K8S_POD_NAME=\xff\xfe;bad\xc3");
+  const Reply r = run(lookup(v), conf());
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_EQ(json::parse(r.stdout_text)["code"], kInvalidEnv);
+}
+
+TEST(CniPlugin, VersionListsWhatItSpeaks) {
+  const Reply r = run(lookup({{"CNI_COMMAND", "VERSION"}}), R"({"cniVersion":"1.0.0"})");
+  EXPECT_EQ(r.exit_code, 0);
+  const json j = json::parse(r.stdout_text);
+  EXPECT_EQ(j["cniVersion"], "1.0.0");
+  EXPECT_NE(std::find(j["supportedVersions"].begin(), j["supportedVersions"].end(), "1.1.0"),
+            j["supportedVersions"].end());
+}
+
+class Conflist : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("meshcap-cni-unit-" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_ / "net.d");
+    fs::create_directories(dir_ / "bin");
+    std::ofstream(dir_ / "bin-src") << "#!/bin/sh\n";
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  json read(const fs::path& p) { return json::parse(std::ifstream(p)); }
+  InstallOptions opts() {
+    InstallOptions o;
+    o.conf_dir = (dir_ / "net.d").string();
+    o.bin_dir = (dir_ / "bin").string();
+    o.source_binary = (dir_ / "bin-src").string();
+    o.settings = {{"envoy-port", "15001"}};
+    return o;
+  }
+  fs::path dir_;
+};
+
+TEST_F(Conflist, AConfBecomesAConflistWithTheEntryLast) {
+  std::ofstream(dir_ / "net.d/10-bridge.conf") << R"({"cniVersion":"1.0.0","name":"pods","type":"bridge"})";
+  const std::string changed = install_plugin(opts());
+  EXPECT_EQ(fs::path(changed).filename(), "10-bridge.conflist");
+  EXPECT_FALSE(fs::exists(dir_ / "net.d/10-bridge.conf"));
+  const json j = read(changed);
+  ASSERT_EQ(j["plugins"].size(), 2u);
+  EXPECT_EQ(j["plugins"][0]["type"], "bridge");
+  EXPECT_EQ(j["plugins"][1]["type"], "meshcap-cni");
+  EXPECT_EQ(j["plugins"][1]["envoy-port"], "15001");
+  EXPECT_TRUE(fs::exists(dir_ / "bin/meshcap-cni"));
+  EXPECT_EQ(install_plugin(opts()), "");  // idempotent
+}
+
+TEST_F(Conflist, PutBackAfterAnotherComponentRewritesTheFile) {
+  const fs::path f = dir_ / "net.d/10-pods.conflist";
+  std::ofstream(f) << R"({"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge"},{"type":"portmap"}]})";
+  install_plugin(opts());
+  std::ofstream(f, std::ios::trunc) << R"({"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge"}]})";
+  EXPECT_NE(install_plugin(opts()), "");
+  const json j = read(f);
+  EXPECT_EQ(j["plugins"].back()["type"], "meshcap-cni");
+  EXPECT_TRUE(uninstall_plugin(opts().conf_dir, opts().bin_dir));
+  for (const auto& p : read(f)["plugins"]) EXPECT_NE(p["type"], "meshcap-cni");
+  EXPECT_FALSE(fs::exists(dir_ / "bin/meshcap-cni"));
+}
+
+TEST_F(Conflist, NoConfigurationIsAnError) { EXPECT_THROW(install_plugin(opts()), std::runtime_error); }
