@@ -1,0 +1,245 @@
+// meshcap-cni as a runtime calls it: the real binary, CNI_* in its
+// environment, the network configuration on stdin, JSON on stdout, against
+// throwaway pods under a throwaway node (its own cgroup, pin and state
+// directories). ADD captures (enrolled in a running node data path, istio's
+// rules in the pod's namespace otherwise), DEL removes it, CHECK sees it,
+// and every refusal changes nothing.
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "capture_fixture.h"
+#include "support/test_node.h"
+
+namespace meshcap::test {
+namespace {
+
+using nlohmann::json;
+
+struct CniResult {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+class Cni : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root: creates namespaces and cgroups and loads BPF";
+    node_ = std::make_unique<TestNode>(MESHCAP_BIN);
+    TestPod::Options o;
+    o.cgroup_parent = node_->cgroup_path();
+    pod_ = std::make_unique<TestPod>(o);
+    out4_ = std::make_unique<RecordingListener>(Placement::pod_process(*pod_, Identity::proxy()), "0.0.0.0", 15001);
+    in4_ = std::make_unique<RecordingListener>(Placement::pod_process(*pod_, Identity::proxy()), "0.0.0.0", 15006);
+    peer_ = std::make_unique<RecordingListener>(Placement::peer_thread(*pod_), pod_->peer_ipv4(), 8080);
+    app_ = std::make_unique<RecordingListener>(Placement::pod_process(*pod_, Identity::user(1000, 1000)), "0.0.0.0",
+                                               8080);
+  }
+  void TearDown() override {
+    if (pod_) cni("DEL", config());
+    out4_.reset(), in4_.reset(), peer_.reset(), app_.reset();
+    pod_.reset();
+    node_.reset();
+  }
+
+  json config(const json& extra = json::object()) const {
+    json j = {{"cniVersion", "1.0.0"},
+              {"name", "pods"},
+              {"type", "meshcap-cni"},
+              {"prevResult", {{"cniVersion", "1.0.0"}, {"interfaces", {{{"name", "eth0"}}}}, {"ips", json::array()}}}};
+    j.update(extra);
+    return j;
+  }
+
+  /// Runs meshcap-cni once; `netns` "" leaves CNI_NETNS out.
+  CniResult cni(const std::string& command, const json& conf, std::optional<std::string> netns = std::nullopt,
+                const std::string& args = "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart") {
+    std::vector<std::string> env = node_->env();
+    env.push_back("CNI_COMMAND=" + command);
+    env.push_back("CNI_CONTAINERID=ctr" + pod_->suffix());
+    env.push_back("CNI_IFNAME=eth0");
+    env.push_back("CNI_PATH=/usr/lib/cni");
+    env.push_back("CNI_ARGS=" + args);
+    const std::string ns = netns.value_or(pod_->pod_netns_path());
+    if (!ns.empty()) env.push_back("CNI_NETNS=" + ns);
+    return spawn({MESHCAP_CNI_BIN}, env, conf.dump());
+  }
+
+  static CniResult spawn(std::vector<std::string> argv, std::vector<std::string> env, const std::string& in) {
+    int pin[2], pout[2], perr[2];
+    if (pipe2(pin, O_CLOEXEC) || pipe2(pout, O_CLOEXEC) || pipe2(perr, O_CLOEXEC)) return {};
+    const pid_t pid = fork();
+    if (pid == 0) {
+      dup2(pin[0], 0), dup2(pout[1], 1), dup2(perr[1], 2);
+      std::vector<char*> a, e;
+      for (auto& s : argv) a.push_back(s.data());
+      for (auto& s : env) e.push_back(s.data());
+      a.push_back(nullptr), e.push_back(nullptr);
+      execve(a[0], a.data(), e.data());
+      _exit(127);
+    }
+    close(pin[0]), close(pout[1]), close(perr[1]);
+    (void)!write(pin[1], in.data(), in.size());
+    close(pin[1]);
+    CniResult r;
+    auto drain = [](int fd, std::string& to) {
+      char buf[4096];
+      ssize_t n;
+      while ((n = read(fd, buf, sizeof buf)) > 0) to.append(buf, static_cast<size_t>(n));
+      close(fd);
+    };
+    drain(pout[0], r.out);
+    drain(perr[0], r.err);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return r;
+  }
+
+  std::string pod_name() const { return "cni-ctr" + pod_->suffix(); }
+  json status() {
+    auto r = node_->meshcap({"status", "--json"});
+    const json all = json::parse(r.output.substr(r.output.find('[')));
+    for (const auto& p : all)
+      if (p["name"] == pod_name()) return p;
+    return json();
+  }
+  size_t enrolled() {
+    auto r = node_->meshcap({"node", "status", "--json"});
+    return json::parse(r.output.substr(r.output.find('{')))["pods_enrolled"].get<size_t>();
+  }
+  void expect_captured() {
+    size_t o = out4_->accepted(), i = in4_->accepted();
+    EXPECT_TRUE(roundtrip_in_pod(*pod_, pod_->peer_ipv4(), 8080, Identity::user(1000, 1000)).ok());
+    EXPECT_ACCEPTS(out4_->accepted(), o + 1);
+    EXPECT_TRUE(roundtrip_in_peer(*pod_, pod_->pod_ipv4(), 8080).ok());
+    EXPECT_ACCEPTS(in4_->accepted(), i + 1);
+  }
+  void expect_direct() {
+    size_t o = out4_->accepted(), i = in4_->accepted(), peer = peer_->accepted(), app = app_->accepted();
+    EXPECT_TRUE(roundtrip_in_pod(*pod_, pod_->peer_ipv4(), 8080, Identity::user(1000, 1000)).ok());
+    EXPECT_TRUE(roundtrip_in_peer(*pod_, pod_->pod_ipv4(), 8080).ok());
+    EXPECT_ACCEPTS(peer_->accepted(), peer + 1);
+    EXPECT_ACCEPTS(app_->accepted(), app + 1);
+    EXPECT_EQ(out4_->accepted(), o);
+    EXPECT_EQ(in4_->accepted(), i);
+  }
+  static int code(const CniResult& r) { return json::parse(r.out).value("code", 0); }
+
+  std::unique_ptr<TestNode> node_;
+  std::unique_ptr<TestPod> pod_;
+  std::unique_ptr<RecordingListener> out4_, in4_, peer_, app_;
+};
+
+TEST_F(Cni, AddWithoutANodeAppliesIstiosRulesInThePodsNamespace) {
+  const json conf = config();
+  auto r = cni("ADD", conf);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_EQ(json::parse(r.out), conf["prevResult"]);  // passed through unchanged
+  const json st = status();
+  ASSERT_FALSE(st.is_null());
+  EXPECT_EQ(st["parts"]["outbound"]["engine"], "iptables") << st.dump();
+  EXPECT_TRUE(st["drift"].empty()) << st.dump();
+  expect_captured();
+  r = cni("CHECK", conf);
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  r = cni("DEL", conf);
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_TRUE(status().is_null());
+  expect_direct();
+  // DEL again, and without a namespace: nothing to do, success.
+  EXPECT_EQ(cni("DEL", conf).exit_code, 0);
+  EXPECT_EQ(cni("DEL", conf, "").exit_code, 0);
+  // CHECK of a pod that is not captured is an error.
+  r = cni("CHECK", conf);
+  EXPECT_NE(r.exit_code, 0);
+}
+
+TEST_F(Cni, AddIntoARunningNodeEnrolsAndDelTakesItOut) {
+  ASSERT_EQ(node_->start().exit_code, 0);
+  const json conf = config();
+  auto r = cni("ADD", conf);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_EQ(enrolled(), 1u);
+  const json st = status();
+  EXPECT_EQ(st["ebpf"]["host"], "node") << st.dump();
+  expect_captured();
+  EXPECT_EQ(cni("CHECK", conf).exit_code, 0);
+  // The runtime forgets the namespace before DEL: the container ID is enough.
+  r = cni("DEL", conf, "");
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_EQ(enrolled(), 0u);
+  expect_direct();
+}
+
+TEST_F(Cni, CheckFindsAnEnrolmentRemovedBehindItsBack) {
+  ASSERT_EQ(node_->start().exit_code, 0);
+  ASSERT_EQ(cni("ADD", config()).exit_code, 0);
+  // The data path is stopped with the pod moved to iptables: CHECK still
+  // passes (capture in place); after cleanup of the pod it fails.
+  ASSERT_EQ(node_->meshcap({"cleanup", "--name", pod_name()}).exit_code, 0);
+  auto r = cni("CHECK", config());
+  EXPECT_NE(r.exit_code, 0) << r.out;
+}
+
+TEST_F(Cni, ANodeThatIsNotWholeIsTryAgainLaterAndNothingChanges) {
+  ASSERT_EQ(node_->start().exit_code, 0);
+  // An upgrade interrupted by a process that is gone.
+  const pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  waitpid(dead, nullptr, 0);
+  std::ofstream(node_->state_dir() + "/node.upgrading") << dead << "\n";
+  auto r = cni("ADD", config());
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_EQ(code(r), 11) << r.out;
+  EXPECT_EQ(enrolled(), 0u);
+  EXPECT_TRUE(status().is_null());
+  expect_direct();
+  std::remove((node_->state_dir() + "/node.upgrading").c_str());
+  // STATUS says the same thing while it lasts, and ready once repaired.
+  EXPECT_EQ(cni("STATUS", config()).exit_code, 0);
+}
+
+TEST_F(Cni, BadInputIsAnErrorAndChangesNothing) {
+  struct Case {
+    std::string what;
+    json conf;
+    std::optional<std::string> netns;
+    int code;
+  };
+  const std::vector<Case> cases = {
+      {"bad port", config({{"envoy-port", "notaport"}}), std::nullopt, 7},
+      {"unknown key", config({{"envoy-prot", "15001"}}), std::nullopt, 7},
+      {"bad cidr", config({{"istio-service-cidr", "10.0.0.0/40"}}), std::nullopt, 7},
+      {"version", config({{"cniVersion", "7.0.0"}}), std::nullopt, 1},
+      {"no namespace", config(), "", 4},
+  };
+  for (const auto& c : cases) {
+    auto r = cni("ADD", c.conf, c.netns);
+    EXPECT_NE(r.exit_code, 0) << c.what;
+    EXPECT_EQ(code(r), c.code) << c.what << ": " << r.out;
+    EXPECT_TRUE(status().is_null()) << c.what;
+  }
+  auto r = cni("ADD", config(), "/run/netns/meshcap-no-such-namespace");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(code(r), 0) << r.out;
+  EXPECT_TRUE(status().is_null());
+  r = spawn({MESHCAP_CNI_BIN}, {"CNI_COMMAND=ADD"}, "{not json");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_TRUE(json::accept(r.out)) << "stdout must hold only the error JSON: " << r.out;
+  expect_direct();
+}
+
+TEST_F(Cni, ExcludedPodsStartUncapturedOnPurpose) {
+  auto r = cni("ADD", config({{"exclude-namespaces", {"kube-system", "shop"}}}));
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_TRUE(status().is_null());
+  expect_direct();
+}
+
+}  // namespace
+}  // namespace meshcap::test
