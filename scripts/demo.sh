@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 cmake --preset default >/dev/null
-cmake --build --preset default --target meshcap meshcap-demo
+cmake --build --preset default --target meshcap meshcap-cni meshcap-demo
 exec ./build/tests/meshcap-demo
