@@ -46,6 +46,9 @@ int run_cleanup(const CleanupOptions& o) {
       spdlog::info("pod {}: stale (network namespace, cgroup or links gone), removed", name);
       removed++;
     }
+    // Staging directories of any pod whose init was killed half-way and
+    // never run again (their links hold nothing once the cgroup is gone).
+    if (loader::remove_dead_staging("")) spdlog::info("removed what killed runs left in staging");
     spdlog::info("{} stale pod(s) removed", removed);
     return kExitOk;
   }

@@ -107,10 +107,12 @@ bool remove_dead_staging(const std::string& base) {
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(staging_root(), ec)) {
     const std::string f = e.path().filename();
-    if (f.rfind(base + "-", 0) != 0 || f.size() == base.size() + 1 ||
-        f.find_first_not_of("0123456789", base.size() + 1) != std::string::npos)
+    const size_t dash = base.empty() ? f.rfind('-') : base.size();
+    if (dash == std::string::npos || dash == 0 || f.compare(0, dash, base.empty() ? f.substr(0, dash) : base) != 0 ||
+        f.size() <= dash + 1 || f[dash] != '-' || f.size() > dash + 11 ||
+        f.find_first_not_of("0123456789", dash + 1) != std::string::npos)
       continue;
-    const pid_t pid = std::stoi(f.substr(base.size() + 1));
+    const pid_t pid = std::stoi(f.substr(dash + 1));
     if (pid == getpid() || kill(pid, 0) == 0) continue;  // still at work
     remove_tree(e.path());
     removed = true;

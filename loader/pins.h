@@ -31,8 +31,8 @@ void ensure_bpffs();
 /// Creates `dir` and its parents in the BPF filesystem.
 void make_pin_dirs(const std::string& dir);
 /// Removes what a killed process left in the staging area for a data path
-/// directory named `base` ("<base>-<pid>" whose process is gone); true when
-/// there was something.
+/// directory named `base` ("<base>-<pid>" whose process is gone; "" any
+/// base); true when there was something.
 bool remove_dead_staging(const std::string& base);
 /// Removes a pin directory and everything below it, detaching pinned links
 /// first (a process may still hold them). Safe when it is not there.
