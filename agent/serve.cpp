@@ -20,7 +20,7 @@
 
 #include "commands.h"
 #include "cni_config.h"
-#include "conflist.h"
+#include "cni_conflist.h"
 #include "host.h"
 
 namespace fs = std::filesystem;

@@ -19,7 +19,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cni_plugin.h"
-#include "conflist.h"
+#include "cni_conflist.h"
 
 namespace {
 

@@ -13,7 +13,7 @@
 
 #include "cni_config.h"
 #include "cni_plugin.h"
-#include "conflist.h"
+#include "cni_conflist.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;

@@ -1,4 +1,4 @@
-#include "conflist.h"
+#include "cni_conflist.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
