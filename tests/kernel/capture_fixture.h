@@ -178,6 +178,9 @@ class CaptureModeTest : public CaptureTest, public ::testing::WithParamInterface
       return ::testing::AssertionFailure() << "meshcap" << cmd << " exited " << r.exit_code << ": " << r.output;
     }
     learn_engines();
+    // An iptables mode's rules are in its backend's tables.
+    if (mode().engine == Engine::iptables && nat_save(false).find("ISTIO_") == std::string::npos)
+      return ::testing::AssertionFailure() << "no ISTIO_ chain in " << ipv4_save_ << " after init: " << r.output;
     return ::testing::AssertionSuccess();
   }
 
