@@ -42,7 +42,7 @@ main() {
 
   # The eBPF tiers only where meshcap would use eBPF; the iptables ones and
   # the harness everywhere.
-  local tests=(test_pod_selftest iptables_kernel_tests iptables_traffic_kernel_tests iptables_e2e_tests)
+  local tests=(test_pod_selftest iptables_kernel_tests capture_kernel_tests capture_e2e_tests)
   [ "$out" = ebpf ] && tests+=(ebpf_kernel_tests ebpf_e2e_tests)
   local t rc
   for t in "${tests[@]}"; do

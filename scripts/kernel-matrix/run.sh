@@ -58,8 +58,8 @@ REPO=$(cd "$HERE/../.." && pwd)
 
 KERNELS=()
 BOOTS=full,nocgroup2,nobpf
-FULL_TESTS="ebpf_kernel_tests iptables_kernel_tests iptables_traffic_kernel_tests ebpf_e2e_tests iptables_e2e_tests"
-QUICK_TESTS="ebpf_kernel_tests ebpf_e2e_tests iptables_e2e_tests"
+FULL_TESTS="ebpf_kernel_tests capture_kernel_tests iptables_kernel_tests capture_e2e_tests ebpf_e2e_tests"
+QUICK_TESTS="ebpf_kernel_tests capture_e2e_tests"
 QUICK=0
 TESTS_GIVEN=0
 EXPECT=ebpf/ebpf

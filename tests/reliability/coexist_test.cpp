@@ -426,7 +426,7 @@ TEST_F(CoexistConntrack, AutoModeInboundIptablesKeepsEbpfOriginalDstRight) {
 }
 
 // Without conntrack in the pod netns the answer is right (the usual case;
-// the same check as tests/kernel/ebpf_outbound_test.cpp).
+// the same check as tests/kernel/capture_outbound_test.cpp).
 TEST_F(CoexistConntrack, WithoutConntrackEbpfOriginalDstIsRight) {
   ASSERT_EQ(init_ebpf({"-i", "*"}).exit_code, 0);
   EXPECT_EQ(captured_original_dst().address, endpoint(pod_->peer_ipv4(), 8080));
