@@ -48,7 +48,7 @@ class DnsIptables : public ::testing::TestWithParam<std::string> {
     upstream_log_ = pod_->scratch_dir() + "/upstream.log";
     pod_->spawn_in_peer({"dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
                          "--pid-file=", "--user=root", "--bind-interfaces",
-                         "--listen-address=" + pod_->peer_ipv4(), "--port=53",
+                         "--listen-address=" + pod_->peer_ipv4() + "," + pod_->peer_ipv6(), "--port=53",
                          std::string("--address=/") + kName + "/" + kAnswer, "--log-queries", "--log-facility=-"},
                         Identity::root(), upstream_log_);
     start_proxy();
@@ -58,7 +58,7 @@ class DnsIptables : public ::testing::TestWithParam<std::string> {
     proxy_log_ = pod_->scratch_dir() + "/proxy.log";
     proxy_ = pod_->spawn_in_pod({"dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
                                  "--conf-file=/dev/null", "--pid-file=", "--bind-interfaces",
-                                 "--listen-address=127.0.0.1", "--port=15053", "--server=" + pod_->peer_ipv4(),
+                                 "--listen-address=127.0.0.1,::1", "--port=15053", "--server=" + pod_->peer_ipv4(),
                                  "--log-queries", "--log-facility=-"},
                                 Identity::proxy(), proxy_log_);
   }
@@ -173,6 +173,18 @@ TEST_P(DnsIptables, CaptureAllDnsAndProxyStoppedFailsClosed) {
   const CommandResult down = dig(pod_->peer_ipv4(), {});
   EXPECT_EQ(down.output.find(kAnswer), std::string::npos) << down.output;
   EXPECT_EQ(count(upstream_log_, up), upstream_before) << "a query bypassed the stopped proxy";
+}
+
+TEST_P(DnsIptables, Ipv6ListedResolverGoesThroughTheProxy) {
+  apply({"--dual-stack", "--dns-servers", pod_->peer_ipv6()});
+  ASSERT_TRUE(wait_ready());
+  const std::string q = std::string("query[A] ") + kName + " from ";
+  const size_t before = count(proxy_log_, q);
+  const CommandResult udp = dig(pod_->peer_ipv6(), {});
+  EXPECT_NE(udp.output.find(kAnswer), std::string::npos) << udp.output;
+  const CommandResult tcp = dig(pod_->peer_ipv6(), {"+tcp"});
+  EXPECT_NE(tcp.output.find(kAnswer), std::string::npos) << tcp.output;
+  EXPECT_EQ(count(proxy_log_, q), before + 2) << read_text_file(proxy_log_);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, DnsIptables, ::testing::Values("nft", "legacy"),
