@@ -11,6 +11,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   # run time and tests
   iproute2 iptables util-linux procps haproxy conntrack
+  # DNS capture tests (issue #18): dnsmasq as the proxy's DNS listener and upstream, dig
+  dnsmasq-base bind9-dnsutils
   # benchmark plots (meshcap-bench)
   gnuplot-nox
   # fuzzing (scripts/fuzz.sh): clang's libFuzzer and sanitizer runtimes
