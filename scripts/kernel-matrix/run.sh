@@ -312,6 +312,10 @@ for pkg in "${KERNELS[@]}"; do
     # The probe output, for docs/kernels.md.
     tr -d '\r' < "$log" | sed -n '/^KM: PROBE-BEGIN/,/^KM: PROBE-END/p' | sed '1d;$d' > "$LOGS/$kver-$boot.probe.txt"
     tr -d '\r' < "$log" | sed -n '/^KM: PROBE-JSON-BEGIN/,/^KM: PROBE-JSON-END/p' | sed '1d;$d' > "$LOGS/$kver-$boot.probe.json"
+    # The plans for istio-init's defaults (per pod; full boot: node start,
+    # node status and the plan into the node).
+    tr -d '\r' < "$log" | awk -v b="$boot" '/^KM: PLAN-POD-BEGIN/ { p = 1 } p { print }
+      /^KM: PLAN-NODE-END/ || (b != "full" && /^KM: PLAN-POD-END/) { p = 0 }' > "$LOGS/$kver-$boot.plans.txt"
     {
       echo "$kver, boot $boot (${secs} s with qemu's start, log $log)"
       "$HERE/parse-log.sh" "$log"
