@@ -34,7 +34,9 @@
 #   --expect OUT/IN  plan the full boot must choose (default ebpf/ebpf)
 #   --timeout SEC    per boot (default 1800); --test-timeout SEC per binary
 #   --smp N, --mem MB   guest CPUs (default: up to 2) and memory (1024)
-#   --build-dir DIR  meshcap's build tree (default: build/)
+#   --build-dir DIR  meshcap's build tree (default: build/); only read
+#   --work-dir DIR   where the kernels, apt state, logs and scratch go
+#                    (default: BUILD/kernel-matrix)
 #   --no-install     do not apt-get install qemu/busybox-static when missing
 #   --guest-cmd CMD  a shell command the guest runs (and prints) before the
 #                    tests, for debugging
@@ -58,7 +60,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 
 KERNELS=()
 BOOTS=full,nocgroup2,nobpf
-FULL_TESTS="ebpf_kernel_tests capture_kernel_tests iptables_kernel_tests capture_e2e_tests ebpf_e2e_tests"
+FULL_TESTS="ebpf_kernel_tests capture_kernel_tests iptables_kernel_tests capture_e2e_tests ebpf_e2e_tests equivalence_tests"
 QUICK_TESTS="ebpf_kernel_tests capture_e2e_tests"
 QUICK=0
 TESTS_GIVEN=0
@@ -74,6 +76,7 @@ FACTS_DIR=""
 MIRROR=""
 SECURITY_MIRROR=""
 REFRESH=0
+WORK_GIVEN=""
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2; }
 die() { echo "kernel-matrix: $*" >&2; exit 2; }
@@ -94,6 +97,7 @@ while [ $# -gt 0 ]; do
     --smp) SMP=$2; shift 2 ;;
     --mem) MEM=$2; shift 2 ;;
     --build-dir) BUILD=$(realpath "$2"); shift 2 ;;
+    --work-dir) WORK_GIVEN=$(realpath -m "$2"); shift 2 ;;
     --no-install) INSTALL=0; shift ;;
     --guest-cmd) GUEST_CMD=$2; shift 2 ;;
     -h|--help) usage ;;
@@ -107,7 +111,7 @@ for b in ${BOOTS//,/ }; do
 done
 case $EXPECT in */*) ;; *) die "--expect: OUT/IN, e.g. ebpf/ebpf" ;; esac
 
-WORK=$BUILD/kernel-matrix
+WORK=${WORK_GIVEN:-$BUILD/kernel-matrix}
 CACHE=$WORK/cache
 LOGS=$WORK/logs
 mkdir -p "$CACHE" "$LOGS"
@@ -308,6 +312,10 @@ for pkg in "${KERNELS[@]}"; do
     # The probe output, for docs/kernels.md.
     tr -d '\r' < "$log" | sed -n '/^KM: PROBE-BEGIN/,/^KM: PROBE-END/p' | sed '1d;$d' > "$LOGS/$kver-$boot.probe.txt"
     tr -d '\r' < "$log" | sed -n '/^KM: PROBE-JSON-BEGIN/,/^KM: PROBE-JSON-END/p' | sed '1d;$d' > "$LOGS/$kver-$boot.probe.json"
+    # The plans for istio-init's defaults (per pod; full boot: node start,
+    # node status and the plan into the node).
+    tr -d '\r' < "$log" | awk -v b="$boot" '/^KM: PLAN-POD-BEGIN/ { p = 1 } p { print }
+      /^KM: PLAN-NODE-END/ || (b != "full" && /^KM: PLAN-POD-END/) { p = 0 }' > "$LOGS/$kver-$boot.plans.txt"
     {
       echo "$kver, boot $boot (${secs} s with qemu's start, log $log)"
       "$HERE/parse-log.sh" "$log"

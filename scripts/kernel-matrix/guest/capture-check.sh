@@ -111,7 +111,7 @@ dump_nat() {  # dump_nat WHY: the pod's nat rules, for a failed check
   done
 }
 engine_of() {  # engine_of DIRECTION < meshcap status output
-  sed -n "s/^  $1: \([a-z]*\) .*/\1/p" | head -n 1
+  sed -n "s/^  $1: \([a-z]*\)[ ,].*/\1/p" | head -n 1
 }
 istio_rules() {
   nsenter --net="$POD_NS" iptables-nft-save 2>/dev/null | grep -c ISTIO
