@@ -160,7 +160,9 @@ PluginConfig parse_config(const std::string& stdin_text, const CniEnv& env) {
   if (std::find(versions.begin(), versions.end(), c.cni_version) == versions.end())
     throw CniError(kIncompatibleVersion, "cniVersion '" + c.cni_version + "' is not supported",
                    "meshcap-cni speaks 0.3.0, 0.3.1, 0.4.0, 1.0.0 and 1.1.0");
-  c.network_name = j.value("name", "");
+  if (j.contains("name") && !j["name"].is_string())
+    throw CniError(kInvalidConfig, "the network configuration's name is not a string");
+  c.network_name = j.contains("name") ? j["name"].get<std::string>() : "";
   if (j.contains("type") && j["type"] != "meshcap-cni")
     throw CniError(kInvalidConfig, "this configuration is for plugin '" + j["type"].dump() + "'");
   c.flags = sidecar_defaults();

@@ -112,6 +112,7 @@ TEST(CniConfig, BadInputIsAnErrorWithItsCode) {
   EXPECT_EQ(error_code([&] { parse_config(R"({"name":"x"})", env); }), kInvalidConfig);
   EXPECT_EQ(error_code([&] { parse_config(conf({{"cniVersion", "9.9.9"}}), env); }), kIncompatibleVersion);
   EXPECT_EQ(error_code([&] { parse_config(conf({{"type", "bridge"}}), env); }), kInvalidConfig);
+  EXPECT_EQ(error_code([&] { parse_config(conf({{"name", {{"interfaces", json::array()}}}}), env); }), kInvalidConfig);
   EXPECT_EQ(error_code([&] { parse_config(conf({{"envoy-prot", "15001"}}), env); }), kInvalidConfig);
   EXPECT_EQ(error_code([&] { parse_config(conf({{"envoy-port", "notaport"}}), env); }), kInvalidConfig);
   EXPECT_EQ(error_code([&] { parse_config(conf({{"istio-service-cidr", "10.0.0.0/33"}}), env); }), kInvalidConfig);
