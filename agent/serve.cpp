@@ -12,7 +12,6 @@
 #include <csignal>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <sstream>
 
@@ -101,22 +100,6 @@ void serve_one(int client) {
   (void)!send(client, reply.data(), reply.size(), MSG_NOSIGNAL);
 }
 
-// The plugin entry's keys must parse as meshcap-cni would parse them on
-// every ADD: a bad value is found here, before anything is installed.
-void check_plugin_settings(const nlohmann::json& settings, const std::string& file) {
-  nlohmann::json entry = settings;
-  entry["cniVersion"] = "1.0.0";
-  entry["name"] = "meshcap-check";
-  entry["type"] = "meshcap-cni";
-  cni::CniEnv env;
-  env.command = "ADD";
-  try {
-    (void)cni::parse_config(entry.dump(), env);
-  } catch (const cni::CniError& e) {
-    throw UsageError("--cni-plugin-config: invalid value '" + file + "': " + e.what());
-  }
-}
-
 // The meshcap-cni binary shipped with this meshcap.
 std::string cni_binary(const std::string& given) {
   if (!given.empty()) return given;
@@ -138,13 +121,7 @@ int run_node_serve(const NodeServeOptions& o) {
     cni.conf_dir = o.cni_conf_dir;
     cni.bin_dir = o.cni_bin_dir;
     cni.source_binary = cni_binary(o.cni_binary);
-    if (!o.cni_plugin_config.empty()) {
-      std::ifstream in(o.cni_plugin_config);
-      if (!in) throw UsageError("--cni-plugin-config: invalid value '" + o.cni_plugin_config + "': cannot read it");
-      cni.settings = nlohmann::json::parse(in, nullptr, false);
-      if (!cni.settings.is_object()) throw UsageError("--cni-plugin-config: invalid value '" + o.cni_plugin_config + "': not a JSON object");
-      check_plugin_settings(cni.settings, o.cni_plugin_config);
-    }
+    if (!o.cni_plugin_config.empty()) cni.settings = cni::read_plugin_settings(o.cni_plugin_config, "--cni-plugin-config");
   }
   uint16_t port = 0;
   const int listener = o.metrics_listen.empty() ? -1 : listen_on(o.metrics_listen, &port);

@@ -18,12 +18,12 @@ namespace {
 
 using nlohmann::json;
 
-// No istio environment variables in the plugin: the runtime's environment is
-// not the pod's; settings come from the configuration alone.
 // JSON for stdout; bytes that are not UTF-8 (a namespace path, CNI_ARGS)
 // are replaced, never a reason to fail.
 std::string text(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n"; }
 
+// No istio environment variables in the plugin: the runtime's environment is
+// not the pod's; settings come from the configuration alone.
 EnvLookup no_env() {
   return [](const std::string&) { return std::optional<std::string>(); };
 }
@@ -37,8 +37,7 @@ json result_of(const PluginConfig& c) {
 
 json cmd_add(const PluginConfig& c, const CniEnv& env) {
   if (excluded(c, env)) {
-    spdlog::info("pod {}/{} excluded by name: not captured", env.args.count("K8S_POD_NAMESPACE") ? env.args.at("K8S_POD_NAMESPACE") : "",
-                 env.args.count("K8S_POD_NAME") ? env.args.at("K8S_POD_NAME") : "");
+    spdlog::info("pod {}/{} excluded by name: not captured", env.arg("K8S_POD_NAMESPACE"), env.arg("K8S_POD_NAME"));
     return result_of(c);
   }
   if (node_not_ready())
@@ -49,9 +48,7 @@ json cmd_add(const PluginConfig& c, const CniEnv& env) {
   r.name = pod_name_for(env.container_id);
   r.netns = env.netns;
   r.mode = c.mode;
-  r.origin = {"cni", env.container_id, env.ifname,
-              env.args.count("K8S_POD_NAMESPACE") ? env.args.at("K8S_POD_NAMESPACE") : "",
-              env.args.count("K8S_POD_NAME") ? env.args.at("K8S_POD_NAME") : ""};
+  r.origin = {"cni", env.container_id, env.ifname, env.arg("K8S_POD_NAMESPACE"), env.arg("K8S_POD_NAME")};
   PlannedCapture p;
   try {
     r.flags = FlagSet::resolve(c.flags, no_env());
@@ -89,7 +86,7 @@ void cmd_check(const PluginConfig& c, const CniEnv& env) {
   const std::string name = pod_name_for(env.container_id);
   if (!read_pod_state(name)) throw CniError(kUnknownContainer, "no capture recorded for container " + env.container_id);
   const json st = pod_status(name);
-  if (!st["drift"].empty()) throw CniError(kCaptureDrifted, "the pod's capture drifted", st["drift"].dump());
+  if (!st["drift"].empty()) throw CniError(kCaptureDrifted, "the pod's capture drifted", st["drift"].dump(-1, ' ', false, json::error_handler_t::replace));
 }
 
 json cmd_status() {
@@ -100,8 +97,15 @@ json cmd_status() {
 
 void cmd_gc(const PluginConfig& c) {
   std::set<std::string> valid;
-  if (c.raw.contains("cni.dev/valid-attachments"))
-    for (const auto& a : c.raw["cni.dev/valid-attachments"]) valid.insert(a.value("containerID", ""));
+  if (c.raw.contains("cni.dev/valid-attachments")) {
+    const json& list = c.raw["cni.dev/valid-attachments"];
+    if (!list.is_array()) throw CniError(kInvalidConfig, "cni.dev/valid-attachments: expected a list");
+    for (const auto& a : list) {
+      if (!a.is_object() || !a.contains("containerID") || !a["containerID"].is_string())
+        throw CniError(kInvalidConfig, "cni.dev/valid-attachments: each attachment needs a containerID string");
+      valid.insert(a["containerID"].get<std::string>());
+    }
+  }
   for (const auto& name : recorded_pods()) {
     const auto st = read_pod_state(name);
     if (!st || st->origin.via != "cni" || valid.count(st->origin.container_id)) continue;

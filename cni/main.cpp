@@ -10,7 +10,6 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdlib>
-#include <fstream>
 #include <iostream>
 #include <iterator>
 #include <thread>
@@ -19,6 +18,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cni_plugin.h"
+#include "cni_config.h"
 #include "cni_conflist.h"
 
 namespace {
@@ -55,17 +55,15 @@ int installer(int argc, char** argv) {
       return 0;
     }
     o.source_binary = self_path();
-    if (!settings_file.empty()) {
-      std::ifstream in(settings_file);
-      if (!in) throw std::runtime_error("--settings: invalid value '" + settings_file + "': cannot read it");
-      o.settings = nlohmann::json::parse(in);
-      if (!o.settings.is_object()) throw std::runtime_error("--settings: expected a JSON object");
-    }
+    if (!settings_file.empty()) o.settings = meshcap::cni::read_plugin_settings(settings_file, "--settings");
     do {
       if (auto f = meshcap::cni::install_plugin(o); !f.empty()) spdlog::info("meshcap-cni added to {}", f);
       if (watch) std::this_thread::sleep_for(std::chrono::seconds(1));
     } while (watch);
     return 0;
+  } catch (const meshcap::UsageError& e) {
+    spdlog::error("{}", e.what());
+    return 2;
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
     return 1;

@@ -108,7 +108,7 @@ bool remove_dead_staging(const std::string& base) {
   for (const auto& e : fs::directory_iterator(staging_root(), ec)) {
     const std::string f = e.path().filename();
     const size_t dash = base.empty() ? f.rfind('-') : base.size();
-    if (dash == std::string::npos || dash == 0 || f.compare(0, dash, base.empty() ? f.substr(0, dash) : base) != 0 ||
+    if (dash == std::string::npos || dash == 0 || (!base.empty() && f.compare(0, dash, base) != 0) ||
         f.size() <= dash + 1 || f[dash] != '-' || f.size() > dash + 11 ||
         f.find_first_not_of("0123456789", dash + 1) != std::string::npos)
       continue;

@@ -24,11 +24,11 @@ bool all_digits(const std::string& s) {
 
 }  // namespace
 
-std::vector<std::string> split_list(const std::string& text) {
+std::vector<std::string> split_list(const std::string& text, char sep) {
   std::vector<std::string> out;
   size_t start = 0;
   while (start <= text.size()) {
-    size_t comma = text.find(',', start);
+    size_t comma = text.find(sep, start);
     if (comma == std::string::npos) comma = text.size();
     if (comma > start) out.push_back(text.substr(start, comma - start));
     start = comma + 1;

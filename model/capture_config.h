@@ -134,7 +134,7 @@ IdList parse_id_list(const std::string& text, const std::string& what,
 /// whitespace, ':' or '*'.
 std::vector<std::string> parse_interface_list(const std::string& text,
                                               const std::string& what);
-/// Splits on ',' and drops empty items, as istio's config.Split.
-std::vector<std::string> split_list(const std::string& text);
+/// Splits on `sep` (',' as istio's config.Split) and drops empty items.
+std::vector<std::string> split_list(const std::string& text, char sep = ',');
 
 }  // namespace meshcap

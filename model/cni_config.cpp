@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <fstream>
 #include <set>
 
 namespace meshcap::cni {
@@ -128,14 +129,7 @@ CniEnv read_env(const std::function<std::optional<std::string>(const std::string
   }
   if ((e.command == "ADD" || e.command == "CHECK") && e.netns.empty()) throw CniError(kInvalidEnv, "CNI_NETNS is not set");
   if (per_container && e.command != "DEL" && e.ifname.empty()) throw CniError(kInvalidEnv, "CNI_IFNAME is not set");
-  const std::string args = getenv("CNI_ARGS").value_or("");
-  size_t pos = 0;
-  while (pos < args.size()) {
-    size_t end = args.find(';', pos);
-    if (end == std::string::npos) end = args.size();
-    const std::string kv = args.substr(pos, end - pos);
-    pos = end + 1;
-    if (kv.empty()) continue;
+  for (const auto& kv : split_list(getenv("CNI_ARGS").value_or(""), ';')) {
     const auto eq = kv.find('=');
     if (eq == std::string::npos || eq == 0) throw CniError(kInvalidEnv, "CNI_ARGS: invalid pair '" + kv + "'");
     e.args[kv.substr(0, eq)] = kv.substr(eq + 1);
@@ -194,12 +188,28 @@ std::string pod_name_for(const std::string& container_id) {
   return "cni-" + id.substr(0, 60);
 }
 
+nlohmann::json read_plugin_settings(const std::string& file, const std::string& flag) {
+  const std::string bad = flag + ": invalid value '" + file + "': ";
+  std::ifstream in(file);
+  if (!in) throw UsageError(bad + "cannot read it");
+  json settings = json::parse(in, nullptr, false);
+  if (!settings.is_object()) throw UsageError(bad + "not a JSON object");
+  json entry = settings;
+  entry["cniVersion"] = "1.0.0";
+  entry["name"] = "meshcap-check";
+  entry["type"] = "meshcap-cni";
+  CniEnv env;
+  env.command = "ADD";
+  try {
+    (void)parse_config(entry.dump(), env);
+  } catch (const CniError& e) {
+    throw UsageError(bad + e.what());
+  }
+  return settings;
+}
+
 bool excluded(const PluginConfig& c, const CniEnv& env) {
-  auto arg = [&](const char* k) {
-    auto it = env.args.find(k);
-    return it == env.args.end() ? std::string() : it->second;
-  };
-  const std::string ns = arg("K8S_POD_NAMESPACE"), pod = arg("K8S_POD_NAME");
+  const std::string ns = env.arg("K8S_POD_NAMESPACE"), pod = env.arg("K8S_POD_NAME");
   if (!ns.empty() && std::count(c.exclude_namespaces.begin(), c.exclude_namespaces.end(), ns)) return true;
   for (const auto& p : c.exclude_pods)
     if ((!pod.empty() && p == pod) || (!ns.empty() && p == ns + "/" + pod)) return true;

@@ -57,6 +57,11 @@ struct CniEnv {
   std::string netns;         ///< CNI_NETNS
   std::string ifname;        ///< CNI_IFNAME
   std::map<std::string, std::string> args;  ///< CNI_ARGS, "K=V;K=V"
+  /// One CNI_ARGS value ("" when absent).
+  std::string arg(const std::string& key) const {
+    auto it = args.find(key);
+    return it == args.end() ? std::string() : it->second;
+  }
 };
 
 /// The plugin's configuration for one pod: istio's flags (defaults of a
@@ -81,6 +86,11 @@ CniEnv read_env(const std::function<std::optional<std::string>(const std::string
 /// JSON (kDecodeFailure), an unsupported cniVersion (kIncompatibleVersion),
 /// an unknown key or a bad value (kInvalidConfig).
 PluginConfig parse_config(const std::string& stdin_text, const CniEnv& env);
+/// Reads a file of plugin entry keys (what `meshcap node serve
+/// --cni-plugin-config` and `meshcap-cni install --settings` put into the
+/// conflist) and checks them as an ADD would parse them. Throws UsageError
+/// naming `flag` and the file for anything unreadable or invalid.
+nlohmann::json read_plugin_settings(const std::string& file, const std::string& flag);
 /// The pod's record name for a container: "cni-" and its id (sanitized).
 std::string pod_name_for(const std::string& container_id);
 /// Whether the pod is excluded by namespace or name (K8S_POD_NAMESPACE,

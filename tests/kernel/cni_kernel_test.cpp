@@ -179,8 +179,7 @@ TEST_F(Cni, AddIntoARunningNodeEnrolsAndDelTakesItOut) {
 TEST_F(Cni, CheckFindsAnEnrolmentRemovedBehindItsBack) {
   ASSERT_EQ(node_->start().exit_code, 0);
   ASSERT_EQ(cni("ADD", config()).exit_code, 0);
-  // The data path is stopped with the pod moved to iptables: CHECK still
-  // passes (capture in place); after cleanup of the pod it fails.
+  // The pod's capture is removed behind the runtime's back: CHECK fails.
   ASSERT_EQ(node_->meshcap({"cleanup", "--name", pod_name()}).exit_code, 0);
   auto r = cni("CHECK", config());
   EXPECT_NE(r.exit_code, 0) << r.out;

@@ -166,6 +166,34 @@ TEST(CniPlugin, VersionListsWhatItSpeaks) {
             j["supportedVersions"].end());
 }
 
+TEST(CniPlugin, GcRefusesAMalformedAttachmentListBeforeRemovingAnything) {
+  const Reply r = run(lookup({{"CNI_COMMAND", "GC"}}),
+                      conf({{"cni.dev/valid-attachments", {{{"containerID", 7}}}}}));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_EQ(json::parse(r.stdout_text)["code"], kInvalidConfig);
+}
+
+TEST(CniSettings, AFileOfEntryKeysIsCheckedAsAnAddWouldParseIt) {
+  const fs::path f = fs::temp_directory_path() / ("meshcap-cni-settings-" + std::to_string(getpid()) + ".json");
+  auto message = [&](const std::string& text) -> std::string {
+    std::ofstream(f, std::ios::trunc) << text;
+    try {
+      (void)read_plugin_settings(f.string(), "--settings");
+    } catch (const UsageError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_EQ(message(R"({"envoy-port":"15001","exclude-namespaces":["kube-system"]})"), "");
+  EXPECT_NE(message(R"({"envoy-port":"notaport"})").find("--settings: invalid value '" + f.string() + "'"),
+            std::string::npos);
+  EXPECT_NE(message("[1]").find("not a JSON object"), std::string::npos);
+  EXPECT_NE(message(R"({"envoy-prot":"15001"})").find("unknown key"), std::string::npos);
+  fs::remove(f);
+  EXPECT_NE(message("").find("not a JSON object"), std::string::npos);
+  fs::remove(f);
+}
+
 class Conflist : public ::testing::Test {
  protected:
   void SetUp() override {
