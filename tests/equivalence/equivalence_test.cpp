@@ -815,7 +815,7 @@ class Equivalence : public ::testing::Test {
       s += std::to_string(n) + " cgroup programs attached; ";
     }
     if (size_t n = sk_lookup_attached(pod_->pod_netns_path())) s += std::to_string(n) + " sk_lookup programs; ";
-    if (loader::pinned_state(name_).present) s += "pins under /sys/fs/bpf/meshcap/" + name_ + "; ";
+    if (loader::pinned_state(name_).present) s += "pins under " + loader::pin_dir(name_) + "; ";
     return s;
   }
 

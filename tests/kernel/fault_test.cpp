@@ -54,7 +54,7 @@ class InitFault : public CaptureTest, public ::testing::WithParamInterface<Fault
   bool nothing_left() {
     std::error_code ec;
     bool staging = false;
-    for (const auto& e : std::filesystem::directory_iterator("/sys/fs/bpf/meshcap_staging", ec))
+    for (const auto& e : std::filesystem::directory_iterator(loader::staging_root(), ec))
       staging |= e.path().filename().string().rfind(name_ + "-", 0) == 0;
     std::string save = run_command({"nsenter", "--net=" + pod_->pod_netns_path(), "iptables-save"}).output;
     return programs_attached(pod_->cgroup_path()) == 0 && !loader::pinned_state(name_).present && !staging &&

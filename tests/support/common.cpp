@@ -62,6 +62,28 @@ std::string unescape_mountinfo(const std::string& s) {
   return out;
 }
 
+// Every test process gets meshcap directories of its own: the state
+// directory and the BPF pin root (and its staging area) that the meshcap
+// commands it runs, and the loader inside it, use. A test never meets the
+// machine's /run/meshcap or /sys/fs/bpf/meshcap, nor another test's, and
+// what is left in them goes at exit or on a fatal signal (cleanup.h). A
+// test or harness that sets MESHCAP_STATE_DIR / MESHCAP_PIN_DIR itself
+// (TestNode, the equivalence suite's children) keeps its own.
+struct OwnMeshcapDirs {
+  OwnMeshcapDirs() {
+    if (std::getenv("MESHCAP_STATE_DIR") || std::getenv("MESHCAP_PIN_DIR")) return;
+    const std::string id = std::to_string(::getpid());
+    const std::string state = "/run/mctest-" + id, pins = "/sys/fs/bpf/mctest-" + id;
+    ::setenv("MESHCAP_STATE_DIR", state.c_str(), 1);
+    ::setenv("MESHCAP_PIN_DIR", pins.c_str(), 1);
+    detail::install_cleanup_handlers();
+    const int group = detail::new_group();
+    for (const auto& d : {state, pins, pins + "_staging"})
+      detail::register_resource(detail::Resource::directory, group, d);
+  }
+};
+const OwnMeshcapDirs own_meshcap_dirs;
+
 }  // namespace
 
 TestSupportError::TestSupportError(std::string step, int err, const std::string& detail)
