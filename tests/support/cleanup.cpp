@@ -193,8 +193,19 @@ bool remove_one(const Slot& s) {
       return remove_netns_name(s.path);
     case Resource::directory:
       return remove_tree(s.path);
-    case Resource::lockfile:
-      return ::unlink(s.path) == 0 || errno == ENOENT;
+    case Resource::lockfile: {
+      const bool gone = ::unlink(s.path) == 0 || errno == ENOENT;
+      // The lock directory too, once it holds no other lock (rmdir refuses
+      // while it does).
+      char dir[sizeof s.path];
+      std::memcpy(dir, s.path, sizeof dir);
+      dir[sizeof dir - 1] = '\0';
+      if (char* slash = std::strrchr(dir, '/'); slash && slash != dir) {
+        *slash = '\0';
+        ::rmdir(dir);
+      }
+      return gone;
+    }
   }
   return false;
 }
