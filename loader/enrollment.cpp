@@ -4,6 +4,10 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -19,6 +23,7 @@
 #include <functional>
 #include <set>
 #include <sstream>
+#include <thread>
 #include <vector>
 
 #include <spdlog/spdlog.h>
@@ -116,12 +121,12 @@ mc_pod pod_of(const PodSettings& s, uint32_t index) {
   return p;
 }
 
-// Listening TCP sockets on `ports` in a process's network namespace, from
-// /proc/PID/net/tcp{,6}: socket inode -> port.
-std::map<unsigned long, uint16_t> listening_inodes(pid_t pid, const std::vector<uint16_t>& ports) {
+// Listening TCP sockets on `ports` in a network namespace, from
+// NET_DIR/tcp{,6} (/proc/PID/net for a process's): socket inode -> port.
+std::map<unsigned long, uint16_t> listening_inodes(const std::string& net_dir, const std::vector<uint16_t>& ports) {
   std::map<unsigned long, uint16_t> out;
   for (const char* file : {"tcp", "tcp6"}) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/net/" + file);
+    std::ifstream in(net_dir + "/" + file);
     std::string line;
     std::getline(in, line);
     while (std::getline(in, line)) {
@@ -135,6 +140,58 @@ std::map<unsigned long, uint16_t> listening_inodes(pid_t pid, const std::vector<
     }
   }
   return out;
+}
+
+// Whether a TCP socket of the calling thread's network namespace listens
+// on one of `ports`: an inet_diag dump of listening sockets only (the
+// kernel walks its listening hash, not every connection of the machine as
+// /proc/net/tcp does). True when it cannot tell.
+bool listening_here(const std::vector<uint16_t>& ports) {
+  Fd nl(socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
+  if (nl.fd < 0) return true;
+  for (const uint8_t family : {AF_INET, AF_INET6}) {
+    struct {
+      nlmsghdr h;
+      inet_diag_req_v2 r;
+    } req{};
+    req.h.nlmsg_len = sizeof req;
+    req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.r.sdiag_family = family;
+    req.r.sdiag_protocol = IPPROTO_TCP;
+    req.r.idiag_states = 1u << 10;  // TCP_LISTEN
+    if (send(nl.fd, &req, sizeof req, 0) != static_cast<ssize_t>(sizeof req)) return true;
+    alignas(nlmsghdr) char buf[16384];
+    for (bool done = false; !done;) {
+      const ssize_t got = recv(nl.fd, buf, sizeof buf, 0);
+      if (got <= 0) return true;
+      int left = static_cast<int>(got);
+      for (auto* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
+        if (h->nlmsg_type == NLMSG_DONE) {
+          done = true;
+          break;
+        }
+        if (h->nlmsg_type == NLMSG_ERROR) return true;
+        const auto* m = static_cast<const inet_diag_msg*>(NLMSG_DATA(h));
+        if (std::count(ports.begin(), ports.end(), ntohs(m->id.idiag_sport))) return true;
+      }
+    }
+  }
+  return false;
+}
+
+// Whether anything in the namespace at `netns_path` listens on `ports`,
+// asked from a thread inside it (setns is per thread). A pod whose proxy
+// is not running yet -- every pod the CNI plugin adds -- then costs no walk
+// over every process of the node. True when it cannot tell.
+bool listens_in_netns(const std::string& netns_path, const std::vector<uint16_t>& ports) {
+  Fd ns(open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (ns.fd < 0) return true;
+  bool found = true;
+  std::thread([&] {
+    if (setns(ns.fd, CLONE_NEWNET) == 0) found = listening_here(ports);
+  }).join();
+  return found;
 }
 
 // Rows written by one enrolment, to take back if it fails: map fd and key.
@@ -188,6 +245,8 @@ void adopt_listeners(int listeners_fd, uint32_t index, const std::string& netns_
   fault_point("adopt", Part::Inbound);
   struct stat ns {};
   if (stat(netns_path.c_str(), &ns)) return;
+  const std::vector<uint16_t> ports = {cfg.inbound_capture_port, cfg.proxy_port};
+  if (!listens_in_netns(netns_path, ports)) return;
   std::error_code ec;
   for (const auto& proc : fs::directory_iterator("/proc", ec)) {
     const std::string pid_s = proc.path().filename();
@@ -195,7 +254,7 @@ void adopt_listeners(int listeners_fd, uint32_t index, const std::string& netns_
     struct stat pns {};
     if (stat((proc.path() / "ns/net").c_str(), &pns) || pns.st_ino != ns.st_ino || pns.st_dev != ns.st_dev) continue;
     const pid_t pid = std::stoi(pid_s);
-    auto inodes = listening_inodes(pid, {cfg.inbound_capture_port, cfg.proxy_port});
+    auto inodes = listening_inodes(proc.path() / "net", ports);
     if (inodes.empty()) continue;
     std::error_code fec;
     for (const auto& fdent : fs::directory_iterator(proc.path() / "fd", fec)) {
