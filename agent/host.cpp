@@ -10,6 +10,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 
 #include <spdlog/spdlog.h>
 
@@ -25,9 +26,44 @@ namespace {
 std::string node_record_path() { return state_root() + "/node.json"; }
 std::string upgrade_marker() { return state_root() + "/node.upgrading"; }
 
+// What this machine's kernel has, probed once per process and shared by
+// every plan it makes: the answers do not change while it runs, and a
+// long-lived `meshcap node serve` plans every pod's ADD with them.
+class MachineKernel : public loader::KernelFeatures {
+ public:
+  std::optional<std::string> cgroup2_mount() override {
+    std::lock_guard<std::mutex> g(mutex());
+    static const std::optional<std::string> mount = machine().cgroup2_mount();
+    return mount;
+  }
+
+ protected:
+  bool probe(loader::Feature f, std::string& detail) override { return shared_probe(f, detail); }
+  // The shared object batches the program rows on its first program probe.
+  bool batch_program_probe() override { return false; }
+
+ public:
+  static bool shared_probe(loader::Feature f, std::string& detail) {
+    std::lock_guard<std::mutex> g(mutex());
+    const bool has = machine().has(f);
+    detail = machine().detail(f);
+    return has;
+  }
+
+ private:
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static loader::KernelFeatures& machine() {
+    static loader::KernelFeatures k;
+    return k;
+  }
+};
+
 // The node data path's program rows are what it loaded; everything else is
-// asked of the kernel.
-class NodeKernel : public loader::KernelFeatures {
+// asked of the kernel (once per process).
+class NodeKernel : public MachineKernel {
  public:
   explicit NodeKernel(loader::DataPathSpec spec) : spec_(spec) {}
   /// Every program row present: for a data path whose real load decides.
@@ -58,10 +94,9 @@ class NodeKernel : public loader::KernelFeatures {
         if (!spec_.accelerate) detail = "the node data path was started without --accelerate";
         return spec_.accelerate;
       default:
-        return KernelFeatures::probe(f, detail);
+        return shared_probe(f, detail);
     }
   }
-  bool batch_program_probe() override { return false; }
 
  private:
   loader::DataPathSpec spec_;
@@ -181,7 +216,7 @@ EbpfHost find_ebpf_host(const PodTarget& t) {
 std::unique_ptr<loader::KernelFeatures> kernel_for(const EbpfHost& host, bool loading) {
   if (host.kind == EbpfHost::Kind::Node && host.node_spec) return std::make_unique<NodeKernel>(*host.node_spec);
   if (host.kind == EbpfHost::Kind::Pod && loading) return std::make_unique<NodeKernel>(NodeKernel::all());
-  return std::make_unique<loader::KernelFeatures>();
+  return std::make_unique<MachineKernel>();
 }
 
 namespace {
