@@ -2,6 +2,7 @@
 // everything it is given before it touches anything.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "istio_flags.h"
@@ -51,6 +52,10 @@ struct NodeServeOptions {
   std::string cni_conf_dir, cni_bin_dir;  ///< keep meshcap-cni installed there
   std::string cni_binary;      ///< default: the meshcap-cni shipped beside meshcap
   std::string cni_plugin_config;    ///< JSON file: the plugin entry's keys
+  /// Called once the node data path is up (or the node is iptables only),
+  /// before serving; the meshcap command starts meshcap-cni's agent socket
+  /// here (cni/cni_socket.h), a layer above this library.
+  std::function<void()> on_serving;
 };
 
 struct NodeStopOptions {

@@ -17,6 +17,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "agent_socket.h"
 #include "commands.h"
 #include "istio_flags.h"
 
@@ -183,7 +184,11 @@ int main(int argc, char** argv) {
     if (probe_cmd->parsed()) return run_probe(probe);
     if (node_start_cmd->parsed()) return run_node_start(node_start);
     if (node_stop_cmd->parsed()) return run_node_stop(node_stop);
-    if (node_serve_cmd->parsed()) return run_node_serve(node_serve);
+    if (node_serve_cmd->parsed()) {
+      cni::AgentSocket cni_socket;  // meshcap-cni's requests, answered in this process
+      node_serve.on_serving = [&cni_socket] { cni_socket.start(cni::agent_socket_path()); };
+      return run_node_serve(node_serve);
+    }
     if (node_status_cmd->parsed()) return run_node_status(node_status);
   } catch (const UsageError& e) {
     spdlog::error("{}", e.what());

@@ -138,6 +138,7 @@ int run_node_serve(const NodeServeOptions& o) {
   }
   std::signal(SIGTERM, on_signal);
   std::signal(SIGINT, on_signal);
+  if (o.on_serving) o.on_serving();
   if (listener >= 0) std::cout << "metrics on " << o.metrics_listen.substr(0, o.metrics_listen.rfind(':')) << ":" << port
                                << std::endl;
   std::string last_error;  // said once, not every second

@@ -1,6 +1,7 @@
-// meshcap-cni: a chained CNI plugin that captures each pod's traffic for
-// its sidecar proxy as the runtime creates it (see cni_plugin.h), and its
-// installer:
+// meshcap-cni-local: the chained CNI plugin doing its work in its own
+// process (see cni_plugin.h), and its installer. The runtime executes
+// meshcap-cni (shim.cpp), which hands each command to `meshcap node serve`
+// when it listens and executes this binary otherwise:
 //   meshcap-cni                     (the runtime calls it: CNI_* and stdin)
 //   meshcap-cni install --conf-dir DIR [--bin-dir DIR] [--settings FILE] [--watch]
 //   meshcap-cni uninstall --conf-dir DIR [--bin-dir DIR]
@@ -23,10 +24,12 @@
 
 namespace {
 
-std::string self_path() {
+// meshcap-cni, beside this binary (the installer copies both).
+std::string plugin_path() {
   char buf[4096];
   ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
-  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+  const std::string self = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+  return self.substr(0, self.rfind('/') + 1) + "meshcap-cni";
 }
 
 int installer(int argc, char** argv) {
@@ -54,7 +57,7 @@ int installer(int argc, char** argv) {
       spdlog::info("{}", meshcap::cni::uninstall_plugin(conf_dir, bin_dir) ? "meshcap-cni removed" : "nothing to remove");
       return 0;
     }
-    o.source_binary = self_path();
+    o.source_binary = plugin_path();
     if (!settings_file.empty()) o.settings = meshcap::cni::read_plugin_settings(settings_file, "--settings");
     do {
       if (auto f = meshcap::cni::install_plugin(o); !f.empty()) spdlog::info("meshcap-cni added to {}", f);

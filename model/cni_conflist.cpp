@@ -19,6 +19,9 @@ namespace meshcap::cni {
 namespace {
 
 constexpr const char* kType = "meshcap-cni";
+// What goes into the plugin directory: the plugin, and what it executes
+// when no agent listens.
+constexpr const char* kBinaries[] = {"meshcap-cni", "meshcap-cni-local"};
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -66,10 +69,18 @@ std::optional<std::string> primary_config(const std::string& conf_dir) {
 
 std::string install_plugin(const InstallOptions& o) {
   if (!o.bin_dir.empty()) {
-    const std::string dest = o.bin_dir + "/meshcap-cni";
-    std::error_code ec;
-    const bool same = fs::exists(dest, ec) && read_file(dest) == read_file(o.source_binary);
-    if (!same) write_atomically(dest, read_file(o.source_binary), 0755);
+    // meshcap-cni and, when it is beside it, meshcap-cni-local (what the
+    // plugin executes when no agent listens).
+    const fs::path from = fs::path(o.source_binary).parent_path();
+    for (const char* name : kBinaries) {
+      const fs::path src = name == kBinaries[0] ? fs::path(o.source_binary) : from / name;
+      std::error_code ec;
+      if (name != kBinaries[0] && !fs::exists(src, ec)) continue;
+      const fs::path dest = fs::path(o.bin_dir) / name;
+      const bool same = fs::exists(dest, ec) && fs::file_size(dest, ec) == fs::file_size(src) &&
+                        read_file(dest) == read_file(src);
+      if (!same) write_atomically(dest.string(), read_file(src), 0755);
+    }
   }
   const auto file = primary_config(o.conf_dir);
   if (!file) throw std::runtime_error("no CNI network configuration in " + o.conf_dir + " to add meshcap-cni to");
@@ -116,7 +127,8 @@ bool uninstall_plugin(const std::string& conf_dir, const std::string& bin_dir) {
     write_atomically(file, conf.dump(2) + "\n", 0644);
     removed = true;
   }
-  if (!bin_dir.empty()) removed |= std::remove((bin_dir + "/meshcap-cni").c_str()) == 0;
+  if (!bin_dir.empty())
+    for (const char* name : kBinaries) removed |= std::remove((bin_dir + "/" + name).c_str()) == 0;
   return removed;
 }
 

@@ -15,7 +15,7 @@ namespace meshcap::cni {
 struct InstallOptions {
   std::string conf_dir;
   std::string bin_dir;        ///< "" leaves the binaries alone
-  std::string source_binary;  ///< the meshcap-cni binary to copy
+  std::string source_binary;  ///< the meshcap-cni binary to copy (meshcap-cni-local beside it goes too)
   nlohmann::json settings = nlohmann::json::object();  ///< keys of the entry besides "type"
 };
 
@@ -26,7 +26,7 @@ std::optional<std::string> primary_config(const std::string& conf_dir);
 /// std::runtime_error (no configuration file, an unreadable one).
 std::string install_plugin(const InstallOptions& o);
 /// Removes the entry from every configuration file in `conf_dir`, and the
-/// binary from `bin_dir` when given; true when anything was removed.
+/// binaries from `bin_dir` when given; true when anything was removed.
 bool uninstall_plugin(const std::string& conf_dir, const std::string& bin_dir);
 
 }  // namespace meshcap::cni

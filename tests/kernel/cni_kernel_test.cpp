@@ -5,14 +5,21 @@
 // rules in the pod's namespace otherwise), DEL removes it, CHECK sees it,
 // and every refusal changes nothing.
 #include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <csignal>
+#include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "capture_fixture.h"
+#include "support/cleanup.h"
 #include "support/test_node.h"
 
 namespace meshcap::test {
@@ -174,6 +181,103 @@ TEST_F(Cni, AddIntoARunningNodeEnrolsAndDelTakesItOut) {
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
   EXPECT_EQ(enrolled(), 0u);
   expect_direct();
+}
+
+// `meshcap node serve` of the test's node, its log in a file; SIGKILLed
+// with the test's resources on any path.
+class Agent {
+ public:
+  explicit Agent(const TestNode& node) : socket_(node.state_dir() + "/cni.sock") {
+    log_ = node.state_dir() + "-agent.log";
+    std::vector<std::string> argv = {MESHCAP_BIN, "node", "serve", "--cgroup", node.cgroup_path()};
+    std::vector<std::string> env = node.env();
+    env.push_back("PATH=/usr/sbin:/usr/bin:/sbin:/bin");
+    pid_ = fork();
+    if (pid_ == 0) {
+      detail::reset_signals_in_child();
+      const int fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      dup2(fd, 1), dup2(fd, 2);
+      std::vector<char*> a, e;
+      for (auto& x : argv) a.push_back(x.data());
+      for (auto& x : env) e.push_back(x.data());
+      a.push_back(nullptr), e.push_back(nullptr);
+      execve(a[0], a.data(), e.data());
+      _exit(127);
+    }
+    handle_ = detail::register_resource(detail::Resource::process, detail::new_group(), "", pid_);
+  }
+  ~Agent() {
+    stop(SIGKILL);
+    std::filesystem::remove(log_);
+  }
+  /// Whether the socket answers within 10 s.
+  bool listening() const {
+    for (int i = 0; i < 200; i++) {
+      const int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_un sa{};
+      sa.sun_family = AF_UNIX;
+      std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s", socket_.c_str());
+      const bool up = connect(s, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0;
+      close(s);
+      if (up) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  }
+  void stop(int sig = SIGTERM) {
+    if (pid_ <= 0) return;
+    kill(pid_, sig);
+    waitpid(pid_, nullptr, 0);
+    detail::unregister_resource(handle_);
+    pid_ = -1;
+  }
+  std::string log() const {
+    std::ifstream in(log_);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  const std::string& socket_path() const { return socket_; }
+
+ private:
+  std::string socket_, log_;
+  pid_t pid_ = -1;
+  int handle_ = -1;
+};
+
+// With the node's agent running, meshcap-cni hands every command to it (the
+// agent's log has the pod's plan, the plugin's stderr has nothing), bad
+// input gets the same error from it, and once the agent stops (its socket
+// gone) the plugin does the work itself.
+TEST_F(Cni, TheAgentAnswersWhileItRunsAndThePluginWorksAloneAfter) {
+  Agent agent(*node_);
+  ASSERT_TRUE(agent.listening()) << agent.log();
+  const json conf = config();
+  auto r = cni("ADD", conf);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err << agent.log();
+  EXPECT_EQ(json::parse(r.out), conf["prevResult"]);
+  EXPECT_EQ(r.err, "");
+  EXPECT_NE(agent.log().find("pod " + pod_name() + ": outbound by ebpf, inbound by ebpf"), std::string::npos)
+      << agent.log();
+  EXPECT_EQ(enrolled(), 1u);
+  expect_captured();
+  EXPECT_EQ(cni("CHECK", conf).exit_code, 0);
+
+  r = cni("ADD", config({{"envoy-port", "notaport"}}));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(code(r), 7) << r.out;
+  EXPECT_EQ(enrolled(), 1u);
+
+  r = cni("DEL", conf, "");
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_EQ(enrolled(), 0u);
+  expect_direct();
+
+  agent.stop();
+  EXPECT_FALSE(std::filesystem::exists(agent.socket_path()));
+  r = cni("ADD", conf);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.err.find("pod " + pod_name() + ": outbound by ebpf, inbound by ebpf"), std::string::npos) << r.err;
+  EXPECT_EQ(enrolled(), 1u);
+  expect_captured();
 }
 
 TEST_F(Cni, CheckFindsAnEnrolmentRemovedBehindItsBack) {

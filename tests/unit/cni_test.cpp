@@ -11,9 +11,13 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "agent_client.h"
+#include "agent_socket.h"
 #include "cni_config.h"
 #include "cni_plugin.h"
 #include "cni_conflist.h"
+#include "pins.h"
+#include "pod_state.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -244,3 +248,75 @@ TEST_F(Conflist, PutBackAfterAnotherComponentRewritesTheFile) {
 }
 
 TEST_F(Conflist, NoConfigurationIsAnError) { EXPECT_THROW(install_plugin(opts()), std::runtime_error); }
+
+TEST_F(Conflist, TheLocalPluginBesideIsCopiedAndRemovedWithIt) {
+  std::ofstream(dir_ / "net.d/10-pods.conflist") << R"({"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge"}]})";
+  std::ofstream(dir_ / "meshcap-cni-local") << "#!/bin/sh\nlocal\n";
+  install_plugin(opts());
+  EXPECT_TRUE(fs::exists(dir_ / "bin/meshcap-cni"));
+  ASSERT_TRUE(fs::exists(dir_ / "bin/meshcap-cni-local"));
+  EXPECT_EQ(fs::file_size(dir_ / "bin/meshcap-cni-local"), fs::file_size(dir_ / "meshcap-cni-local"));
+  EXPECT_TRUE(uninstall_plugin(opts().conf_dir, opts().bin_dir));
+  EXPECT_FALSE(fs::exists(dir_ / "bin/meshcap-cni"));
+  EXPECT_FALSE(fs::exists(dir_ / "bin/meshcap-cni-local"));
+}
+
+// meshcap-cni's agent socket, both ends in this process: the agent answers
+// with the plugin's own `run`, a request for another pin directory goes
+// back to the plugin, and with nothing listening the plugin runs alone.
+class AgentSocketTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("meshcap-agent-unit-" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+    for (const char* v : {"MESHCAP_STATE_DIR", "MESHCAP_PIN_DIR"})
+      if (const char* was = std::getenv(v)) saved_[v] = was;
+    setenv("MESHCAP_STATE_DIR", (dir_ / "state").c_str(), 1);
+    setenv("MESHCAP_PIN_DIR", (dir_ / "pins").c_str(), 1);
+  }
+  void TearDown() override {
+    for (const char* v : {"MESHCAP_STATE_DIR", "MESHCAP_PIN_DIR"})
+      if (saved_.count(v)) setenv(v, saved_[v].c_str(), 1); else unsetenv(v);
+    fs::remove_all(dir_);
+  }
+  static std::optional<AgentReply> ask(const Vars& vars, const std::string& in, const std::string& pins) {
+    const int fd = connect_agent(agent_socket_path(client_state_root()));
+    if (fd < 0) throw std::runtime_error("no agent listening");
+    return exchange(fd, vars, in, pins);
+  }
+  fs::path dir_;
+  std::map<std::string, std::string> saved_;
+};
+
+TEST_F(AgentSocketTest, ThePluginLooksWhereTheAgentListens) {
+  EXPECT_EQ(client_state_root(), state_root());
+  EXPECT_EQ(client_pin_root(), loader::pin_root());
+  EXPECT_EQ(agent_socket_path(client_state_root()), cni::agent_socket_path());
+  unsetenv("MESHCAP_STATE_DIR");
+  unsetenv("MESHCAP_PIN_DIR");
+  EXPECT_EQ(client_state_root(), state_root());
+  EXPECT_EQ(client_pin_root(), loader::pin_root());
+}
+
+TEST_F(AgentSocketTest, AnswersAsTheLocalRunWouldAndStopsCleanly) {
+  AgentSocket agent;
+  agent.start(cni::agent_socket_path());
+  EXPECT_EQ(fs::status(cni::agent_socket_path()).permissions() & fs::perms::all, fs::perms::owner_all);
+  Vars version = {{"CNI_COMMAND", "VERSION"}};
+  const std::vector<std::pair<Vars, std::string>> cases = {
+      {version, conf()}, {add_env(), "{not json"}, {add_env(), conf({{"envoy-port", "notaport"}})}};
+  for (const auto& [vars, in] : cases) {
+    const auto got = ask(vars, in, client_pin_root());
+    ASSERT_TRUE(got.has_value());
+    const Reply want = run(lookup(vars), in);
+    EXPECT_EQ(got->exit_code, want.exit_code);
+    EXPECT_EQ(got->stdout_text, want.stdout_text);
+  }
+  EXPECT_NE(ask(cases[1].first, cases[1].second, client_pin_root())->stdout_text.find("\"code\":6"), std::string::npos);
+  EXPECT_EQ(agent.served(), 4u);
+  EXPECT_FALSE(ask(version, conf(), "/sys/fs/bpf/another-node").has_value());  // run it yourself
+  EXPECT_EQ(agent.served(), 4u);
+  agent.stop();
+  EXPECT_FALSE(fs::exists(cni::agent_socket_path()));
+  EXPECT_LT(connect_agent(agent_socket_path(client_state_root())), 0);
+}

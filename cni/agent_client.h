@@ -1,0 +1,56 @@
+// The client side of meshcap-cni's agent socket, for the small plugin
+// binary the runtime executes (cni/shim.cpp): no meshcap library, no
+// logging library, only the C++ runtime and the JSON parser, so the binary
+// links statically and starts in about the time of /bin/true.
+//
+// `meshcap node serve` listens on `<state directory>/cni.sock` and runs the
+// plugin's commands in its own process, where the node data path's maps
+// are open already (cni/agent_socket.h); istio-cni's plugin talks to its
+// node agent the same way. One request per connection: the client sends
+// {"env": {CNI_COMMAND, ...}, "stdin": "...", "pin_dir": "..."} and shuts
+// its side down; the agent answers {"exit_code": N, "stdout": "..."}, or
+// {"local": true} when it serves another pin directory (the plugin then
+// runs the command itself), and closes.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace meshcap::cni {
+
+/// What a plugin run prints on stdout and exits with.
+struct AgentReply {
+  int exit_code = 0;
+  std::string stdout_text;
+};
+
+/// MESHCAP_STATE_DIR or /run/meshcap, read as the agent reads it
+/// (agent/pod_state.h state_root; a unit test holds the two together).
+std::string client_state_root();
+/// MESHCAP_PIN_DIR or /sys/fs/bpf/meshcap (loader/pins.h pin_root).
+std::string client_pin_root();
+/// `<state directory>/cni.sock`.
+std::string agent_socket_path(const std::string& state_root);
+
+/// The CNI_* variables a request carries.
+const std::vector<std::string>& forwarded_variables();
+
+/// A connected socket to the agent, or -1 when none listens at `path`.
+int connect_agent(const std::string& path);
+
+/// One request over `fd` (closed here). nullopt when the agent asks the
+/// plugin to run the command itself. An agent that accepted and then did
+/// not answer gives a CNI error (code 11, try again later), never a local
+/// re-run of a command the agent may have half done.
+std::optional<AgentReply> exchange(int fd, const std::map<std::string, std::string>& env,
+                                   const std::string& stdin_text, const std::string& pin_dir);
+
+/// Reads until the peer shuts its side down; false on error, after
+/// `timeout_ms` without data, or past the size limit.
+bool read_message(int fd, std::string& out, int timeout_ms);
+/// Writes all of `text`; false when the peer went away.
+bool write_message(int fd, const std::string& text);
+
+}  // namespace meshcap::cni

@@ -1,0 +1,44 @@
+// The agent's side of meshcap-cni's socket (the protocol is in
+// agent_client.h): `meshcap node serve` answers the plugin's requests in its
+// own process, one at a time, with the same `run` the plugin uses when no
+// agent listens.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <thread>
+
+namespace meshcap::cni {
+
+/// `<state directory>/cni.sock`, for this process's state directory.
+std::string agent_socket_path();
+
+class AgentSocket {
+ public:
+  AgentSocket() = default;
+  AgentSocket(const AgentSocket&) = delete;
+  AgentSocket& operator=(const AgentSocket&) = delete;
+  ~AgentSocket() { stop(); }
+
+  /// Binds `socket_path` (root's alone; a stale socket file of an agent that
+  /// was killed is replaced) and starts answering; throws when it cannot.
+  void start(const std::string& socket_path);
+  /// Stops answering and removes the socket file: plugins that come later
+  /// run their commands themselves.
+  void stop();
+  /// Requests answered so far.
+  uint64_t served() const { return served_; }
+
+ private:
+  void loop();
+  void answer(int client);
+
+  std::string path_;
+  int listener_ = -1;
+  std::atomic<bool> stopping_{false};
+  std::atomic<uint64_t> served_{0};
+  std::thread thread_;
+};
+
+}  // namespace meshcap::cni
