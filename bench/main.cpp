@@ -112,6 +112,10 @@ bool select_variants(const Options& o, Results& res, std::vector<RigDef>& defs) 
 int run_phases(Bench& b, const std::vector<RigDef>& defs) {
   try {
     install_stop_handlers();
+    if (b.opt.cni_only) {
+      run_cni_phase(b);
+      return kExitOk;
+    }
     build_rigs(b, defs);
     b.res.config["iptables_applied_with"] = b.ro.meshcap_iptables
                                                 ? "meshcap init --mode iptables --force-iptables-binary"
@@ -122,6 +126,7 @@ int run_phases(Bench& b, const std::vector<RigDef>& defs) {
     b.rigs.clear();  // removes captures, servers, haproxy and the pods
     run_init_phase(b);
     run_node_phase(b);
+    run_cni_phase(b);
     return kExitOk;
   } catch (const Interrupted&) {
     std::cerr << "meshcap-bench: interrupted; pods and captures removed\n";
@@ -159,7 +164,7 @@ void write_outputs(const Options& o, Results& res, const std::vector<std::string
 // --selftest: sane, non-zero sample counts in every cell asked for, a
 // timing for every init and node step, nothing left behind.
 bool selftest_sane(const Results& res, bool clean, int code) {
-  bool sane = clean && code == kExitOk && !res.cells.empty();
+  bool sane = clean && code == kExitOk && (!res.cells.empty() || res.cni.adds > 0);
   for (const auto& [k, c] : res.cells) {
     const size_t n = k.workload == "throughput" ? c.round_rate.size() : c.samples.size();
     if (n == 0 || c.errors * 10 > n + 10) {
@@ -173,6 +178,15 @@ bool selftest_sane(const Results& res, bool clean, int code) {
       std::cout << "selftest: init " << i.capture << " produced no timing\n";
       sane = false;
     }
+  for (const auto& [way, v] : res.cni.seconds)
+    if (v.size() < res.cni.adds) {
+      std::cout << "selftest: cni " << way << ": " << v.size() << " ADDs timed of " << res.cni.adds << "\n";
+      sane = false;
+    }
+  if (res.cells.empty()) {  // --cni-only
+    std::cout << "selftest: " << (sane ? "ok" : "FAILED") << "\n";
+    return sane;
+  }
   for (const char* step : {"enroll in-process", "meshcap init", "iptables-nft-restore"})
     if (!res.node.seconds.count(step)) {
       std::cout << "selftest: node step '" << step << "' produced no timing\n";
@@ -187,6 +201,7 @@ bool selftest_sane(const Results& res, bool clean, int code) {
 int main(int argc, char** argv) {
   Options o;
   o.meshcap_bin = MESHCAP_BIN;
+  o.cni_bin = MESHCAP_CNI_BIN;
   if (auto code = parse_options(argc, argv, o)) return *code;
   spdlog::set_default_logger(spdlog::stderr_color_mt("meshcap-bench"));
   spdlog::set_pattern("%^%l%$ %v");

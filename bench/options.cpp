@@ -29,6 +29,7 @@ struct Overrides {
   uint64_t connect_n = 0, rr_n = 0;
   double tput_s = 0;
   size_t node_pods = 0;
+  int cni_adds = 0;
 };
 
 void add_run_options(CLI::App& app, Options& o, Overrides& v) {
@@ -52,6 +53,10 @@ void add_run_options(CLI::App& app, Options& o, Overrides& v) {
   app.add_flag("--no-scaling", v.no_scaling, "Skip the rule-scaling phase");
   app.add_flag("--no-init", o.no_init, "Skip the init-time phase");
   app.add_flag("--no-node", o.no_node, "Skip the node-mode phase");
+  app.add_flag("--no-cni", o.no_cni, "Skip the CNI ADD phase");
+  app.add_flag("--cni-only", o.cni_only, "Run only the CNI ADD phase");
+  app.add_option("--cni-adds", v.cni_adds, "CNI ADDs timed each way (default: 100, quick 50)");
+  app.add_option("--meshcap-cni", o.cni_bin, "The meshcap-cni binary")->capture_default_str();
   app.add_flag("--no-plots", o.no_plots, "Do not run gnuplot");
   app.add_flag("--raw-samples", o.raw_samples,
                "Also write every sample to samples.tsv (phase, workload, variant, exclusions, ns)");
@@ -80,6 +85,7 @@ void apply_overrides(Profile& p, const Overrides& v) {
   if (v.rr_n) p.rr_n = v.rr_n;
   if (v.tput_s > 0) p.throughput_s = v.tput_s;
   if (v.node_pods) p.node_pods = v.node_pods;
+  if (v.cni_adds > 0) p.cni_adds = v.cni_adds;
   if (v.no_scaling) p.sizes.clear();
   if (!test::have_binary("haproxy")) p.proxies = false;
 }
@@ -91,6 +97,14 @@ std::optional<int> check(const Options& o) {
       std::cerr << "meshcap-bench: CPU " << c << " does not exist (" << ncpu << " online)\n";
       return kExitUsage;
     }
+  if (!o.no_cni && !std::filesystem::exists(o.cni_bin)) {
+    std::cerr << "meshcap-bench: meshcap-cni binary not found at " << o.cni_bin << " (--meshcap-cni)\n";
+    return kExitUsage;
+  }
+  if (o.no_cni && o.cni_only) {
+    std::cerr << "meshcap-bench: --cni-only and --no-cni contradict each other\n";
+    return kExitUsage;
+  }
   if (!std::filesystem::exists(o.meshcap_bin)) {
     std::cerr << "meshcap-bench: meshcap binary not found at " << o.meshcap_bin << " (--meshcap)\n";
     return kExitUsage;
@@ -118,6 +132,7 @@ Profile make_profile(const std::string& name) {
     p.init_sizes = {10, 1000, 10000};
     p.init_reps = 5;
     p.node_enrol_reps = 11;
+    p.cni_adds = 50;
   } else if (name == "selftest") {
     p.rounds = p.node_rounds = 1;
     p.connect_n = 100;
@@ -130,6 +145,7 @@ Profile make_profile(const std::string& name) {
     p.legacy = p.aa = p.diagnostics = false;
     p.node_pods = 3;
     p.node_enrol_reps = 1;
+    p.cni_adds = 3;
   }
   return p;
 }

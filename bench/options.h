@@ -29,6 +29,8 @@ struct Profile {
   size_t node_pods = 1000;   ///< pods enrolled in the "many pods" state
   int node_rounds = 7;       ///< rounds of the node connection jobs
   int node_enrol_reps = 21;  ///< enrolments (and restores) timed
+  // CNI ADD.
+  int cni_adds = 100;  ///< ADDs timed each way
 };
 
 /// The profile of that name ("full", "quick", "selftest").
@@ -39,10 +41,13 @@ struct Options {
   bool selftest = false;
   bool no_init = false;
   bool no_node = false;
+  bool no_cni = false;
+  bool cni_only = false;  ///< the CNI ADD phase alone
   bool no_plots = false;
   bool raw_samples = false;
   std::string out_dir = "meshcap-bench-out";
   std::string meshcap_bin;
+  std::string cni_bin;  ///< meshcap-cni
   std::string iptables_via = "auto";
   std::string log_level = "info";
   uint64_t seed = 0;

@@ -50,6 +50,9 @@ void run_bpf_stats_phase(Bench& b);
 void run_init_phase(Bench& b);
 /// Node mode: enrolment, memory, many pods, namespaces not enrolled.
 void run_node_phase(Bench& b);
+/// CNI ADD end to end: meshcap-cni through the agent and without, into
+/// the node data path and with iptables.
+void run_cni_phase(Bench& b);
 
 /// The client job of a workload ("connect", "rr-CxS", "throughput").
 ClientSpec spec_for(const Profile& p, const VariantDef& v, Rig& rig, const std::string& workload, bool scaling);

@@ -287,6 +287,18 @@ std::optional<Table> node_memory_table(const Results& r) {
   return t;
 }
 
+std::optional<Table> cni_table(const Results& r) {
+  if (r.cni.seconds.empty()) return std::nullopt;
+  Table t;
+  t.title = "CNI ADD end to end (meshcap-cni executed with the configuration on stdin, to its exit), each into a "
+            "fresh namespace, interleaved; ms";
+  t.head = {"ADD", "n", "p50", "p90", "p99", "max"};
+  for (const auto& [way, v] : r.cni.seconds)
+    t.rows.push_back({way, std::to_string(v.size()), num(percentile(v, 50) * 1e3), num(percentile(v, 90) * 1e3),
+                      num(percentile(v, 99) * 1e3), num(percentile(v, 100) * 1e3)});
+  return t;
+}
+
 std::vector<Table> all_tables(const Results& r) {
   std::vector<Table> out = latency_tables(r);
   auto add = [&](std::optional<Table> t) {
@@ -298,6 +310,7 @@ std::vector<Table> all_tables(const Results& r) {
   add(node_time_table(r));
   add(node_memory_table(r));
   add(node_connect_table(r));
+  add(cni_table(r));
   add(prog_stats_table(r));
   return out;
 }
@@ -392,6 +405,7 @@ nlohmann::json details_json(const Results& r) {
   j["node"] = {{"pods", r.node.pods},         {"max_pods", r.node.max_pods}, {"seconds", r.node.seconds},
                {"how", r.node.how},           {"memlock_bytes", r.node.memlock}, {"pods_enrolled", r.node.enrolled},
                {"enroll_by_count_s", r.node.enroll_by_count}};
+  j["cni"] = {{"adds", r.cni.adds}, {"max_pods", r.cni.max_pods}, {"seconds", r.cni.seconds}};
   return j;
 }
 

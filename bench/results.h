@@ -64,6 +64,13 @@ struct NodeFigures {
   std::vector<double> enroll_by_count;                  ///< k-th pod's in-process enrolment, s
 };
 
+/// CNI ADD end to end (phase "cni"): seconds per ADD, by way.
+struct CniFigures {
+  size_t adds = 0;      ///< ADDs timed each way
+  size_t max_pods = 0;  ///< the node's --max-pods
+  std::map<std::string, std::vector<double>> seconds;
+};
+
 struct Target {
   std::string name, measured, goal;
   bool pass = false;
@@ -85,6 +92,7 @@ struct Results {
   std::vector<InitRecord> init;
   std::vector<ProgStat> prog_stats;
   NodeFigures node;
+  CniFigures cni;
   std::vector<Target> targets;
   std::vector<std::string> notes;              ///< anything that went wrong
   /// Per job: share of the data-path CPUs busy with work other than the

@@ -13,6 +13,8 @@ namespace meshcap::bench {
 double percentile(std::vector<uint32_t> samples, double p);
 /// The same on samples already sorted ascending.
 double percentile_sorted(const std::vector<uint32_t>& sorted, double p);
+/// Nearest-rank percentile of unsorted values (times); 0 when empty.
+double percentile(std::vector<double> v, double p);
 /// Median of a few values (per-round figures); 0 when empty.
 double median(std::vector<double> v);
 /// (max - min) / median of per-round figures, in percent; 0 with < 2 rounds.

@@ -10,6 +10,7 @@
 
 #include "report_format.h"
 #include "results.h"
+#include "stats.h"
 
 namespace meshcap::bench {
 
@@ -28,6 +29,7 @@ class Targets {
   void node_enrolment();
   void node_memory();
   void node_connections();
+  void cni_add();
 
  private:
   void put(const std::string& name, const std::string& measured, const std::string& goal, bool pass,
@@ -270,6 +272,27 @@ void Targets::node_connections() {
   diff("node-unenrolled-on-vs-off", "unenrolled-node-on", "unenrolled-node-off", 0.3);
 }
 
+// CNI ADD end to end, both ways through the same meshcap-cni and the same
+// agent: the node data path's p99 against iptables' p99 (the goal), and the
+// same without an agent as a figure.
+void Targets::cni_add() {
+  const auto& s = r_.cni.seconds;
+  auto ratio_of = [&](const std::string& name, const char* node, const char* ipt, bool figure) {
+    const std::string goal = "<= 0.30x the iptables ADD at p99";
+    const auto a = s.find(node), b = s.find(ipt);
+    if (a == s.end() || b == s.end() || a->second.empty() || b->second.empty()) return not_measured(name, goal, figure);
+    const double a99 = percentile(a->second, 99), b99 = percentile(b->second, 99);
+    const double a50 = percentile(a->second, 50), b50 = percentile(b->second, 50);
+    put(name,
+        fmt("%.2fx", a99 / b99) + " [p99 " + num(a99 * 1e3) + " ms vs " + num(b99 * 1e3) + " ms; p50 " +
+            num(a50 * 1e3) + " vs " + num(b50 * 1e3) + " ms, " + fmt("%.2fx", a50 / b50) + "]",
+        goal, a99 / b99 <= 0.30, figure);
+  };
+  ratio_of("cni-add-p99-through-agent", "node data path, through the agent",
+           "iptables in the namespace, through the agent", false);
+  ratio_of("cni-add-p99-no-agent", "node data path, no agent", "iptables in the namespace, no agent", true);
+}
+
 }  // namespace
 
 void compute_targets(Results& r) {
@@ -283,6 +306,7 @@ void compute_targets(Results& r) {
   t.node_enrolment();
   t.node_memory();
   t.node_connections();
+  t.cni_add();
 }
 
 }  // namespace meshcap::bench
