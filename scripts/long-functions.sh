@@ -115,7 +115,7 @@ def scan(path):
             if re.match(r"^(inline\s+)?namespace\b|^extern\s*\"?\s*\"?$|^extern\b", flat):
                 stack.append(("ns", 0, ""))
             elif re.search(r"\b(class|struct|union|enum)\b[^()=]*$", flat):
-                cls = re.search(r"\b(?:class|struct|union)\s+(?:\[\[[^]]*\]\]\s*)?(\w+)", flat)
+                cls = re.search(r"\b(?:class|struct|union)\s+(?:\[\[[^]]*\]\]\s*)?(\w+(?:::\w+)*)", flat)
                 stack.append(("class", 0, cls.group(1) if cls else ""))
             elif FUNCTION_END.search(flat) and "=" not in re.sub(r"operator\s*[^(\s]*|\([^()]*\)|<[^<>]*>", "", flat.split("(")[0]):
                 start = pending + (len(sig) - len(sig.lstrip()))
