@@ -80,21 +80,34 @@ int istio_iptables_main(int argc, char** argv) {
   }
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  using namespace meshcap;
-  if (std::filesystem::path(argv[0]).filename() == "istio-iptables") return istio_iptables_main(argc, argv);
-
-  CLI::App app{"meshcap: sidecar traffic capture with eBPF, or istio-identical iptables"};
-  app.require_subcommand(1);
+// The meshcap command line: each sub-command's options, and the sub-commands
+// to tell which one was given.
+struct CommandLine {
   std::string log_level = "info";
-  auto add_log_level = [&](CLI::App* cmd) {
-    cmd->add_option("--log-level", log_level, "trace, debug, info, warn, error or off");
-  };
-  add_log_level(&app);
+  meshcap::InitOptions init;
+  meshcap::CleanupOptions cleanup;
+  meshcap::StatusOptions status;
+  meshcap::ProbeOptions probe;
+  meshcap::NodeStartOptions node_start;
+  meshcap::NodeServeOptions node_serve;
+  meshcap::NodeStopOptions node_stop;
+  meshcap::StatusOptions node_status;
+  CLI::App* init_cmd = nullptr;
+  CLI::App* cleanup_cmd = nullptr;
+  CLI::App* status_cmd = nullptr;
+  CLI::App* probe_cmd = nullptr;
+  CLI::App* node_start_cmd = nullptr;
+  CLI::App* node_serve_cmd = nullptr;
+  CLI::App* node_stop_cmd = nullptr;
+  CLI::App* node_status_cmd = nullptr;
+};
 
-  InitOptions init;
+void add_log_level(CLI::App* cmd, std::string& log_level) {
+  cmd->add_option("--log-level", log_level, "trace, debug, info, warn, error or off");
+}
+
+void add_init_command(CLI::App& app, CommandLine& cl) {
+  meshcap::InitOptions& init = cl.init;
   auto* init_cmd = app.add_subcommand("init", "Capture a pod's traffic");
   init_cmd->add_option("--mode", init.mode, "auto, ebpf or iptables")->capture_default_str();
   init_cmd->add_option("--name", init.name, "Name of the pod's capture (default: derived from cgroup and netns)");
@@ -104,34 +117,44 @@ int main(int argc, char** argv) {
   init_cmd->add_flag("--accelerate", init.accelerate,
                      "Also pass bytes between the application's and the proxy's sockets with sk_msg, skipping "
                      "TCP/IP on loopback (eBPF outbound only; off by default; not with a proxy that uses splice)");
-  add_log_level(init_cmd);
-  add_istio_flags(*init_cmd, init.istio, false);
+  add_log_level(init_cmd, cl.log_level);
+  meshcap::add_istio_flags(*init_cmd, init.istio, false);
+  cl.init_cmd = init_cmd;
+}
 
-  CleanupOptions cleanup;
+void add_cleanup_command(CLI::App& app, CommandLine& cl) {
+  meshcap::CleanupOptions& cleanup = cl.cleanup;
   auto* cleanup_cmd = app.add_subcommand("cleanup", "Remove everything meshcap installed for a pod");
   cleanup_cmd->add_option("--name", cleanup.name, "Name of the pod's capture");
   cleanup_cmd->add_option("--cgroup", cleanup.cgroup, "The pod's cgroup v2 directory");
   cleanup_cmd->add_option("--netns", cleanup.netns, "The pod's network namespace");
   cleanup_cmd->add_flag("--all-stale", cleanup.all_stale, "Remove what is left of pods whose cgroup or netns is gone");
-  add_log_level(cleanup_cmd);
+  add_log_level(cleanup_cmd, cl.log_level);
+  cl.cleanup_cmd = cleanup_cmd;
+}
 
-  StatusOptions status;
+void add_status_command(CLI::App& app, CommandLine& cl) {
+  meshcap::StatusOptions& status = cl.status;
   auto* status_cmd = app.add_subcommand("status", "Show each pod's capture: modes, programs or chains, counters, drift");
   status_cmd->add_option("--name", status.name, "Only this pod");
   status_cmd->add_flag("--json", status.json, "JSON on stdout");
   status_cmd->add_flag("--prometheus", status.prometheus, "Prometheus text format on stdout");
-  add_log_level(status_cmd);
+  add_log_level(status_cmd, cl.log_level);
+  cl.status_cmd = status_cmd;
+}
 
-  ProbeOptions probe;
+void add_probe_command(CLI::App& app, CommandLine& cl) {
+  meshcap::ProbeOptions& probe = cl.probe;
   auto* probe_cmd = app.add_subcommand("probe", "Show what this kernel and process can do, and the plan init would make");
   probe_cmd->add_flag("--json", probe.json, "JSON on stdout");
   probe_cmd->add_option("--netns", probe.netns, "Plan for the pod with this network namespace (default: the caller's)");
-  add_log_level(probe_cmd);
-  add_istio_flags(*probe_cmd, probe.istio, false);
+  add_log_level(probe_cmd, cl.log_level);
+  meshcap::add_istio_flags(*probe_cmd, probe.istio, false);
+  cl.probe_cmd = probe_cmd;
+}
 
-  auto* node_cmd = app.add_subcommand("node", "The node data path: programs loaded once for every pod of the node");
-  node_cmd->require_subcommand(1);
-  NodeStartOptions node_start;
+void add_node_start_command(CLI::App* node_cmd, CommandLine& cl) {
+  meshcap::NodeStartOptions& node_start = cl.node_start;
   auto* node_start_cmd = node_cmd->add_subcommand(
       "start", "Load and attach the node data path, or replace a running one's programs in place");
   node_start_cmd->add_option("--cgroup", node_start.cgroup,
@@ -140,8 +163,12 @@ int main(int argc, char** argv) {
   node_start_cmd->add_option("--max-connections", node_start.max_connections,
                              "Connections the proxies have not asked about yet (default 16384)");
   node_start_cmd->add_flag("--accelerate", node_start.accelerate, "Load sk_msg, so pods may ask --accelerate");
-  add_log_level(node_start_cmd);
-  NodeServeOptions node_serve;
+  add_log_level(node_start_cmd, cl.log_level);
+  cl.node_start_cmd = node_start_cmd;
+}
+
+void add_node_serve_command(CLI::App* node_cmd, CommandLine& cl) {
+  meshcap::NodeServeOptions& node_serve = cl.node_serve;
   auto* node_serve_cmd = node_cmd->add_subcommand(
       "serve", "node start, keep meshcap-cni installed, serve metrics; leaves everything in place on exit");
   node_serve_cmd->add_option("--cgroup", node_serve.start.cgroup, "As for node start");
@@ -153,17 +180,70 @@ int main(int argc, char** argv) {
   node_serve_cmd->add_option("--cni-bin-dir", node_serve.cni_bin_dir, "CNI plugin directory to copy meshcap-cni to");
   node_serve_cmd->add_option("--cni-binary", node_serve.cni_binary, "The meshcap-cni binary (default: beside meshcap)");
   node_serve_cmd->add_option("--cni-plugin-config", node_serve.cni_plugin_config, "JSON file: the plugin entry's keys");
-  add_log_level(node_serve_cmd);
-  NodeStopOptions node_stop;
+  add_log_level(node_serve_cmd, cl.log_level);
+  cl.node_serve_cmd = node_serve_cmd;
+}
+
+// `node` and its sub-commands start, serve, stop and status.
+void add_node_commands(CLI::App& app, CommandLine& cl) {
+  auto* node_cmd = app.add_subcommand("node", "The node data path: programs loaded once for every pod of the node");
+  node_cmd->require_subcommand(1);
+  add_node_start_command(node_cmd, cl);
+  add_node_serve_command(node_cmd, cl);
   auto* node_stop_cmd = node_cmd->add_subcommand("stop", "Remove the node data path");
-  node_stop_cmd->add_flag("--move-to-iptables", node_stop.move_to_iptables,
+  node_stop_cmd->add_flag("--move-to-iptables", cl.node_stop.move_to_iptables,
                           "Capture enrolled pods with iptables first (refused otherwise while pods are enrolled)");
-  add_log_level(node_stop_cmd);
-  StatusOptions node_status;
+  add_log_level(node_stop_cmd, cl.log_level);
+  cl.node_stop_cmd = node_stop_cmd;
   auto* node_status_cmd = node_cmd->add_subcommand("status", "Programs, sizes, pods, map use, counters per pod");
-  node_status_cmd->add_flag("--json", node_status.json, "JSON on stdout");
-  node_status_cmd->add_flag("--prometheus", node_status.prometheus, "Prometheus text format on stdout");
-  add_log_level(node_status_cmd);
+  node_status_cmd->add_flag("--json", cl.node_status.json, "JSON on stdout");
+  node_status_cmd->add_flag("--prometheus", cl.node_status.prometheus, "Prometheus text format on stdout");
+  add_log_level(node_status_cmd, cl.log_level);
+  cl.node_status_cmd = node_status_cmd;
+}
+
+// Runs the sub-command that was given; errors become messages and exit codes.
+int run_command(CommandLine& cl) {
+  using namespace meshcap;
+  try {
+    setup_logging(cl.log_level);
+    if (cl.init_cmd->parsed()) return run_init(cl.init);
+    if (cl.cleanup_cmd->parsed()) return run_cleanup(cl.cleanup);
+    if (cl.status_cmd->parsed()) return run_status(cl.status);
+    if (cl.probe_cmd->parsed()) return run_probe(cl.probe);
+    if (cl.node_start_cmd->parsed()) return run_node_start(cl.node_start);
+    if (cl.node_stop_cmd->parsed()) return run_node_stop(cl.node_stop);
+    if (cl.node_serve_cmd->parsed()) {
+      cni::AgentSocket cni_socket;  // meshcap-cni's requests, answered in this process
+      cl.node_serve.on_serving = [&cni_socket] { cni_socket.start(cni::agent_socket_path()); };
+      return run_node_serve(cl.node_serve);
+    }
+    if (cl.node_status_cmd->parsed()) return run_node_status(cl.node_status);
+  } catch (const UsageError& e) {
+    spdlog::error("{}", e.what());
+    return kExitUsage;
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return kExitRuntime;
+  }
+  return kExitUsage;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace meshcap;
+  if (std::filesystem::path(argv[0]).filename() == "istio-iptables") return istio_iptables_main(argc, argv);
+
+  CLI::App app{"meshcap: sidecar traffic capture with eBPF, or istio-identical iptables"};
+  app.require_subcommand(1);
+  CommandLine cl;
+  add_log_level(&app, cl.log_level);
+  add_init_command(app, cl);
+  add_cleanup_command(app, cl);
+  add_status_command(app, cl);
+  add_probe_command(app, cl);
+  add_node_commands(app, cl);
 
   try {
     app.parse(argc, argv);
@@ -175,27 +255,5 @@ int main(int argc, char** argv) {
     std::cerr << "meshcap: " << e.what() << "\n";
     return kExitUsage;
   }
-
-  try {
-    setup_logging(log_level);
-    if (init_cmd->parsed()) return run_init(init);
-    if (cleanup_cmd->parsed()) return run_cleanup(cleanup);
-    if (status_cmd->parsed()) return run_status(status);
-    if (probe_cmd->parsed()) return run_probe(probe);
-    if (node_start_cmd->parsed()) return run_node_start(node_start);
-    if (node_stop_cmd->parsed()) return run_node_stop(node_stop);
-    if (node_serve_cmd->parsed()) {
-      cni::AgentSocket cni_socket;  // meshcap-cni's requests, answered in this process
-      node_serve.on_serving = [&cni_socket] { cni_socket.start(cni::agent_socket_path()); };
-      return run_node_serve(node_serve);
-    }
-    if (node_status_cmd->parsed()) return run_node_status(node_status);
-  } catch (const UsageError& e) {
-    spdlog::error("{}", e.what());
-    return kExitUsage;
-  } catch (const std::exception& e) {
-    spdlog::error("{}", e.what());
-    return kExitRuntime;
-  }
-  return kExitUsage;
+  return run_command(cl);
 }

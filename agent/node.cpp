@@ -155,92 +155,108 @@ int run_node_stop(const NodeStopOptions& o) {
   return kExitOk;
 }
 
+namespace {
+
+// The node data path's links, pods, sizes and counters, added to `j`.
+void add_node_details(json& j, const std::string& dir, const loader::DataPathSpec& spec,
+                      const std::optional<NodeRecord>& record) {
+  json links = json::array();
+  bool whole = true;
+  for (const auto& l : loader::pinned_links(dir)) {
+    links.push_back({{"link", l.pin}, {"attached", l.attached}, {"prog_id", l.prog_id}});
+    whole &= l.attached;
+  }
+  json pods = json::array();
+  std::map<uint64_t, uint32_t> enrolled;
+  try {
+    enrolled = loader::PodTable(dir).enrolled();
+  } catch (const loader::LoaderError&) {
+  }
+  size_t recorded = 0;
+  for (const auto& st : node_pods()) {
+    recorded++;
+    const bool in = enrolled.count(st.ebpf->cookie) && enrolled[st.ebpf->cookie] == st.ebpf->index;
+    pods.push_back({{"name", st.name},
+                    {"index", st.ebpf->index},
+                    {"enrolled", in},
+                    {"counters", loader::pinned_counters(dir, st.ebpf->index)}});
+  }
+  j["cgroup"] = record ? record->cgroup : "";
+  j["spec"] = spec.to_json();
+  j["dropped"] = record ? record->dropped : std::vector<std::string>{};
+  j["links"] = links;
+  j["whole"] = whole && record.has_value() && !upgrade_interrupted();
+  j["pods"] = pods;
+  j["pods_enrolled"] = enrolled.size();
+  j["pods_without_record"] = enrolled.size() > recorded ? enrolled.size() - recorded : 0;
+  j["maps"] = {{"orig_dst", loader::pinned_entries(dir, "orig_dst")},
+               {"inbound_orig", loader::pinned_entries(dir, "inbound_orig")},
+               {"accel_socks", loader::pinned_entries(dir, "accel_socks")},
+               {"memlock_bytes", loader::pinned_memlock(dir)}};
+  j["node_counters"] = loader::pinned_counters(dir, spec.pods());
+}
+
+void print_node_prometheus(const json& j, const loader::DataPathSpec* spec) {
+  std::cout << "# HELP meshcap_node_up Whether the node data path is loaded and attached.\n"
+            << "# TYPE meshcap_node_up gauge\nmeshcap_node_up " << (spec && j["whole"].get<bool>() ? 1 : 0) << "\n";
+  if (spec) {
+    std::cout << "# HELP meshcap_node_pods Pods enrolled in the node data path.\n# TYPE meshcap_node_pods gauge\n"
+              << "meshcap_node_pods " << j["pods_enrolled"] << "\n"
+              << "# HELP meshcap_node_pods_max Pods the node data path takes.\n# TYPE meshcap_node_pods_max gauge\n"
+              << "meshcap_node_pods_max " << spec->pods() << "\n"
+              << "# HELP meshcap_node_awaiting_proxy Records in the connection table.\n"
+              << "# TYPE meshcap_node_awaiting_proxy gauge\nmeshcap_node_awaiting_proxy " << j["maps"]["orig_dst"]
+              << "\n# HELP meshcap_node_memlock_bytes Kernel memory of the node data path's maps.\n"
+              << "# TYPE meshcap_node_memlock_bytes gauge\nmeshcap_node_memlock_bytes " << j["maps"]["memlock_bytes"]
+              << "\n# HELP meshcap_decisions_total eBPF capture decisions and events per pod.\n"
+              << "# TYPE meshcap_decisions_total counter\n";
+    for (const auto& p : j["pods"])
+      for (auto& [k, v] : p["counters"].items())
+        std::cout << "meshcap_decisions_total{pod=\"" << p["name"].get<std::string>() << "\",decision=\"" << k
+                  << "\"} " << v << "\n";
+    for (auto& [k, v] : j["node_counters"].items())
+      if (v.get<uint64_t>()) std::cout << "meshcap_decisions_total{pod=\"\",decision=\"" << k << "\"} " << v << "\n";
+  }
+}
+
+void print_node_text(const json& j, const loader::DataPathSpec& spec) {
+  std::cout << "node data path on " << j["cgroup"].get<std::string>() << ": "
+            << (j["whole"].get<bool>() ? "attached" : "NOT WHOLE (run meshcap node start)") << "\n"
+            << "  sizes: " << spec.pods() << " pods, " << spec.connections() << " connections\n"
+            << "  loaded: inbound " << spec.inbound << ", accelerate " << spec.accelerate << ", key_netns "
+            << spec.key_netns << ", ingress_ifindex " << spec.ingress_ifindex << "\n";
+  for (const auto& d : j["dropped"]) std::cout << "  without: " << d.get<std::string>() << "\n";
+  std::cout << "  links:";
+  for (const auto& l : j["links"])
+    std::cout << " " << l["link"].get<std::string>().substr(5) << (l["attached"].get<bool>() ? "" : "(DETACHED)");
+  std::cout << "\n  pods enrolled: " << j["pods_enrolled"] << " (" << j["pods_without_record"]
+            << " without a record)\n  records awaiting the proxy: " << j["maps"]["orig_dst"]
+            << "; kernel memory of the maps: " << j["maps"]["memlock_bytes"] << " bytes\n";
+  for (const auto& p : j["pods"]) {
+    std::cout << "  pod " << p["name"].get<std::string>() << " (row " << p["index"] << ")"
+              << (p["enrolled"].get<bool>() ? "" : " NOT ENROLLED") << ":";
+    for (auto& [k, v] : p["counters"].items())
+      if (v.get<uint64_t>()) std::cout << " " << k << "=" << v;
+    std::cout << "\n";
+  }
+}
+
+}  // namespace
+
 int run_node_status(const StatusOptions& o) {
   const auto record = NodeRecord::read();
   const std::string dir = loader::node_dir();
   const auto spec = loader::pinned_spec(dir);
   json j = {{"running", spec.has_value()}};
-  if (spec) {
-    json links = json::array();
-    bool whole = true;
-    for (const auto& l : loader::pinned_links(dir)) {
-      links.push_back({{"link", l.pin}, {"attached", l.attached}, {"prog_id", l.prog_id}});
-      whole &= l.attached;
-    }
-    json pods = json::array();
-    std::map<uint64_t, uint32_t> enrolled;
-    try {
-      enrolled = loader::PodTable(dir).enrolled();
-    } catch (const loader::LoaderError&) {
-    }
-    size_t recorded = 0;
-    for (const auto& st : node_pods()) {
-      recorded++;
-      const bool in = enrolled.count(st.ebpf->cookie) && enrolled[st.ebpf->cookie] == st.ebpf->index;
-      pods.push_back({{"name", st.name},
-                      {"index", st.ebpf->index},
-                      {"enrolled", in},
-                      {"counters", loader::pinned_counters(dir, st.ebpf->index)}});
-    }
-    j["cgroup"] = record ? record->cgroup : "";
-    j["spec"] = spec->to_json();
-    j["dropped"] = record ? record->dropped : std::vector<std::string>{};
-    j["links"] = links;
-    j["whole"] = whole && record.has_value() && !upgrade_interrupted();
-    j["pods"] = pods;
-    j["pods_enrolled"] = enrolled.size();
-    j["pods_without_record"] = enrolled.size() > recorded ? enrolled.size() - recorded : 0;
-    j["maps"] = {{"orig_dst", loader::pinned_entries(dir, "orig_dst")},
-                 {"inbound_orig", loader::pinned_entries(dir, "inbound_orig")},
-                 {"accel_socks", loader::pinned_entries(dir, "accel_socks")},
-                 {"memlock_bytes", loader::pinned_memlock(dir)}};
-    j["node_counters"] = loader::pinned_counters(dir, spec->pods());
-  }
+  if (spec) add_node_details(j, dir, *spec, record);
   if (o.json) {
     std::cout << j.dump(2) << "\n";
   } else if (o.prometheus) {
-    std::cout << "# HELP meshcap_node_up Whether the node data path is loaded and attached.\n"
-              << "# TYPE meshcap_node_up gauge\nmeshcap_node_up " << (spec && j["whole"].get<bool>() ? 1 : 0) << "\n";
-    if (spec) {
-      std::cout << "# HELP meshcap_node_pods Pods enrolled in the node data path.\n# TYPE meshcap_node_pods gauge\n"
-                << "meshcap_node_pods " << j["pods_enrolled"] << "\n"
-                << "# HELP meshcap_node_pods_max Pods the node data path takes.\n# TYPE meshcap_node_pods_max gauge\n"
-                << "meshcap_node_pods_max " << spec->pods() << "\n"
-                << "# HELP meshcap_node_awaiting_proxy Records in the connection table.\n"
-                << "# TYPE meshcap_node_awaiting_proxy gauge\nmeshcap_node_awaiting_proxy " << j["maps"]["orig_dst"]
-                << "\n# HELP meshcap_node_memlock_bytes Kernel memory of the node data path's maps.\n"
-                << "# TYPE meshcap_node_memlock_bytes gauge\nmeshcap_node_memlock_bytes " << j["maps"]["memlock_bytes"]
-                << "\n# HELP meshcap_decisions_total eBPF capture decisions and events per pod.\n"
-                << "# TYPE meshcap_decisions_total counter\n";
-      for (const auto& p : j["pods"])
-        for (auto& [k, v] : p["counters"].items())
-          std::cout << "meshcap_decisions_total{pod=\"" << p["name"].get<std::string>() << "\",decision=\"" << k
-                    << "\"} " << v << "\n";
-      for (auto& [k, v] : j["node_counters"].items())
-        if (v.get<uint64_t>()) std::cout << "meshcap_decisions_total{pod=\"\",decision=\"" << k << "\"} " << v << "\n";
-    }
+    print_node_prometheus(j, spec ? &*spec : nullptr);
   } else if (!spec) {
     std::cout << "no node data path is running\n";
   } else {
-    std::cout << "node data path on " << j["cgroup"].get<std::string>() << ": "
-              << (j["whole"].get<bool>() ? "attached" : "NOT WHOLE (run meshcap node start)") << "\n"
-              << "  sizes: " << spec->pods() << " pods, " << spec->connections() << " connections\n"
-              << "  loaded: inbound " << spec->inbound << ", accelerate " << spec->accelerate << ", key_netns "
-              << spec->key_netns << ", ingress_ifindex " << spec->ingress_ifindex << "\n";
-    for (const auto& d : j["dropped"]) std::cout << "  without: " << d.get<std::string>() << "\n";
-    std::cout << "  links:";
-    for (const auto& l : j["links"])
-      std::cout << " " << l["link"].get<std::string>().substr(5) << (l["attached"].get<bool>() ? "" : "(DETACHED)");
-    std::cout << "\n  pods enrolled: " << j["pods_enrolled"] << " (" << j["pods_without_record"]
-              << " without a record)\n  records awaiting the proxy: " << j["maps"]["orig_dst"]
-              << "; kernel memory of the maps: " << j["maps"]["memlock_bytes"] << " bytes\n";
-    for (const auto& p : j["pods"]) {
-      std::cout << "  pod " << p["name"].get<std::string>() << " (row " << p["index"] << ")"
-                << (p["enrolled"].get<bool>() ? "" : " NOT ENROLLED") << ":";
-      for (auto& [k, v] : p["counters"].items())
-        if (v.get<uint64_t>()) std::cout << " " << k << "=" << v;
-      std::cout << "\n";
-    }
+    print_node_text(j, *spec);
   }
   return kExitOk;
 }

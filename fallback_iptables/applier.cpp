@@ -802,6 +802,45 @@ void remove_new_tables(KernelTables* kernel, const Views& before,
   }
 }
 
+// Cleanup's removal of `s` (what the record says meshcap applied), no
+// -save: false when its restore failed (the caller then reads -save).
+bool remove_recorded(Session& session, const Step& s, const std::string& binary, CleanupResult& res) {
+  try {
+    if (!s.payload.empty()) {
+      session.restore(s.backend, s.payload.text(), "cleanup " + s.name());
+      res.backends.push_back(s.name());
+      res.restored.push_back(s.payload.text());
+    }
+  } catch (const IptablesError& e) {
+    spdlog::info("removing the recorded rules failed ({}); reading {} instead", e.what(), binary + "-save");
+    return false;
+  }
+  return true;
+}
+
+// Removes the TPROXY policy routing of the last apply and of `cfg`, in both
+// families; true when an ip rule or route was deleted.
+bool remove_tproxy_routes_of(Session& session, const StateRecord& rec, const CaptureConfig& cfg) {
+  std::vector<TproxyRoutes> routes;
+  if (rec.tproxy) routes.push_back(*rec.tproxy);
+  if (needs_tproxy_routes(cfg)) {
+    TproxyRoutes t{cfg.tproxy_mark, cfg.tproxy_route_table, true};
+    if (routes.empty() || !(routes[0].mark == t.mark && routes[0].table == t.table)) routes.push_back(t);
+  }
+  bool removed = false;
+  for (auto& t : routes) {
+    t.ipv6 = true;  // remove from both families whatever the last apply used
+    removed |= session.remove_tproxy_routes(t);
+  }
+  return removed;
+}
+
+std::string join_errors(const std::vector<std::string>& errors) {
+  std::string msg;
+  for (const auto& e : errors) msg += (msg.empty() ? "" : "; ") + e;
+  return msg;
+}
+
 }  // namespace
 
 ApplyResult IptablesApplier::apply(const CaptureConfig& cfg, bool ipv6_enabled) {
@@ -846,6 +885,255 @@ std::optional<Backend> IptablesApplier::quick_backend(Family family, const std::
   return b;
 }
 
+// One apply_with call, in its order: plan the steps per family and backend,
+// run their restores (undoing them on failure), set up TPROXY routing and
+// ::6, and record what was applied.
+class IptablesApplier::ApplyRun {
+ public:
+  ApplyRun(IptablesApplier& applier, const CaptureConfig& cfg, bool ipv6_enabled, const RuleBuilder& built,
+           ApplyResult& res)
+      : applier_(applier),
+        cfg_(cfg),
+        ipv6_enabled_(ipv6_enabled),
+        built_(built),
+        res_(res),
+        session_(applier.runner_),
+        rec_(load_record(applier.state_path())),
+        kernel_(applier.runner_.kernel_tables()),
+        before_(read_views(kernel_)) {}
+
+  // Per family the chosen backend (remove old state, add new rules), then
+  // any other backend that still holds istio state (remove only). A backend
+  // whose tables hold exactly what the record says meshcap applied (or,
+  // without a record, no ISTIO_* chain) is planned from the record alone;
+  // any other from what its -save prints.
+  void plan(bool fast) {
+    for (Family fam : {Family::V4, Family::V6}) plan_family(fam, fast);
+  }
+
+  // One restore per step; on failure undoes the ones already done and
+  // throws. False (after undoing) when a backend chosen from the tables
+  // fails istio's probe: the caller then applies save-based.
+  bool restore_all() {
+    for (auto& s : steps_) {
+      if (s.payload.empty()) {
+        s.committed = true;
+        continue;
+      }
+      try {
+        session_.restore(s.backend, s.payload.text(), "restore " + s.name());
+      } catch (const IptablesError& e) {
+        s.done_tables = committed_before_error(s.payload, session_.last_restore_error());
+        std::string why;
+        if (s.unprobed && !probe_backend(applier_.runner_, s.backend.family, s.backend.binary, &why)) {
+          // The backend chosen from the tables does not work here: istio's
+          // probe decides, as on the save-based path.
+          const std::string note = undo_steps();
+          if (!cfg_.force_iptables_binary.empty()) {
+            throw IptablesError("detect-backend " + std::string(family_name(s.backend.family)),
+                                "forced iptables binary " + s.backend.binary + " is not usable: " + why + note);
+          }
+          spdlog::info("{} is not usable here ({}); choosing a backend with istio's probes", s.backend.binary, why);
+          return false;
+        }
+        const std::string note = undo_steps();
+        throw IptablesError(e.step(), e.detail() + note, e.exit_code());
+      }
+      s.committed = true;
+      res_.restored.push_back(s.payload.text());
+      spdlog::info("applied {} ({} tables{})", s.name(), s.payload.tables.size(), s.fast ? "" : ", from -save");
+    }
+    return true;
+  }
+
+  // Policy routing for TPROXY, as istio sets it up after its rules, and
+  // ::6 on lo; on failure puts the earlier routing back, undoes the steps
+  // and throws. Returns the record to write, with the routing and address.
+  StateRecord set_up_routing() {
+    StateRecord next;
+    next.lo_ipv6_added = rec_.lo_ipv6_added;
+    const auto want_routes = tproxy_routes_for(cfg_, ipv6_enabled_);
+    const bool same_routes = rec_.tproxy && want_routes && rec_.tproxy->mark == want_routes->mark &&
+                             rec_.tproxy->table == want_routes->table;
+    const bool routes_changed = rec_.tproxy && !same_routes;
+    try {
+      if (routes_changed) session_.remove_tproxy_routes(*rec_.tproxy);
+      if (want_routes) {
+        session_.ensure_tproxy_routes(*want_routes);
+        res_.tproxy_routes = true;
+      }
+      if (ipv6_enabled_) {
+        // istio adds ::6 to lo: the source of Envoy's inbound passthrough.
+        std::string err;
+        if (session_.ip({"-6", "addr", "add", "::6/128", "dev", "lo"}, &err)) {
+          next.lo_ipv6_added = true;
+        } else if (!is_exists_error(err)) {
+          throw IptablesError("address ipv6", "ip -6 addr add ::6/128 dev lo: " + err);
+        }
+      }
+    } catch (const IptablesError& e) {
+      if (want_routes && !same_routes) session_.remove_tproxy_routes(*want_routes);
+      if (routes_changed) {
+        try {
+          session_.ensure_tproxy_routes(*rec_.tproxy);
+        } catch (const IptablesError&) {
+        }
+      }
+      const std::string note = undo_steps();
+      throw IptablesError(e.step(), e.detail() + note, e.exit_code());
+    }
+    next.tproxy = want_routes;
+    return next;
+  }
+
+  // Records what meshcap applied with each chosen backend and the nf_tables
+  // tables it created (cleanup removes those once empty), removes the empty
+  // tables it no longer needs, and writes the state file.
+  void record(StateRecord& next) {
+    const std::set<std::pair<Family, std::string>> keep = record_backends(next);
+    // Tables meshcap created with a backend it no longer uses.
+    for (const auto& was : rec_.backends) {
+      if (kernel_ == nullptr || was.legacy || (chosen_of_.count(was.family) && !chosen_of_.at(was.family).legacy)) {
+        continue;
+      }
+      for (const auto& t : was.created) kernel_->remove_if_empty(was.family, t);
+    }
+    if (save_based_) remove_new_tables(kernel_, before_, keep);
+    record_saved_rules(next);
+    save_record(applier_.state_path(), next);
+  }
+
+ private:
+  void plan_family(Family fam, bool fast) {
+    const TablesView* vn = view_in(before_, fam, false);
+    const TablesView* vl = view_in(before_, fam, true);
+    const bool fast_family = fast && vn != nullptr && vl != nullptr;
+    std::optional<Backend> chosen;
+    bool unprobed = false;
+    if (fam == Family::V4 || ipv6_enabled_) chosen = choose_backend(fam, fast_family, vn, vl, &unprobed);
+    const RestorePayload* add = fam == Family::V4 ? &res_.rules.ipv4 : &res_.rules.ipv6;
+    const BinaryNames names = binary_names(fam);
+    if (chosen && chosen->binary == names.plain) {
+      // The plain binary is a link to one of the others: alone, never beside them.
+      steps_.push_back(save_based_step(fam, *chosen, add));
+      return;
+    }
+    for (bool legacy : {false, true}) {
+      const std::string& binary = legacy ? names.legacy : names.nft;
+      const TablesView* view = legacy ? vl : vn;
+      const RecordedBackend* recorded = rec_.backend(fam, legacy);
+      const bool fast_ok = fast_family && matches_record(*view, recorded) &&
+                           !(recorded == nullptr && rec_.has_rules_of(fam, binary));
+      if (chosen && chosen->legacy == legacy) {
+        Step s = fast_ok ? fast_step(*chosen, recorded, add) : save_based_step(fam, *chosen, add);
+        s.unprobed = unprobed;
+        steps_.push_back(std::move(s));
+      } else if (fast_ok) {
+        if (recorded != nullptr) {
+          steps_.push_back(fast_step(applier_.known_backend(fam, recorded->binary, legacy), recorded, nullptr));
+        }
+      } else {
+        plan_removal(fam, binary);
+      }
+    }
+  }
+
+  // The backend a wanted family's rules go to: read from the tables when
+  // `fast_family` (then `unprobed`), else chosen by istio's probes.
+  Backend choose_backend(Family fam, bool fast_family, const TablesView* vn, const TablesView* vl, bool* unprobed) {
+    std::optional<Backend> chosen;
+    if (fast_family) chosen = applier_.quick_backend(fam, cfg_.force_iptables_binary, *vn, *vl);
+    *unprobed = chosen.has_value();
+    if (!chosen) {
+      chosen = detect_backend(applier_.runner_, fam, cfg_.force_iptables_binary);
+      save_based_ = true;
+    }
+    (fam == Family::V4 ? res_.ipv4 : res_.ipv6.emplace()) = *chosen;
+    chosen_of_[fam] = *chosen;
+    spdlog::info("{}: using {} ({}{}{})", family_name(fam), chosen->binary, chosen->kind(),
+                 chosen->version.empty() ? "" : " ", chosen->version);
+    return *chosen;
+  }
+
+  // The step for the chosen backend planned from what its -save prints.
+  Step save_based_step(Family fam, const Backend& b, const RestorePayload* add) {
+    save_based_ = true;
+    SavedRuleset was = session_.save(b);
+    LineCounts owned = session_.owned_lines(rec_, b, was, built_.rules(fam));
+    return plan_step(b, std::move(was), std::move(owned), add);
+  }
+
+  // A backend not chosen that may still hold istio state: remove it.
+  void plan_removal(Family fam, const std::string& binary) {
+    save_based_ = true;
+    std::string why;
+    auto s = session_.removal_step(rec_, fam, binary, read_save(applier_.runner_, binary),
+                                   [&] { return build_istio_rules(cfg_, true).rules(fam); }, &why);
+    if (!why.empty()) spdlog::warn("{} holds istio rules but cannot be used to remove them: {}", binary, why);
+    if (s) steps_.push_back(std::move(*s));
+  }
+
+  // Rolls the steps back and removes the tables they created; the note for the error.
+  std::string undo_steps() {
+    const std::string note = session_.rollback(steps_);
+    remove_new_tables(kernel_, before_);
+    return note;
+  }
+
+  // Fills next.backends; returns the nf_tables tables to keep.
+  std::set<std::pair<Family, std::string>> record_backends(StateRecord& next) const {
+    std::set<std::pair<Family, std::string>> keep;
+    for (const auto& [fam, b] : chosen_of_) {
+      RecordedBackend rb;
+      rb.family = fam;
+      rb.binary = b.binary;
+      rb.legacy = b.legacy;
+      rb.payload = fam == Family::V4 ? res_.rules.ipv4 : res_.rules.ipv6;
+      if (!b.legacy) {
+        const RecordedBackend* was = rec_.backend(fam, false);
+        if (was != nullptr) rb.created = was->created;
+        const TablesView* then = view_in(before_, fam, false);
+        for (const auto& t : rb.payload.tables) {
+          if (then != nullptr && then->find(t.table) == nullptr) rb.created.insert(t.table);
+        }
+        for (const auto& t : rb.created) keep.insert({fam, t});
+        for (const auto& t : rb.payload.tables) keep.insert({fam, t.table});
+      }
+      next.backends.push_back(std::move(rb));
+    }
+    return keep;
+  }
+
+  // The save-based path also records the rules as the backend prints them.
+  void record_saved_rules(StateRecord& next) {
+    for (const auto& s : steps_) {
+      if (s.fast) continue;
+      try {
+        std::string text = session_.save_text(s.backend);
+        for (const auto& r : added_by_step(s, parse_iptables_save(text))) {
+          next.rules.push_back({std::string(family_name(s.backend.family)), s.backend.binary, r.table, r.line});
+        }
+        res_.saved[s.backend.save_binary] = std::move(text);
+      } catch (const IptablesError& e) {
+        spdlog::warn("cannot record applied rules: {}", e.what());
+      }
+    }
+  }
+
+  IptablesApplier& applier_;
+  const CaptureConfig& cfg_;
+  const bool ipv6_enabled_;
+  const RuleBuilder& built_;
+  ApplyResult& res_;
+  Session session_;
+  const StateRecord rec_;
+  KernelTables* const kernel_;
+  const Views before_;
+  bool save_based_ = false;  // -save or istio's probe ran somewhere
+  std::vector<Step> steps_;
+  std::map<Family, Backend> chosen_of_;
+};
+
 ApplyResult IptablesApplier::apply_with(const CaptureConfig& cfg, bool ipv6_enabled, bool fast) {
   ApplyResult res;
   const RuleBuilder built = build_istio_rules(cfg, ipv6_enabled);
@@ -857,189 +1145,11 @@ ApplyResult IptablesApplier::apply_with(const CaptureConfig& cfg, bool ipv6_enab
     return res;
   }
 
-  Session session(runner_);
-  const StateRecord rec = load_record(state_path());
-  KernelTables* kernel = runner_.kernel_tables();
-  const Views before = read_views(kernel);
-  bool save_based = false;  // -save or istio's probe ran somewhere
-
-  // Plan: per family the chosen backend (remove old state, add new rules),
-  // then any other backend that still holds istio state (remove only). A
-  // backend whose tables hold exactly what the record says meshcap applied
-  // (or, without a record, no ISTIO_* chain) is planned from the record
-  // alone; any other from what its -save prints.
-  std::vector<Step> steps;
-  std::map<Family, Backend> chosen_of;
-  for (Family fam : {Family::V4, Family::V6}) {
-    const bool wanted = fam == Family::V4 || ipv6_enabled;
-    const TablesView* vn = view_in(before, fam, false);
-    const TablesView* vl = view_in(before, fam, true);
-    const bool fast_family = fast && vn != nullptr && vl != nullptr;
-    std::optional<Backend> chosen;
-    bool unprobed = false;
-    if (wanted) {
-      if (fast_family) chosen = quick_backend(fam, cfg.force_iptables_binary, *vn, *vl);
-      unprobed = chosen.has_value();
-      if (!chosen) {
-        chosen = detect_backend(runner_, fam, cfg.force_iptables_binary);
-        save_based = true;
-      }
-      (fam == Family::V4 ? res.ipv4 : res.ipv6.emplace()) = *chosen;
-      chosen_of[fam] = *chosen;
-      spdlog::info("{}: using {} ({}{}{})", family_name(fam), chosen->binary, chosen->kind(),
-                   chosen->version.empty() ? "" : " ", chosen->version);
-    }
-    const RestorePayload* add = fam == Family::V4 ? &res.rules.ipv4 : &res.rules.ipv6;
-    const BinaryNames names = binary_names(fam);
-    if (chosen && chosen->binary == names.plain) {
-      // The plain binary is a link to one of the others: alone, never beside them.
-      save_based = true;
-      SavedRuleset was = session.save(*chosen);
-      LineCounts owned = session.owned_lines(rec, *chosen, was, built.rules(fam));
-      steps.push_back(plan_step(*chosen, std::move(was), std::move(owned), add));
-      continue;
-    }
-    for (bool legacy : {false, true}) {
-      const std::string& binary = legacy ? names.legacy : names.nft;
-      const TablesView* view = legacy ? vl : vn;
-      const RecordedBackend* recorded = rec.backend(fam, legacy);
-      const bool fast_ok = fast_family && matches_record(*view, recorded) &&
-                           !(recorded == nullptr && rec.has_rules_of(fam, binary));
-      if (chosen && chosen->legacy == legacy) {
-        Step s = fast_ok ? fast_step(*chosen, recorded, add) : Step{};
-        if (!fast_ok) {
-          save_based = true;
-          SavedRuleset was = session.save(*chosen);
-          LineCounts owned = session.owned_lines(rec, *chosen, was, built.rules(fam));
-          s = plan_step(*chosen, std::move(was), std::move(owned), add);
-        }
-        s.unprobed = unprobed;
-        steps.push_back(std::move(s));
-        continue;
-      }
-      if (fast_ok) {
-        if (recorded != nullptr) steps.push_back(fast_step(known_backend(fam, recorded->binary, legacy), recorded, nullptr));
-        continue;
-      }
-      save_based = true;
-      std::string why;
-      auto s = session.removal_step(rec, fam, binary, read_save(runner_, binary),
-                                    [&] { return build_istio_rules(cfg, true).rules(fam); }, &why);
-      if (!why.empty()) spdlog::warn("{} holds istio rules but cannot be used to remove them: {}", binary, why);
-      if (s) steps.push_back(std::move(*s));
-    }
-  }
-
-  // Run: one restore per step; on failure undo the ones already done.
-  for (auto& s : steps) {
-    if (s.payload.empty()) {
-      s.committed = true;
-      continue;
-    }
-    try {
-      session.restore(s.backend, s.payload.text(), "restore " + s.name());
-    } catch (const IptablesError& e) {
-      s.done_tables = committed_before_error(s.payload, session.last_restore_error());
-      std::string why;
-      if (s.unprobed && !probe_backend(runner_, s.backend.family, s.backend.binary, &why)) {
-        // The backend chosen from the tables does not work here: istio's
-        // probe decides, as on the save-based path.
-        const std::string note = session.rollback(steps);
-        remove_new_tables(kernel, before);
-        if (!cfg.force_iptables_binary.empty()) {
-          throw IptablesError("detect-backend " + std::string(family_name(s.backend.family)),
-                              "forced iptables binary " + s.backend.binary + " is not usable: " + why + note);
-        }
-        spdlog::info("{} is not usable here ({}); choosing a backend with istio's probes", s.backend.binary, why);
-        return apply_with(cfg, ipv6_enabled, false);
-      }
-      const std::string note = session.rollback(steps);
-      remove_new_tables(kernel, before);
-      throw IptablesError(e.step(), e.detail() + note, e.exit_code());
-    }
-    s.committed = true;
-    res.restored.push_back(s.payload.text());
-    spdlog::info("applied {} ({} tables{})", s.name(), s.payload.tables.size(), s.fast ? "" : ", from -save");
-  }
-
-  // Policy routing for TPROXY, as istio sets it up after its rules.
-  StateRecord next;
-  next.lo_ipv6_added = rec.lo_ipv6_added;
-  const auto want_routes = tproxy_routes_for(cfg, ipv6_enabled);
-  const bool same_routes = rec.tproxy && want_routes && rec.tproxy->mark == want_routes->mark &&
-                           rec.tproxy->table == want_routes->table;
-  const bool routes_changed = rec.tproxy && !same_routes;
-  try {
-    if (routes_changed) session.remove_tproxy_routes(*rec.tproxy);
-    if (want_routes) {
-      session.ensure_tproxy_routes(*want_routes);
-      res.tproxy_routes = true;
-    }
-    if (ipv6_enabled) {
-      // istio adds ::6 to lo: the source of Envoy's inbound passthrough.
-      std::string err;
-      if (session.ip({"-6", "addr", "add", "::6/128", "dev", "lo"}, &err)) {
-        next.lo_ipv6_added = true;
-      } else if (!is_exists_error(err)) {
-        throw IptablesError("address ipv6", "ip -6 addr add ::6/128 dev lo: " + err);
-      }
-    }
-  } catch (const IptablesError& e) {
-    if (want_routes && !same_routes) session.remove_tproxy_routes(*want_routes);
-    if (routes_changed) {
-      try {
-        session.ensure_tproxy_routes(*rec.tproxy);
-      } catch (const IptablesError&) {
-      }
-    }
-    const std::string note = session.rollback(steps);
-    remove_new_tables(kernel, before);
-    throw IptablesError(e.step(), e.detail() + note, e.exit_code());
-  }
-  next.tproxy = want_routes;
-
-  // Record what meshcap applied with each chosen backend, and the nf_tables
-  // tables it created (cleanup removes those once empty).
-  std::set<std::pair<Family, std::string>> keep;
-  for (const auto& [fam, b] : chosen_of) {
-    RecordedBackend rb;
-    rb.family = fam;
-    rb.binary = b.binary;
-    rb.legacy = b.legacy;
-    rb.payload = fam == Family::V4 ? res.rules.ipv4 : res.rules.ipv6;
-    if (!b.legacy) {
-      const RecordedBackend* was = rec.backend(fam, false);
-      if (was != nullptr) rb.created = was->created;
-      const TablesView* then = view_in(before, fam, false);
-      for (const auto& t : rb.payload.tables) {
-        if (then != nullptr && then->find(t.table) == nullptr) rb.created.insert(t.table);
-      }
-      for (const auto& t : rb.created) keep.insert({fam, t});
-      for (const auto& t : rb.payload.tables) keep.insert({fam, t.table});
-    }
-    next.backends.push_back(std::move(rb));
-  }
-  // Tables meshcap created with a backend it no longer uses.
-  for (const auto& was : rec.backends) {
-    if (kernel == nullptr || was.legacy || (chosen_of.count(was.family) && !chosen_of.at(was.family).legacy)) continue;
-    for (const auto& t : was.created) kernel->remove_if_empty(was.family, t);
-  }
-  if (save_based) remove_new_tables(kernel, before, keep);
-
-  // The save-based path also records the rules as the backend prints them.
-  for (const auto& s : steps) {
-    if (s.fast) continue;
-    try {
-      std::string text = session.save_text(s.backend);
-      for (const auto& r : added_by_step(s, parse_iptables_save(text))) {
-        next.rules.push_back({std::string(family_name(s.backend.family)), s.backend.binary, r.table, r.line});
-      }
-      res.saved[s.backend.save_binary] = std::move(text);
-    } catch (const IptablesError& e) {
-      spdlog::warn("cannot record applied rules: {}", e.what());
-    }
-  }
-  save_record(state_path(), next);
+  ApplyRun run(*this, cfg, ipv6_enabled, built, res);
+  run.plan(fast);
+  if (!run.restore_all()) return apply_with(cfg, ipv6_enabled, false);
+  StateRecord next = run.set_up_routing();
+  run.record(next);
   res.applied = true;
   return res;
 }
@@ -1122,17 +1232,8 @@ CleanupResult IptablesApplier::cleanup(const CaptureConfig& cfg) {
       bool done = matches_record(legacy ? *vl : *vn, recorded) && !(recorded == nullptr && rec.has_rules_of(fam, binary));
       if (done && recorded != nullptr) {
         // Exactly what meshcap applied is there: remove that, no -save.
-        const Step s = fast_step(known_backend(fam, recorded->binary, legacy), recorded, nullptr);
-        try {
-          if (!s.payload.empty()) {
-            session.restore(s.backend, s.payload.text(), "cleanup " + s.name());
-            res.backends.push_back(s.name());
-            res.restored.push_back(s.payload.text());
-          }
-        } catch (const IptablesError& e) {
-          spdlog::info("removing the recorded rules failed ({}); reading {} instead", e.what(), binary + "-save");
-          done = false;
-        }
+        done = remove_recorded(session, fast_step(known_backend(fam, recorded->binary, legacy), recorded, nullptr),
+                               binary, res);
       }
       if (!done) remove_saved(fam, binary, read_save(runner_, binary));
       if (recorded != nullptr && !legacy && kernel != nullptr) {
@@ -1143,23 +1244,10 @@ CleanupResult IptablesApplier::cleanup(const CaptureConfig& cfg) {
     }
   }
 
-  std::vector<TproxyRoutes> routes;
-  if (rec.tproxy) routes.push_back(*rec.tproxy);
-  if (needs_tproxy_routes(cfg)) {
-    TproxyRoutes t{cfg.tproxy_mark, cfg.tproxy_route_table, true};
-    if (routes.empty() || !(routes[0].mark == t.mark && routes[0].table == t.table)) routes.push_back(t);
-  }
-  for (auto& t : routes) {
-    t.ipv6 = true;  // remove from both families whatever the last apply used
-    res.routes_removed |= session.remove_tproxy_routes(t);
-  }
+  res.routes_removed = remove_tproxy_routes_of(session, rec, cfg);
   if (rec.lo_ipv6_added) session.ip({"-6", "addr", "del", "::6/128", "dev", "lo"});
 
-  if (!errors.empty()) {
-    std::string msg;
-    for (const auto& e : errors) msg += (msg.empty() ? "" : "; ") + e;
-    throw IptablesError("cleanup", msg);
-  }
+  if (!errors.empty()) throw IptablesError("cleanup", join_errors(errors));
   std::error_code ec;
   fs::remove(state_path(), ec);
   return res;

@@ -78,6 +78,8 @@ class IptablesApplier {
   std::string state_path() const;
 
  private:
+  class ApplyRun;  // the steps of one apply_with call (applier.cpp)
+
   ApplyResult apply_with(const CaptureConfig& cfg, bool ipv6_enabled, bool fast);
   std::optional<Backend> quick_backend(Family family, const std::string& force, const TablesView& nft,
                                        const TablesView& legacy);

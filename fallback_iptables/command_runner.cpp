@@ -97,6 +97,90 @@ int child_main(void* p) {
   child_fail(a->fail_fd, 'e');
 }
 
+// Both ends of the child's stdout, stderr and exec-failure pipes and of its
+// stdin socket.
+struct ChildPipes {
+  Fd out_r, out_w, err_r, err_w, fail_r, fail_w, in_w, in_r;
+
+  ChildPipes() {
+    int out_pipe[2], err_pipe[2], fail_pipe[2], in_sock[2];
+    if (::pipe2(out_pipe, O_CLOEXEC) != 0) throw IptablesError("run", "pipe: " + errno_text(errno), -1, errno);
+    out_r.fd = out_pipe[0];
+    out_w.fd = out_pipe[1];
+    if (::pipe2(err_pipe, O_CLOEXEC) != 0) throw IptablesError("run", "pipe: " + errno_text(errno), -1, errno);
+    err_r.fd = err_pipe[0];
+    err_w.fd = err_pipe[1];
+    if (::pipe2(fail_pipe, O_CLOEXEC) != 0) throw IptablesError("run", "pipe: " + errno_text(errno), -1, errno);
+    fail_r.fd = fail_pipe[0];
+    fail_w.fd = fail_pipe[1];
+    // A socket for stdin, so writing to a child that exited early gives EPIPE
+    // (MSG_NOSIGNAL) instead of killing us with SIGPIPE.
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, in_sock) != 0) {
+      throw IptablesError("run", "socketpair: " + errno_text(errno), -1, errno);
+    }
+    in_w.fd = in_sock[0];
+    in_r.fd = in_sock[1];
+  }
+};
+
+// Starts the child. As posix_spawn does (which cannot setns): the child
+// borrows our memory and runs on its own stack until it execs, so no page
+// tables are copied (fork of this process costs about as much as a small
+// command runs); signals stay blocked in the child until just before exec.
+pid_t spawn_child(ChildArgs& args) {
+  sigset_t all;
+  ::sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &args.mask);
+  std::vector<char> stack(64 * 1024);
+  const pid_t pid = ::clone(child_main, stack.data() + stack.size(), CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
+  const int clone_errno = errno;
+  ::pthread_sigmask(SIG_SETMASK, &args.mask, nullptr);
+  if (pid < 0) throw IptablesError("run", "clone: " + errno_text(clone_errno), -1, clone_errno);
+  return pid;
+}
+
+// Writes `stdin_data` to the child and reads its stdout and stderr into
+// `result` until all three are closed.
+void exchange_with_child(ChildPipes& p, const std::string& stdin_data, CommandResult& result) {
+  size_t written = 0;
+  std::array<char, 65536> buf{};
+  while (p.out_r.fd >= 0 || p.err_r.fd >= 0 || p.in_w.fd >= 0) {
+    std::array<pollfd, 3> fds{};
+    nfds_t n = 0;
+    if (p.out_r.fd >= 0) fds[n++] = {p.out_r.fd, POLLIN, 0};
+    if (p.err_r.fd >= 0) fds[n++] = {p.err_r.fd, POLLIN, 0};
+    if (p.in_w.fd >= 0) fds[n++] = {p.in_w.fd, POLLOUT, 0};
+    if (::poll(fds.data(), n, -1) < 0) {
+      if (errno == EINTR) continue;
+      throw IptablesError("run", "poll: " + errno_text(errno), -1, errno);
+    }
+    for (nfds_t i = 0; i < n; ++i) {
+      if (fds[i].revents == 0) continue;
+      if (fds[i].fd == p.in_w.fd) {
+        const ssize_t w = ::send(p.in_w.fd, stdin_data.data() + written, stdin_data.size() - written, MSG_NOSIGNAL);
+        if (w > 0) written += static_cast<size_t>(w);
+        if ((w < 0 && errno != EAGAIN && errno != EINTR) || written == stdin_data.size()) p.in_w.reset();
+        continue;
+      }
+      const ssize_t r = ::read(fds[i].fd, buf.data(), buf.size());
+      if (r > 0) {
+        (fds[i].fd == p.out_r.fd ? result.out : result.err).append(buf.data(), static_cast<size_t>(r));
+      } else if (r == 0 || (errno != EINTR && errno != EAGAIN)) {
+        (fds[i].fd == p.out_r.fd ? p.out_r : p.err_r).reset();
+      }
+    }
+  }
+}
+
+// The child's wait status.
+int wait_for_child(pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) throw IptablesError("run", "waitpid: " + errno_text(errno), -1, errno);
+  }
+  return status;
+}
+
 }  // namespace
 
 bool CommandRunner::has_binary(const std::string& binary) const { return !resolve_binary(binary).empty(); }
@@ -157,82 +241,28 @@ CommandResult ProcessRunner::run(const std::vector<std::string>& argv, const std
   for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
   cargv.push_back(nullptr);
 
-  int out_pipe[2], err_pipe[2], fail_pipe[2], in_sock[2];
-  if (::pipe2(out_pipe, O_CLOEXEC) != 0) throw IptablesError("run", "pipe: " + errno_text(errno), -1, errno);
-  Fd out_r(out_pipe[0]), out_w(out_pipe[1]);
-  if (::pipe2(err_pipe, O_CLOEXEC) != 0) throw IptablesError("run", "pipe: " + errno_text(errno), -1, errno);
-  Fd err_r(err_pipe[0]), err_w(err_pipe[1]);
-  if (::pipe2(fail_pipe, O_CLOEXEC) != 0) throw IptablesError("run", "pipe: " + errno_text(errno), -1, errno);
-  Fd fail_r(fail_pipe[0]), fail_w(fail_pipe[1]);
-  // A socket for stdin, so writing to a child that exited early gives EPIPE
-  // (MSG_NOSIGNAL) instead of killing us with SIGPIPE.
-  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, in_sock) != 0) {
-    throw IptablesError("run", "socketpair: " + errno_text(errno), -1, errno);
-  }
-  Fd in_w(in_sock[0]), in_r(in_sock[1]);
-
+  ChildPipes p;
   spdlog::debug("running in {}: {}", where_, RecordingRunner::Call{argv, ""}.line());
   const auto started = std::chrono::steady_clock::now();
-  // As posix_spawn does (which cannot setns): the child borrows our memory
-  // and runs on its own stack until it execs, so no page tables are copied
-  // (fork of this process costs about as much as a small command runs);
-  // signals stay blocked in the child until just before exec.
-  ChildArgs args{netns_fd_, in_r.fd, out_w.fd, err_w.fd, fail_w.fd, binary.c_str(), cargv.data(), {}};
-  sigset_t all;
-  ::sigfillset(&all);
-  ::pthread_sigmask(SIG_SETMASK, &all, &args.mask);
-  std::vector<char> stack(64 * 1024);
-  const pid_t pid = ::clone(child_main, stack.data() + stack.size(), CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
-  const int clone_errno = errno;
-  ::pthread_sigmask(SIG_SETMASK, &args.mask, nullptr);
-  if (pid < 0) throw IptablesError("run", "clone: " + errno_text(clone_errno), -1, clone_errno);
+  ChildArgs args{netns_fd_, p.in_r.fd, p.out_w.fd, p.err_w.fd, p.fail_w.fd, binary.c_str(), cargv.data(), {}};
+  const pid_t pid = spawn_child(args);
 
-  out_w.reset();
-  err_w.reset();
-  fail_w.reset();
-  in_r.reset();
+  p.out_w.reset();
+  p.err_w.reset();
+  p.fail_w.reset();
+  p.in_r.reset();
   if (stdin_data.empty()) {
-    in_w.reset();
+    p.in_w.reset();
   } else {
-    ::fcntl(in_w.fd, F_SETFL, ::fcntl(in_w.fd, F_GETFL) | O_NONBLOCK);
+    ::fcntl(p.in_w.fd, F_SETFL, ::fcntl(p.in_w.fd, F_GETFL) | O_NONBLOCK);
   }
 
   CommandResult result;
-  size_t written = 0;
-  std::array<char, 65536> buf{};
-  while (out_r.fd >= 0 || err_r.fd >= 0 || in_w.fd >= 0) {
-    std::array<pollfd, 3> fds{};
-    nfds_t n = 0;
-    if (out_r.fd >= 0) fds[n++] = {out_r.fd, POLLIN, 0};
-    if (err_r.fd >= 0) fds[n++] = {err_r.fd, POLLIN, 0};
-    if (in_w.fd >= 0) fds[n++] = {in_w.fd, POLLOUT, 0};
-    if (::poll(fds.data(), n, -1) < 0) {
-      if (errno == EINTR) continue;
-      throw IptablesError("run", "poll: " + errno_text(errno), -1, errno);
-    }
-    for (nfds_t i = 0; i < n; ++i) {
-      if (fds[i].revents == 0) continue;
-      if (fds[i].fd == in_w.fd) {
-        const ssize_t w = ::send(in_w.fd, stdin_data.data() + written, stdin_data.size() - written, MSG_NOSIGNAL);
-        if (w > 0) written += static_cast<size_t>(w);
-        if ((w < 0 && errno != EAGAIN && errno != EINTR) || written == stdin_data.size()) in_w.reset();
-        continue;
-      }
-      const ssize_t r = ::read(fds[i].fd, buf.data(), buf.size());
-      if (r > 0) {
-        (fds[i].fd == out_r.fd ? result.out : result.err).append(buf.data(), static_cast<size_t>(r));
-      } else if (r == 0 || (errno != EINTR && errno != EAGAIN)) {
-        (fds[i].fd == out_r.fd ? out_r : err_r).reset();
-      }
-    }
-  }
+  exchange_with_child(p, stdin_data, result);
 
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) throw IptablesError("run", "waitpid: " + errno_text(errno), -1, errno);
-  }
+  const int status = wait_for_child(pid);
   ChildFailure failure{};
-  if (::read(fail_r.fd, &failure, sizeof(failure)) == static_cast<ssize_t>(sizeof(failure))) {
+  if (::read(p.fail_r.fd, &failure, sizeof(failure)) == static_cast<ssize_t>(sizeof(failure))) {
     if (failure.stage == 'n') {
       throw IptablesError("enter-netns", "cannot enter " + where_ + ": " + errno_text(failure.err), -1, failure.err);
     }

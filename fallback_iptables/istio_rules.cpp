@@ -66,52 +66,7 @@ class IstioRules {
     b_.append_versioned(kInboundPassthroughV4, kInboundPassthroughV6, "nat", kIstioOutput,
                         {"-o", "lo", "-s", kVersioned, "-j", "RETURN"});
 
-    const bool include_has_loopback = !cfg_.outbound_ranges_include.wildcard &&
-                                      (cfg_.outbound_ranges_include.has_loopback_v4 ||
-                                       cfg_.outbound_ranges_include.has_loopback_v6);
-    for (const auto& uid : cfg_.proxy_uids.tokens) {
-      // App -> VIP -> Envoy -> back to the app over lo: inbound capture.
-      if (dns) {
-        b_.append_versioned(lo4, kLoopbackV6, "nat", kIstioOutput,
-                            {"-o", "lo", "!", "-d", kVersioned, "-p", "tcp", "-m", "multiport", "!", "--dports",
-                             std::string(kDnsPort) + "," + cfg_.inbound_tunnel_port_text, "-m", "owner",
-                             "--uid-owner", uid, "-j", kIstioInRedirect});
-      } else {
-        b_.append_versioned(lo4, kLoopbackV6, "nat", kIstioOutput,
-                            {"-o", "lo", "!", "-d", kVersioned, "-p", "tcp", "!", "--dport",
-                             cfg_.inbound_tunnel_port_text, "-m", "owner", "--uid-owner", uid, "-j",
-                             kIstioInRedirect});
-      }
-      // App -> itself over lo by endpoint address: not captured (unless -i lists a loopback range).
-      if (!include_has_loopback) {
-        if (dns) {
-          b_.append("nat", kIstioOutput,
-                    {"-o", "lo", "-p", "tcp", "!", "--dport", kDnsPort, "-m", "owner", "!", "--uid-owner", uid, "-j",
-                     "RETURN"});
-        } else {
-          b_.append("nat", kIstioOutput, {"-o", "lo", "-m", "owner", "!", "--uid-owner", uid, "-j", "RETURN"});
-        }
-      }
-      // Envoy's own traffic is never captured again.
-      b_.append("nat", kIstioOutput, {"-m", "owner", "--uid-owner", uid, "-j", "RETURN"});
-    }
-    for (const auto& gid : cfg_.proxy_gids.tokens) {
-      // Unlike the UID rule, istio's GID rule has no DNS variant.
-      b_.append_versioned(lo4, kLoopbackV6, "nat", kIstioOutput,
-                          {"-o", "lo", "!", "-d", kVersioned, "-p", "tcp", "!", "--dport",
-                           cfg_.inbound_tunnel_port_text, "-m", "owner", "--gid-owner", gid, "-j", kIstioInRedirect});
-      if (!include_has_loopback) {
-        if (dns) {
-          b_.append("nat", kIstioOutput,
-                    {"-o", "lo", "-p", "tcp", "!", "--dport", kDnsPort, "-m", "owner", "!", "--gid-owner", gid, "-j",
-                     "RETURN"});
-        } else {
-          b_.append("nat", kIstioOutput, {"-o", "lo", "-m", "owner", "!", "--gid-owner", gid, "-j", "RETURN"});
-        }
-      }
-      b_.append("nat", kIstioOutput, {"-m", "owner", "--gid-owner", gid, "-j", "RETURN"});
-    }
-
+    proxy_owners(dns);
     owner_groups();
     if (dns) dns_redirect();
 
@@ -184,6 +139,57 @@ class IstioRules {
       } else {
         b_.append("nat", kIstioInbound, {"-p", "tcp", "--dport", port, "-j", kIstioInRedirect});
       }
+    }
+  }
+
+  // The proxy's own traffic (istio's UID/GID rules): back to itself over lo
+  // is inbound-captured, everything else it sends is never captured again.
+  void proxy_owners(bool dns) {
+    const std::string& lo4 = cfg_.ipv4_loopback_cidr_text;
+    const bool include_has_loopback = !cfg_.outbound_ranges_include.wildcard &&
+                                      (cfg_.outbound_ranges_include.has_loopback_v4 ||
+                                       cfg_.outbound_ranges_include.has_loopback_v6);
+    for (const auto& uid : cfg_.proxy_uids.tokens) {
+      // App -> VIP -> Envoy -> back to the app over lo: inbound capture.
+      if (dns) {
+        b_.append_versioned(lo4, kLoopbackV6, "nat", kIstioOutput,
+                            {"-o", "lo", "!", "-d", kVersioned, "-p", "tcp", "-m", "multiport", "!", "--dports",
+                             std::string(kDnsPort) + "," + cfg_.inbound_tunnel_port_text, "-m", "owner",
+                             "--uid-owner", uid, "-j", kIstioInRedirect});
+      } else {
+        b_.append_versioned(lo4, kLoopbackV6, "nat", kIstioOutput,
+                            {"-o", "lo", "!", "-d", kVersioned, "-p", "tcp", "!", "--dport",
+                             cfg_.inbound_tunnel_port_text, "-m", "owner", "--uid-owner", uid, "-j",
+                             kIstioInRedirect});
+      }
+      // App -> itself over lo by endpoint address: not captured (unless -i lists a loopback range).
+      if (!include_has_loopback) {
+        if (dns) {
+          b_.append("nat", kIstioOutput,
+                    {"-o", "lo", "-p", "tcp", "!", "--dport", kDnsPort, "-m", "owner", "!", "--uid-owner", uid, "-j",
+                     "RETURN"});
+        } else {
+          b_.append("nat", kIstioOutput, {"-o", "lo", "-m", "owner", "!", "--uid-owner", uid, "-j", "RETURN"});
+        }
+      }
+      // Envoy's own traffic is never captured again.
+      b_.append("nat", kIstioOutput, {"-m", "owner", "--uid-owner", uid, "-j", "RETURN"});
+    }
+    for (const auto& gid : cfg_.proxy_gids.tokens) {
+      // Unlike the UID rule, istio's GID rule has no DNS variant.
+      b_.append_versioned(lo4, kLoopbackV6, "nat", kIstioOutput,
+                          {"-o", "lo", "!", "-d", kVersioned, "-p", "tcp", "!", "--dport",
+                           cfg_.inbound_tunnel_port_text, "-m", "owner", "--gid-owner", gid, "-j", kIstioInRedirect});
+      if (!include_has_loopback) {
+        if (dns) {
+          b_.append("nat", kIstioOutput,
+                    {"-o", "lo", "-p", "tcp", "!", "--dport", kDnsPort, "-m", "owner", "!", "--gid-owner", gid, "-j",
+                     "RETURN"});
+        } else {
+          b_.append("nat", kIstioOutput, {"-o", "lo", "-m", "owner", "!", "--gid-owner", gid, "-j", "RETURN"});
+        }
+      }
+      b_.append("nat", kIstioOutput, {"-m", "owner", "--gid-owner", gid, "-j", "RETURN"});
     }
   }
 

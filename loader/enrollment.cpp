@@ -289,6 +289,28 @@ void adopt_listeners(int listeners_fd, uint32_t index, const std::string& netns_
   }
 }
 
+// The lowest index no enrolled pod holds; throws when the data path is full
+// (a pod enrolled again keeps its place).
+uint32_t free_index(const std::string& name, const std::map<uint64_t, uint32_t>& pods, bool enrolled_before,
+                    uint32_t capacity) {
+  std::set<uint32_t> used;
+  for (const auto& [c, i] : pods) used.insert(i);
+  uint32_t index = 0;
+  while (used.count(index)) index++;
+  if (index >= capacity || (!enrolled_before && pods.size() >= capacity))
+    throw LoaderError("enrol " + name, ENOSPC,
+                      "the data path holds its maximum of " + std::to_string(capacity) + " pods (--max-pods)");
+  return index;
+}
+
+// Moves the new sk_lookup link's pin over the old one with rename(); the old
+// link is detached explicitly (a process may still hold it).
+void replace_link_pin(const std::string& link_pin, const std::string& new_link_pin) {
+  Fd old(bpf_obj_get(link_pin.c_str()));
+  if (rename(new_link_pin.c_str(), link_pin.c_str())) spdlog::warn("cannot pin {}: {}", link_pin, std::strerror(errno));
+  if (old.fd >= 0) bpf_link_detach(old.fd);
+}
+
 uint32_t first_u32(const uint8_t* p) {
   uint32_t v;
   std::memcpy(&v, p, 4);
@@ -300,6 +322,125 @@ uint32_t first_u32(const uint8_t* p) {
 struct PodTable::Fds {
   Fd pods, pod_by_addr, pod_addrs, pod_ports, cidrs4, cidrs6, owner_gids, iface_flags, listeners, counters, dirty;
   Fd sk_lookup;
+
+  // Fresh counters for the index.
+  void reset_counters(uint32_t index) {
+    const int ncpu = std::max(libbpf_num_possible_cpus(), 1);
+    std::vector<uint64_t> zeros(ncpu, 0);
+    for (uint32_t c = 0; c < MC_CNT__MAX; c++) {
+      uint32_t key = index * MC_CNT__MAX + c;
+      bpf_map_update_elem(counters.fd, &key, zeros.data(), BPF_ANY);
+    }
+  }
+
+  // The pod's rows under `index`: addresses, ports, ranges, routes, owner
+  // groups, interfaces.
+  void put_rows(uint32_t index, const PodSettings& s, Undo& undo) {
+    const uint8_t one = 1;
+    for (const auto& a : s.net.addresses) put(pod_addrs.fd, mc_pod_addr{index, to_mc_addr(a)}, one, undo, "address " + a.str());
+    put_ports(index, s, undo);
+    put_cidrs(index, s.cfg.outbound_ranges_exclude, MC_CIDR_EXCLUDE, undo);
+    put_cidrs(index, s.cfg.outbound_ranges_include, MC_CIDR_INCLUDE, undo);
+    if (!s.cfg.exclude_interfaces.empty()) put_routes(index, s, undo);
+    for (const auto& g : s.cfg.owner_groups.ids) put(owner_gids.fd, mc_pod_u32{index, *g}, one, undo, "owner group " + std::to_string(*g));
+    for (const auto& n : s.cfg.exclude_interfaces) put_interface_flag(index, s.net, n, MC_IF_EXCLUDE, undo);
+    if (s.inbound)
+      for (const auto& n : s.cfg.reroute_virtual_interfaces) put_interface_flag(index, s.net, n, MC_IF_VIRT, undo);
+  }
+
+  void put_ports(uint32_t index, const PodSettings& s, Undo& undo) {
+    std::map<uint16_t, uint8_t> ports;
+    for (auto p : s.cfg.outbound_ports_exclude.ports) ports[p] |= MC_PORT_OUT_EXCLUDE;
+    for (auto p : s.cfg.outbound_ports_include.ports) ports[p] |= MC_PORT_OUT_INCLUDE;
+    if (s.inbound) {
+      for (auto p : s.cfg.inbound_ports_include.ports) ports[p] |= MC_PORT_IN_INCLUDE;
+      for (auto p : s.cfg.inbound_ports_exclude.ports) ports[p] |= MC_PORT_IN_EXCLUDE;
+    }
+    for (const auto& [port, bits] : ports) put(pod_ports.fd, mc_pod_port{index, port}, bits, undo, "port " + std::to_string(port));
+  }
+
+  void put_cidrs(uint32_t index, const CidrList& list, mc_cidr_kind kind, Undo& undo) {
+    const uint8_t one = 1;
+    for (const auto& c : list.v4) put(cidrs4.fd, mc_lpm4{32u + c.prefix_len, MC_LPM_TAG(index, kind), net32(c.addr)}, one, undo, c.str());
+    for (const auto& c : list.v6) {
+      mc_lpm6 k{32u + c.prefix_len, MC_LPM_TAG(index, kind), {}};
+      std::memcpy(k.addr, c.addr.data(), 16);
+      put(cidrs6.fd, k, one, undo, c.str());
+    }
+  }
+
+  // The main table, each prefix marked by whether it leaves through a -c
+  // interface; the programs take the longest match.
+  void put_routes(uint32_t index, const PodSettings& s, Undo& undo) {
+    for (const auto& r : s.net.routes) {
+      const uint8_t excluded =
+          std::count(s.cfg.exclude_interfaces.begin(), s.cfg.exclude_interfaces.end(), r.interface) > 0;
+      const std::string what = "route " + r.prefix.str() + "/" + std::to_string(r.prefix_len) + " dev " + r.interface;
+      if (r.prefix.family == AF_INET) {
+        put(cidrs4.fd, mc_lpm4{32u + r.prefix_len, MC_LPM_TAG(index, MC_CIDR_ROUTE), net32(r.prefix.addr)}, excluded, undo, what);
+      } else {
+        mc_lpm6 k{32u + r.prefix_len, MC_LPM_TAG(index, MC_CIDR_ROUTE), {}};
+        std::memcpy(k.addr, r.prefix.addr.data(), 16);
+        put(cidrs6.fd, k, excluded, undo, what);
+      }
+    }
+  }
+
+  void put_interface_flag(uint32_t index, const PodNetwork& net, const std::string& n, uint8_t bit, Undo& undo) {
+    auto it = net.interfaces.find(n);
+    if (it == net.interfaces.end()) return;
+    mc_pod_u32 k{index, it->second};
+    uint8_t v = 0;
+    bpf_map_lookup_elem(iface_flags.fd, &k, &v);
+    v |= bit;
+    put(iface_flags.fd, k, v, undo, "interface " + n);
+  }
+
+  // Files the pod's global addresses under its cookie, for sk_lookup;
+  // refuses an address another pod holds.
+  void claim_addresses(const std::string& name, uint64_t cookie, const PodSettings& s, Undo& undo) {
+    for (const auto& a : s.net.addresses) {
+      if (!is_global(a)) continue;
+      const mc_addr key = to_mc_addr(a);
+      uint64_t holder = 0;
+      if (bpf_map_lookup_elem(pod_by_addr.fd, &key, &holder) == 0 && holder != cookie)
+        throw LoaderError("enrol " + name, EADDRINUSE, "address " + a.str() + " is enrolled by another pod",
+                          Part::Inbound);
+      if (bpf_map_update_elem(pod_by_addr.fd, &key, &cookie, BPF_ANY))
+        throw LoaderError("enrol " + name + ": address " + a.str(), errno, "", Part::Inbound);
+      if (holder != cookie) undo.add(pod_by_addr.fd, key);
+    }
+  }
+
+  // Attaches sk_lookup to the pod's namespace (`link`, set as soon as it
+  // exists so a failure can detach it) and pins the link at `new_link_pin`.
+  void attach_sk_lookup(const std::string& netns_path, const std::string& pins, const std::string& new_link_pin,
+                        Fd& link) {
+    Fd ns(open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (ns.fd < 0) throw LoaderError("open " + netns_path, errno, "", Part::Inbound);
+    link = Fd(bpf_link_create(sk_lookup.fd, ns.fd, BPF_SK_LOOKUP, nullptr));
+    if (link.fd < 0) throw LoaderError("attach sk_lookup to " + netns_path, errno, "", Part::Inbound);
+    make_pin_dirs(pins);
+    unlink(new_link_pin.c_str());
+    if (bpf_obj_pin(link.fd, new_link_pin.c_str())) throw LoaderError("pin " + new_link_pin, errno, "", Part::Inbound);
+  }
+
+  // Removes the addresses filed under `cookie` that the pod no longer has
+  // (all of them without inbound capture).
+  void drop_old_addresses(uint64_t cookie, const PodSettings& s) {
+    const int fd = pod_by_addr.fd;
+    delete_where(fd, [&](const uint8_t* k) {
+      uint64_t holder = 0;
+      if (bpf_map_lookup_elem(fd, k, &holder) || holder != cookie) return false;
+      if (!s.inbound) return true;
+      mc_addr a;
+      std::memcpy(&a, k, sizeof(a));
+      return std::none_of(s.net.addresses.begin(), s.net.addresses.end(), [&](const PodAddress& p) {
+        mc_addr m = to_mc_addr(p);
+        return std::memcmp(&m, &a, sizeof(a)) == 0;
+      });
+    });
+  }
 };
 
 PodTable::PodTable(std::string datapath_dir) : dir_(std::move(datapath_dir)), fds_(std::make_unique<Fds>()) {
@@ -373,13 +514,7 @@ Enrolment PodTable::enroll(const std::string& name, uint64_t cookie, const std::
   const auto pods = enrolled();
   std::optional<uint32_t> old_index;
   if (auto it = pods.find(cookie); it != pods.end()) old_index = it->second;
-  std::set<uint32_t> used;
-  for (const auto& [c, i] : pods) used.insert(i);
-  uint32_t index = 0;
-  while (used.count(index)) index++;
-  if (index >= capacity_ || (!old_index && pods.size() >= capacity_))
-    throw LoaderError("enrol " + name, ENOSPC,
-                      "the data path holds its maximum of " + std::to_string(capacity_) + " pods (--max-pods)");
+  const uint32_t index = free_index(name, pods, old_index.has_value(), capacity_);
 
   // Rows an enrolment or removal killed half-way left under this index.
   if (is_dirty(index)) delete_rows(index);
@@ -391,88 +526,15 @@ Enrolment PodTable::enroll(const std::string& name, uint64_t cookie, const std::
   Fd link;
   try {
     const mc_pod pod = pod_of(s, index);
-    const uint8_t one = 1;
-    // Fresh counters for the index.
-    {
-      const int ncpu = std::max(libbpf_num_possible_cpus(), 1);
-      std::vector<uint64_t> zeros(ncpu, 0);
-      for (uint32_t c = 0; c < MC_CNT__MAX; c++) {
-        uint32_t key = index * MC_CNT__MAX + c;
-        bpf_map_update_elem(f.counters.fd, &key, zeros.data(), BPF_ANY);
-      }
-    }
-    for (const auto& a : s.net.addresses) put(f.pod_addrs.fd, mc_pod_addr{index, to_mc_addr(a)}, one, undo, "address " + a.str());
-    std::map<uint16_t, uint8_t> ports;
-    for (auto p : s.cfg.outbound_ports_exclude.ports) ports[p] |= MC_PORT_OUT_EXCLUDE;
-    for (auto p : s.cfg.outbound_ports_include.ports) ports[p] |= MC_PORT_OUT_INCLUDE;
-    if (s.inbound) {
-      for (auto p : s.cfg.inbound_ports_include.ports) ports[p] |= MC_PORT_IN_INCLUDE;
-      for (auto p : s.cfg.inbound_ports_exclude.ports) ports[p] |= MC_PORT_IN_EXCLUDE;
-    }
-    for (const auto& [port, bits] : ports) put(f.pod_ports.fd, mc_pod_port{index, port}, bits, undo, "port " + std::to_string(port));
-    auto cidrs = [&](const CidrList& list, mc_cidr_kind kind) {
-      for (const auto& c : list.v4) put(f.cidrs4.fd, mc_lpm4{32u + c.prefix_len, MC_LPM_TAG(index, kind), net32(c.addr)}, one, undo, c.str());
-      for (const auto& c : list.v6) {
-        mc_lpm6 k{32u + c.prefix_len, MC_LPM_TAG(index, kind), {}};
-        std::memcpy(k.addr, c.addr.data(), 16);
-        put(f.cidrs6.fd, k, one, undo, c.str());
-      }
-    };
-    cidrs(s.cfg.outbound_ranges_exclude, MC_CIDR_EXCLUDE);
-    cidrs(s.cfg.outbound_ranges_include, MC_CIDR_INCLUDE);
-    if (!s.cfg.exclude_interfaces.empty()) {
-      // The main table, each prefix marked by whether it leaves through a
-      // -c interface; the programs take the longest match.
-      for (const auto& r : s.net.routes) {
-        const uint8_t excluded =
-            std::count(s.cfg.exclude_interfaces.begin(), s.cfg.exclude_interfaces.end(), r.interface) > 0;
-        const std::string what = "route " + r.prefix.str() + "/" + std::to_string(r.prefix_len) + " dev " + r.interface;
-        if (r.prefix.family == AF_INET) {
-          put(f.cidrs4.fd, mc_lpm4{32u + r.prefix_len, MC_LPM_TAG(index, MC_CIDR_ROUTE), net32(r.prefix.addr)}, excluded, undo, what);
-        } else {
-          mc_lpm6 k{32u + r.prefix_len, MC_LPM_TAG(index, MC_CIDR_ROUTE), {}};
-          std::memcpy(k.addr, r.prefix.addr.data(), 16);
-          put(f.cidrs6.fd, k, excluded, undo, what);
-        }
-      }
-    }
-    for (const auto& g : s.cfg.owner_groups.ids) put(f.owner_gids.fd, mc_pod_u32{index, *g}, one, undo, "owner group " + std::to_string(*g));
-    auto iface = [&](const std::string& n, uint8_t bit) {
-      auto it = s.net.interfaces.find(n);
-      if (it == s.net.interfaces.end()) return;
-      mc_pod_u32 k{index, it->second};
-      uint8_t v = 0;
-      bpf_map_lookup_elem(f.iface_flags.fd, &k, &v);
-      v |= bit;
-      put(f.iface_flags.fd, k, v, undo, "interface " + n);
-    };
-    for (const auto& n : s.cfg.exclude_interfaces) iface(n, MC_IF_EXCLUDE);
-    if (s.inbound)
-      for (const auto& n : s.cfg.reroute_virtual_interfaces) iface(n, MC_IF_VIRT);
-
+    f.reset_counters(index);
+    f.put_rows(index, s, undo);
     if (s.inbound) {
       if (f.sk_lookup.fd < 0)
         throw LoaderError("enrol " + name, EOPNOTSUPP, "the data path was loaded without sk_lookup", Part::Inbound);
       adopt_listeners(f.listeners.fd, index, netns_path, s.cfg, undo);
-      for (const auto& a : s.net.addresses) {
-        if (!is_global(a)) continue;
-        const mc_addr key = to_mc_addr(a);
-        uint64_t holder = 0;
-        if (bpf_map_lookup_elem(f.pod_by_addr.fd, &key, &holder) == 0 && holder != cookie)
-          throw LoaderError("enrol " + name, EADDRINUSE, "address " + a.str() + " is enrolled by another pod",
-                            Part::Inbound);
-        if (bpf_map_update_elem(f.pod_by_addr.fd, &key, &cookie, BPF_ANY))
-          throw LoaderError("enrol " + name + ": address " + a.str(), errno, "", Part::Inbound);
-        if (holder != cookie) undo.add(f.pod_by_addr.fd, key);
-      }
+      f.claim_addresses(name, cookie, s, undo);
       fault_point("sk_lookup", Part::Inbound);
-      Fd ns(open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
-      if (ns.fd < 0) throw LoaderError("open " + netns_path, errno, "", Part::Inbound);
-      link = Fd(bpf_link_create(f.sk_lookup.fd, ns.fd, BPF_SK_LOOKUP, nullptr));
-      if (link.fd < 0) throw LoaderError("attach sk_lookup to " + netns_path, errno, "", Part::Inbound);
-      make_pin_dirs(pins);
-      unlink(new_link_pin.c_str());
-      if (bpf_obj_pin(link.fd, new_link_pin.c_str())) throw LoaderError("pin " + new_link_pin, errno, "", Part::Inbound);
+      f.attach_sk_lookup(netns_path, pins, new_link_pin, link);
     }
     fault_point("enabled");
     // The commit: from here the pod is captured with these settings.
@@ -493,26 +555,11 @@ Enrolment PodTable::enroll(const std::string& name, uint64_t cookie, const std::
     set_dirty(*old_index, false);
   }
   if (s.inbound) {
-    // rename() over the old pin; the old link is detached explicitly (a
-    // process may still hold it).
-    Fd old(bpf_obj_get(link_pin.c_str()));
-    if (rename(new_link_pin.c_str(), link_pin.c_str())) spdlog::warn("cannot pin {}: {}", link_pin, std::strerror(errno));
-    if (old.fd >= 0) bpf_link_detach(old.fd);
+    replace_link_pin(link_pin, new_link_pin);
   } else {
     remove_tree(pins);
   }
-  // Addresses the pod no longer has.
-  delete_where(f.pod_by_addr.fd, [&](const uint8_t* k) {
-    uint64_t holder = 0;
-    if (bpf_map_lookup_elem(f.pod_by_addr.fd, k, &holder) || holder != cookie) return false;
-    if (!s.inbound) return true;
-    mc_addr a;
-    std::memcpy(&a, k, sizeof(a));
-    return std::none_of(s.net.addresses.begin(), s.net.addresses.end(), [&](const PodAddress& p) {
-      mc_addr m = to_mc_addr(p);
-      return std::memcmp(&m, &a, sizeof(a)) == 0;
-    });
-  });
+  f.drop_old_addresses(cookie, s);
   return {index, cookie};
 }
 

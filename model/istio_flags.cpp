@@ -227,21 +227,8 @@ void require_resolved(const IdList& list, const std::string& what, const char* k
       throw UsageError(what + ": invalid value '" + list.tokens[i] + "': no such " + kind + " on this machine");
 }
 
-}  // namespace
-
-void require_resolved_ids(const CaptureConfig& c) {
-  require_resolved(c.proxy_uids, "-u", "user");
-  require_resolved(c.proxy_gids, "-g", "group");
-  require_resolved(c.owner_groups,
-                   c.owner_groups_except ? "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE" : "ISTIO_OUTBOUND_OWNER_GROUPS",
-                   "group");
-}
-
-CaptureConfig build_capture_config(const IstioFlagValues& given, const EnvLookup& env,
-                                   const std::string& resolv_conf) {
-  const IstioFlagValues v = with_environment(given, env);
-
-  CaptureConfig c;
+// -p, -z and -e.
+void read_capture_ports(const IstioFlagValues& v, CaptureConfig& c) {
   if (v.proxy_port && !v.proxy_port->empty()) {
     c.proxy_port = parse_port(*v.proxy_port, "-p");
     c.proxy_port_text = *v.proxy_port;
@@ -254,7 +241,9 @@ CaptureConfig build_capture_config(const IstioFlagValues& given, const EnvLookup
     c.inbound_tunnel_port = parse_port(*v.inbound_tunnel_port, "-e");
     c.inbound_tunnel_port_text = *v.inbound_tunnel_port;
   }
+}
 
+void read_proxy_ids(const IstioFlagValues& v, const EnvLookup& env, CaptureConfig& c) {
   // -u defaults to ENVOY_USER's UID (user "istio-proxy"), else 1337; -g to -u.
   std::string uids = v.proxy_uid.value_or("");
   if (uids.empty()) {
@@ -268,7 +257,10 @@ CaptureConfig build_capture_config(const IstioFlagValues& given, const EnvLookup
   if (gids.empty()) gids = uids;
   c.proxy_gids = parse_id_list(gids, "-g", true);
   if (c.proxy_gids.empty()) throw UsageError("-g: invalid value '" + gids + "': no GID given");
+}
 
+// -m, -t and -r.
+void read_interception(const IstioFlagValues& v, CaptureConfig& c) {
   const std::string mode = v.inbound_interception_mode.value_or("");
   if (mode == "TPROXY") {
     c.inbound_mode = InterceptionMode::Tproxy;
@@ -285,7 +277,10 @@ CaptureConfig build_capture_config(const IstioFlagValues& given, const EnvLookup
     check_u32(*v.tproxy_route_table, "-r", false);
     c.tproxy_route_table = *v.tproxy_route_table;
   }
+}
 
+// The port, CIDR and interface lists.
+void read_lists(const IstioFlagValues& v, CaptureConfig& c) {
   c.inbound_ports_include = parse_port_list(list_value(v.inbound_ports, "-b"), "-b", true);
   c.inbound_ports_exclude = parse_port_list(list_value(v.local_exclude_ports, "-d"), "-d", false);
   c.outbound_ports_include = parse_port_list(list_value(v.outbound_ports, "-q"), "-q", false);
@@ -294,7 +289,9 @@ CaptureConfig build_capture_config(const IstioFlagValues& given, const EnvLookup
   c.outbound_ranges_exclude = parse_cidr_list(list_value(v.service_exclude_cidr, "-x"), "-x", false);
   c.exclude_interfaces = parse_interface_list(v.exclude_interfaces.value_or(""), "-c");
   c.reroute_virtual_interfaces = parse_interface_list(v.kube_virt_interfaces.value_or(""), "-k");
+}
 
+void read_owner_groups(const EnvLookup& env, CaptureConfig& c) {
   // Owner groups (env only): include "*" means "all except the exclude list".
   const std::string groups_in = env("ISTIO_OUTBOUND_OWNER_GROUPS").value_or("*");
   const std::string groups_ex = env("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE").value_or("");
@@ -308,14 +305,19 @@ CaptureConfig build_capture_config(const IstioFlagValues& given, const EnvLookup
       throw UsageError("ISTIO_OUTBOUND_OWNER_GROUPS: invalid value '" + groups_in +
                        "': at most 64 groups, got " + std::to_string(c.owner_groups.tokens.size()));
   }
+}
 
+void read_loopback_cidr(const EnvLookup& env, CaptureConfig& c) {
   c.ipv4_loopback_cidr_text = env("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR").value_or("127.0.0.1/32");
   c.ipv4_loopback_cidr = parse_cidr(c.ipv4_loopback_cidr_text, "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR");
   if (c.ipv4_loopback_cidr.family != AF_INET || !c.ipv4_loopback_cidr.is_loopback() ||
       c.ipv4_loopback_cidr.prefix_len < 8)
     throw UsageError("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR: invalid value '" + c.ipv4_loopback_cidr_text +
                      "': expected an IPv4 loopback CIDR with a mask of 8 to 32 bits");
+}
 
+// The on/off flags (--dry-run only checked: the caller acts on it).
+void read_switches(const IstioFlagValues& v, CaptureConfig& c) {
   c.redirect_dns = to_bool(v.redirect_dns, "--redirect-dns");
   c.capture_all_dns = to_bool(v.capture_all_dns, "--capture-all-dns");
   c.drop_invalid = to_bool(v.drop_invalid, "--drop-invalid");
@@ -323,7 +325,10 @@ CaptureConfig build_capture_config(const IstioFlagValues& given, const EnvLookup
   c.run_validation = to_bool(v.run_validation, "--run-validation");
   c.skip_rule_apply = to_bool(v.skip_rule_apply, "--skip-rule-apply");
   (void)to_bool(v.dry_run, "--dry-run");
+}
 
+// --dns-servers, else (DNS redirected but not all of it) resolv.conf's nameservers.
+void read_dns_servers(const IstioFlagValues& v, const std::string& resolv_conf, CaptureConfig& c) {
   std::vector<std::string> servers;
   if (v.dns_servers) {
     servers = split_list(*v.dns_servers);
@@ -340,7 +345,10 @@ CaptureConfig build_capture_config(const IstioFlagValues& given, const EnvLookup
       throw UsageError("--dns-servers: invalid value '" + s + "': not an IP address");
     }
   }
+}
 
+// The iptables backend and probe settings.
+void read_iptables_options(const IstioFlagValues& v, CaptureConfig& c) {
   if (v.force_iptables_binary) {
     const auto& b = *v.force_iptables_binary;
     if (!b.empty() && b != "nft" && b != "legacy")
@@ -351,6 +359,32 @@ CaptureConfig build_capture_config(const IstioFlagValues& given, const EnvLookup
     c.iptables_probe_port = parse_port(*v.iptables_probe_port, "--iptables-probe-port");
   if (v.probe_timeout && !v.probe_timeout->empty())
     c.probe_timeout_seconds = parse_duration_seconds(*v.probe_timeout, "--probe-timeout");
+}
+
+}  // namespace
+
+void require_resolved_ids(const CaptureConfig& c) {
+  require_resolved(c.proxy_uids, "-u", "user");
+  require_resolved(c.proxy_gids, "-g", "group");
+  require_resolved(c.owner_groups,
+                   c.owner_groups_except ? "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE" : "ISTIO_OUTBOUND_OWNER_GROUPS",
+                   "group");
+}
+
+CaptureConfig build_capture_config(const IstioFlagValues& given, const EnvLookup& env,
+                                   const std::string& resolv_conf) {
+  const IstioFlagValues v = with_environment(given, env);
+
+  CaptureConfig c;
+  read_capture_ports(v, c);
+  read_proxy_ids(v, env, c);
+  read_interception(v, c);
+  read_lists(v, c);
+  read_owner_groups(env, c);
+  read_loopback_cidr(env, c);
+  read_switches(v, c);
+  read_dns_servers(v, resolv_conf, c);
+  read_iptables_options(v, c);
   return c;
 }
 
