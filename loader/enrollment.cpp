@@ -311,6 +311,19 @@ void replace_link_pin(const std::string& link_pin, const std::string& new_link_p
   if (old.fd >= 0) bpf_link_detach(old.fd);
 }
 
+// Removes what a data path at `dir` pinned for pod `name` (pods/NAME), and
+// pods/ itself once no pod has pins there: the data path's directory is
+// then as `meshcap node start` made it. True when there was something.
+// The caller serializes enrolments (the node lock).
+bool remove_pod_pins(const std::string& dir, const std::string& name) {
+  const std::string pins = pod_pins(dir, name);
+  std::error_code ec;
+  const bool was = fs::exists(pins, ec);
+  if (was) remove_tree(pins);
+  rmdir(fs::path(pins).parent_path().c_str());  // only when empty
+  return was;
+}
+
 uint32_t first_u32(const uint8_t* p) {
   uint32_t v;
   std::memcpy(&v, p, 4);
@@ -545,6 +558,9 @@ Enrolment PodTable::enroll(const std::string& name, uint64_t cookie, const std::
     set_dirty(index, false);
     if (link.fd >= 0) bpf_link_detach(link.fd);
     unlink(new_link_pin.c_str());
+    // Directories this call made for the pod's pins (only when empty).
+    rmdir(pins.c_str());
+    rmdir(fs::path(pins).parent_path().c_str());
     throw;
   }
   set_dirty(index, false);
@@ -557,7 +573,7 @@ Enrolment PodTable::enroll(const std::string& name, uint64_t cookie, const std::
   if (s.inbound) {
     replace_link_pin(link_pin, new_link_pin);
   } else {
-    remove_tree(pins);
+    remove_pod_pins(dir_, name);
   }
   f.drop_old_addresses(cookie, s);
   return {index, cookie};
@@ -581,12 +597,7 @@ bool PodTable::unenroll(const std::string& name, uint64_t cookie) {
       removed |= mine;
       return mine;
     });
-  const std::string pins = pod_pins(dir_, name);
-  std::error_code ec;
-  if (fs::exists(pins, ec)) {
-    remove_tree(pins);
-    removed = true;
-  }
+  removed |= remove_pod_pins(dir_, name);
   return removed;
 }
 

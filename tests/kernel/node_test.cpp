@@ -7,6 +7,7 @@
 // step, stale pods, and a stop that never leaves a pod uncaptured.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <thread>
@@ -29,6 +30,15 @@ std::vector<std::string> recorded(const TestNode& node) {
     const std::string f = e.path().filename();
     if (f.size() > 5 && f.substr(f.size() - 5) == ".json") out.push_back(f.substr(0, f.size() - 5));
   }
+  return out;
+}
+
+/// Every file and directory below `dir`, relative, sorted.
+std::vector<std::string> pins_below(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir))
+    out.push_back(std::filesystem::relative(e.path(), dir));
+  std::sort(out.begin(), out.end());
   return out;
 }
 
@@ -105,6 +115,7 @@ TEST_F(Node, StartsOnceAndEnrolsPodsWithoutLoadingPrograms) {
   auto r = node_->start();
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(programs_attached(node_->cgroup_path()), kCapturePrograms);
+  const auto pins_at_start = pins_below(node_->pin_dir());
   NodePod a(*node_);
   r = init(a);
   ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -126,6 +137,9 @@ TEST_F(Node, StartsOnceAndEnrolsPodsWithoutLoadingPrograms) {
   EXPECT_EQ(node_status()["pods_enrolled"], 0);
   expect_direct(a);
   EXPECT_EQ(programs_attached(node_->cgroup_path()), kCapturePrograms);
+  // Nothing of the pod's stays pinned, not even node/pods/ (which
+  // enrolling made for the pod's sk_lookup link).
+  EXPECT_EQ(pins_below(node_->pin_dir()), pins_at_start);
 }
 
 // The first finding: istio-init's way (a process in its own

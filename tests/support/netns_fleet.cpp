@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <linux/if.h>
 #include <linux/if_link.h>
+#include <linux/neighbour.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/veth.h>
@@ -11,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <thread>
@@ -87,11 +89,20 @@ UniqueFd netlink_here() {
   return fd;
 }
 
+// The MAC address of pod i's end (kPodSide) or the hub's end (kHubSide)
+// of its veth: fixed, so each side's neighbour entry can be written at once.
+constexpr uint8_t kHubSide = 1, kPodSide = 2;
+std::array<uint8_t, 6> mac(size_t i, uint8_t side) {
+  return {0x02, 0x6d, static_cast<uint8_t>(i >> 16), static_cast<uint8_t>(i >> 8), static_cast<uint8_t>(i), side};
+}
+
 // eth0 here (ifindex 2), its peer h<i> in the hub with ifindex 1000+i.
 void add_veth(int nl, size_t i, int hub_fd) {
   Request req(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
   req.fixed<ifinfomsg>()->ifi_index = kPodIfindex;
   req.attr_str(IFLA_IFNAME, "eth0");
+  const auto pod_mac = mac(i, kPodSide), hub_mac = mac(i, kHubSide);
+  req.attr(IFLA_ADDRESS, pod_mac.data(), pod_mac.size());
   rtattr* info = req.nest();
   req.attr_str(IFLA_INFO_KIND, "veth");
   rtattr* data = req.nest();
@@ -99,6 +110,7 @@ void add_veth(int nl, size_t i, int hub_fd) {
   auto* pi = req.fixed<ifinfomsg>();
   pi->ifi_index = kHubIfindexBase + static_cast<int>(i);
   req.attr_str(IFLA_IFNAME, "h" + std::to_string(i));
+  req.attr(IFLA_ADDRESS, hub_mac.data(), hub_mac.size());
   req.attr_u32(IFLA_NET_NS_FD, static_cast<uint32_t>(hub_fd));
   req.end(peer, VETH_INFO_PEER);
   req.end(data, IFLA_INFO_DATA);
@@ -124,6 +136,25 @@ void add_address(int nl, int ifindex, uint32_t addr) {
   req.attr(IFA_LOCAL, &a, 4);
   req.attr(IFA_ADDRESS, &a, 4);
   transact(nl, req, "add address " + ipv4(addr));
+}
+
+// A permanent neighbour entry: `addr` is at `lladdr` on `ifindex`. The
+// kernel's ARP table is one for all namespaces, and its limit
+// (net.ipv4.neigh.default.gc_thresh3, 1024 by default) counts every
+// namespace's learned entries: a fleet of a thousand pods that learned its
+// neighbours by ARP would need two thousand, and connections would fail
+// with "neighbour: arp_cache: neighbor table overflow!". Permanent entries
+// are exempt from that limit, and no ARP exchange delays a first packet.
+void add_neighbour(int nl, int ifindex, uint32_t addr, const std::array<uint8_t, 6>& lladdr) {
+  Request req(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE);
+  auto* nd = req.fixed<ndmsg>();
+  nd->ndm_family = AF_INET;
+  nd->ndm_ifindex = ifindex;
+  nd->ndm_state = NUD_PERMANENT;
+  const uint32_t a = htonl(addr);
+  req.attr(NDA_DST, &a, 4);
+  req.attr(NDA_LLADDR, lladdr.data(), lladdr.size());
+  transact(nl, req, "add neighbour " + ipv4(addr));
 }
 
 void add_default_route(int nl, uint32_t via) {
@@ -169,9 +200,11 @@ NetnsFleet::NetnsFleet(size_t pods) {
         add_address(nl.get(), kPodIfindex, base + 2);
         set_up(nl.get(), kPodIfindex);
         add_default_route(nl.get(), base + 1);
+        add_neighbour(nl.get(), kPodIfindex, base + 1, mac(i, kHubSide));
         const int hub_if = kHubIfindexBase + static_cast<int>(i);
         add_address(hub_nl.get(), hub_if, base + 1);
         set_up(hub_nl.get(), hub_if);
+        add_neighbour(hub_nl.get(), hub_if, base + 2, mac(i, kPodSide));
         pods_.push_back(std::move(ns));
       }
     } catch (...) {

@@ -7,6 +7,11 @@
 //   h<i> 10.<a>.<b>.<c+1>/30   <-- veth -->   eth0 10.<a>.<b>.<c+2>/30, lo up,
 //                                             default route via the hub end
 //
+// Both ends have fixed MAC addresses and permanent neighbour entries for
+// each other: no ARP, and nothing counted against the kernel's ARP table
+// limit, which all namespaces share (gc_thresh3, 1024 by default: a
+// thousand pods learning neighbours by ARP overflow it and lose packets).
+//
 // Every namespace is held only by a file descriptor of this process: no
 // /run/netns entry, no mount, nothing to register for emergency removal.
 // When the process ends, however it ends, the kernel removes them and their
