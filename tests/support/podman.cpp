@@ -662,6 +662,17 @@ void PodmanNode::build() {
   }
   cgroup_parent_rel_ = cgroup_parent_.substr(root.size());
   for (const auto& d : v1_dirs(cgroup_parent_rel_)) record("cgroup", d);
+  // podman's cgroupfs manager creates its default parent, libpod_parent, at
+  // the top of each hierarchy for whatever it starts outside ours. Where it
+  // is missing now, it is this node's to remove, on every path (recorded
+  // like our own cgroups: teardown, fatal signals, and the next run's reap).
+  std::vector<std::string> defaults = v1_dirs("/libpod_parent");
+  defaults.push_back(root + "/libpod_parent");
+  for (const auto& d : defaults) {
+    if (exists(d)) continue;
+    podman_default_cgroups_.push_back(d);
+    record("cgroup", d);
+  }
 
   // The node and the outside namespaces, a veth between them. `ip netns
   // add` also makes /run/netns a shared mount, which the private mount
@@ -1150,6 +1161,9 @@ void PodmanNode::cleanup() noexcept {
     if (own_cgroup_) cgroups.push_back(cgroup_parent_);
     if (!cgroup_parent_rel_.empty()) {
       for (const auto& d : v1_dirs(cgroup_parent_rel_)) cgroups.push_back(d);
+    }
+    for (const auto& d : podman_default_cgroups_) {
+      if (exists(d)) cgroups.push_back(d);
     }
     for (const auto& d : cgroups) {
       if (!detail::kill_cgroup_and_remove(d.c_str(), 5000)) {

@@ -247,6 +247,9 @@ class PodmanNode {
   std::string node_ipv4_ = "10.214.0.1", outside_ipv4_ = "10.214.0.2";
   std::string cgroup_parent_, cgroup_parent_rel_;
   bool own_cgroup_ = false;
+  /// podman's default parent (libpod_parent, in cgroup v2 and each v1
+  /// hierarchy) where it was not there before this node: ours to remove.
+  std::vector<std::string> podman_default_cgroups_;
   std::string containers_conf_, haproxy_cfg_, app_binary_;
   pid_t holder_pid_ = -1;
   int holder_pidfd_ = -1;
