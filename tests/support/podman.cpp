@@ -499,6 +499,8 @@ int podman_app_main(int argc, char** argv) {
   try {
     if (a.size() == 2 && a[0] == "serve") {
       UniqueFd l = listen_tcp("0.0.0.0", static_cast<uint16_t>(std::stoi(a[1])), 512);
+      // listen_tcp's socket is non-blocking: accept here blocks.
+      ::fcntl(l.get(), F_SETFL, ::fcntl(l.get(), F_GETFL) & ~O_NONBLOCK);
       for (;;) {
         const int fd = ::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC);
         if (fd < 0) {
@@ -987,9 +989,26 @@ PodmanPod PodmanNode::create_pod(PodmanPodSpec spec) {
     }
     if (ready) break;
     if (Clock::now() >= deadline) {
-      std::string logs;
+      std::string logs = "podman ps -a:\n" +
+                         podman({"ps", "-a", "--pod", "--format",
+                                 "{{.Names}} {{.Status}} exit={{.ExitCode}} pid={{.Pid}}"})
+                             .output;
       for (const auto& c : {pod.app_container, pod.proxy_container}) {
-        if (!c.empty()) logs += c + ": " + podman({"logs", c}).output + "\n";
+        if (c.empty()) continue;
+        logs += c + " log: " + podman({"logs", c}).output + "\n";
+        logs += c + " state: " +
+                podman({"inspect", c, "--format", "{{.State.Status}} exit={{.State.ExitCode}} error={{.State.Error}}"})
+                    .output;
+      }
+      for (const auto& [c, pid] : {std::pair{pod.app_container, pod.app_pid}, std::pair{pod.proxy_container, pod.proxy_pid}}) {
+        if (c.empty()) continue;
+        std::string net;
+        try {
+          net = read_text_file("/proc/" + std::to_string(pid) + "/net/tcp");
+        } catch (const std::exception& e) {
+          net = e.what();
+        }
+        logs += c + " pid " + std::to_string(pid) + " /proc/net/tcp:\n" + net;
       }
       throw TestSupportError("pod " + pod.name + " did not listen within 15 s", ETIMEDOUT, logs);
     }
