@@ -26,6 +26,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "datapath.h"
 #include "support/podman.h"
 #include "support/sockets.h"
 #include "support/test_node.h"
@@ -192,8 +193,12 @@ TEST_F(PodmanHarness, PodsReachTheOutsideAndNothingIsLeft) {
     EXPECT_TRUE(node.app_connect(pods[1], node.outside_ipv4(), kUpstreamPort).all_ok());
   }
   EXPECT_EQ(node_leftovers(s, rel, pod_netns), std::vector<std::string>{});
-  if (!var_lib_containers) EXPECT_FALSE(path_exists("/var/lib/containers"));
-  if (!var_lib_cni) EXPECT_FALSE(path_exists("/var/lib/cni"));
+  if (!var_lib_containers) {
+    EXPECT_FALSE(path_exists("/var/lib/containers"));
+  }
+  if (!var_lib_cni) {
+    EXPECT_FALSE(path_exists("/var/lib/cni"));
+  }
 }
 
 // The process that owns a node dies of a signal: pods, conmon, the mount
@@ -442,7 +447,9 @@ class CniPodman : public PodmanTest, public ::testing::WithParamInterface<DataPa
       EXPECT_FALSE(path_exists(node_->pin_dir() + "/" + r)) << r;
     }
     EXPECT_EQ(pod_status(gone).size(), 0u) << pod_status(gone).dump();
-    if (GetParam() == DataPath::node_ebpf) EXPECT_EQ(node_status(*node_).value("pods_enrolled", -1), 0);
+    if (GetParam() == DataPath::node_ebpf) {
+      EXPECT_EQ(node_status(*node_).value("pods_enrolled", -1), 0);
+    }
     EXPECT_EQ(rules_in(podman_->node_netns_path()), node_rules_);
   }
 
@@ -472,7 +479,9 @@ TEST_P(CniPodman, PodIsCapturedBothWaysAndPodRmLeavesNothing) {
         << st.dump();
   }
   EXPECT_TRUE(st[0]["drift"].empty()) << st.dump();
-  if (GetParam() == DataPath::node_ebpf) EXPECT_EQ(node_status(*node_).value("pods_enrolled", -1), 1);
+  if (GetParam() == DataPath::node_ebpf) {
+    EXPECT_EQ(node_status(*node_).value("pods_enrolled", -1), 1);
+  }
 
   PodRemoval r = podman_->remove_pod(pod);
   ASSERT_TRUE(r.command.ok()) << r.command.output;
@@ -485,7 +494,9 @@ TEST_P(CniPodman, TwentyPodsAtOnce) {
   std::vector<PodmanPod> pods = podman_->create_pods(20);
   const auto t1 = Clock::now();
   EXPECT_EQ(records(*node_).size(), 20u);
-  if (GetParam() == DataPath::node_ebpf) EXPECT_EQ(node_status(*node_).value("pods_enrolled", -1), 20);
+  if (GetParam() == DataPath::node_ebpf) {
+    EXPECT_EQ(node_status(*node_).value("pods_enrolled", -1), 20);
+  }
   for (const auto& pod : pods) {
     expect_outbound_captured(pod);
     expect_inbound_captured(pod);
@@ -616,13 +627,25 @@ class CniDirect : public ::testing::TestWithParam<DataPath> {
     for (const auto& [k, v] : e) envv.push_back(k + "=" + v);
     return exec_with_input({MESHCAP_CNI_BIN}, envv, input);
   }
-  /// What the plugin could have changed.
+  /// What the plugin could have changed: records, pins, rules in the pod,
+  /// and in node mode the enrolment and the node maps' per-pod entries.
+  /// The node's pods/ directory itself is left out: it is the node data
+  /// path's (made with the first enrolment, removed by `node stop`), while
+  /// what a pod leaves in it (pods/NAME/...) is listed.
   std::string snapshot() {
     std::ostringstream s;
     for (const auto& r : records(*node_)) s << "record " << r << "\n";
-    for (const auto& p : tree(node_->pin_dir())) s << "pin " << p << "\n";
+    for (const auto& p : tree(node_->pin_dir())) {
+      if (p != "/node/pods") s << "pin " << p << "\n";
+    }
     s << rules_in(pod_->pod_netns_path());
-    if (GetParam() == DataPath::node_ebpf) s << "enrolled " << node_status(*node_).value("pods_enrolled", -1) << "\n";
+    if (GetParam() == DataPath::node_ebpf) {
+      s << "enrolled " << node_status(*node_).value("pods_enrolled", -1) << "\n";
+      for (const char* map : {"pods", "pod_by_addr", "pod_addrs", "pod_ports", "owner_gids", "iface_flags",
+                              "cidrs4", "cidrs6", "listeners"}) {
+        s << "map " << map << " " << loader::pinned_entries(node_->pin_dir() + "/node", map) << "\n";
+      }
+    }
     return s.str();
   }
 
