@@ -125,7 +125,10 @@ void podman_emergency() noexcept {
   detail::emergency_cleanup();
   for (auto& s : g_emergency) {
     if (s.state.load() != 2 || s.owner != me) continue;
-    if (remove_tree_one_fs(s.dir)) ::unlink(s.lock);
+    if (remove_tree_one_fs(s.dir)) {
+      ::unlink(s.lock);
+      ::rmdir(kLockDir);  // only when empty: another node may hold a lock
+    }
     s.state.store(0);
   }
   g_em_running.store(0);
@@ -584,13 +587,14 @@ void PodmanNode::record(const std::string& kind, const std::string& path) {
 }
 
 void PodmanNode::reserve_names() {
-  mkdir_p(kLockDir);
   for (int attempt = 0; attempt < 64; ++attempt) {
+    // Made again each time: the last node to go removes it when empty.
+    mkdir_p(kLockDir);
     const std::string s = random_suffix();
     const std::string lock = std::string(kLockDir) + "/" + s + ".lock";
     UniqueFd fd(::open(lock.c_str(), O_RDWR | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0644));
     if (!fd) {
-      if (errno == EEXIST) continue;
+      if (errno == EEXIST || errno == ENOENT) continue;
       throw TestSupportError("create " + lock, errno);
     }
     // A reaper may have opened it between our create and lock: then it holds
@@ -1232,7 +1236,10 @@ void PodmanNode::cleanup() noexcept {
     slots_.clear();
     unregister_emergency(emergency_slot_);
     emergency_slot_ = -1;
-    if (!problems && !lock_path_.empty()) ::unlink(lock_path_.c_str());
+    if (!problems && !lock_path_.empty()) {
+      ::unlink(lock_path_.c_str());
+      ::rmdir(kLockDir);  // only when empty: another node may hold a lock
+    }
     lock_fd_.reset();
   } catch (const std::exception& e) {
     report_problem(std::string("cleanup threw: ") + e.what());
@@ -1275,6 +1282,7 @@ int PodmanNode::reap_stale() {
     }
     if (ok) {
       ::unlink(lock.c_str());
+      ::rmdir(kLockDir);
       ++reaped;
       spdlog::info("podman-node: reaped the stale node of {}", lock);
     }
