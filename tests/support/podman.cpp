@@ -944,7 +944,9 @@ PodmanPod PodmanNode::create_pod(PodmanPodSpec spec) {
   if (spec.proxy) {
     pod.proxy_container = pod.name + "-proxy";
     std::vector<std::string> a = common;
-    a.insert(a.end(), {"--name", pod.proxy_container, "--user", "1337:1337", "--rootfs", "/:O",
+    // --init: haproxy as a container's PID 1 ignores SIGTERM (every stop
+    // would wait out the timeout and end in SIGKILL); catatonit forwards it.
+    a.insert(a.end(), {"--name", pod.proxy_container, "--user", "1337:1337", "--init", "--rootfs", "/:O",
                        *find_binary("haproxy"), "-db", "-f", haproxy_cfg_});
     podman_checked(a);
   }
@@ -976,7 +978,25 @@ PodmanPod PodmanNode::create_pod(PodmanPodSpec spec) {
     return std::stoi(podman_checked({"inspect", c, "--format", "{{.State.Pid}}"}));
   };
   if (spec.app) pod.app_pid = pid_of(pod.app_container);
-  if (spec.proxy) pod.proxy_pid = pid_of(pod.proxy_container);
+  if (spec.proxy) {
+    // The container's PID 1 is catatonit (--init); haproxy is its child.
+    const pid_t init = pid_of(pod.proxy_container);
+    const auto until = Clock::now() + std::chrono::seconds(5);
+    for (;;) {
+      std::vector<std::string> children;
+      try {
+        const std::string t = std::to_string(init);
+        children = split_ws(read_text_file("/proc/" + t + "/task/" + t + "/children"));
+      } catch (const std::exception&) {
+      }
+      if (!children.empty()) {
+        pod.proxy_pid = std::stoi(children[0]);
+        break;
+      }
+      if (Clock::now() >= until) throw TestSupportError("pod " + pod.name + ": haproxy did not start", ESRCH);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
   {
     std::lock_guard lock(mu_);
     pods_[pod.name] = pod;

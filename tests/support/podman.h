@@ -125,7 +125,9 @@ struct PodmanPod {
   std::string ipv4;             ///< the pod's address on its bridge
   std::string netns_path;       ///< /run/netns/netns-UUID (CNI_NETNS)
   std::string cgroup_path;      ///< absolute v2 directory of the pod
-  pid_t infra_pid = -1, app_pid = -1, proxy_pid = -1;  ///< in the node's pid namespace
+  /// In the node's pid namespace; proxy_pid is haproxy's (the proxy
+  /// container's PID 1 is catatonit, podman's --init).
+  pid_t infra_pid = -1, app_pid = -1, proxy_pid = -1;
 };
 
 /// What a run of the app's client said.
