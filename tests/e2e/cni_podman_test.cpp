@@ -175,6 +175,8 @@ TEST_F(PodmanHarness, PodsReachTheOutsideAndNothingIsLeft) {
       EXPECT_EQ(in.rfind("peer=" + node.outside_ipv4() + ":", 0), 0u) << in;
       EXPECT_NE(in.find("local=" + pod.ipv4 + ":" + std::to_string(kAppPort)), std::string::npos) << in;
       // Nothing went through haproxy.
+      EXPECT_EQ(node.proxy_sessions(pod, "outbound"), 0) << node.proxy_command(pod, "show stat");
+      EXPECT_EQ(node.proxy_sessions(pod, "inbound"), 0) << node.proxy_command(pod, "show stat");
       EXPECT_EQ(node.proxy_log_count(pod, "outbound"), 0) << node.proxy_log(pod);
     }
     // The bridge is in the node's namespace only.
@@ -394,7 +396,8 @@ class CniPodman : public PodmanTest, public ::testing::WithParamInterface<DataPa
   void expect_outbound_captured(const PodmanPod& pod) {
     SCOPED_TRACE(pod.name + " outbound");
     const size_t before = upstream_->accepted();
-    const int logged = podman_->proxy_log_count(pod, "outbound");
+    const long through = podman_->proxy_sessions(pod, "outbound");
+    ASSERT_GE(through, 0) << podman_->proxy_command(pod, "show stat");
     AppRun out = podman_->app_connect(pod, podman_->outside_ipv4(), kUpstreamPort);
     ASSERT_TRUE(out.all_ok()) << out.command.output;
     EXPECT_EQ(out.peer, podman_->outside_ipv4() + ":" + std::to_string(kUpstreamPort));
@@ -404,8 +407,7 @@ class CniPodman : public PodmanTest, public ::testing::WithParamInterface<DataPa
     const std::string seen = upstream_->records().back().peer;
     EXPECT_EQ(ip_of(seen), pod.ipv4);
     EXPECT_NE(port_of(seen), port_of(out.local)) << "the upstream saw the app's own connection: not captured";
-    EXPECT_TRUE(eventually([&] { return podman_->proxy_log_count(pod, "outbound") > logged; }))
-        << podman_->proxy_log(pod);
+    EXPECT_EQ(podman_->proxy_sessions(pod, "outbound"), through + 1) << podman_->proxy_log(pod);
   }
   void expect_outbound_direct(const PodmanPod& pod) {
     SCOPED_TRACE(pod.name + " outbound (not captured)");
@@ -414,21 +416,24 @@ class CniPodman : public PodmanTest, public ::testing::WithParamInterface<DataPa
     ASSERT_TRUE(out.all_ok()) << out.command.output;
     ASSERT_TRUE(upstream_->wait_for_accepts(before + 1));
     EXPECT_EQ(upstream_->records().back().peer, out.local);
-    EXPECT_EQ(podman_->proxy_log_count(pod, "outbound"), 0) << podman_->proxy_log(pod);
+    EXPECT_EQ(podman_->proxy_sessions(pod, "outbound"), 0) << podman_->proxy_log(pod);
   }
   /// Inbound from outside lands on 15006: haproxy reaches the app from
   /// 127.0.0.6.
   void expect_inbound_captured(const PodmanPod& pod) {
     SCOPED_TRACE(pod.name + " inbound");
+    const long through = podman_->proxy_sessions(pod, "inbound");
+    ASSERT_GE(through, 0) << podman_->proxy_command(pod, "show stat");
     const std::string r = podman_->ask_from_outside(pod.ipv4, kAppPort);
     EXPECT_EQ(r.rfind("peer=127.0.0.6:", 0), 0u) << r;
     EXPECT_NE(r.find("local=" + pod.ipv4 + ":" + std::to_string(kAppPort)), std::string::npos) << r;
-    EXPECT_TRUE(eventually([&] { return podman_->proxy_log_count(pod, "inbound") > 0; })) << podman_->proxy_log(pod);
+    EXPECT_EQ(podman_->proxy_sessions(pod, "inbound"), through + 1) << podman_->proxy_log(pod);
   }
   void expect_inbound_direct(const PodmanPod& pod) {
     SCOPED_TRACE(pod.name + " inbound (not captured)");
     const std::string r = podman_->ask_from_outside(pod.ipv4, kAppPort);
     EXPECT_EQ(r.rfind("peer=" + podman_->outside_ipv4() + ":", 0), 0u) << r;
+    EXPECT_EQ(podman_->proxy_sessions(pod, "inbound"), 0) << podman_->proxy_log(pod);
   }
   /// The pod's status entries (records made by its ADD).
   json pod_status(const std::set<std::string>& names) {
@@ -547,6 +552,12 @@ class CniPodmanUpgrade : public CniPodman {};
 
 TEST_P(CniPodmanUpgrade, NodeDataPathUpgradedUnderTrafficFailsNoConnection) {
   std::vector<PodmanPod> pods = podman_->create_pods(3);
+  std::vector<long> sessions_before;
+  for (const auto& p : pods) {
+    sessions_before.push_back(podman_->proxy_sessions(p, "outbound"));
+    ASSERT_GE(sessions_before.back(), 0) << podman_->proxy_command(p, "show stat");
+  }
+  const size_t upstream_before = upstream_->accepted();
   std::vector<AppRun> runs(pods.size());
   std::vector<std::thread> load;
   for (size_t i = 0; i < pods.size(); ++i) {
@@ -560,14 +571,23 @@ TEST_P(CniPodmanUpgrade, NodeDataPathUpgradedUnderTrafficFailsNoConnection) {
   EXPECT_EQ(r1.exit_code, 0) << r1.output;
   EXPECT_EQ(r2.exit_code, 0) << r2.output;
   EXPECT_EQ(node_status(*node_)["spec"].value("max_pods", 0), 512);
+  long made = 0, failed = 0;
   for (size_t i = 0; i < pods.size(); ++i) {
     SCOPED_TRACE(pods[i].name);
+    made += runs[i].ok;
+    failed += runs[i].failed;
     EXPECT_EQ(runs[i].failed, 0) << runs[i].command.output;
     EXPECT_GT(runs[i].ok, 20) << runs[i].command.output;
-    // Every one of them through haproxy.
-    EXPECT_TRUE(eventually([&] { return podman_->proxy_log_count(pods[i], "outbound") >= runs[i].ok; }))
-        << podman_->proxy_log_count(pods[i], "outbound") << " logged, " << runs[i].ok << " made";
+    // Every one of them through haproxy: its outbound listener accepted as
+    // many connections as the app made (the log may drop lines).
+    const long through = podman_->proxy_sessions(pods[i], "outbound") - sessions_before[i];
+    EXPECT_EQ(through, runs[i].ok) << podman_->proxy_command(pods[i], "show stat");
+    std::printf("%s: %d connections, %d failed, %ld through haproxy's outbound listener (%d log lines)\n",
+                pods[i].name.c_str(), runs[i].ok, runs[i].failed, through,
+                podman_->proxy_log_count(pods[i], "outbound"));
   }
+  EXPECT_TRUE(upstream_->wait_for_accepts(upstream_before + static_cast<size_t>(made)));
+  std::printf("upgrade under traffic: %ld connections, %ld failed\n", made, failed);
   for (const auto& p : pods) expect_outbound_captured(p);
 }
 

@@ -11,6 +11,7 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -44,6 +45,9 @@ constexpr const char* kDefaultNetwork = "mcnet";
 constexpr const char* kPodSubnetPrefix = "10.213.";
 constexpr const char* kPodSupernet = "10.213.0.0/16";
 constexpr int kCommandTimeoutMs = 180000;
+// Inside the proxy container (an overlay of the machine's /tmp, writable by
+// UID 1337); reached from the node as /proc/<haproxy>/root/...
+constexpr const char* kProxyStatsSocket = "/tmp/meshcap-haproxy-stats.sock";
 
 // ---- async-signal-safe removal of a directory tree on one file system ----
 
@@ -719,7 +723,9 @@ void PodmanNode::build() {
   ::chmod(app_binary_.c_str(), 0755);
 
   HaproxyOptions h;
-  h.extra_global = {"log stdout format raw local0"};
+  // Logs on stdout are written without blocking: haproxy drops lines when
+  // conmon falls behind. Its stats socket counts every connection.
+  h.extra_global = {"log stdout format raw local0", std::string("stats socket ") + kProxyStatsSocket + " mode 600 level user"};
   h.extra_defaults = {"log global", "option tcplog"};
   haproxy_cfg_ = dir_ + "/haproxy.cfg";
   write_file(haproxy_cfg_, haproxy_config_text(h));
@@ -1166,6 +1172,51 @@ std::string PodmanNode::ask_from_outside(const std::string& ip, uint16_t port, M
 std::string PodmanNode::proxy_log(const PodmanPod& pod) const {
   if (pod.proxy_container.empty()) return {};
   return podman({"logs", pod.proxy_container}).output;
+}
+
+std::string PodmanNode::proxy_command(const PodmanPod& pod, const std::string& command) const {
+  if (pod.proxy_pid <= 0) return "error: no proxy";
+  const std::string path = "/proc/" + std::to_string(pod.proxy_pid) + "/root" + kProxyStatsSocket;
+  sockaddr_un sa {};
+  sa.sun_family = AF_UNIX;
+  if (path.size() >= sizeof sa.sun_path) return "error: path too long";
+  std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return std::string("error: socket: ") + std::strerror(errno);
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&sa), sizeof sa) != 0) {
+    return "error: connect " + path + ": " + std::strerror(errno);
+  }
+  if (!send_all(fd.get(), command + "\n")) return std::string("error: send: ") + std::strerror(errno);
+  std::string out;
+  for (;;) {  // haproxy closes after answering one command
+    const std::string part = recv_some(fd.get(), Millis(5000));
+    if (part.empty()) break;
+    out += part;
+  }
+  return out;
+}
+
+long PodmanNode::proxy_sessions(const PodmanPod& pod, const std::string& listener) const {
+  // show stat: CSV "# pxname,svname,qcur,qmax,scur,smax,slim,stot,..."
+  std::istringstream in(proxy_command(pod, "show stat"));
+  std::string line;
+  int stot = -1;
+  while (std::getline(in, line)) {
+    std::vector<std::string> f;
+    std::string cell;
+    std::istringstream cells(line.rfind("# ", 0) == 0 ? line.substr(2) : line);
+    while (std::getline(cells, cell, ',')) f.push_back(cell);
+    if (line.rfind("# ", 0) == 0) {
+      for (size_t i = 0; i < f.size(); ++i) {
+        if (f[i] == "stot") stot = static_cast<int>(i);
+      }
+      continue;
+    }
+    if (stot >= 0 && f.size() > static_cast<size_t>(stot) && f[0] == listener && f[1] == "FRONTEND") {
+      return std::stol(f[static_cast<size_t>(stot)]);
+    }
+  }
+  return -1;
 }
 
 int PodmanNode::proxy_log_count(const PodmanPod& pod, const std::string& listener) const {

@@ -222,8 +222,16 @@ class PodmanNode {
   /// The proxy container's log (haproxy logs each connection, tcplog
   /// format, with the listener's name "outbound" / "inbound").
   std::string proxy_log(const PodmanPod& pod) const;
-  /// Lines of proxy_log naming a listener ("outbound", "inbound").
+  /// Lines of proxy_log naming a listener ("outbound", "inbound"). haproxy
+  /// drops log lines when its stdout is full: under load, count with
+  /// proxy_sessions.
   int proxy_log_count(const PodmanPod& pod, const std::string& listener) const;
+  /// A command on the proxy's stats socket (e.g. "show info"), its answer
+  /// or "error: ...".
+  std::string proxy_command(const PodmanPod& pod, const std::string& command) const;
+  /// Connections a listener ("outbound", "inbound") accepted since haproxy
+  /// started (its frontend's stot); -1 when the stats socket does not answer.
+  long proxy_sessions(const PodmanPod& pod, const std::string& listener) const;
 
   /// Removes what PodmanNodes of SIGKILLed processes left: their lock in
   /// /run/meshcap-testpodman is free. The constructor calls it.
