@@ -13,6 +13,10 @@ PACKAGES=(
   iproute2 iptables util-linux procps haproxy conntrack
   # DNS capture tests (issue #18): dnsmasq as the proxy's DNS listener and upstream, dig
   dnsmasq-base bind9-dnsutils
+  # a real container runtime for tests/e2e/cni_podman_test.cpp: podman 4.3
+  # with runc (crun refuses hybrid cgroups) and the CNI reference plugins.
+  # --no-install-recommends keeps netavark out, so podman uses CNI.
+  podman runc catatonit containernetworking-plugins
   # benchmark plots (meshcap-bench)
   gnuplot-nox
   # fuzzing (scripts/fuzz.sh): clang's libFuzzer and sanitizer runtimes

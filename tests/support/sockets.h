@@ -50,8 +50,9 @@ struct OriginalDst {
 };
 OriginalDst original_dst(int fd);
 
-/// A blocking TCP listener on ip:port (SO_REUSEADDR, IPv6 only for an IPv6
-/// address); throws TestSupportError if it cannot listen.
+/// A non-blocking TCP listener on ip:port (SO_REUSEADDR, IPv6 only for an
+/// IPv6 address): poll before accept, or clear O_NONBLOCK; throws
+/// TestSupportError if it cannot listen.
 UniqueFd listen_tcp(const std::string& ip, uint16_t port, int backlog = 16);
 
 // ---- client ----
