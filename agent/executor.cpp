@@ -1,5 +1,6 @@
 #include "executor.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 
@@ -45,6 +46,11 @@ PodState::Ebpf own_data_path(const Plan& plan, const PodTarget& t, const PodNetw
   spec.inbound = plan.inbound.engine == Engine::Ebpf;
   spec.accelerate = plan.accelerate;
   spec.ingress_ifindex = spec.inbound && (!cfg.exclude_interfaces.empty() || !cfg.reroute_virtual_interfaces.empty());
+  // Room for the pod's whole CIDR lists, whatever their length (-x with
+  // 10,000 prefixes is a real configuration).
+  const auto& x = cfg.outbound_ranges_exclude;
+  const auto& i = cfg.outbound_ranges_include;
+  spec.extra_cidrs = static_cast<uint32_t>(std::max(x.v4.size() + i.v4.size(), x.v6.size() + i.v6.size()));
   const std::string next = loader::pin_root() + "/next/" + t.name;
   loader::remove_tree(next);  // what a killed init left
   loader::remove_dead_staging(t.name);

@@ -41,7 +41,7 @@ uint32_t map_size(const std::string& name, const DataPathSpec& s) {
   if (name == "pods" || name == "pod_dirty") return p;
   if (name == "pod_by_addr" || name == "pod_addrs") return p * MC_ADDRS_PER_POD;
   if (name == "pod_ports") return p * MC_PORTS_PER_POD;
-  if (name == "cidrs4" || name == "cidrs6") return p * MC_CIDRS_PER_POD;
+  if (name == "cidrs4" || name == "cidrs6") return p * MC_CIDRS_PER_POD + s.extra_cidrs;
   if (name == "owner_gids") return p * MC_GROUPS_PER_POD;
   if (name == "iface_flags") return p * MC_IFACES_PER_POD;
   if (name == "listeners") return kMaxPodsLimit * MC_LISTENER__MAX;

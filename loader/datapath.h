@@ -32,6 +32,10 @@ struct DataPathSpec {
   bool accelerate = false;       ///< sk_msg loaded (pods may ask --accelerate)
   bool key_netns = false;        ///< the connection table is keyed by netns cookie too
   bool ingress_ifindex = false;  ///< sk_lookup reads the arrival interface (-c, -k)
+  /// CIDR rows beyond MC_CIDRS_PER_POD per pod in each family's table (a
+  /// pod's own data path takes its whole -x/-i lists; the tables are not
+  /// preallocated).
+  uint32_t extra_cidrs = 0;
   uint32_t pods() const;
   uint32_t connections() const;
   nlohmann::json to_json() const;

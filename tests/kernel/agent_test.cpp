@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "capture_fixture.h"
@@ -196,6 +197,22 @@ TEST_F(Agent, IstioIptablesDropIn) {
 // kernel when init really loads the programs (no run-time fallback), for
 // istio-init's flags and for flags that need more of the kernel (-c, -k,
 // --accelerate).
+// A pod's own data path takes the pod's whole exclusion list, far past the
+// node's per-pod budget (1,024 per family), and still captures.
+TEST_F(Agent, OwnDataPathTakesTenThousandExclusions) {
+  const std::string list = "/tmp/meshcap-agent-x-" + std::to_string(getpid());
+  {
+    std::ofstream out(list);
+    for (int i = 0; i < 10000; i++) out << (i ? "," : "") << "10." << 100 + i / 256 << "." << i % 256 << ".0/24";
+  }
+  auto r = init("ebpf", {"-i", "*", "-x", "@" + list});
+  std::remove(list.c_str());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(status_json().at(0)["plan"]["outbound"]["engine"], "ebpf");
+  EXPECT_TRUE(app_roundtrip(pod_->peer_ipv4(), 8080).ok());
+  EXPECT_ACCEPTS(out4_->accepted(), 1);
+}
+
 TEST_F(Agent, ProbePlanIsWhatInitEndsWith) {
   const std::string veth = pod_->pod_veth();
   for (std::vector<std::string> extra : {std::vector<std::string>{}, {"-c", veth}, {"-k", veth}, {"-b", ""}}) {
