@@ -102,6 +102,10 @@ int run_node_start(const NodeStartOptions& o) {
     mark_upgrade(false);
     spdlog::info("node data path attached to {}", next.cgroup);
   }
+  // What enrolments or removals killed half-way left, and an older
+  // meshcap's bookkeeping after an upgrade.
+  if (const size_t n = loader::PodTable(loader::node_dir()).repair())
+    spdlog::info("node data path: {} leftover(s) of interrupted enrolments put right", n);
   next.write();
   std::cout << "node data path on " << next.cgroup << ": up to " << spec.pods() << " pods, " << spec.connections()
             << " connections in the table; inbound " << (spec.inbound ? "yes" : "no") << ", --accelerate "

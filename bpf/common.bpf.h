@@ -78,6 +78,7 @@ MC_EXTERN struct {
  * address a connection arrived for -> the pod's cookie. */
 MC_EXTERN struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, MC_DEFAULT_MAX_PODS * MC_ADDRS_PER_POD);
 	__type(key, struct mc_addr);
 	__type(value, __u64);
@@ -148,16 +149,17 @@ MC_EXTERN struct {
 	__type(value, __u64);
 } listeners SEC(".maps");
 
-/* The loader's own bookkeeping, never read by the programs: 1 while a pod
- * index's rows are being written or removed. An enrolment or removal killed
- * half-way leaves it set, and the next enrolment that takes the index
- * clears the index's rows first. */
+/* The loader's own bookkeeping, never read by the programs: which pod holds
+ * each index (its cookie, 0 for none) and whether rows under the index may
+ * be stale (MC_SLOT_DIRTY: an enrolment or removal was killed half-way; the
+ * next enrolment that takes the index clears its rows first). Enrolling
+ * picks a free index from it in one read, without walking the pods. */
 MC_EXTERN struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MC_DEFAULT_MAX_PODS);
 	__type(key, __u32);
-	__type(value, __u8);
-} pod_dirty SEC(".maps");
+	__type(value, struct mc_pod_slot);
+} pod_slots SEC(".maps");
 
 /* One counter per decision and event, per pod (row = pod index; the last
  * row is the node's, for events no pod can be named for). */

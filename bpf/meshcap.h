@@ -14,14 +14,24 @@
  * connections the proxy has not asked about yet (its SO_ORIGINAL_DST moves
  * a record onto its socket). */
 #define MC_DEFAULT_MAX_CONNECTIONS 16384
-/* Entries the per-pod tables may grow to in all, per pod enrolled: CIDR
- * prefixes and routes (tries, no preallocation), ports, addresses, owner
- * groups, interfaces. */
+/* Entries the per-pod tables hold, per pod the data path takes: CIDR
+ * prefixes and routes, ports, addresses, owner groups, interfaces. A node's
+ * pods share each table, so one pod may hold more than its share while
+ * others hold less; a table always has room for one pod with the most a pod
+ * may have (the _MAX figures). None is preallocated: a hash table costs its
+ * buckets (16 bytes per entry it may hold, in powers of two) and the rows
+ * written, so the shares are what a sidecar pod typically holds (istio's
+ * defaults: 3 ports, 1-2 addresses, no groups or interfaces), not the most
+ * it may. */
 #define MC_CIDRS_PER_POD 1024
-#define MC_PORTS_PER_POD 256
-#define MC_ADDRS_PER_POD 16
-#define MC_GROUPS_PER_POD 64
-#define MC_IFACES_PER_POD 16
+#define MC_PORTS_PER_POD 16
+#define MC_PORTS_MAX 256
+#define MC_ADDRS_PER_POD 4
+#define MC_ADDRS_MAX 16
+#define MC_GROUPS_PER_POD 4
+#define MC_GROUPS_MAX 64
+#define MC_IFACES_PER_POD 4
+#define MC_IFACES_MAX 16
 /* Sockets of accelerated application<->proxy connections (--accelerate):
  * two per open connection. */
 #define MC_ACCEL_ENTRIES 65536
@@ -211,6 +221,14 @@ struct mc_sock_pod {
 	__u32 slot; /* enum mc_listener_slot */
 };
 
+/* An index of the pod tables: the pod holding it, and MC_SLOT_* bits. */
+struct mc_pod_slot {
+	__u64 cookie; /* the pod's netns cookie; 0: free */
+	__u32 flags;
+	__u32 pad;
+};
+#define MC_SLOT_DIRTY 0x1 /* rows under the index may be stale: clear before use */
+
 /* Keys of the per-pod tables: the pod's index first, then what it is about. */
 struct mc_pod_port {
 	__u32 pod;
@@ -262,5 +280,6 @@ MC_STATIC_ASSERT(sizeof(struct mc_sock_key) == 36, "mc_sock_key layout");
 MC_STATIC_ASSERT(sizeof(struct mc_lpm4) == 12, "mc_lpm4 layout");
 MC_STATIC_ASSERT(sizeof(struct mc_lpm6) == 24, "mc_lpm6 layout");
 MC_STATIC_ASSERT(sizeof(struct mc_pod_addr) == 20, "mc_pod_addr layout");
+MC_STATIC_ASSERT(sizeof(struct mc_pod_slot) == 16, "mc_pod_slot layout");
 
 #endif /* MESHCAP_BPF_MESHCAP_H */

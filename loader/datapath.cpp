@@ -38,12 +38,14 @@ struct Fd {
 // The sizes of each map for a spec.
 uint32_t map_size(const std::string& name, const DataPathSpec& s) {
   const uint32_t p = s.pods();
-  if (name == "pods" || name == "pod_dirty") return p;
-  if (name == "pod_by_addr" || name == "pod_addrs") return p * MC_ADDRS_PER_POD;
-  if (name == "pod_ports") return p * MC_PORTS_PER_POD;
+  // A share per pod, and room for one pod at the most a pod may hold.
+  auto shared = [p](uint32_t share, uint32_t most) { return std::max(p * share, most); };
+  if (name == "pods" || name == "pod_slots") return p;
+  if (name == "pod_by_addr" || name == "pod_addrs") return shared(MC_ADDRS_PER_POD, MC_ADDRS_MAX);
+  if (name == "pod_ports") return shared(MC_PORTS_PER_POD, MC_PORTS_MAX);
   if (name == "cidrs4" || name == "cidrs6") return p * MC_CIDRS_PER_POD + s.extra_cidrs;
-  if (name == "owner_gids") return p * MC_GROUPS_PER_POD;
-  if (name == "iface_flags") return p * MC_IFACES_PER_POD;
+  if (name == "owner_gids") return shared(MC_GROUPS_PER_POD, MC_GROUPS_MAX);
+  if (name == "iface_flags") return shared(MC_IFACES_PER_POD, MC_IFACES_MAX);
   if (name == "listeners") return kMaxPodsLimit * MC_LISTENER__MAX;
   if (name == "counters") return (p + 1) * MC_CNT__MAX;
   if (name == "orig_dst") return s.connections();
@@ -410,17 +412,20 @@ size_t pinned_entries(const std::string& dir, const std::string& map) {
 
 uint64_t pinned_memlock(const std::string& dir) {
   uint64_t total = 0;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    if (e.path().filename().string().rfind("map_", 0) != 0) continue;
-    Fd fd(bpf_obj_get(e.path().c_str()));
-    if (fd.fd < 0) continue;
+  auto add = [&](const fs::path& pin) {
+    Fd fd(bpf_obj_get(pin.c_str()));
+    if (fd.fd < 0) return;
     std::ifstream in("/proc/self/fdinfo/" + std::to_string(fd.fd));
     std::string key;
     uint64_t value = 0;
     while (in >> key)
       if (key == "memlock:" && in >> value) total += value;
-  }
+  };
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec))
+    if (e.path().filename().string().rfind("map_", 0) == 0) add(e.path());
+  // Each enrolled pod's journal (pods/NAME/map_rows).
+  for (const auto& e : fs::directory_iterator(fs::path(dir) / "pods", ec)) add(e.path() / "map_rows");
   return total;
 }
 

@@ -28,6 +28,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "bpf_sys.h"
 #include "meshcap.h"
 #include "pins.h"
 
@@ -207,17 +208,6 @@ struct Undo {
   }
 };
 
-template <typename K, typename V>
-void put(int fd, const K& k, const V& v, Undo& undo, const std::string& what, uint64_t flags = BPF_ANY,
-         Part part = Part::Outbound) {
-  if (bpf_map_update_elem(fd, &k, &v, flags)) {
-    int err = errno;
-    throw LoaderError("enrol: " + what, err,
-                      err == E2BIG || err == ENOSPC ? "the data path's table is full" : "", part);
-  }
-  undo.add(fd, k);
-}
-
 // Deletes the keys of `fd` whose first 32 bits (the pod index) match, or
 // for the tries whose tag says so.
 void delete_where(int fd, const std::function<bool(const uint8_t*)>& match) {
@@ -233,6 +223,116 @@ void delete_where(int fd, const std::function<bool(const uint8_t*)>& match) {
     if (match(key.data())) doomed.push_back(key);
   }
   for (auto& k : doomed) bpf_map_delete_elem(fd, k.data());
+}
+
+// The per-pod tables a row can be in (the journal's map ids).
+enum RowMap : uint8_t {
+  kRowHeader = 0,  // the journal's first entry: index and cookie
+  kRowPodAddrs = 1,
+  kRowPodPorts = 2,
+  kRowCidrs4 = 3,
+  kRowCidrs6 = 4,
+  kRowOwnerGids = 5,
+  kRowIfaceFlags = 6,
+  kRowPodByAddr = 7,  // deleted only while it still names the pod's cookie
+};
+
+// One row of a pod: which table, its key, its value (every per-pod table
+// holds one byte).
+struct Row {
+  uint8_t map = 0;
+  std::vector<uint8_t> key;
+  uint8_t value = 0;
+  template <typename K>
+  static Row of(uint8_t map, const K& k, uint8_t value) {
+    const auto* b = reinterpret_cast<const uint8_t*>(&k);
+    return {map, std::vector<uint8_t>(b, b + sizeof(K)), value};
+  }
+  bool operator==(const Row& o) const { return map == o.map && key == o.key; }
+};
+
+// The journal of a pod: the rows written for it, in a small array map
+// pinned beside the pod (pods/NAME/map_rows), so removing the pod deletes
+// its rows by key instead of walking tables every pod shares. Entry 0 says
+// which index and cookie the rows are for.
+struct JournalEntry {
+  uint8_t map;
+  uint8_t key_len;
+  uint8_t pad[6];
+  uint8_t key[24];
+};
+static_assert(sizeof(JournalEntry) == 32);
+static_assert(sizeof(mc_lpm6) <= sizeof(JournalEntry::key));
+
+struct Journal {
+  uint32_t index = 0;
+  uint64_t cookie = 0;
+  std::vector<Row> rows;
+};
+
+// Creates the journal map for `j` (not pinned): one map create and one
+// batch update.
+Fd create_journal(const Journal& j) {
+  std::vector<JournalEntry> entries(j.rows.size() + 1);
+  JournalEntry& head = entries[0];
+  head = {};
+  head.map = kRowHeader;
+  std::memcpy(head.key, &j.index, 4);
+  std::memcpy(head.key + 8, &j.cookie, 8);
+  for (size_t i = 0; i < j.rows.size(); i++) {
+    JournalEntry& e = entries[i + 1];
+    e = {};
+    e.map = j.rows[i].map;
+    e.key_len = static_cast<uint8_t>(j.rows[i].key.size());
+    std::memcpy(e.key, j.rows[i].key.data(), j.rows[i].key.size());
+  }
+  const auto n = static_cast<uint32_t>(entries.size());
+  Fd fd(create_plain_array(sizeof(JournalEntry), n));
+  if (fd.fd < 0) throw LoaderError("enrol: create the pod's journal", errno);
+  std::vector<uint32_t> keys(n);
+  for (uint32_t i = 0; i < n; i++) keys[i] = i;
+  uint32_t count = n;
+  if (bpf_map_update_batch(fd.fd, keys.data(), entries.data(), &count, nullptr)) {
+    for (uint32_t i = 0; i < n; i++)  // kernels without batched array updates
+      if (bpf_map_update_elem(fd.fd, &keys[i], &entries[i], BPF_ANY))
+        throw LoaderError("enrol: write the pod's journal", errno);
+  }
+  return fd;
+}
+
+// Reads every entry of an array map of `n` entries of `size` bytes.
+bool read_array(int fd, uint32_t n, size_t size, void* out) {
+  std::vector<uint32_t> keys(n);
+  uint32_t count = n, next = 0;
+  const int r = bpf_map_lookup_batch(fd, nullptr, &next, keys.data(), out, &count, nullptr);
+  if ((r == 0 || errno == ENOENT) && count == n) return true;
+  auto* bytes = static_cast<uint8_t*>(out);
+  for (uint32_t i = 0; i < n; i++)  // kernels without batched lookups
+    if (bpf_map_lookup_elem(fd, &i, bytes + i * size)) return false;
+  return true;
+}
+
+// The journal pinned at `pin`; nullopt when there is none (a pod enrolled
+// by an older meshcap, or one whose enrolment was killed before it).
+std::optional<Journal> read_journal(const std::string& pin) {
+  Fd fd(bpf_obj_get(pin.c_str()));
+  if (fd.fd < 0) return std::nullopt;
+  bpf_map_info info{};
+  __u32 len = sizeof(info);
+  if (bpf_obj_get_info_by_fd(fd.fd, &info, &len) || info.value_size != sizeof(JournalEntry) || info.max_entries == 0)
+    return std::nullopt;
+  std::vector<JournalEntry> entries(info.max_entries);
+  if (!read_array(fd.fd, info.max_entries, sizeof(JournalEntry), entries.data()) || entries[0].map != kRowHeader)
+    return std::nullopt;
+  Journal j;
+  std::memcpy(&j.index, entries[0].key, 4);
+  std::memcpy(&j.cookie, entries[0].key + 8, 8);
+  for (size_t i = 1; i < entries.size(); i++) {
+    const JournalEntry& e = entries[i];
+    if (e.key_len > sizeof(e.key)) return std::nullopt;
+    j.rows.push_back({e.map, std::vector<uint8_t>(e.key, e.key + e.key_len), 0});
+  }
+  return j;
 }
 
 // Puts the listening sockets of a proxy already running in the pod into
@@ -289,20 +389,6 @@ void adopt_listeners(int listeners_fd, uint32_t index, const std::string& netns_
   }
 }
 
-// The lowest index no enrolled pod holds; throws when the data path is full
-// (a pod enrolled again keeps its place).
-uint32_t free_index(const std::string& name, const std::map<uint64_t, uint32_t>& pods, bool enrolled_before,
-                    uint32_t capacity) {
-  std::set<uint32_t> used;
-  for (const auto& [c, i] : pods) used.insert(i);
-  uint32_t index = 0;
-  while (used.count(index)) index++;
-  if (index >= capacity || (!enrolled_before && pods.size() >= capacity))
-    throw LoaderError("enrol " + name, ENOSPC,
-                      "the data path holds its maximum of " + std::to_string(capacity) + " pods (--max-pods)");
-  return index;
-}
-
 // Moves the new sk_lookup link's pin over the old one with rename(); the old
 // link is detached explicitly (a process may still hold it).
 void replace_link_pin(const std::string& link_pin, const std::string& new_link_pin) {
@@ -333,35 +419,54 @@ uint32_t first_u32(const uint8_t* p) {
 }  // namespace
 
 struct PodTable::Fds {
-  Fd pods, pod_by_addr, pod_addrs, pod_ports, cidrs4, cidrs6, owner_gids, iface_flags, listeners, counters, dirty;
+  Fd pods, pod_by_addr, pod_addrs, pod_ports, cidrs4, cidrs6, owner_gids, iface_flags, listeners, counters, slots;
   Fd sk_lookup;
 
-  // Fresh counters for the index.
-  void reset_counters(uint32_t index) {
-    const int ncpu = std::max(libbpf_num_possible_cpus(), 1);
-    std::vector<uint64_t> zeros(ncpu, 0);
-    for (uint32_t c = 0; c < MC_CNT__MAX; c++) {
-      uint32_t key = index * MC_CNT__MAX + c;
-      bpf_map_update_elem(counters.fd, &key, zeros.data(), BPF_ANY);
+  int fd_of(uint8_t map) const {
+    switch (map) {
+      case kRowPodAddrs: return pod_addrs.fd;
+      case kRowPodPorts: return pod_ports.fd;
+      case kRowCidrs4: return cidrs4.fd;
+      case kRowCidrs6: return cidrs6.fd;
+      case kRowOwnerGids: return owner_gids.fd;
+      case kRowIfaceFlags: return iface_flags.fd;
+      case kRowPodByAddr: return pod_by_addr.fd;
+      default: return -1;
     }
   }
 
-  // The pod's rows under `index`: addresses, ports, ranges, routes, owner
-  // groups, interfaces.
-  void put_rows(uint32_t index, const PodSettings& s, Undo& undo) {
-    const uint8_t one = 1;
-    for (const auto& a : s.net.addresses) put(pod_addrs.fd, mc_pod_addr{index, to_mc_addr(a)}, one, undo, "address " + a.str());
-    put_ports(index, s, undo);
-    put_cidrs(index, s.cfg.outbound_ranges_exclude, MC_CIDR_EXCLUDE, undo);
-    put_cidrs(index, s.cfg.outbound_ranges_include, MC_CIDR_INCLUDE, undo);
-    if (!s.cfg.exclude_interfaces.empty()) put_routes(index, s, undo);
-    for (const auto& g : s.cfg.owner_groups.ids) put(owner_gids.fd, mc_pod_u32{index, *g}, one, undo, "owner group " + std::to_string(*g));
-    for (const auto& n : s.cfg.exclude_interfaces) put_interface_flag(index, s.net, n, MC_IF_EXCLUDE, undo);
-    if (s.inbound)
-      for (const auto& n : s.cfg.reroute_virtual_interfaces) put_interface_flag(index, s.net, n, MC_IF_VIRT, undo);
+  // Fresh counters for the index, in one batched update.
+  void reset_counters(uint32_t index) {
+    const size_t ncpu = std::max(libbpf_num_possible_cpus(), 1);
+    std::vector<uint32_t> keys(MC_CNT__MAX);
+    for (uint32_t c = 0; c < MC_CNT__MAX; c++) keys[c] = index * MC_CNT__MAX + c;
+    std::vector<uint64_t> zeros(ncpu * MC_CNT__MAX, 0);
+    uint32_t count = MC_CNT__MAX;
+    if (bpf_map_update_batch(counters.fd, keys.data(), zeros.data(), &count, nullptr) == 0) return;
+    for (uint32_t c = 0; c < MC_CNT__MAX; c++) bpf_map_update_elem(counters.fd, &keys[c], zeros.data(), BPF_ANY);
   }
 
-  void put_ports(uint32_t index, const PodSettings& s, Undo& undo) {
+  mc_pod_slot slot(uint32_t index) const {
+    mc_pod_slot v{};
+    bpf_map_lookup_elem(slots.fd, &index, &v);
+    return v;
+  }
+  void set_slot(uint32_t index, uint64_t cookie, uint32_t flags) {
+    const mc_pod_slot v{cookie, flags, 0};
+    bpf_map_update_elem(slots.fd, &index, &v, BPF_ANY);
+  }
+  std::vector<mc_pod_slot> all_slots(uint32_t capacity) const {
+    std::vector<mc_pod_slot> out(capacity);
+    if (!read_array(slots.fd, capacity, sizeof(mc_pod_slot), out.data()))
+      throw LoaderError("read the data path's pod slots", errno);
+    return out;
+  }
+
+  // The pod's rows under `index`: addresses, ports, ranges, routes, owner
+  // groups, interfaces -- computed before anything is written.
+  static std::vector<Row> rows_of(uint32_t index, const PodSettings& s) {
+    std::vector<Row> rows;
+    for (const auto& a : s.net.addresses) rows.push_back(Row::of(kRowPodAddrs, mc_pod_addr{index, to_mc_addr(a)}, 1));
     std::map<uint16_t, uint8_t> ports;
     for (auto p : s.cfg.outbound_ports_exclude.ports) ports[p] |= MC_PORT_OUT_EXCLUDE;
     for (auto p : s.cfg.outbound_ports_include.ports) ports[p] |= MC_PORT_OUT_INCLUDE;
@@ -369,59 +474,129 @@ struct PodTable::Fds {
       for (auto p : s.cfg.inbound_ports_include.ports) ports[p] |= MC_PORT_IN_INCLUDE;
       for (auto p : s.cfg.inbound_ports_exclude.ports) ports[p] |= MC_PORT_IN_EXCLUDE;
     }
-    for (const auto& [port, bits] : ports) put(pod_ports.fd, mc_pod_port{index, port}, bits, undo, "port " + std::to_string(port));
+    for (const auto& [port, bits] : ports) rows.push_back(Row::of(kRowPodPorts, mc_pod_port{index, port}, bits));
+    cidr_rows(index, s.cfg.outbound_ranges_exclude, MC_CIDR_EXCLUDE, rows);
+    cidr_rows(index, s.cfg.outbound_ranges_include, MC_CIDR_INCLUDE, rows);
+    if (!s.cfg.exclude_interfaces.empty()) route_rows(index, s, rows);
+    for (const auto& g : s.cfg.owner_groups.ids) rows.push_back(Row::of(kRowOwnerGids, mc_pod_u32{index, *g}, 1));
+    std::map<uint32_t, uint8_t> ifaces;
+    auto iface = [&](const std::string& n, uint8_t bit) {
+      if (auto it = s.net.interfaces.find(n); it != s.net.interfaces.end()) ifaces[it->second] |= bit;
+    };
+    for (const auto& n : s.cfg.exclude_interfaces) iface(n, MC_IF_EXCLUDE);
+    if (s.inbound)
+      for (const auto& n : s.cfg.reroute_virtual_interfaces) iface(n, MC_IF_VIRT);
+    for (const auto& [ifindex, bits] : ifaces) rows.push_back(Row::of(kRowIfaceFlags, mc_pod_u32{index, ifindex}, bits));
+    return rows;
   }
 
-  void put_cidrs(uint32_t index, const CidrList& list, mc_cidr_kind kind, Undo& undo) {
-    const uint8_t one = 1;
-    for (const auto& c : list.v4) put(cidrs4.fd, mc_lpm4{32u + c.prefix_len, MC_LPM_TAG(index, kind), net32(c.addr)}, one, undo, c.str());
+  static void cidr_rows(uint32_t index, const CidrList& list, mc_cidr_kind kind, std::vector<Row>& rows) {
+    for (const auto& c : list.v4)
+      rows.push_back(Row::of(kRowCidrs4, mc_lpm4{32u + c.prefix_len, MC_LPM_TAG(index, kind), net32(c.addr)}, 1));
     for (const auto& c : list.v6) {
       mc_lpm6 k{32u + c.prefix_len, MC_LPM_TAG(index, kind), {}};
       std::memcpy(k.addr, c.addr.data(), 16);
-      put(cidrs6.fd, k, one, undo, c.str());
+      rows.push_back(Row::of(kRowCidrs6, k, 1));
     }
   }
 
   // The main table, each prefix marked by whether it leaves through a -c
   // interface; the programs take the longest match.
-  void put_routes(uint32_t index, const PodSettings& s, Undo& undo) {
+  static void route_rows(uint32_t index, const PodSettings& s, std::vector<Row>& rows) {
     for (const auto& r : s.net.routes) {
       const uint8_t excluded =
           std::count(s.cfg.exclude_interfaces.begin(), s.cfg.exclude_interfaces.end(), r.interface) > 0;
-      const std::string what = "route " + r.prefix.str() + "/" + std::to_string(r.prefix_len) + " dev " + r.interface;
       if (r.prefix.family == AF_INET) {
-        put(cidrs4.fd, mc_lpm4{32u + r.prefix_len, MC_LPM_TAG(index, MC_CIDR_ROUTE), net32(r.prefix.addr)}, excluded, undo, what);
+        rows.push_back(Row::of(kRowCidrs4, mc_lpm4{32u + r.prefix_len, MC_LPM_TAG(index, MC_CIDR_ROUTE), net32(r.prefix.addr)},
+                               excluded));
       } else {
         mc_lpm6 k{32u + r.prefix_len, MC_LPM_TAG(index, MC_CIDR_ROUTE), {}};
         std::memcpy(k.addr, r.prefix.addr.data(), 16);
-        put(cidrs6.fd, k, excluded, undo, what);
+        rows.push_back(Row::of(kRowCidrs6, k, excluded));
       }
     }
   }
 
-  void put_interface_flag(uint32_t index, const PodNetwork& net, const std::string& n, uint8_t bit, Undo& undo) {
-    auto it = net.interfaces.find(n);
-    if (it == net.interfaces.end()) return;
-    mc_pod_u32 k{index, it->second};
-    uint8_t v = 0;
-    bpf_map_lookup_elem(iface_flags.fd, &k, &v);
-    v |= bit;
-    put(iface_flags.fd, k, v, undo, "interface " + n);
+  void put_rows(const std::vector<Row>& rows, Undo& undo) {
+    for (const auto& r : rows) {
+      const int fd = fd_of(r.map);
+      if (bpf_map_update_elem(fd, r.key.data(), &r.value, BPF_ANY)) {
+        const int err = errno;
+        throw LoaderError("enrol: " + describe(r), err, err == E2BIG || err == ENOSPC ? "the data path's table is full" : "");
+      }
+      undo.keys.push_back({fd, r.key});
+    }
+  }
+
+  static std::string describe(const Row& r) {
+    static const char* const names[] = {"", "address", "port", "IPv4 prefix", "IPv6 prefix", "owner group", "interface",
+                                        "address"};
+    return std::string(r.map < std::size(names) ? names[r.map] : "row") + " row";
+  }
+
+  // Deletes rows by key; pod_by_addr rows only while they name `cookie`.
+  void delete_rows(const std::vector<Row>& rows, uint64_t cookie) {
+    for (const auto& r : rows) {
+      const int fd = fd_of(r.map);
+      if (fd < 0) continue;
+      if (r.map == kRowPodByAddr) {
+        uint64_t holder = 0;
+        if (bpf_map_lookup_elem(fd, r.key.data(), &holder) || holder != cookie) continue;
+      }
+      bpf_map_delete_elem(fd, r.key.data());
+    }
+  }
+
+  // Every row under `index`, found by walking the shared tables: for rows
+  // no journal lists (an enrolment or removal killed half-way, a pod
+  // enrolled by an older meshcap).
+  void delete_rows_walk(uint32_t index) {
+    auto by_index = [index](const uint8_t* k) { return first_u32(k) == index; };
+    for (int fd : {pod_addrs.fd, pod_ports.fd, owner_gids.fd, iface_flags.fd}) delete_where(fd, by_index);
+    auto by_tag = [index](const uint8_t* k) { return (first_u32(k + 4) >> 2) == index; };  // after prefixlen
+    delete_where(cidrs4.fd, by_tag);
+    delete_where(cidrs6.fd, by_tag);
+  }
+
+  void delete_listeners(uint32_t index) {
+    for (uint32_t slot = 0; slot < MC_LISTENER__MAX; slot++) {
+      mc_listener_key k{index, slot};
+      bpf_map_delete_elem(listeners.fd, &k);
+    }
+  }
+
+  // The addresses filed under `cookie`, found by walking pod_by_addr.
+  void delete_addresses_walk(uint64_t cookie) {
+    const int fd = pod_by_addr.fd;
+    delete_where(fd, [&](const uint8_t* k) {
+      uint64_t holder = 0;
+      return bpf_map_lookup_elem(fd, k, &holder) == 0 && holder == cookie;
+    });
+  }
+
+  bool is_enrolled(uint64_t cookie) const {
+    mc_pod p{};
+    return cookie && bpf_map_lookup_elem(pods.fd, &cookie, &p) == 0;
   }
 
   // Files the pod's global addresses under its cookie, for sk_lookup;
-  // refuses an address another pod holds.
-  void claim_addresses(const std::string& name, uint64_t cookie, const PodSettings& s, Undo& undo) {
+  // refuses an address an enrolled pod holds (one a pod no longer enrolled
+  // left behind is taken over). The rows go to `rows` for the journal.
+  void claim_addresses(const std::string& name, uint64_t cookie, const PodSettings& s, Undo& undo,
+                       std::vector<Row>& rows) {
     for (const auto& a : s.net.addresses) {
       if (!is_global(a)) continue;
       const mc_addr key = to_mc_addr(a);
       uint64_t holder = 0;
-      if (bpf_map_lookup_elem(pod_by_addr.fd, &key, &holder) == 0 && holder != cookie)
+      const bool held = bpf_map_lookup_elem(pod_by_addr.fd, &key, &holder) == 0;
+      if (held && holder != cookie && is_enrolled(holder))
         throw LoaderError("enrol " + name, EADDRINUSE, "address " + a.str() + " is enrolled by another pod",
                           Part::Inbound);
       if (bpf_map_update_elem(pod_by_addr.fd, &key, &cookie, BPF_ANY))
-        throw LoaderError("enrol " + name + ": address " + a.str(), errno, "", Part::Inbound);
+        throw LoaderError("enrol " + name + ": address " + a.str(), errno,
+                          errno == E2BIG || errno == ENOSPC ? "the data path's table is full" : "", Part::Inbound);
       if (holder != cookie) undo.add(pod_by_addr.fd, key);
+      rows.push_back(Row::of(kRowPodByAddr, key, 0));
     }
   }
 
@@ -436,23 +611,6 @@ struct PodTable::Fds {
     make_pin_dirs(pins);
     unlink(new_link_pin.c_str());
     if (bpf_obj_pin(link.fd, new_link_pin.c_str())) throw LoaderError("pin " + new_link_pin, errno, "", Part::Inbound);
-  }
-
-  // Removes the addresses filed under `cookie` that the pod no longer has
-  // (all of them without inbound capture).
-  void drop_old_addresses(uint64_t cookie, const PodSettings& s) {
-    const int fd = pod_by_addr.fd;
-    delete_where(fd, [&](const uint8_t* k) {
-      uint64_t holder = 0;
-      if (bpf_map_lookup_elem(fd, k, &holder) || holder != cookie) return false;
-      if (!s.inbound) return true;
-      mc_addr a;
-      std::memcpy(&a, k, sizeof(a));
-      return std::none_of(s.net.addresses.begin(), s.net.addresses.end(), [&](const PodAddress& p) {
-        mc_addr m = to_mc_addr(p);
-        return std::memcmp(&m, &a, sizeof(a)) == 0;
-      });
-    });
   }
 };
 
@@ -473,7 +631,10 @@ PodTable::PodTable(std::string datapath_dir) : dir_(std::move(datapath_dir)), fd
   f.iface_flags = open("map_iface_flags");
   f.listeners = open("map_listeners");
   f.counters = open("map_counters");
-  f.dirty = open("map_pod_dirty");
+  f.slots = open("map_pod_slots", false);
+  if (f.slots.fd < 0)
+    throw LoaderError("open " + dir_ + "/map_pod_slots", errno,
+                      "the data path was loaded by an older meshcap: run `meshcap node start` to upgrade it");
   f.sk_lookup = open("prog_sk_lookup", false);
   bpf_map_info info{};
   __u32 len = sizeof(info);
@@ -495,27 +656,21 @@ std::map<uint64_t, uint32_t> PodTable::enrolled() const {
   return out;
 }
 
-void PodTable::set_dirty(uint32_t index, bool dirty) {
-  const uint8_t v = dirty;
-  bpf_map_update_elem(fds_->dirty.fd, &index, &v, BPF_ANY);
-}
-
-bool PodTable::is_dirty(uint32_t index) const {
-  uint8_t v = 0;
-  return bpf_map_lookup_elem(fds_->dirty.fd, &index, &v) == 0 && v;
-}
-
-void PodTable::delete_rows(uint32_t index) {
-  auto& f = *fds_;
-  auto by_index = [index](const uint8_t* k) { return first_u32(k) == index; };
-  for (int fd : {f.pod_addrs.fd, f.pod_ports.fd, f.owner_gids.fd, f.iface_flags.fd}) delete_where(fd, by_index);
-  auto by_tag = [index](const uint8_t* k) { return (first_u32(k + 4) >> 2) == index; };  // after prefixlen
-  delete_where(f.cidrs4.fd, by_tag);
-  delete_where(f.cidrs6.fd, by_tag);
-  for (uint32_t slot = 0; slot < MC_LISTENER__MAX; slot++) {
-    mc_listener_key k{index, slot};
-    bpf_map_delete_elem(f.listeners.fd, &k);
+uint32_t PodTable::take_index(const std::string& name, bool enrolled_before) {
+  for (int attempt = 0; attempt < 2; attempt++) {
+    const auto slots = fds_->all_slots(capacity_);
+    size_t taken = 0;
+    std::optional<uint32_t> free;
+    for (uint32_t i = 0; i < capacity_; i++) {
+      if (slots[i].cookie) taken++;
+      else if (!free) free = i;
+    }
+    // A pod enrolled again needs a second index while it switches.
+    if (free && (enrolled_before || taken < capacity_)) return *free;
+    if (attempt == 0) repair();  // indices that removals killed half-way still hold
   }
+  throw LoaderError("enrol " + name, ENOSPC,
+                    "the data path holds its maximum of " + std::to_string(capacity_) + " pods (--max-pods)");
 }
 
 Enrolment PodTable::enroll(const std::string& name, uint64_t cookie, const std::string& netns_path,
@@ -524,81 +679,173 @@ Enrolment PodTable::enroll(const std::string& name, uint64_t cookie, const std::
   auto& f = *fds_;
   fault_point("enroll");
   if (cookie == 0) throw LoaderError("enrol " + name, EINVAL, "the namespace's cookie is unknown");
-  const auto pods = enrolled();
-  std::optional<uint32_t> old_index;
-  if (auto it = pods.find(cookie); it != pods.end()) old_index = it->second;
-  const uint32_t index = free_index(name, pods, old_index.has_value(), capacity_);
+  mc_pod old{};
+  const bool enrolled_before = bpf_map_lookup_elem(f.pods.fd, &cookie, &old) == 0;
+  const uint32_t index = take_index(name, enrolled_before);
 
   // Rows an enrolment or removal killed half-way left under this index.
-  if (is_dirty(index)) delete_rows(index);
-  set_dirty(index, true);
+  if (f.slot(index).flags & MC_SLOT_DIRTY) {
+    f.delete_rows_walk(index);
+    f.delete_listeners(index);
+  }
+  f.set_slot(index, cookie, MC_SLOT_DIRTY);
   Undo undo;
   const std::string pins = pod_pins(dir_, name);
   const std::string link_pin = pins + "/link_sk_lookup";
   const std::string new_link_pin = pins + "/link_sk_lookup_new";
+  const std::string journal_pin = pins + "/map_rows";
+  const std::string new_journal_pin = pins + "/map_rows_new";
   Fd link;
+  Journal journal{index, cookie, Fds::rows_of(index, s)};
   try {
     const mc_pod pod = pod_of(s, index);
     f.reset_counters(index);
-    f.put_rows(index, s, undo);
+    f.put_rows(journal.rows, undo);
     if (s.inbound) {
       if (f.sk_lookup.fd < 0)
         throw LoaderError("enrol " + name, EOPNOTSUPP, "the data path was loaded without sk_lookup", Part::Inbound);
       adopt_listeners(f.listeners.fd, index, netns_path, s.cfg, undo);
-      f.claim_addresses(name, cookie, s, undo);
+      f.claim_addresses(name, cookie, s, undo, journal.rows);
       fault_point("sk_lookup", Part::Inbound);
       f.attach_sk_lookup(netns_path, pins, new_link_pin, link);
     }
+    Fd rows = create_journal(journal);
+    make_pin_dirs(pins);
+    unlink(new_journal_pin.c_str());
+    if (bpf_obj_pin(rows.fd, new_journal_pin.c_str())) throw LoaderError("pin " + new_journal_pin, errno);
     fault_point("enabled");
     // The commit: from here the pod is captured with these settings.
     if (bpf_map_update_elem(f.pods.fd, &cookie, &pod, BPF_ANY))
       throw LoaderError("enrol " + name, errno, errno == E2BIG ? "the data path holds its maximum of pods" : "");
   } catch (...) {
     undo.run();
-    set_dirty(index, false);
+    f.set_slot(index, 0, 0);
     if (link.fd >= 0) bpf_link_detach(link.fd);
     unlink(new_link_pin.c_str());
+    unlink(new_journal_pin.c_str());
     // Directories this call made for the pod's pins (only when empty).
     rmdir(pins.c_str());
     rmdir(fs::path(pins).parent_path().c_str());
     throw;
   }
-  set_dirty(index, false);
-  // The pod's previous settings, and its previous sk_lookup link, go.
-  if (old_index) {
-    set_dirty(*old_index, true);
-    delete_rows(*old_index);
-    set_dirty(*old_index, false);
+  f.set_slot(index, cookie, 0);
+  // The pod's previous settings, its addresses it no longer has, and its
+  // previous sk_lookup link go.
+  if (enrolled_before) {
+    f.set_slot(old.index, 0, MC_SLOT_DIRTY);
+    const auto previous = read_journal(journal_pin);
+    if (previous && previous->index == old.index && previous->cookie == cookie) {
+      std::vector<Row> gone;
+      for (const auto& r : previous->rows)
+        if (r.map != kRowPodByAddr || std::find(journal.rows.begin(), journal.rows.end(), r) == journal.rows.end())
+          gone.push_back(r);
+      f.delete_rows(gone, cookie);
+    } else {
+      f.delete_rows_walk(old.index);
+      const int fd = f.pod_by_addr.fd;
+      delete_where(fd, [&](const uint8_t* k) {
+        uint64_t holder = 0;
+        if (bpf_map_lookup_elem(fd, k, &holder) || holder != cookie) return false;
+        return std::none_of(journal.rows.begin(), journal.rows.end(), [&](const Row& r) {
+          return r.map == kRowPodByAddr && std::memcmp(r.key.data(), k, r.key.size()) == 0;
+        });
+      });
+    }
+    f.delete_listeners(old.index);
+    f.set_slot(old.index, 0, 0);
   }
+  if (rename(new_journal_pin.c_str(), journal_pin.c_str()))
+    spdlog::warn("cannot pin {}: {}", journal_pin, std::strerror(errno));
   if (s.inbound) {
     replace_link_pin(link_pin, new_link_pin);
-  } else {
-    remove_pod_pins(dir_, name);
+  } else if (Fd old_link(bpf_obj_get(link_pin.c_str())); old_link.fd >= 0) {
+    unlink(link_pin.c_str());
+    bpf_link_detach(old_link.fd);
   }
-  f.drop_old_addresses(cookie, s);
   return {index, cookie};
 }
 
 bool PodTable::unenroll(const std::string& name, uint64_t cookie) {
   auto& f = *fds_;
   bool removed = false;
+  const auto journal = read_journal(pod_pins(dir_, name) + "/map_rows");
+  const bool journal_ours = journal && cookie && journal->cookie == cookie;
   mc_pod p{};
   if (cookie && bpf_map_lookup_elem(f.pods.fd, &cookie, &p) == 0) {
-    set_dirty(p.index, true);
+    f.set_slot(p.index, cookie, MC_SLOT_DIRTY);
     bpf_map_delete_elem(f.pods.fd, &cookie);  // capture off first
-    delete_rows(p.index);
-    set_dirty(p.index, false);
+    if (journal_ours && journal->index == p.index) {
+      f.delete_rows(journal->rows, cookie);
+    } else {
+      f.delete_rows_walk(p.index);
+      f.delete_addresses_walk(cookie);
+    }
+    f.delete_listeners(p.index);
+    f.set_slot(p.index, 0, 0);
+    removed = true;
+  } else if (journal_ours) {
+    // A removal (or an enrolment) killed half-way: the index is still the
+    // pod's only while its slot names the pod.
+    if (journal->index < capacity_ && f.slot(journal->index).cookie == cookie) {
+      f.delete_rows(journal->rows, cookie);
+      f.delete_listeners(journal->index);
+      f.set_slot(journal->index, 0, 0);
+    } else {
+      std::vector<Row> addresses;
+      for (const auto& r : journal->rows)
+        if (r.map == kRowPodByAddr) addresses.push_back(r);
+      f.delete_rows(addresses, cookie);
+    }
     removed = true;
   }
-  if (cookie)
-    delete_where(f.pod_by_addr.fd, [&](const uint8_t* k) {
-      uint64_t holder = 0;
-      bool mine = bpf_map_lookup_elem(f.pod_by_addr.fd, k, &holder) == 0 && holder == cookie;
-      removed |= mine;
-      return mine;
-    });
   removed |= remove_pod_pins(dir_, name);
   return removed;
+}
+
+size_t PodTable::repair() {
+  auto& f = *fds_;
+  size_t repaired = 0;
+  const auto pods = enrolled();
+  std::vector<mc_pod_slot> slots = f.all_slots(capacity_);
+  // Indices whose pod is gone (a removal killed after its pods entry went)
+  // become free, their rows to be cleared before reuse.
+  for (uint32_t i = 0; i < capacity_; i++) {
+    const uint64_t c = slots[i].cookie;
+    if (!c) continue;
+    auto it = pods.find(c);
+    if (it == pods.end() || it->second != i) {
+      f.set_slot(i, 0, MC_SLOT_DIRTY);
+      slots[i] = {0, MC_SLOT_DIRTY, 0};
+      repaired++;
+    }
+  }
+  // Pods whose slot does not name them (a data path an older meshcap
+  // enrolled, before slots).
+  for (const auto& [c, i] : pods) {
+    if (i < capacity_ && slots[i].cookie != c) {
+      f.set_slot(i, c, slots[i].flags);
+      repaired++;
+    }
+  }
+  // The older meshcap's dirty marks.
+  const std::string legacy = dir_ + "/map_pod_dirty";
+  if (Fd dirty(bpf_obj_get(legacy.c_str())); dirty.fd >= 0) {
+    for (uint32_t i = 0; i < capacity_; i++) {
+      uint8_t v = 0;
+      if (bpf_map_lookup_elem(dirty.fd, &i, &v) == 0 && v) f.set_slot(i, f.slot(i).cookie, MC_SLOT_DIRTY);
+    }
+    unlink(legacy.c_str());
+    repaired++;
+  }
+  // Addresses filed under a cookie no pod has.
+  const int fd = f.pod_by_addr.fd;
+  delete_where(fd, [&](const uint8_t* k) {
+    uint64_t holder = 0;
+    const bool stale = bpf_map_lookup_elem(fd, k, &holder) == 0 && !pods.count(holder);
+    repaired += stale;
+    return stale;
+  });
+  return repaired;
 }
 
 uint64_t netns_cookie(uint64_t known, const std::string& netns_path, const std::string& datapath_dir,

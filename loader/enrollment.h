@@ -3,7 +3,10 @@
 // to its network namespace, and then one map update -- pods[netns cookie] --
 // that switches its capture on. No program is loaded and no verifier runs:
 // enrolling costs a few map updates. Removing a pod starts by deleting that
-// entry, so a pod is captured fully or not at all at every step.
+// entry, so a pod is captured fully or not at all at every step. Each pod's
+// rows are listed in a journal pinned beside it, so removing a pod, or
+// enrolling one into a full node, costs the pod's own rows and never a walk
+// over every pod's.
 #pragma once
 
 #include <cstdint>
@@ -55,15 +58,20 @@ class PodTable {
   std::map<uint64_t, uint32_t> enrolled() const;
   /// How many pods fit (--max-pods).
   uint32_t capacity() const { return capacity_; }
+  /// Puts the bookkeeping right after enrolments or removals killed
+  /// half-way (and after an upgrade from an older meshcap): indices held
+  /// for pods that are gone are freed, their rows cleared before reuse, and
+  /// addresses filed for no enrolled pod are removed. Walks the tables:
+  /// `meshcap node start` runs it, and enrolling when the table seems full.
+  /// Returns how many things it put right.
+  size_t repair();
 
  private:
   struct Fds;
   std::string dir_;
   std::unique_ptr<Fds> fds_;
   uint32_t capacity_ = 0;
-  void delete_rows(uint32_t index);
-  void set_dirty(uint32_t index, bool dirty);
-  bool is_dirty(uint32_t index) const;
+  uint32_t take_index(const std::string& name, bool enrolled_before);
 };
 
 /// The cookie BPF sees for the namespace at `netns_path`: `known` (from

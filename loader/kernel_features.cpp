@@ -1,5 +1,7 @@
 #include "kernel_features.h"
 
+#include "bpf_sys.h"
+
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <linux/bpf.h>
@@ -167,7 +169,7 @@ bool KernelFeatures::probe(Feature f, std::string& detail) {
     case Feature::cap_sys_admin:
       return capability(kCapSysAdmin);
     case Feature::bpf_syscall: {
-      int fd = bpf_map_create(BPF_MAP_TYPE_ARRAY, "mc_probe", 4, 4, 1, nullptr);
+      int fd = create_plain_array(4, 1);
       if (fd < 0) {
         detail = std::strerror(errno);
         return false;

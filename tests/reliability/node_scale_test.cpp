@@ -37,6 +37,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kernel/capture_fixture.h"
+#include "meshcap.h"
 #include "support/haproxy.h"
 #include "support/netns_fleet.h"
 #include "support/test_node.h"
@@ -55,8 +56,8 @@ constexpr uint16_t kUpstreamPort = 8080;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 /// Entries of every map of the data path pinned at `dir` (socket-storage
-/// maps, which cannot be walked, are left out), and nonzero rows of
-/// pod_dirty.
+/// maps, which cannot be walked, are left out), and the rows of pod_slots
+/// that name a pod or are marked dirty.
 std::map<std::string, size_t> map_entries(const std::string& dir) {
   std::map<std::string, size_t> out;
   for (const auto& e : fs::directory_iterator(dir)) {
@@ -68,16 +69,18 @@ std::map<std::string, size_t> map_entries(const std::string& dir) {
     if (!fd || bpf_obj_get_info_by_fd(fd.get(), &info, &len) != 0) continue;
     if (info.type == BPF_MAP_TYPE_SK_STORAGE) continue;
     std::vector<uint8_t> key(info.key_size), next(info.key_size), value(info.value_size);
-    size_t n = 0, dirty = 0;
+    size_t n = 0, held = 0;
     void* prev = nullptr;
     while (bpf_map_get_next_key(fd.get(), prev, next.data()) == 0) {
       key = next;
       prev = key.data();
       n++;
-      if (pin == "map_pod_dirty" && bpf_map_lookup_elem(fd.get(), key.data(), value.data()) == 0 && value[0]) dirty++;
+      if (pin == "map_pod_slots" && bpf_map_lookup_elem(fd.get(), key.data(), value.data()) == 0 &&
+          std::any_of(value.begin(), value.end(), [](uint8_t b) { return b != 0; }))
+        held++;
     }
     out[pin] = n;
-    if (pin == "map_pod_dirty") out["pod_dirty rows set"] = dirty;
+    if (pin == "map_pod_slots") out["pod_slots rows held or dirty"] = held;
   }
   return out;
 }
@@ -391,6 +394,58 @@ TEST_F(NodeTable, AllStaleUnenrolsOnlyPodsWhoseNamespaceIsGone) {
   EXPECT_EQ(records(), 0u);
   auto after = map_entries(dp());
   EXPECT_EQ(after, baseline) << "rows left after every pod was removed";
+}
+
+// Each pod's rows are listed in a journal pinned beside it
+// (pods/NAME/map_rows): removing a pod deletes them by key. A pod without
+// its journal (enrolled by an older meshcap, or a kill at the wrong moment)
+// is still removed whole, by a walk, and its neighbour keeps its rows. A
+// slot still held for a pod that is gone (a removal killed after the pod's
+// entry went) is freed by `meshcap node start`, and the node then takes its
+// full --max-pods again.
+TEST_F(NodeTable, RowsGoByJournalAndNodeStartFreesSlotsOfGonePods) {
+  constexpr size_t kMax = 3;
+  ASSERT_EQ(node_->start({"--max-pods", std::to_string(kMax)}).exit_code, 0);
+  const auto baseline = map_entries(dp());
+  NetnsFleet fleet(kMax);
+  const std::vector<std::string> ports = {"-o", "9001,9002", "-d", "15020,15021,15090"};
+  for (size_t i = 0; i < 2; i++) ASSERT_EQ(init("f" + std::to_string(i), fleet.path(i), ports, "ebpf").exit_code, 0);
+  for (size_t i = 0; i < 2; i++)
+    EXPECT_TRUE(fs::exists(dp() + "/pods/f" + std::to_string(i) + "/map_rows")) << "pod f" << i << "'s journal";
+  const auto two = map_entries(dp());
+  EXPECT_GT(two.at("map_pod_ports"), baseline.at("map_pod_ports"));
+
+  // f0 loses its journal: its removal walks, and takes only its own rows.
+  ASSERT_EQ(unlink((dp() + "/pods/f0/map_rows").c_str()), 0);
+  ASSERT_EQ(node_->meshcap({"cleanup", "--name", "f0"}).exit_code, 0);
+  const auto one = map_entries(dp());
+  EXPECT_EQ(two.at("map_pod_ports") - one.at("map_pod_ports"), one.at("map_pod_ports") - baseline.at("map_pod_ports"))
+      << "f0 took exactly its own port rows";
+  EXPECT_EQ(one.at("map_pod_addrs") - baseline.at("map_pod_addrs"), two.at("map_pod_addrs") - one.at("map_pod_addrs"));
+  // f1 removed by its journal: back to the baseline.
+  ASSERT_EQ(node_->meshcap({"cleanup", "--name", "f1"}).exit_code, 0);
+  EXPECT_EQ(map_entries(dp()), baseline) << "rows left after both pods went";
+
+  // A slot held for a cookie no pod has: enrolling finds one index fewer
+  // until node start repairs.
+  {
+    UniqueFd slots(bpf_obj_get((dp() + "/map_pod_slots").c_str()));
+    ASSERT_TRUE(slots);
+    const uint32_t index = 0;
+    const mc_pod_slot held{0x5eedf00dULL, 0, 0};
+    ASSERT_EQ(bpf_map_update_elem(slots.get(), &index, &held, BPF_ANY), 0);
+  }
+  const auto r = node_->start({"--max-pods", std::to_string(kMax)});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("put right"), std::string::npos) << r.output;
+  for (size_t i = 0; i < kMax; i++) {
+    const auto e = init("g" + std::to_string(i), fleet.path(i), {}, "ebpf");
+    EXPECT_EQ(e.exit_code, 0) << e.output;
+  }
+  EXPECT_EQ(fleet_traffic(fleet, worker_cg_, true), 0) << "every pod captured, both ways";
+  for (size_t i = 0; i < kMax; i++) node_->meshcap({"cleanup", "--name", "g" + std::to_string(i)});
+  EXPECT_EQ(map_entries(dp()), baseline);
+  EXPECT_FALSE(fs::exists(dp() + "/pods")) << "pods/ goes with the last pod";
 }
 
 /// `n` connections in pod i's namespace from the calling thread, each
