@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
+#include <linux/if_packet.h>
 #include <net/if.h>
 #include <sched.h>
 #include <sys/stat.h>
@@ -24,36 +25,19 @@ namespace meshcap::loader {
 
 namespace {
 
-// The interface of the default route of a family, from /proc/thread-self
-// (which follows this thread's network namespace).
-std::string default_route_interface(bool v6) {
-  std::ifstream in(v6 ? "/proc/thread-self/net/ipv6_route" : "/proc/thread-self/net/route");
-  std::string line;
-  if (!v6) std::getline(in, line);  // header
-  while (std::getline(in, line)) {
-    std::istringstream w(line);
-    if (v6) {
-      // dst dst_len src src_len next_hop metric refcnt use flags iface
-      std::string dst, dst_len, src, src_len, hop, metric, ref, use, flags, iface;
-      if (w >> dst >> dst_len >> src >> src_len >> hop >> metric >> ref >> use >> flags >> iface &&
-          dst == std::string(32, '0') && dst_len == "00" && iface != "lo")
-        return iface;
-    } else {
-      std::string iface, dst, gw, flags, ref, use, metric, mask;
-      if (w >> iface >> dst >> gw >> flags >> ref >> use >> metric >> mask && dst == "00000000" &&
-          mask == "00000000")
-        return iface;
-    }
-  }
-  return "";
-}
+// The main table's routes (IPv4 and IPv6) of this thread's namespace, from
+// /proc/thread-self (which follows the thread's network namespace), each
+// file read once; and each family's default-route interface.
+struct Routes {
+  std::vector<PodNetwork::Route> main;
+  std::string default4, default6;
+};
 
-// The main table's routes (IPv4 and IPv6) of this thread's namespace.
-std::vector<PodNetwork::Route> main_routes() {
-  std::vector<PodNetwork::Route> routes;
+Routes read_routes() {
+  Routes out;
   std::ifstream in4("/proc/thread-self/net/route");
   std::string line;
-  std::getline(in4, line);
+  std::getline(in4, line);  // header
   while (std::getline(in4, line)) {
     std::istringstream w(line);
     std::string iface, dst, gw, flags, ref, use, metric, mask;
@@ -61,27 +45,30 @@ std::vector<PodNetwork::Route> main_routes() {
     // The kernel prints the network-order words as host integers.
     uint32_t d = static_cast<uint32_t>(std::stoul(dst, nullptr, 16));
     uint32_t m = static_cast<uint32_t>(std::stoul(mask, nullptr, 16));
+    if (d == 0 && m == 0 && out.default4.empty()) out.default4 = iface;
     PodNetwork::Route r;
     r.prefix.family = AF_INET;
     std::memcpy(r.prefix.addr.data(), &d, 4);
     r.prefix_len = static_cast<uint8_t>(__builtin_popcount(m));
     r.interface = iface;
-    routes.push_back(r);
+    out.main.push_back(r);
   }
   std::ifstream in6("/proc/thread-self/net/ipv6_route");
   while (std::getline(in6, line)) {
     std::istringstream w(line);
+    // dst dst_len src src_len next_hop metric refcnt use flags iface
     std::string dst, dst_len, src, src_len, hop, metric, ref, use, flags, iface;
     if (!(w >> dst >> dst_len >> src >> src_len >> hop >> metric >> ref >> use >> flags >> iface)) continue;
     if (dst.size() != 32 || iface == "lo") continue;  // lo: local and unreachable routes
+    if (dst == std::string(32, '0') && dst_len == "00" && out.default6.empty()) out.default6 = iface;
     PodNetwork::Route r;
     r.prefix.family = AF_INET6;
     for (int i = 0; i < 16; i++) r.prefix.addr[i] = static_cast<uint8_t>(std::stoul(dst.substr(2 * i, 2), nullptr, 16));
     r.prefix_len = static_cast<uint8_t>(std::stoul(dst_len, nullptr, 16));
     r.interface = iface;
-    routes.push_back(r);
+    out.main.push_back(r);
   }
-  return routes;
+  return out;
 }
 
 bool is_global(int family, const uint8_t* a) {
@@ -136,11 +123,20 @@ PodNetwork read_pod_network(const std::string& netns_path) {
       step = "list addresses in " + netns_path;
       return;
     }
-    const std::string dev4 = default_route_interface(false);
-    const std::string dev6 = default_route_interface(true);
+    Routes routes = read_routes();
+    const std::string& dev4 = routes.default4;
+    const std::string& dev6 = routes.default6;
     std::optional<PodAddress> any4, any6;
     for (auto* i = list; i; i = i->ifa_next) {
-      if (!i->ifa_addr) continue;
+      // Each interface has one AF_PACKET entry, with its index; one
+      // without a link-layer address (tun, wireguard) has none there.
+      if (!i->ifa_addr || i->ifa_addr->sa_family == AF_PACKET) {
+        if (out.interfaces.count(i->ifa_name)) continue;
+        const int index = i->ifa_addr ? reinterpret_cast<const sockaddr_ll*>(i->ifa_addr)->sll_ifindex
+                                      : static_cast<int>(if_nametoindex(i->ifa_name));
+        if (index > 0) out.interfaces[i->ifa_name] = index;
+        continue;
+      }
       int fam = i->ifa_addr->sa_family;
       if (fam != AF_INET && fam != AF_INET6) continue;
       PodAddress a;
@@ -158,11 +154,7 @@ PodNetwork read_pod_network(const std::string& netns_path) {
       if (!src && !dev.empty() && dev == i->ifa_name) src = a;
     }
     freeifaddrs(list);
-    if (struct if_nameindex* names = if_nameindex()) {
-      for (auto* n = names; n->if_index != 0; n++) out.interfaces[n->if_name] = n->if_index;
-      if_freenameindex(names);
-    }
-    out.routes = main_routes();
+    out.routes = std::move(routes.main);
     if (!out.source4) out.source4 = any4;
     if (!out.source6) out.source6 = any6;
   });

@@ -1,14 +1,13 @@
 #include "capture_config.h"
 
 #include <arpa/inet.h>
-#include <grp.h>
-#include <pwd.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 
 namespace meshcap {
 
@@ -152,6 +151,24 @@ CidrList parse_cidr_list(const std::string& text, const std::string& what, bool 
   return list;
 }
 
+std::optional<uint32_t> lookup_account(const std::string& name, bool is_group, const std::string& file) {
+  std::ifstream in(file.empty() ? (is_group ? "/etc/group" : "/etc/passwd") : file);
+  std::string line;
+  while (std::getline(in, line)) {
+    // name:password:ID:... -- the third field is the UID (passwd) or GID
+    // (group).
+    const size_t c1 = line.find(':');
+    if (c1 == std::string::npos || line.compare(0, c1, name) != 0 || c1 != name.size()) continue;
+    const size_t c2 = line.find(':', c1 + 1);
+    if (c2 == std::string::npos) continue;
+    const size_t c3 = line.find(':', c2 + 1);
+    const std::string id = line.substr(c2 + 1, c3 == std::string::npos ? std::string::npos : c3 - c2 - 1);
+    if (id.empty() || id.size() > 10 || !all_digits(id) || std::stoull(id) > 0xffffffffULL) continue;
+    return static_cast<uint32_t>(std::stoull(id));
+  }
+  return std::nullopt;
+}
+
 IdList parse_id_list(const std::string& text, const std::string& what, bool is_group) {
   IdList list;
   for (const auto& token : split_list(text)) {
@@ -165,11 +182,7 @@ IdList parse_id_list(const std::string& text, const std::string& what, bool is_g
       bool ok = token.size() <= 32 && (std::isalpha(static_cast<unsigned char>(token[0])) || token[0] == '_');
       for (unsigned char ch : token) ok = ok && (std::isalnum(ch) || ch == '_' || ch == '.' || ch == '-');
       if (!ok) bad(what, token, is_group ? "not a GID or group name" : "not a UID or user name");
-      if (is_group) {
-        if (const struct group* g = getgrnam(token.c_str())) id = g->gr_gid;
-      } else if (const struct passwd* p = getpwnam(token.c_str())) {
-        id = p->pw_uid;
-      }
+      id = lookup_account(token, is_group);
     }
     list.tokens.push_back(token);
     list.ids.push_back(id);

@@ -127,13 +127,20 @@ Cidr parse_cidr(const std::string& text, const std::string& what);
 CidrList parse_cidr_list(const std::string& text, const std::string& what,
                          bool allow_wildcard);
 /// Parses UIDs (`is_group` false) or GIDs: numbers or user/group names
-/// (resolved with getpwnam/getgrnam when they exist).
+/// (resolved with lookup_account when they exist).
 IdList parse_id_list(const std::string& text, const std::string& what,
                      bool is_group);
 /// Parses an interface name list (-c, -k): each name 1..15 characters, no '/',
 /// whitespace, ':' or '*'.
 std::vector<std::string> parse_interface_list(const std::string& text,
                                               const std::string& what);
+/// The UID of user `name` (/etc/passwd) or the GID of group `name`
+/// (/etc/group; `is_group`), read from the files as istio-iptables does:
+/// it is built without cgo, and Go's os/user then reads only these files,
+/// never NSS (which here would load libnss_systemd and ask systemd-userdb,
+/// a few milliseconds of every `meshcap init`).
+std::optional<uint32_t> lookup_account(const std::string& name, bool is_group,
+                                       const std::string& file = "");
 /// Splits on `sep` (',' as istio's config.Split) and drops empty items.
 std::vector<std::string> split_list(const std::string& text, char sep = ',');
 

@@ -1,7 +1,6 @@
 #include "istio_flags.h"
 
 #include <arpa/inet.h>
-#include <pwd.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdlib>
@@ -248,8 +247,8 @@ void read_proxy_ids(const IstioFlagValues& v, const EnvLookup& env, CaptureConfi
   std::string uids = v.proxy_uid.value_or("");
   if (uids.empty()) {
     std::string user = env("ENVOY_USER").value_or("istio-proxy");
-    const struct passwd* pw = getpwnam(user.c_str());
-    uids = pw ? std::to_string(pw->pw_uid) : "1337";
+    const auto uid = lookup_account(user, false);
+    uids = uid ? std::to_string(*uid) : "1337";
   }
   c.proxy_uids = parse_id_list(uids, "-u", false);
   if (c.proxy_uids.empty()) throw UsageError("-u: invalid value '" + uids + "': no UID given");

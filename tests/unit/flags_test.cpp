@@ -2,6 +2,9 @@
 // parser: defaults, precedence, and a clear error for each bad value.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <cstdio>
 #include <fstream>
 #include <map>
 
@@ -187,6 +190,33 @@ INSTANTIATE_TEST_SUITE_P(
                       BadInput{{}, {{"ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "10.0.0.1/32"}}, "'10.0.0.1/32'"},
                       BadInput{{}, {{"ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "127.0.0.1/4"}}, "'127.0.0.1/4'"},
                       BadInput{{}, {{"ISTIO_OUTBOUND_OWNER_GROUPS", "a b"}}, "'a b'"}));
+
+// User and group names resolve from /etc/passwd and /etc/group as
+// istio-iptables (Go without cgo) resolves them: the file's third field, the
+// whole name matched, malformed lines skipped.
+TEST(Flags, AccountNamesResolveFromTheFiles) {
+  const std::string path = testing::TempDir() + "/meshcap-passwd-" + std::to_string(getpid());
+  {
+    std::ofstream out(path);
+    out << "root:x:0:0:root:/root:/bin/bash\n"
+        << "broken-line\n"
+        << "istio:x:notanumber:1:\n"
+        << "istio-proxy:x:1337:1337::/:/sbin/nologin\n"
+        << "istio-proxy2:x:4242:4242::/:/sbin/nologin\n"
+        << "grp:x:99999999999:\n";
+  }
+  EXPECT_EQ(lookup_account("istio-proxy", false, path), 1337u);
+  EXPECT_EQ(lookup_account("istio-proxy2", false, path), 4242u);
+  EXPECT_EQ(lookup_account("root", false, path), 0u);
+  EXPECT_FALSE(lookup_account("istio", false, path));
+  EXPECT_FALSE(lookup_account("istio-prox", false, path));
+  EXPECT_FALSE(lookup_account("grp", true, path));
+  EXPECT_FALSE(lookup_account("nobody-here", false, path));
+  std::remove(path.c_str());
+  // The machine's own files: root is 0 in both.
+  EXPECT_EQ(lookup_account("root", false), 0u);
+  EXPECT_EQ(lookup_account("root", true), 0u);
+}
 
 TEST(Flags, TooManyOwnerGroups) {
   std::string many;
