@@ -23,6 +23,7 @@ struct CaptureRequest {
   FlagSet flags;       ///< resolved (FlagSet::resolve)
   bool accelerate = false;
   PodState::Origin origin;  ///< who asked (recorded)
+  std::optional<NodeView> node;  ///< the node as the caller read it (else read when planning)
 };
 
 /// The request parsed and planned; nothing touched yet.

@@ -173,21 +173,26 @@ void NodeRecord::write() const {
   fs::rename(tmp, node_record_path());
 }
 
-bool node_not_ready() {
-  const auto record = NodeRecord::read();
-  const auto links = loader::pinned_links(loader::node_dir());
-  if (!record && links.empty()) return false;
-  const bool whole = record && links.size() >= loader::cgroup_programs().size() &&
-                     std::all_of(links.begin(), links.end(), [](const loader::PinnedLink& l) { return l.attached; });
-  return !whole || upgrade_interrupted();
+NodeView NodeView::read() { return {NodeRecord::read(), loader::pinned_links(loader::node_dir())}; }
+
+bool NodeView::up() const {
+  return record && links.size() >= loader::cgroup_programs().size() &&
+         std::all_of(links.begin(), links.end(), [](const loader::PinnedLink& l) { return l.attached; });
 }
 
-EbpfHost find_ebpf_host(const PodTarget& t) {
+bool NodeView::not_ready() const {
+  if (!record && links.empty()) return false;
+  return !up() || upgrade_interrupted();
+}
+
+bool node_not_ready() { return NodeView::read().not_ready(); }
+
+EbpfHost find_ebpf_host(const PodTarget& t, const std::optional<NodeView>& node) {
   EbpfHost h;
-  const auto record = NodeRecord::read();
-  const auto links = loader::pinned_links(loader::node_dir());
-  const bool node_up = record && links.size() >= loader::cgroup_programs().size() &&
-                       std::all_of(links.begin(), links.end(), [](const loader::PinnedLink& l) { return l.attached; });
+  const NodeView view = node ? *node : NodeView::read();
+  const auto& record = view.record;
+  const auto& links = view.links;
+  const bool node_up = view.up();
   if (node_up) {
     h.kind = EbpfHost::Kind::Node;
     h.datapath_dir = loader::node_dir();

@@ -7,8 +7,10 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "datapath.h"
+#include "pins.h"
 #include "kernel_features.h"
 #include "target.h"
 
@@ -32,6 +34,18 @@ struct NodeRecord {
 void mark_upgrade(bool on);
 /// True when an upgrade was started by a process that is gone.
 bool upgrade_interrupted();
+/// The node data path as one request sees it: its record and pinned
+/// links, read once (a CNI ADD asks whether it is ready, then plans).
+struct NodeView {
+  std::optional<NodeRecord> record;
+  std::vector<loader::PinnedLink> links;
+  static NodeView read();
+  /// Recorded, and every cgroup link pinned and attached.
+  bool up() const;
+  /// Configured here (record or pins) but not whole, or an upgrade
+  /// interrupted.
+  bool not_ready() const;
+};
 /// True when a node data path is configured here (its record or pins)
 /// but not whole: links missing or detached, or an upgrade interrupted.
 /// Pods must wait then rather than fall back (the CNI plugin's "try again
@@ -48,7 +62,8 @@ struct EbpfHost {
 
 /// The host for `t`: the node data path when it is running (attached and
 /// recorded), else the pod's cgroup when given, else none (with the reason).
-EbpfHost find_ebpf_host(const PodTarget& t);
+/// `node`: the node as the caller already read it (else read here).
+EbpfHost find_ebpf_host(const PodTarget& t, const std::optional<NodeView>& node = std::nullopt);
 
 /// The kernel as the planner must see it for `host`: for the node data
 /// path, its program rows are what it loaded (nothing is loaded per pod);

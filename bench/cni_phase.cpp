@@ -17,6 +17,7 @@
 #include <chrono>
 #include <csignal>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include <spdlog/spdlog.h>
@@ -39,6 +40,8 @@ const char* const kIptAgent = "iptables in the namespace, through the agent";
 const char* const kNodeLocal = "node data path, no agent";
 const char* const kIptLocal = "iptables in the namespace, no agent";
 const char* const kFloor = "/bin/true, executed the same way";
+const char* const kNodeInAgent = "node data path, the agent's own time";
+const char* const kIptInAgent = "iptables in the namespace, the agent's own time";
 
 std::string conf(bool iptables) {
   return std::string(R"({"cniVersion":"1.0.0","name":"pods","type":"meshcap-cni")") +
@@ -122,6 +125,7 @@ class CniPhase {
   void time_pairs(const char* node_key, const char* ipt_key);
   void add(const char* key, bool iptables);
   void remove_all();
+  void read_agent_times();
 
   Bench& b_;
   CniFigures& fig_;
@@ -129,6 +133,8 @@ class CniPhase {
   std::vector<std::unique_ptr<Netns>> netns_;
   std::vector<std::pair<std::string, std::string>> added_;  // container ID, namespace path
   pid_t agent_ = -1;
+  std::string agent_log_;                   // the agent's stderr (debug: its time per request)
+  std::map<std::string, const char*> way_;  // container ID -> the agent's-own-time row of its ADD
 };
 
 void CniPhase::add(const char* key, bool iptables) {
@@ -143,6 +149,8 @@ void CniPhase::add(const char* key, bool iptables) {
     throw std::runtime_error(std::string("meshcap-cni ADD (") + key + ") failed: " + e.out);
   added_.emplace_back(id, path);
   fig_.seconds[key].push_back(e.seconds);
+  if (key == kNodeAgent) way_[id] = kNodeInAgent;
+  if (key == kIptAgent) way_[id] = kIptInAgent;
 }
 
 void CniPhase::time_pairs(const char* node_key, const char* ipt_key) {
@@ -157,13 +165,15 @@ void CniPhase::time_pairs(const char* node_key, const char* ipt_key) {
 
 void CniPhase::start_agent() {
   std::vector<std::string> args = {b_.opt.meshcap_bin, "node", "serve", "--cgroup", node_->cgroup_path(),
-                                   "--max-pods", std::to_string(fig_.max_pods), "--log-level", "warn"};
+                                   "--max-pods", std::to_string(fig_.max_pods), "--log-level", "debug"};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  agent_log_ = node_->state_dir() + "/bench-agent.log";
+  posix_spawn_file_actions_addopen(&fa, 2, agent_log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
   const int rc = posix_spawn(&agent_, argv[0], &fa, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&fa);
   if (rc != 0) throw std::runtime_error("cannot start meshcap node serve");
@@ -190,6 +200,26 @@ void CniPhase::stop_agent() {
   agent_ = -1;
 }
 
+// The agent's own time per ADD (from the request's receipt to its reply,
+// as its debug log says), for the ADDs that went through it.
+void CniPhase::read_agent_times() {
+  std::ifstream in(agent_log_);
+  std::string line;
+  const std::string head = "meshcap-cni ADD for ", mid = " answered in ";
+  size_t n = 0;
+  while (std::getline(in, line)) {
+    const size_t a = line.find(head), b = line.find(mid);
+    if (a == std::string::npos || b == std::string::npos || line.find("(exit 0)") == std::string::npos) continue;
+    auto it = way_.find(line.substr(a + head.size(), b - a - head.size()));
+    if (it == way_.end()) continue;
+    fig_.seconds[it->second].push_back(std::stod(line.substr(b + mid.size())) / 1e3);
+    n++;
+  }
+  if (n != way_.size())
+    b_.res.notes.push_back("cni phase: the agent's log timed " + std::to_string(n) + " of " +
+                           std::to_string(way_.size()) + " ADDs");
+}
+
 void CniPhase::remove_all() {
   for (const auto& [id, path] : added_) {
     const Exec e = run_plugin(b_.opt.cni_bin,
@@ -205,7 +235,7 @@ void CniPhase::run() {
   node_ = std::make_unique<test::TestNode>(b_.opt.meshcap_bin);
   ScopedMeshcapDirs dirs(node_->pin_dir(), node_->state_dir());
   fig_.adds = static_cast<size_t>(b_.profile().cni_adds);
-  fig_.max_pods = 4 * fig_.adds + 16;
+  fig_.max_pods = 2 * fig_.adds + 16;  // the node ADDs of both passes stay until the end
   spdlog::info("cni phase: {} ADDs each way, through the agent and without", fig_.adds);
   try {
     const auto r = node_->start({"--max-pods", std::to_string(fig_.max_pods)});
@@ -213,6 +243,7 @@ void CniPhase::run() {
     start_agent();
     time_pairs(kNodeAgent, kIptAgent);
     stop_agent();
+    read_agent_times();
     time_pairs(kNodeLocal, kIptLocal);
     remove_all();
   } catch (...) {

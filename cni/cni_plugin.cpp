@@ -40,11 +40,12 @@ json cmd_add(const PluginConfig& c, const CniEnv& env) {
     spdlog::info("pod {}/{} excluded by name: not captured", env.arg("K8S_POD_NAMESPACE"), env.arg("K8S_POD_NAME"));
     return result_of(c);
   }
-  if (node_not_ready())
+  CaptureRequest r;
+  r.node = NodeView::read();
+  if (r.node->not_ready())
     throw CniError(kTryAgainLater, "the node data path is not ready",
                    "a node data path is configured here but is not whole (starting, or an upgrade was interrupted); "
                    "the pod is not started uncaptured");
-  CaptureRequest r;
   r.name = pod_name_for(env.container_id);
   r.netns = env.netns;
   r.mode = c.mode;

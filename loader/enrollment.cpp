@@ -4,9 +4,6 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
-#include <linux/inet_diag.h>
-#include <linux/netlink.h>
-#include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <sys/socket.h>
@@ -31,6 +28,7 @@
 #include "bpf_sys.h"
 #include "meshcap.h"
 #include "pins.h"
+#include "pod_netns.h"
 
 namespace fs = std::filesystem;
 
@@ -143,44 +141,6 @@ std::map<unsigned long, uint16_t> listening_inodes(const std::string& net_dir, c
   return out;
 }
 
-// Whether a TCP socket of the calling thread's network namespace listens
-// on one of `ports`: an inet_diag dump of listening sockets only (the
-// kernel walks its listening hash, not every connection of the machine as
-// /proc/net/tcp does). True when it cannot tell.
-bool listening_here(const std::vector<uint16_t>& ports) {
-  Fd nl(socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
-  if (nl.fd < 0) return true;
-  for (const uint8_t family : {AF_INET, AF_INET6}) {
-    struct {
-      nlmsghdr h;
-      inet_diag_req_v2 r;
-    } req{};
-    req.h.nlmsg_len = sizeof req;
-    req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-    req.r.sdiag_family = family;
-    req.r.sdiag_protocol = IPPROTO_TCP;
-    req.r.idiag_states = 1u << 10;  // TCP_LISTEN
-    if (send(nl.fd, &req, sizeof req, 0) != static_cast<ssize_t>(sizeof req)) return true;
-    alignas(nlmsghdr) char buf[16384];
-    for (bool done = false; !done;) {
-      const ssize_t got = recv(nl.fd, buf, sizeof buf, 0);
-      if (got <= 0) return true;
-      int left = static_cast<int>(got);
-      for (auto* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
-        if (h->nlmsg_type == NLMSG_DONE) {
-          done = true;
-          break;
-        }
-        if (h->nlmsg_type == NLMSG_ERROR) return true;
-        const auto* m = static_cast<const inet_diag_msg*>(NLMSG_DATA(h));
-        if (std::count(ports.begin(), ports.end(), ntohs(m->id.idiag_sport))) return true;
-      }
-    }
-  }
-  return false;
-}
-
 // Whether anything in the namespace at `netns_path` listens on `ports`,
 // asked from a thread inside it (setns is per thread). A pod whose proxy
 // is not running yet -- every pod the CNI plugin adds -- then costs no walk
@@ -188,11 +148,11 @@ bool listening_here(const std::vector<uint16_t>& ports) {
 bool listens_in_netns(const std::string& netns_path, const std::vector<uint16_t>& ports) {
   Fd ns(open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (ns.fd < 0) return true;
-  bool found = true;
+  std::optional<std::set<uint16_t>> listening;
   std::thread([&] {
-    if (setns(ns.fd, CLONE_NEWNET) == 0) found = listening_here(ports);
+    if (setns(ns.fd, CLONE_NEWNET) == 0) listening = listening_ports_here();
   }).join();
-  return found;
+  return !listening || std::any_of(ports.begin(), ports.end(), [&](uint16_t p) { return listening->count(p) > 0; });
 }
 
 // Rows written by one enrolment, to take back if it fails: map fd and key.
@@ -341,12 +301,15 @@ std::optional<Journal> read_journal(const std::string& pin) {
 // adopted would see inbound refused until it listens again: inbound is
 // then not eBPF's to do (LoaderError, Part::Inbound).
 void adopt_listeners(int listeners_fd, uint32_t index, const std::string& netns_path, const CaptureConfig& cfg,
-                     Undo& undo) {
+                     const std::optional<std::set<uint16_t>>& known, Undo& undo) {
   fault_point("adopt", Part::Inbound);
   struct stat ns {};
   if (stat(netns_path.c_str(), &ns)) return;
   const std::vector<uint16_t> ports = {cfg.inbound_capture_port, cfg.proxy_port};
-  if (!listens_in_netns(netns_path, ports)) return;
+  // What the namespace listened on when it was read, else asked now.
+  const bool listening = known ? std::any_of(ports.begin(), ports.end(), [&](uint16_t p) { return known->count(p) > 0; })
+                               : listens_in_netns(netns_path, ports);
+  if (!listening) return;
   std::error_code ec;
   for (const auto& proc : fs::directory_iterator("/proc", ec)) {
     const std::string pid_s = proc.path().filename();
@@ -704,7 +667,7 @@ Enrolment PodTable::enroll(const std::string& name, uint64_t cookie, const std::
     if (s.inbound) {
       if (f.sk_lookup.fd < 0)
         throw LoaderError("enrol " + name, EOPNOTSUPP, "the data path was loaded without sk_lookup", Part::Inbound);
-      adopt_listeners(f.listeners.fd, index, netns_path, s.cfg, undo);
+      adopt_listeners(f.listeners.fd, index, netns_path, s.cfg, s.net.listening, undo);
       f.claim_addresses(name, cookie, s, undo, journal.rows);
       fault_point("sk_lookup", Part::Inbound);
       f.attach_sk_lookup(netns_path, pins, new_link_pin, link);

@@ -71,6 +71,9 @@ void ensure_bpffs() {
 }
 
 void make_pin_dirs(const std::string& dir) {
+  // Usually only the last directory is missing (a pod's below the data
+  // path's): one mkdir.
+  if (mkdir(dir.c_str(), 0700) == 0 || errno == EEXIST) return;
   ensure_bpffs();
   std::string path;
   for (const auto& part : fs::path(dir)) {

@@ -4,6 +4,10 @@
 #include <fcntl.h>
 #include <ifaddrs.h>
 #include <linux/if_packet.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <netinet/in.h>
 #include <net/if.h>
 #include <sched.h>
 #include <sys/stat.h>
@@ -81,6 +85,53 @@ bool is_global(int family, const uint8_t* a) {
 
 }  // namespace
 
+std::optional<std::set<uint16_t>> listening_ports_here() {
+  const int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+  if (nl < 0) return std::nullopt;
+  std::set<uint16_t> out;
+  bool ok = true;
+  for (const uint8_t family : {AF_INET, AF_INET6}) {
+    struct {
+      nlmsghdr h;
+      inet_diag_req_v2 r;
+    } req{};
+    req.h.nlmsg_len = sizeof req;
+    req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.r.sdiag_family = family;
+    req.r.sdiag_protocol = IPPROTO_TCP;
+    req.r.idiag_states = 1u << 10;  // TCP_LISTEN
+    if (send(nl, &req, sizeof req, 0) != static_cast<ssize_t>(sizeof req)) {
+      ok = false;
+      break;
+    }
+    alignas(nlmsghdr) char buf[16384];
+    for (bool done = false; ok && !done;) {
+      const ssize_t got = recv(nl, buf, sizeof buf, 0);
+      if (got <= 0) {
+        ok = false;
+        break;
+      }
+      int left = static_cast<int>(got);
+      for (auto* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
+        if (h->nlmsg_type == NLMSG_DONE) {
+          done = true;
+          break;
+        }
+        if (h->nlmsg_type == NLMSG_ERROR) {
+          ok = false;
+          break;
+        }
+        out.insert(ntohs(static_cast<const inet_diag_msg*>(NLMSG_DATA(h))->id.idiag_sport));
+      }
+    }
+    if (!ok) break;
+  }
+  close(nl);
+  if (!ok) return std::nullopt;
+  return out;
+}
+
 PodNetwork read_pod_network(const std::string& netns_path) {
   PodNetwork out;
   int error = 0;
@@ -155,6 +206,7 @@ PodNetwork read_pod_network(const std::string& netns_path) {
     }
     freeifaddrs(list);
     out.routes = std::move(routes.main);
+    out.listening = listening_ports_here();
     if (!out.source4) out.source4 = any4;
     if (!out.source6) out.source6 = any6;
   });

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <optional>
+#include <optional>
+#include <set>
 #include <string>
 
 #include "pod_network.h"
@@ -12,6 +14,12 @@ namespace meshcap::loader {
 
 /// Reads the namespace at `netns_path`. Throws LoaderError.
 PodNetwork read_pod_network(const std::string& netns_path);
+
+/// The TCP ports with a listening socket in the calling thread's network
+/// namespace: an inet_diag dump of listening sockets only (the kernel walks
+/// its listening hash, not every connection of the machine as
+/// /proc/net/tcp does). nullopt when it cannot tell.
+std::optional<std::set<uint16_t>> listening_ports_here();
 /// The identity of the namespace at `path` (no cookie; nullopt when `path`
 /// is not there).
 std::optional<NetnsId> netns_identity(const std::string& path);

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,9 @@ struct PodNetwork {
     std::string interface;
   };
   std::vector<Route> routes;
+  /// TCP ports something listens on in the namespace when it was read
+  /// (whether a proxy already runs there); nullopt when unknown.
+  std::optional<std::set<uint16_t>> listening;
 };
 
 /// Whether IPv6 is captured, as istio decides it: --dual-stack, or the pod
