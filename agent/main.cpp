@@ -202,23 +202,26 @@ void add_node_commands(CLI::App& app, CommandLine& cl) {
   cl.node_status_cmd = node_status_cmd;
 }
 
+// Whether `cmd` was built (see main) and given.
+bool given(const CLI::App* cmd) { return cmd && cmd->parsed(); }
+
 // Runs the sub-command that was given; errors become messages and exit codes.
 int run_command(CommandLine& cl) {
   using namespace meshcap;
   try {
     setup_logging(cl.log_level);
-    if (cl.init_cmd->parsed()) return run_init(cl.init);
-    if (cl.cleanup_cmd->parsed()) return run_cleanup(cl.cleanup);
-    if (cl.status_cmd->parsed()) return run_status(cl.status);
-    if (cl.probe_cmd->parsed()) return run_probe(cl.probe);
-    if (cl.node_start_cmd->parsed()) return run_node_start(cl.node_start);
-    if (cl.node_stop_cmd->parsed()) return run_node_stop(cl.node_stop);
-    if (cl.node_serve_cmd->parsed()) {
+    if (given(cl.init_cmd)) return run_init(cl.init);
+    if (given(cl.cleanup_cmd)) return run_cleanup(cl.cleanup);
+    if (given(cl.status_cmd)) return run_status(cl.status);
+    if (given(cl.probe_cmd)) return run_probe(cl.probe);
+    if (given(cl.node_start_cmd)) return run_node_start(cl.node_start);
+    if (given(cl.node_stop_cmd)) return run_node_stop(cl.node_stop);
+    if (given(cl.node_serve_cmd)) {
       cni::AgentSocket cni_socket;  // meshcap-cni's requests, answered in this process
       cl.node_serve.on_serving = [&cni_socket] { cni_socket.start(cni::agent_socket_path()); };
       return run_node_serve(cl.node_serve);
     }
-    if (cl.node_status_cmd->parsed()) return run_node_status(cl.node_status);
+    if (given(cl.node_status_cmd)) return run_node_status(cl.node_status);
   } catch (const UsageError& e) {
     spdlog::error("{}", e.what());
     return kExitUsage;
@@ -239,11 +242,16 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   CommandLine cl;
   add_log_level(&app, cl.log_level);
-  add_init_command(app, cl);
-  add_cleanup_command(app, cl);
-  add_status_command(app, cl);
-  add_probe_command(app, cl);
-  add_node_commands(app, cl);
+  // Only the sub-command asked for is built when it comes first (CLI11
+  // builds every option and validator it is given, a good part of a short
+  // command's time); the others, for help and errors, otherwise.
+  const std::string first = argc > 1 ? argv[1] : "";
+  const bool all = first != "init" && first != "cleanup" && first != "status" && first != "probe" && first != "node";
+  if (all || first == "init") add_init_command(app, cl);
+  if (all || first == "cleanup") add_cleanup_command(app, cl);
+  if (all || first == "status") add_status_command(app, cl);
+  if (all || first == "probe") add_probe_command(app, cl);
+  if (all || first == "node") add_node_commands(app, cl);
 
   try {
     app.parse(argc, argv);

@@ -21,6 +21,7 @@
 #include <exception>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <thread>
 
 namespace meshcap::iptables {
@@ -277,13 +278,13 @@ class Netlink {
     for (;;) {
       pollfd p{fd_.get(), POLLIN, 0};
       if (::poll(&p, 1, 2000) <= 0) return false;
-      const ssize_t n = ::recv(fd_.get(), buf_.data(), buf_.size(), 0);
+      const ssize_t n = ::recv(fd_.get(), buf_storage_.get(), kBuf, 0);
       if (n < 0) {
         if (errno == EINTR) continue;
         return false;
       }
       int len = static_cast<int>(n);
-      for (auto* h = reinterpret_cast<const nlmsghdr*>(buf_.data()); NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
+      for (auto* h = reinterpret_cast<const nlmsghdr*>(buf_storage_.get()); NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
         if (h->nlmsg_seq < first_seq || h->nlmsg_seq > last_seq) continue;
         if (h->nlmsg_flags & NLM_F_DUMP_INTR) {
           if (interrupted) *interrupted = true;
@@ -328,7 +329,9 @@ class Netlink {
  private:
   Fd fd_;
   uint32_t seq_ = static_cast<uint32_t>(::getpid()) << 8;
-  std::vector<char> buf_ = std::vector<char>(1 << 18);
+  // Not zeroed: recv() faults in only the pages a reply fills.
+  static constexpr size_t kBuf = 1 << 18;
+  std::unique_ptr<char[]> buf_storage_ = std::unique_ptr<char[]>(new char[kBuf]);
 };
 
 // The chain a rule's immediate verdict jumps (or goes) to, if any.
