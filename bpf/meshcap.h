@@ -21,12 +21,12 @@
  * may have (the _MAX figures). None is preallocated: a hash table costs its
  * buckets (16 bytes per entry it may hold, in powers of two) and the rows
  * written, so the shares are what a sidecar pod typically holds (istio's
- * defaults: 3 ports, 1-2 addresses, no groups or interfaces), not the most
- * it may. */
+ * defaults: 3 ports, no groups or interfaces; a dual-stack pod has five
+ * addresses with loopback and link-local ones), not the most it may. */
 #define MC_CIDRS_PER_POD 1024
 #define MC_PORTS_PER_POD 16
 #define MC_PORTS_MAX 256
-#define MC_ADDRS_PER_POD 4
+#define MC_ADDRS_PER_POD 8
 #define MC_ADDRS_MAX 16
 #define MC_GROUPS_PER_POD 4
 #define MC_GROUPS_MAX 64
