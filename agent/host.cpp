@@ -36,19 +36,17 @@ class MachineKernel : public loader::KernelFeatures {
     static const std::optional<std::string> mount = machine().cgroup2_mount();
     return mount;
   }
-
- protected:
-  bool probe(loader::Feature f, std::string& detail) override { return shared_probe(f, detail); }
-  // The shared object batches the program rows on its first program probe.
-  bool batch_program_probe() override { return false; }
-
- public:
   static bool shared_probe(loader::Feature f, std::string& detail) {
     std::lock_guard<std::mutex> g(mutex());
     const bool has = machine().has(f);
     detail = machine().detail(f);
     return has;
   }
+
+ protected:
+  bool probe(loader::Feature f, std::string& detail) override { return shared_probe(f, detail); }
+  // The shared object batches the program rows on its first program probe.
+  bool batch_program_probe() override { return false; }
 
  private:
   static std::mutex& mutex() {

@@ -22,6 +22,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "agent_client.h"
 #include "phases.h"
 #include "run_control.h"
 #include "support/test_node.h"
@@ -180,13 +181,10 @@ void CniPhase::start_agent() {
   b_.server_pids.push_back(agent_);
   const std::string sock = node_->state_dir() + "/cni.sock";
   for (int i = 0; i < 200; i++) {  // up to 10 s
-    const int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_un sa{};
-    sa.sun_family = AF_UNIX;
-    std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock.c_str());
-    const bool up = connect(s, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0;
-    close(s);
-    if (up) return;
+    if (const int s = cni::connect_agent(sock); s >= 0) {
+      close(s);
+      return;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   throw std::runtime_error("meshcap node serve did not open " + sock);

@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent_client.h"
 #include "capture_fixture.h"
 #include "support/cleanup.h"
 #include "support/test_node.h"
@@ -213,13 +214,10 @@ class Agent {
   /// Whether the socket answers within 10 s.
   bool listening() const {
     for (int i = 0; i < 200; i++) {
-      const int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      sockaddr_un sa{};
-      sa.sun_family = AF_UNIX;
-      std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s", socket_.c_str());
-      const bool up = connect(s, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0;
-      close(s);
-      if (up) return true;
+      if (const int s = cni::connect_agent(socket_); s >= 0) {
+        close(s);
+        return true;
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     return false;
