@@ -63,7 +63,12 @@ class MachineKernel : public loader::KernelFeatures {
 // asked of the kernel (once per process).
 class NodeKernel : public MachineKernel {
  public:
-  explicit NodeKernel(loader::DataPathSpec spec) : spec_(spec) {}
+  /// `probe_optional`: the optional rows a plan asks for (sk_lookup reading
+  /// the arrival interface, sk_msg) are asked of the kernel instead, so a
+  /// data path about to be loaded is planned as it will load (5.10 has
+  /// neither) rather than found short at run time.
+  explicit NodeKernel(loader::DataPathSpec spec, bool probe_optional = false)
+      : spec_(spec), probe_optional_(probe_optional) {}
   /// Every program row present: for a data path whose real load decides.
   static loader::DataPathSpec all() {
     loader::DataPathSpec s;
@@ -84,11 +89,13 @@ class NodeKernel : public MachineKernel {
         if (!spec_.inbound) detail = "the node data path was loaded without it";
         return spec_.inbound;
       case F::prog_sk_lookup_ifindex:
+        if (probe_optional_) return shared_probe(f, detail);
         if (!spec_.ingress_ifindex) detail = "the node data path was loaded without it";
         return spec_.ingress_ifindex;
       case F::prog_key_netns:
         return spec_.key_netns;
       case F::prog_sk_msg:
+        if (probe_optional_) return shared_probe(f, detail);
         if (!spec_.accelerate) detail = "the node data path was started without --accelerate";
         return spec_.accelerate;
       default:
@@ -98,6 +105,7 @@ class NodeKernel : public MachineKernel {
 
  private:
   loader::DataPathSpec spec_;
+  bool probe_optional_ = false;
 };
 
 std::string now_utc() {
@@ -218,7 +226,7 @@ EbpfHost find_ebpf_host(const PodTarget& t, const std::optional<NodeView>& node)
 
 std::unique_ptr<loader::KernelFeatures> kernel_for(const EbpfHost& host, bool loading) {
   if (host.kind == EbpfHost::Kind::Node && host.node_spec) return std::make_unique<NodeKernel>(*host.node_spec);
-  if (host.kind == EbpfHost::Kind::Pod && loading) return std::make_unique<NodeKernel>(NodeKernel::all());
+  if (host.kind == EbpfHost::Kind::Pod && loading) return std::make_unique<NodeKernel>(NodeKernel::all(), true);
   return std::make_unique<MachineKernel>();
 }
 
