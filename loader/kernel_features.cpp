@@ -12,12 +12,16 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdarg>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <functional>
 #include <memory>
 #include <sstream>
 #include <string_view>
+
+#include <spdlog/spdlog.h>
 
 #include "meshcap.h"
 #include "meshcap.skel.h"
@@ -85,11 +89,29 @@ struct SkelDeleter {
   void operator()(meshcap_bpf* s) const { meshcap_bpf::destroy(s); }
 };
 
+// A probe's refused load is an answer, not a problem: libbpf's messages
+// about it (on older kernels the verifier's log, hundreds of lines) go to
+// the debug log only, while the probe loads.
+int probe_print(enum libbpf_print_level, const char* fmt, va_list args) {
+  char buf[1024];
+  if (std::vsnprintf(buf, sizeof buf, fmt, args) < 0) return 0;
+  std::string msg(buf);
+  while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+  spdlog::debug("libbpf (kernel probe): {}", msg);
+  return 0;
+}
+
+struct QuietLibbpf {
+  libbpf_print_fn_t previous = libbpf_set_print(probe_print);
+  ~QuietLibbpf() { libbpf_set_print(previous); }
+};
+
 // Loads only `programs` of meshcap's skeleton, with --accelerate on (and
 // the row's own setting when `variant`: the arrival interface for sk_lookup,
 // the netns cookie for sockops and getsockopt) and its maps shrunk to one
 // entry, then discards everything. 0, or the negative errno of the load.
 int load_programs(const std::vector<const char*>& programs, bool variant) {
+  QuietLibbpf quiet;
   std::unique_ptr<meshcap_bpf, SkelDeleter> skel(meshcap_bpf::open());
   if (!skel) return -errno;
   bpf_program* prog;
