@@ -145,14 +145,14 @@ std::map<unsigned long, uint16_t> listening_inodes(const std::string& net_dir, c
 // asked from a thread inside it (setns is per thread). A pod whose proxy
 // is not running yet -- every pod the CNI plugin adds -- then costs no walk
 // over every process of the node. True when it cannot tell.
-bool listens_in_netns(const std::string& netns_path, const std::vector<uint16_t>& ports) {
+std::optional<std::set<uint16_t>> listening_in_netns(const std::string& netns_path) {
   Fd ns(open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (ns.fd < 0) return true;
+  if (ns.fd < 0) return std::nullopt;
   std::optional<std::set<uint16_t>> listening;
   std::thread([&] {
     if (setns(ns.fd, CLONE_NEWNET) == 0) listening = listening_ports_here();
   }).join();
-  return !listening || std::any_of(ports.begin(), ports.end(), [&](uint16_t p) { return listening->count(p) > 0; });
+  return listening;
 }
 
 // Rows written by one enrolment, to take back if it fails: map fd and key.
@@ -198,15 +198,17 @@ enum RowMap : uint8_t {
 };
 
 // One row of a pod: which table, its key, its value (every per-pod table
-// holds one byte).
+// holds one byte), and what it is, for errors ("port 15020",
+// "10.0.0.0/8"; empty for rows read back from a journal).
 struct Row {
   uint8_t map = 0;
   std::vector<uint8_t> key;
   uint8_t value = 0;
+  std::string what;
   template <typename K>
-  static Row of(uint8_t map, const K& k, uint8_t value) {
+  static Row of(uint8_t map, const K& k, uint8_t value, std::string what) {
     const auto* b = reinterpret_cast<const uint8_t*>(&k);
-    return {map, std::vector<uint8_t>(b, b + sizeof(K)), value};
+    return {map, std::vector<uint8_t>(b, b + sizeof(K)), value, std::move(what)};
   }
   bool operator==(const Row& o) const { return map == o.map && key == o.key; }
 };
@@ -290,7 +292,7 @@ std::optional<Journal> read_journal(const std::string& pin) {
   for (size_t i = 1; i < entries.size(); i++) {
     const JournalEntry& e = entries[i];
     if (e.key_len > sizeof(e.key)) return std::nullopt;
-    j.rows.push_back({e.map, std::vector<uint8_t>(e.key, e.key + e.key_len), 0});
+    j.rows.push_back({e.map, std::vector<uint8_t>(e.key, e.key + e.key_len), 0, ""});
   }
   return j;
 }
@@ -306,10 +308,10 @@ void adopt_listeners(int listeners_fd, uint32_t index, const std::string& netns_
   struct stat ns {};
   if (stat(netns_path.c_str(), &ns)) return;
   const std::vector<uint16_t> ports = {cfg.inbound_capture_port, cfg.proxy_port};
-  // What the namespace listened on when it was read, else asked now.
-  const bool listening = known ? std::any_of(ports.begin(), ports.end(), [&](uint16_t p) { return known->count(p) > 0; })
-                               : listens_in_netns(netns_path, ports);
-  if (!listening) return;
+  // What the namespace listened on when it was read, else asked now; when
+  // nobody can tell, the processes are searched.
+  const auto listening = known ? known : listening_in_netns(netns_path);
+  if (listening && std::none_of(ports.begin(), ports.end(), [&](uint16_t p) { return listening->count(p) > 0; })) return;
   std::error_code ec;
   for (const auto& proc : fs::directory_iterator("/proc", ec)) {
     const std::string pid_s = proc.path().filename();
@@ -429,7 +431,8 @@ struct PodTable::Fds {
   // groups, interfaces -- computed before anything is written.
   static std::vector<Row> rows_of(uint32_t index, const PodSettings& s) {
     std::vector<Row> rows;
-    for (const auto& a : s.net.addresses) rows.push_back(Row::of(kRowPodAddrs, mc_pod_addr{index, to_mc_addr(a)}, 1));
+    for (const auto& a : s.net.addresses)
+      rows.push_back(Row::of(kRowPodAddrs, mc_pod_addr{index, to_mc_addr(a)}, 1, "address " + a.str()));
     std::map<uint16_t, uint8_t> ports;
     for (auto p : s.cfg.outbound_ports_exclude.ports) ports[p] |= MC_PORT_OUT_EXCLUDE;
     for (auto p : s.cfg.outbound_ports_include.ports) ports[p] |= MC_PORT_OUT_INCLUDE;
@@ -437,29 +440,30 @@ struct PodTable::Fds {
       for (auto p : s.cfg.inbound_ports_include.ports) ports[p] |= MC_PORT_IN_INCLUDE;
       for (auto p : s.cfg.inbound_ports_exclude.ports) ports[p] |= MC_PORT_IN_EXCLUDE;
     }
-    for (const auto& [port, bits] : ports) rows.push_back(Row::of(kRowPodPorts, mc_pod_port{index, port}, bits));
+    for (const auto& [port, bits] : ports)
+      rows.push_back(Row::of(kRowPodPorts, mc_pod_port{index, port}, bits, "port " + std::to_string(port)));
     cidr_rows(index, s.cfg.outbound_ranges_exclude, MC_CIDR_EXCLUDE, rows);
     cidr_rows(index, s.cfg.outbound_ranges_include, MC_CIDR_INCLUDE, rows);
     if (!s.cfg.exclude_interfaces.empty()) route_rows(index, s, rows);
-    for (const auto& g : s.cfg.owner_groups.ids) rows.push_back(Row::of(kRowOwnerGids, mc_pod_u32{index, *g}, 1));
-    std::map<uint32_t, uint8_t> ifaces;
-    auto iface = [&](const std::string& n, uint8_t bit) {
-      if (auto it = s.net.interfaces.find(n); it != s.net.interfaces.end()) ifaces[it->second] |= bit;
-    };
-    for (const auto& n : s.cfg.exclude_interfaces) iface(n, MC_IF_EXCLUDE);
+    for (const auto& g : s.cfg.owner_groups.ids)
+      rows.push_back(Row::of(kRowOwnerGids, mc_pod_u32{index, *g}, 1, "owner group " + std::to_string(*g)));
+    std::map<std::string, uint8_t> ifaces;  // name -> MC_IF_* bits
+    for (const auto& n : s.cfg.exclude_interfaces) ifaces[n] |= MC_IF_EXCLUDE;
     if (s.inbound)
-      for (const auto& n : s.cfg.reroute_virtual_interfaces) iface(n, MC_IF_VIRT);
-    for (const auto& [ifindex, bits] : ifaces) rows.push_back(Row::of(kRowIfaceFlags, mc_pod_u32{index, ifindex}, bits));
+      for (const auto& n : s.cfg.reroute_virtual_interfaces) ifaces[n] |= MC_IF_VIRT;
+    for (const auto& [n, bits] : ifaces)
+      if (auto it = s.net.interfaces.find(n); it != s.net.interfaces.end())
+        rows.push_back(Row::of(kRowIfaceFlags, mc_pod_u32{index, it->second}, bits, "interface " + n));
     return rows;
   }
 
   static void cidr_rows(uint32_t index, const CidrList& list, mc_cidr_kind kind, std::vector<Row>& rows) {
     for (const auto& c : list.v4)
-      rows.push_back(Row::of(kRowCidrs4, mc_lpm4{32u + c.prefix_len, MC_LPM_TAG(index, kind), net32(c.addr)}, 1));
+      rows.push_back(Row::of(kRowCidrs4, mc_lpm4{32u + c.prefix_len, MC_LPM_TAG(index, kind), net32(c.addr)}, 1, c.str()));
     for (const auto& c : list.v6) {
       mc_lpm6 k{32u + c.prefix_len, MC_LPM_TAG(index, kind), {}};
       std::memcpy(k.addr, c.addr.data(), 16);
-      rows.push_back(Row::of(kRowCidrs6, k, 1));
+      rows.push_back(Row::of(kRowCidrs6, k, 1, c.str()));
     }
   }
 
@@ -469,13 +473,14 @@ struct PodTable::Fds {
     for (const auto& r : s.net.routes) {
       const uint8_t excluded =
           std::count(s.cfg.exclude_interfaces.begin(), s.cfg.exclude_interfaces.end(), r.interface) > 0;
+      std::string what = "route " + r.prefix.str() + "/" + std::to_string(r.prefix_len) + " dev " + r.interface;
       if (r.prefix.family == AF_INET) {
         rows.push_back(Row::of(kRowCidrs4, mc_lpm4{32u + r.prefix_len, MC_LPM_TAG(index, MC_CIDR_ROUTE), net32(r.prefix.addr)},
-                               excluded));
+                               excluded, std::move(what)));
       } else {
         mc_lpm6 k{32u + r.prefix_len, MC_LPM_TAG(index, MC_CIDR_ROUTE), {}};
         std::memcpy(k.addr, r.prefix.addr.data(), 16);
-        rows.push_back(Row::of(kRowCidrs6, k, excluded));
+        rows.push_back(Row::of(kRowCidrs6, k, excluded, std::move(what)));
       }
     }
   }
@@ -485,16 +490,10 @@ struct PodTable::Fds {
       const int fd = fd_of(r.map);
       if (bpf_map_update_elem(fd, r.key.data(), &r.value, BPF_ANY)) {
         const int err = errno;
-        throw LoaderError("enrol: " + describe(r), err, err == E2BIG || err == ENOSPC ? "the data path's table is full" : "");
+        throw LoaderError("enrol: " + r.what, err, err == E2BIG || err == ENOSPC ? "the data path's table is full" : "");
       }
       undo.keys.push_back({fd, r.key});
     }
-  }
-
-  static std::string describe(const Row& r) {
-    static const char* const names[] = {"", "address", "port", "IPv4 prefix", "IPv6 prefix", "owner group", "interface",
-                                        "address"};
-    return std::string(r.map < std::size(names) ? names[r.map] : "row") + " row";
   }
 
   // Deletes rows by key; pod_by_addr rows only while they name `cookie`.
@@ -528,12 +527,16 @@ struct PodTable::Fds {
     }
   }
 
-  // The addresses filed under `cookie`, found by walking pod_by_addr.
-  void delete_addresses_walk(uint64_t cookie) {
+  // The addresses filed under `cookie`, found by walking pod_by_addr, but
+  // those among `keep` (rows of the pod's new settings).
+  void delete_addresses_walk(uint64_t cookie, const std::vector<Row>& keep = {}) {
     const int fd = pod_by_addr.fd;
     delete_where(fd, [&](const uint8_t* k) {
       uint64_t holder = 0;
-      return bpf_map_lookup_elem(fd, k, &holder) == 0 && holder == cookie;
+      if (bpf_map_lookup_elem(fd, k, &holder) || holder != cookie) return false;
+      return std::none_of(keep.begin(), keep.end(), [&](const Row& r) {
+        return r.map == kRowPodByAddr && std::memcmp(r.key.data(), k, r.key.size()) == 0;
+      });
     });
   }
 
@@ -559,7 +562,7 @@ struct PodTable::Fds {
         throw LoaderError("enrol " + name + ": address " + a.str(), errno,
                           errno == E2BIG || errno == ENOSPC ? "the data path's table is full" : "", Part::Inbound);
       if (holder != cookie) undo.add(pod_by_addr.fd, key);
-      rows.push_back(Row::of(kRowPodByAddr, key, 0));
+      rows.push_back(Row::of(kRowPodByAddr, key, 0, "address " + a.str()));
     }
   }
 
@@ -705,14 +708,7 @@ Enrolment PodTable::enroll(const std::string& name, uint64_t cookie, const std::
       f.delete_rows(gone, cookie);
     } else {
       f.delete_rows_walk(old.index);
-      const int fd = f.pod_by_addr.fd;
-      delete_where(fd, [&](const uint8_t* k) {
-        uint64_t holder = 0;
-        if (bpf_map_lookup_elem(fd, k, &holder) || holder != cookie) return false;
-        return std::none_of(journal.rows.begin(), journal.rows.end(), [&](const Row& r) {
-          return r.map == kRowPodByAddr && std::memcmp(r.key.data(), k, r.key.size()) == 0;
-        });
-      });
+      f.delete_addresses_walk(cookie, journal.rows);
     }
     f.delete_listeners(old.index);
     f.set_slot(old.index, 0, 0);

@@ -5,8 +5,6 @@
 // rules in the pod's namespace otherwise), DEL removes it, CHECK sees it,
 // and every refusal changes nothing.
 #include <fcntl.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
