@@ -44,6 +44,7 @@ struct NodeStartOptions {
   uint32_t max_pods = 0;        ///< 0: the default
   uint32_t max_connections = 0; ///< 0: the default
   bool accelerate = false;      ///< load sk_msg, so pods may ask --accelerate
+  bool no_dns = false;          ///< leave DNS capture's sendmsg/recvmsg programs out
 };
 
 struct NodeServeOptions {

@@ -187,7 +187,12 @@ void NodeRecord::write() const {
 NodeView NodeView::read() { return {NodeRecord::read(), loader::pinned_links(loader::node_dir())}; }
 
 bool NodeView::up() const {
-  return record && links.size() >= loader::cgroup_programs().size() &&
+  // Every program but DNS capture's, which a kernel may refuse.
+  const auto& programs = loader::cgroup_programs();
+  const bool all_pinned = std::all_of(programs.begin(), programs.end(), [&](const loader::ProgramSpec& p) {
+    return p.dns || std::any_of(links.begin(), links.end(), [&](const loader::PinnedLink& l) { return l.pin == p.pin; });
+  });
+  return record && all_pinned &&
          std::all_of(links.begin(), links.end(), [](const loader::PinnedLink& l) { return l.attached; });
 }
 

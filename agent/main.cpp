@@ -163,6 +163,8 @@ void add_node_start_command(CLI::App* node_cmd, CommandLine& cl) {
   node_start_cmd->add_option("--max-connections", node_start.max_connections,
                              "Connections the proxies have not asked about yet (default 16384)");
   node_start_cmd->add_flag("--accelerate", node_start.accelerate, "Load sk_msg, so pods may ask --accelerate");
+  node_start_cmd->add_flag("--no-dns", node_start.no_dns,
+                           "Leave out DNS capture's sendmsg/recvmsg programs (pods asking --redirect-dns use iptables)");
   add_log_level(node_start_cmd, cl.log_level);
   cl.node_start_cmd = node_start_cmd;
 }
@@ -175,6 +177,7 @@ void add_node_serve_command(CLI::App* node_cmd, CommandLine& cl) {
   node_serve_cmd->add_option("--max-pods", node_serve.start.max_pods, "As for node start");
   node_serve_cmd->add_option("--max-connections", node_serve.start.max_connections, "As for node start");
   node_serve_cmd->add_flag("--accelerate", node_serve.start.accelerate, "As for node start");
+  node_serve_cmd->add_flag("--no-dns", node_serve.start.no_dns, "As for node start");
   node_serve_cmd->add_option("--metrics-listen", node_serve.metrics_listen, "HOST:PORT for /metrics and /healthz");
   node_serve_cmd->add_option("--cni-conf-dir", node_serve.cni_conf_dir, "CNI configuration directory to keep meshcap-cni in");
   node_serve_cmd->add_option("--cni-bin-dir", node_serve.cni_bin_dir, "CNI plugin directory to copy meshcap-cni to");

@@ -80,7 +80,8 @@ int run_node_start(const NodeStartOptions& o) {
   want.max_pods = o.max_pods;
   want.max_connections = o.max_connections;
   want.accelerate = o.accelerate;
-  want.key_netns = want.ingress_ifindex = want.dns = true;
+  want.key_netns = want.ingress_ifindex = true;
+  want.dns = !o.no_dns;
   std::vector<std::string> dropped;
   const loader::DataPathSpec spec = loader::loadable_spec(want, &dropped);
   for (const auto& d : dropped) spdlog::warn("node data path without {}", d);

@@ -118,7 +118,7 @@ Plan make_plan(const PlanInput& in, loader::KernelFeatures& kernel) {
   // DNS capture is part of outbound: its programs, when it is on.
   if (kern_out.empty() && dns_redirect_active(cfg) && !kernel.prog_dns())
     kern_out.push_back(refused(kernel, loader::Feature::prog_dns,
-                               "--redirect-dns needs meshcap's cgroup sendmsg/recvmsg programs, which the kernel refuses"));
+                               "--redirect-dns needs meshcap's cgroup sendmsg/recvmsg programs"));
   const bool ifaces = !cfg.exclude_interfaces.empty() || !cfg.reroute_virtual_interfaces.empty();
   const bool ebpf_inbound_wanted = !cfg.inbound_ports_include.empty() || !cfg.reroute_virtual_interfaces.empty();
 

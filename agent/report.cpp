@@ -29,7 +29,8 @@ std::string or_none(const std::vector<std::string>& v) { return v.empty() ? "(no
 void print_ebpf(std::ostream& out, const PodTarget& t, const Plan& plan, const PodNetwork& pod, const EbpfHost& host) {
   const CaptureConfig c = plan.ebpf_config();
   std::vector<std::string> programs;
-  for (const auto& p : loader::cgroup_programs()) programs.push_back(p.program);
+  for (const auto& p : loader::cgroup_programs())
+    if (!p.dns || dns_redirect_active(c)) programs.push_back(p.program);
   out << "eBPF capture of pod " << t.name << "\n"
       << "  data path: "
       << (host.kind == EbpfHost::Kind::Node ? "the node's (enrolment: map updates, no program loaded)"

@@ -81,8 +81,10 @@ EbpfView ebpf_view(const std::string& name, const std::optional<PodState>& st) {
     links.push_back({{"link", l.pin}, {"attached", l.attached}, {"prog_id", l.prog_id}});
     if (l.attached) attached.insert(l.pin);
   }
+  // The DNS programs are needed only by a pod that captures DNS.
+  const bool dns = st && st->ebpf && dns_redirect_active(st->plan.ebpf_config());
   v.cgroup_links = std::all_of(loader::cgroup_programs().begin(), loader::cgroup_programs().end(),
-                               [&](const loader::ProgramSpec& p) { return attached.count(p.pin); });
+                               [&](const loader::ProgramSpec& p) { return (p.dns && !dns) || attached.count(p.pin); });
   for (const auto& l : loader::pinned_links(loader::pod_pins(dir, name))) {
     links.push_back({{"link", l.pin}, {"attached", l.attached}, {"prog_id", l.prog_id}});
     if (l.pin == "link_sk_lookup") v.sk_lookup = l.attached && (!st || l.netns_ino == st->netns.ino);

@@ -396,6 +396,41 @@ static __always_inline bool mc_env_dns_server(const struct mc_pod *pod, const st
 
 #include "decision.h"
 
+/* The source a redirected connection or query keeps: the one the kernel's
+ * route would have picked without capture, as REDIRECT keeps it. A
+ * destination over lo is reached from itself -- 127.0.0.1 for the rest of
+ * 127.0.0.0/8 and for 0.0.0.0, as the local route picks, or the pod's own
+ * address dialed -- anything else from the pod's address. 0: leave it to
+ * the kernel. */
+static __always_inline __u32 mc_source4(const struct mc_pod *pod, __u32 dst4)
+{
+	struct mc_addr a;
+
+	if ((dst4 & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000) || !dst4)
+		return bpf_htonl(0x7f000001);
+	mc_addr_from4(&a, dst4);
+	if (mc_env_pod_addr(pod, &a))
+		return dst4;
+	return pod->flags & MC_POD_HAS_SRC4 ? pod->src4 : 0;
+}
+
+/* ... and for an AF_INET6 socket, as 16 bytes (left zero: the kernel's). */
+static __always_inline void mc_source6(const struct mc_pod *pod, const struct mc_connect *c, struct mc_addr *src)
+{
+	if (c->v4) {
+		__u32 s4 = mc_source4(pod, c->dst.ip[3]);
+
+		if (s4)
+			mc_addr_from4(src, s4);
+	} else if (__mc_is_zero(&c->dst) || __mc_is_v6_low(&c->dst, bpf_htonl(1))) {
+		src->ip[3] = bpf_htonl(1); /* ::1 */
+	} else if (mc_env_pod_addr(pod, &c->dst)) {
+		*src = c->dst;
+	} else if (pod->flags & MC_POD_HAS_SRC6) {
+		MC_STORE_ADDR6(src->ip, (const struct mc_addr *)pod->src6);
+	}
+}
+
 /* Records where a UDP query redirected to the DNS listener was going, under
  * the socket and the listener's address as its reply's source will read
  * (127.0.0.1 v4 mapped, or ::1). */

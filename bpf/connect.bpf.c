@@ -38,35 +38,6 @@ static __always_inline void __mc_keep_source6(struct bpf_sock_addr *ctx, const s
 		mc_count(pod->index, MC_CNT_BIND_FAIL);
 }
 
-/* The source a redirected IPv4 connection keeps: the proxy dialing one of
- * the pod's own addresses gets that address (127.0.0.1 for the rest of
- * 127.0.0.0/8, as the kernel's local route picks); anything else gets the
- * pod's address. 0: leave it to the kernel. */
-static __always_inline __u32 __mc_source4(const struct mc_pod *pod, enum mc_verdict v, __u32 dst4)
-{
-	if (v != MC_TO_INBOUND)
-		return pod->flags & MC_POD_HAS_SRC4 ? pod->src4 : 0;
-	if ((dst4 & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000))
-		return bpf_htonl(0x7f000001);
-	return dst4;
-}
-
-/* ... and an IPv6 (or dual-stack) one, as 16 bytes. */
-static __always_inline void __mc_source6(const struct mc_pod *pod, enum mc_verdict v, const struct mc_connect *c,
-					 struct mc_addr *src)
-{
-	if (c->v4) {
-		__u32 s4 = __mc_source4(pod, v, c->dst.ip[3]);
-
-		if (s4)
-			mc_addr_from4(src, s4);
-	} else if (v == MC_TO_INBOUND) {
-		*src = c->dst;
-	} else if (pod->flags & MC_POD_HAS_SRC6) {
-		MC_STORE_ADDR6(src->ip, (const struct mc_addr *)pod->src6);
-	}
-}
-
 /* Decides, counts, and records the original destination on the socket.
  * Returns the verdict, MC_PASS when the connect goes where it was going. */
 static __always_inline enum mc_verdict __mc_capture(struct bpf_sock_addr *ctx, const struct mc_pod *pod,
@@ -181,7 +152,7 @@ int mc_connect4(struct bpf_sock_addr *ctx)
 	if (v == MC_PASS)
 		return MC_SYS_PROCEED;
 	if (!src4)
-		__mc_keep_source4(ctx, pod, __mc_source4(pod, v, dst4));
+		__mc_keep_source4(ctx, pod, mc_source4(pod, dst4));
 	if (udp)
 		mc_dns_remember(ctx, pod, &c, AF_INET);
 	/* Writes through ctx itself: the verifier refuses a ctx pointer clang
@@ -207,7 +178,7 @@ static __always_inline int __mc_connect6(struct bpf_sock_addr *ctx, const struct
 	if (v == MC_PASS)
 		return MC_SYS_PROCEED;
 	if (__mc_is_zero(&c->src)) {
-		__mc_source6(pod, v, c, &src);
+		mc_source6(pod, c, &src);
 		__mc_keep_source6(ctx, pod, &src);
 	}
 	if (c->udp)

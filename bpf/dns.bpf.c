@@ -48,8 +48,10 @@ int mc_sendmsg4(struct bpf_sock_addr *ctx)
 	if (!__mc_query_captured(pod, &c))
 		return MC_SYS_PROCEED;
 	mc_dns_remember(ctx, pod, &c, AF_INET);
-	if (!src4 && (pod->flags & MC_POD_HAS_SRC4))
-		ctx->msg_src_ip4 = pod->src4;
+	if (!src4)
+		src4 = mc_source4(pod, dst4);
+	if (src4)
+		ctx->msg_src_ip4 = src4;
 	ctx->user_ip4 = bpf_htonl(0x7f000001); /* 127.0.0.1 */
 	ctx->user_port = bpf_htons(MC_DNS_PROXY_PORT);
 	return MC_SYS_PROCEED;
@@ -78,11 +80,10 @@ int mc_sendmsg6(struct bpf_sock_addr *ctx)
 	if (!__mc_query_captured(pod, &c))
 		return MC_SYS_PROCEED;
 	mc_dns_remember(ctx, pod, &c, AF_INET6);
-	if (__mc_is_zero(&c.src) && (pod->flags & MC_POD_HAS_SRC6)) {
-		ctx->msg_src_ip6[0] = pod->src6[0];
-		ctx->msg_src_ip6[1] = pod->src6[1];
-		ctx->msg_src_ip6[2] = pod->src6[2];
-		ctx->msg_src_ip6[3] = pod->src6[3];
+	if (__mc_is_zero(&c.src)) {
+		mc_source6(pod, &c, &c.src);
+		if (!__mc_is_zero(&c.src))
+			MC_STORE_ADDR6(ctx->msg_src_ip6, &c.src);
 	}
 	ctx->user_ip6[0] = 0;
 	ctx->user_ip6[1] = 0;

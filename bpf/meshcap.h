@@ -43,7 +43,7 @@
  * MC_DNS_REPLIES_PER_POD per pod the data path takes, within these bounds. */
 #define MC_DNS_PORT 53
 #define MC_DNS_PROXY_PORT 15053
-#define MC_DNS_REPLIES_PER_POD 64
+#define MC_DNS_REPLIES_PER_POD 8
 #define MC_DNS_REPLIES_MIN 1024
 #define MC_DNS_REPLIES_MAX 65536
 

@@ -68,7 +68,7 @@ class IstioRules {
 
     proxy_owners(dns);
     owner_groups();
-    if (dns) dns_redirect();
+    if (dns && !cfg_.dns_redirect_by_ebpf) dns_redirect();
 
     // Localhost traffic (Envoy-aware apps, container to container) is not captured.
     b_.append_versioned(lo4, kLoopbackV6, "nat", kIstioOutput, {"-d", kVersioned, "-j", "RETURN"});

@@ -99,6 +99,10 @@ struct CaptureConfig {
 
   bool redirect_dns = false;     // --redirect-dns
   bool capture_all_dns = false;  // --capture-all-dns
+  // Set by a plan whose outbound (DNS included) is eBPF's while iptables
+  // holds another part: the iptables rules keep istio's DNS variants of the
+  // owner rules but leave the DNS redirect and its conntrack zones out.
+  bool dns_redirect_by_ebpf = false;
   bool drop_invalid = false;     // --drop-invalid
   bool dual_stack = false;       // --dual-stack
   bool run_validation = false;   // --run-validation

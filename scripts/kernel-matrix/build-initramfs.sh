@@ -116,6 +116,10 @@ fi
 # iproute2's (the tests call `timeout 60 ip netns add`).
 copy_tool ip nsenter setpriv mount umount timeout env
 if command -v haproxy >/dev/null; then copy_tool haproxy; else say "no haproxy here: e2e tests will skip"; fi
+# The DNS e2e tests' resolver and proxy (dnsmasq) and clients (dig, getent).
+for t in dnsmasq dig getent; do
+  if command -v "$t" >/dev/null; then copy_tool "$t"; else say "no $t here: the DNS e2e tests will skip"; fi
+done
 # iptables: the two multi-call binaries, and every name meshcap and the tests
 # call, linked the way this machine links them (iptables -> its default).
 for multi in xtables-nft-multi xtables-legacy-multi; do copy_tool "$multi"; done

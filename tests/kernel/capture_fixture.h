@@ -33,12 +33,16 @@ namespace meshcap::test {
 
 /// How many programs one eBPF capture attaches to a cgroup.
 inline constexpr size_t kCapturePrograms = 8;
+/// ... and with DNS capture's four (sendmsg4/6, recvmsg4/6): a pod's own
+/// data path with --redirect-dns, and the node data path.
+inline constexpr size_t kDnsCapturePrograms = kCapturePrograms + 4;
 /// The cgroup attach types meshcap's capture uses.
 inline const std::vector<bpf_attach_type>& capture_attach_types() {
   static const std::vector<bpf_attach_type> types = {
       BPF_CGROUP_INET4_CONNECT,     BPF_CGROUP_INET6_CONNECT,     BPF_CGROUP_SOCK_OPS,
       BPF_CGROUP_GETSOCKOPT,        BPF_CGROUP_INET4_GETPEERNAME, BPF_CGROUP_INET6_GETPEERNAME,
-      BPF_CGROUP_INET4_BIND,        BPF_CGROUP_INET6_BIND};
+      BPF_CGROUP_INET4_BIND,        BPF_CGROUP_INET6_BIND,        BPF_CGROUP_UDP4_SENDMSG,
+      BPF_CGROUP_UDP6_SENDMSG,      BPF_CGROUP_UDP4_RECVMSG,      BPF_CGROUP_UDP6_RECVMSG};
   return types;
 }
 

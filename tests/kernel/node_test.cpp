@@ -114,7 +114,7 @@ class Node : public ::testing::Test {
 TEST_F(Node, StartsOnceAndEnrolsPodsWithoutLoadingPrograms) {
   auto r = node_->start();
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_EQ(programs_attached(node_->cgroup_path()), kCapturePrograms);
+  EXPECT_EQ(programs_attached(node_->cgroup_path()), kDnsCapturePrograms);
   const auto pins_at_start = pins_below(node_->pin_dir());
   NodePod a(*node_);
   r = init(a);
@@ -136,7 +136,7 @@ TEST_F(Node, StartsOnceAndEnrolsPodsWithoutLoadingPrograms) {
   ASSERT_EQ(node_->meshcap({"cleanup", "--name", a.name()}).exit_code, 0);
   EXPECT_EQ(node_status()["pods_enrolled"], 0);
   expect_direct(a);
-  EXPECT_EQ(programs_attached(node_->cgroup_path()), kCapturePrograms);
+  EXPECT_EQ(programs_attached(node_->cgroup_path()), kDnsCapturePrograms);
   // Nothing of the pod's stays pinned, not even node/pods/ (which
   // enrolling made for the pod's sk_lookup link).
   EXPECT_EQ(pins_below(node_->pin_dir()), pins_at_start);
@@ -261,6 +261,44 @@ TEST_F(Node, UpgradeInPlaceUnderLoadBreaksNothing) {
   node_->meshcap({"cleanup", "--name", a.name()});
 }
 
+// DNS capture's programs: a node started without them (as an older meshcap
+// did) sends a pod asking --redirect-dns to iptables and says why; an
+// in-place upgrade attaches them beside the other links, with the pods
+// enrolled and their counters kept; the pod then captures DNS by eBPF.
+TEST_F(Node, UpgradeAddsDnsCaptureProgramsInPlace) {
+  ASSERT_EQ(node_->start({"--no-dns"}).exit_code, 0);
+  EXPECT_EQ(node_status()["spec"]["dns"], false);
+  EXPECT_FALSE(std::filesystem::exists(node_->pin_dir() + "/node/link_sendmsg4"));
+  NodePod a(*node_), b(*node_);
+  ASSERT_EQ(init(a).exit_code, 0);
+  expect_captured(a);
+  const uint64_t before = status(a)["ebpf"]["counters"]["redirected_outbound"].get<uint64_t>();
+  EXPECT_GT(before, 0u);
+  std::vector<std::string> dns = kIstioInit;
+  dns.insert(dns.end(), {"--redirect-dns", "--dns-servers", b.pod.peer_ipv4()});
+  auto r = init(b, dns);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(status(b)["plan"]["outbound"]["engine"], "iptables") << r.output;
+  EXPECT_NE(r.output.find("loaded without it"), std::string::npos) << r.output;
+  ASSERT_EQ(node_->meshcap({"cleanup", "--name", b.name()}).exit_code, 0);
+
+  auto up = node_->start();
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  EXPECT_EQ(node_status()["spec"]["dns"], true);
+  for (const char* pin : {"link_sendmsg4", "link_sendmsg6", "link_recvmsg4", "link_recvmsg6"})
+    EXPECT_TRUE(std::filesystem::exists(node_->pin_dir() + "/node/" + pin)) << pin;
+  EXPECT_EQ(programs_attached(node_->cgroup_path()), kDnsCapturePrograms);
+  // The enrolled pod kept its place and its counters.
+  EXPECT_GE(status(a)["ebpf"]["counters"]["redirected_outbound"].get<uint64_t>(), before);
+  expect_captured(a);
+  r = init(b, dns);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(status(b)["plan"]["outbound"]["engine"], "ebpf") << r.output;
+  EXPECT_EQ(status(b)["parts"]["outbound"]["in_place"], true) << status(b).dump();
+  node_->meshcap({"cleanup", "--name", a.name()});
+  node_->meshcap({"cleanup", "--name", b.name()});
+}
+
 struct KillStep {
   std::string step;
 };
@@ -309,7 +347,7 @@ TEST_F(Node, KilledStartAndUpgradeAreRepairedByStartingAgain) {
   auto r = node_->meshcap({"node", "start", "--cgroup", node_->cgroup_path()}, {"MESHCAP_FAULT_AT=pin-link:kill"});
   EXPECT_EQ(r.exit_code, 128 + SIGKILL);
   ASSERT_EQ(node_->start().exit_code, 0);
-  EXPECT_EQ(programs_attached(node_->cgroup_path()), kCapturePrograms);
+  EXPECT_EQ(programs_attached(node_->cgroup_path()), kDnsCapturePrograms);
   NodePod a(*node_);
   ASSERT_EQ(init(a).exit_code, 0);
   r = node_->meshcap({"node", "start", "--cgroup", node_->cgroup_path(), "--max-pods", "300"},

@@ -269,6 +269,20 @@ TEST(IstioRules, RedirectDnsWithoutServersIsOff) {
   EXPECT_EQ(render_istio_rules(with, false).dry_run_output(), render_istio_rules(without, false).dry_run_output());
 }
 
+// A split plan (eBPF outbound with DNS, iptables inbound): the owner rules
+// stay istio's DNS variants, the DNS redirect and its zones are eBPF's.
+TEST(IstioRules, DnsRedirectByEbpfKeepsTheOwnerVariantsOnly) {
+  auto cfg = parse({"-u", "1337", "--redirect-dns", "--capture-all-dns"});
+  cfg.dns_redirect_by_ebpf = true;
+  const std::string v4 = render_istio_rules(cfg, false).ipv4.text();
+  EXPECT_NE(v4.find("-m multiport ! --dports 53,15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT"), std::string::npos)
+      << v4;
+  EXPECT_NE(v4.find("-o lo -p tcp ! --dport 53 -m owner ! --uid-owner 1337 -j RETURN"), std::string::npos) << v4;
+  EXPECT_EQ(v4.find("ISTIO_OUTPUT_DNS"), std::string::npos) << v4;
+  EXPECT_EQ(v4.find("* raw"), std::string::npos) << v4;
+  EXPECT_EQ(v4.find("15053"), std::string::npos) << v4;
+}
+
 TEST(IstioRules, ExcludeInterfacesWithTproxyAlsoReturnInMangle) {
   const auto cfg = parse({"-c", "eth9", "-m", "TPROXY", "-b", "80"});
   const auto p = render_istio_rules(cfg, false);

@@ -146,8 +146,10 @@ TEST(Planner, FlagsEbpfCannotHonourMoveTheirPartToIptables) {
   auto split = plan_on(all, istio_init({"--redirect-dns", "--capture-all-dns", "--drop-invalid"}));
   EXPECT_EQ(split.outbound.engine, Engine::Ebpf);
   EXPECT_EQ(split.inbound.engine, Engine::Iptables);
-  EXPECT_FALSE(split.iptables_config().redirect_dns);
-  EXPECT_TRUE(split.ebpf_config().redirect_dns);
+  EXPECT_TRUE(split.iptables_config().redirect_dns);
+  EXPECT_TRUE(split.iptables_config().dns_redirect_by_ebpf);
+  EXPECT_FALSE(split.ebpf_config().dns_redirect_by_ebpf);
+  EXPECT_FALSE(plan_on(no_dns, istio_init({"--redirect-dns", "--capture-all-dns"})).iptables_config().dns_redirect_by_ebpf);
   // An interface the pod lacks: eBPF resolves names once, iptables matches
   // them later too.
   auto missing = plan_on(all, istio_init({"-k", "eth9"}));
