@@ -131,26 +131,27 @@ std::string dns_answer(const std::string& m, uint16_t id) {
   return "no A record";
 }
 
-// ---- the UDP clients (run in a forked child in the pod) ----
+// ---- this file's own clients (run in a forked child in the pod) ----
 
-enum class UdpClient {
-  unconnected,         ///< sendto the resolver, recvfrom (glibc's first try)
-  connected,           ///< connect, send, recvfrom (glibc's parallel A/AAAA)
-  connected_read,      ///< connect, write, read
+enum class Client {
+  unconnected,     ///< UDP: sendto the resolver, recvfrom (glibc's first try)
+  connected,       ///< UDP: connect, send, recvfrom (glibc's parallel A/AAAA)
+  connected_read,  ///< UDP: connect, write, read
+  tcp,             ///< TCP: connect, two-byte length and query, read the answer (RFC 1035 4.2.2)
 };
 
-struct UdpResult {
+struct ClientResult {
   std::string answer;  ///< the A record, or what was wrong with the reply
-  std::string from;    ///< recvfrom's source address ("" for read)
-  std::string peer;    ///< getpeername after the answer (connected only)
+  std::string from;    ///< recvfrom's source address (UDP but read)
+  std::string peer;    ///< getpeername after the answer (connected and TCP)
   std::string error;   ///< the failed step and errno; "" when answered
 };
 
-std::string encode(const UdpResult& r) {
+std::string encode(const ClientResult& r) {
   return "answer=" + r.answer + "\nfrom=" + r.from + "\npeer=" + r.peer + "\nerror=" + r.error + "\n";
 }
 
-UdpResult decode(const std::string& text) {
+ClientResult decode(const std::string& text) {
   std::map<std::string, std::string> kv;
   std::istringstream in(text);
   for (std::string line; std::getline(in, line);) {
@@ -162,32 +163,49 @@ UdpResult decode(const std::string& text) {
 
 /// One A query for `name` to server:53 (IPv4, IPv6 or v4-mapped literal;
 /// the socket's family follows it), the way `how` says.
-UdpResult udp_exchange(const std::string& server, UdpClient how, const std::string& name) {
-  UdpResult r;
+ClientResult dns_exchange(const std::string& server, Client how, const std::string& name) {
+  ClientResult r;
   auto fail = [&r](const std::string& step) {
     r.error = step + ": " + std::strerror(errno);
     return r;
   };
+  const auto id = static_cast<uint16_t>(::getpid() ^ 0x5a5a);
+  const std::string q = dns_query(id, name);
+  if (how == Client::tcp) {
+    const Connection c = connect_tcp(server, 53, Millis(3000));
+    if (!c.ok()) {
+      errno = c.error;
+      return fail("connect");
+    }
+    const std::string framed = std::string{static_cast<char>(q.size() >> 8), static_cast<char>(q.size() & 0xff)} + q;
+    if (!send_all(c.fd.get(), framed, Millis(3000))) return fail("send");
+    const std::string head = recv_exact(c.fd.get(), 2, Millis(3000));
+    if (head.size() != 2) return fail("read length");
+    const size_t len = static_cast<uint8_t>(head[0]) << 8 | static_cast<uint8_t>(head[1]);
+    const std::string reply = recv_exact(c.fd.get(), len, Millis(3000));
+    if (reply.size() != len) return fail("read answer");
+    r.answer = dns_answer(reply, id);
+    r.peer = getpeername_str(c.fd.get());
+    return r;
+  }
   socklen_t len = 0;
   const sockaddr_storage to = make_sockaddr(server, 53, &len);
   UniqueFd fd(::socket(to.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   if (!fd) return fail("socket");
   const timeval tv{3, 0};
   ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  const auto id = static_cast<uint16_t>(::getpid() ^ 0x5a5a);
-  const std::string q = dns_query(id, name);
   const auto* sa = reinterpret_cast<const sockaddr*>(&to);
-  if (how == UdpClient::unconnected) {
+  if (how == Client::unconnected) {
     if (::sendto(fd.get(), q.data(), q.size(), 0, sa, len) != static_cast<ssize_t>(q.size())) return fail("sendto");
   } else {
     if (::connect(fd.get(), sa, len) != 0) return fail("connect");
-    const ssize_t n = how == UdpClient::connected ? ::send(fd.get(), q.data(), q.size(), 0)
-                                                  : ::write(fd.get(), q.data(), q.size());
+    const ssize_t n = how == Client::connected ? ::send(fd.get(), q.data(), q.size(), 0)
+                                               : ::write(fd.get(), q.data(), q.size());
     if (n != static_cast<ssize_t>(q.size())) return fail("send");
   }
   char buf[1500];
   ssize_t n;
-  if (how == UdpClient::connected_read) {
+  if (how == Client::connected_read) {
     n = ::read(fd.get(), buf, sizeof buf);
     if (n < 0) return fail("read");
   } else {
@@ -198,7 +216,7 @@ UdpResult udp_exchange(const std::string& server, UdpClient how, const std::stri
     r.from = format_sockaddr(reinterpret_cast<sockaddr*>(&src), slen);
   }
   r.answer = dns_answer(std::string(buf, static_cast<size_t>(n)), id);
-  if (how != UdpClient::unconnected) r.peer = getpeername_str(fd.get());
+  if (how != Client::unconnected) r.peer = getpeername_str(fd.get());
   return r;
 }
 
@@ -387,9 +405,9 @@ class Dns : public ::testing::TestWithParam<Mode> {
   }
 
   /// One of this file's UDP clients in the pod (its cgroup and netns) as id.
-  UdpResult udp(const std::string& server, UdpClient how, const std::string& name,
+  ClientResult ask(const std::string& server, Client how, const std::string& name,
                 Identity id = Identity::user(kAppId, kAppId)) {
-    return decode(pod_->run_in_pod_capture([&] { return encode(udp_exchange(server, how, name)); }, id,
+    return decode(pod_->run_in_pod_capture([&] { return encode(dns_exchange(server, how, name)); }, id,
                                            std::chrono::milliseconds(10000)));
   }
 
@@ -518,7 +536,7 @@ TEST_P(Dns, ProxyUidAndGidAreExempt) {
     EXPECT_NE(r.output.find(kAnswer), std::string::npos) << q.label << ": " << r.output;
   }
   const std::string own = fresh("uid-own-client");
-  const UdpResult c = udp(pod_->peer_ipv4(), UdpClient::unconnected, own, Identity::proxy());
+  const ClientResult c = ask(pod_->peer_ipv4(), Client::unconnected, own, Identity::proxy());
   EXPECT_EQ(c.answer, kAnswer) << c.error;
   EXPECT_EQ(c.from, port53(pod_->peer_ipv4()));
   ASSERT_TRUE(sync_logs()) << logs();
@@ -535,7 +553,7 @@ TEST_P(Dns, UnlistedResolverIsNotCapturedWithoutCaptureAll) {
   const std::string d = fresh("dig"), c = fresh("connected");
   const CommandResult r = dig(pod_->peer_ipv4(), d);
   EXPECT_NE(r.output.find(kAnswer), std::string::npos) << r.output;
-  const UdpResult u = udp(pod_->peer_ipv4(), UdpClient::connected, c);
+  const ClientResult u = ask(pod_->peer_ipv4(), Client::connected, c);
   EXPECT_EQ(u.answer, kAnswer) << u.error;
   ASSERT_TRUE(sync_logs()) << logs();
   EXPECT_EQ(at_proxy(d), 0u) << logs();
@@ -563,19 +581,21 @@ TEST_P(Dns, CaptureAllDnsAndProxyStoppedFailsClosed) {
 
   ASSERT_TRUE(pod_->stop(proxy_).has_value());
   const std::string udp4 = fresh("down-udp"), tcp4 = fresh("down-tcp"), udp6 = fresh("down-udp6"),
-                    conn = fresh("down-connected"), unconn = fresh("down-unconnected");
+                    conn = fresh("down-connected"), unconn = fresh("down-unconnected"), tcpc = fresh("down-tcp-client");
   const CommandResult d1 = dig(pod_->peer_ipv4(), udp4);
   EXPECT_EQ(d1.output.find(kAnswer), std::string::npos) << d1.output;
   const CommandResult d2 = dig(pod_->peer_ipv4(), tcp4, /*tcp=*/true);
   EXPECT_EQ(d2.output.find(kAnswer), std::string::npos) << d2.output;
   const CommandResult d3 = dig(pod_->peer_ipv6(), udp6);
   EXPECT_EQ(d3.output.find(kAnswer), std::string::npos) << d3.output;
-  const UdpResult c = udp(pod_->peer_ipv4(), UdpClient::connected, conn);
+  const ClientResult c = ask(pod_->peer_ipv4(), Client::connected, conn);
   EXPECT_NE(c.error, "") << "answered by " << c.from << ": " << c.answer;
-  const UdpResult u = udp(pod_->peer_ipv4(), UdpClient::unconnected, unconn);
+  const ClientResult u = ask(pod_->peer_ipv4(), Client::unconnected, unconn);
   EXPECT_NE(u.error, "") << "answered by " << u.from << ": " << u.answer;
+  const ClientResult t = ask(pod_->peer_ipv4(), Client::tcp, tcpc);
+  EXPECT_NE(t.error, "") << "answered by " << t.peer << ": " << t.answer;
   ASSERT_TRUE(sync_logs()) << logs();
-  for (const std::string& name : {udp4, tcp4, udp6, conn, unconn})
+  for (const std::string& name : {udp4, tcp4, udp6, conn, unconn, tcpc})
     EXPECT_EQ(at_upstream(name), 0u) << name << " bypassed the stopped proxy" << logs();
 }
 
@@ -589,6 +609,29 @@ TEST_P(Dns, Ipv6ListedResolverGoesThroughTheProxy) {
   ASSERT_TRUE(sync_logs()) << logs();
   EXPECT_EQ(at_proxy(u), 1u) << logs();
   EXPECT_EQ(at_proxy(t), 1u) << logs();
+}
+
+// A resolver on loopback (a node-local stub such as 127.0.0.53, as in
+// istio's dns goldens): nothing listens there in the pod, so only the
+// capture can answer. Loopback TCP to port 53 is captured too (istio's
+// loopback RETURN rule skips port 53).
+TEST_P(Dns, LoopbackResolverGoesThroughTheProxy) {
+  const std::string stub = "127.0.0.53";
+  ASSERT_NO_FATAL_FAILURE(init({"--dns-servers", stub}));
+  const std::string u = fresh("udp"), t = fresh("tcp"), conn = fresh("connected"), unconn = fresh("unconnected");
+  const CommandResult udp = dig(stub, u);
+  EXPECT_NE(udp.output.find(kAnswer), std::string::npos) << udp.output;
+  const CommandResult tcp = dig(stub, t, /*tcp=*/true);
+  EXPECT_NE(tcp.output.find(kAnswer), std::string::npos) << tcp.output;
+  const ClientResult c = ask(stub, Client::connected, conn);
+  EXPECT_EQ(c.answer, kAnswer) << c.error;
+  EXPECT_EQ(c.from, port53(stub));
+  EXPECT_EQ(c.peer, port53(stub));
+  const ClientResult un = ask(stub, Client::unconnected, unconn);
+  EXPECT_EQ(un.answer, kAnswer) << un.error;
+  EXPECT_EQ(un.from, port53(stub));
+  ASSERT_TRUE(sync_logs()) << logs();
+  for (const std::string& name : {u, t, conn, unconn}) EXPECT_EQ(at_proxy(name), 1u) << name << logs();
 }
 
 // glibc's resolver (connected UDP, A and AAAA in parallel for ahosts) with
@@ -618,13 +661,13 @@ TEST_P(Dns, ConnectedUdpClientSeesTheResolver) {
   std::vector<std::string> names;
   for (const std::string& server : {pod_->peer_ipv4(), pod_->peer_ipv6(), "::ffff:" + pod_->peer_ipv4()}) {
     const std::string name = fresh("connected");
-    const UdpResult r = udp(server, UdpClient::connected, name);
+    const ClientResult r = ask(server, Client::connected, name);
     EXPECT_EQ(r.error, "") << server;
     EXPECT_EQ(r.answer, kAnswer) << server;
     EXPECT_EQ(r.from, port53(server)) << "recvfrom's source, querying " << server;
     EXPECT_EQ(r.peer, port53(server)) << "getpeername, querying " << server;
     const std::string name_read = fresh("connected-read");
-    const UdpResult rr = udp(server, UdpClient::connected_read, name_read);
+    const ClientResult rr = ask(server, Client::connected_read, name_read);
     EXPECT_EQ(rr.error, "") << server;
     EXPECT_EQ(rr.answer, kAnswer) << server;
     EXPECT_EQ(rr.peer, port53(server)) << "getpeername, querying " << server;
@@ -641,10 +684,28 @@ TEST_P(Dns, UnconnectedUdpClientSeesTheResolver) {
   std::vector<std::string> names;
   for (const std::string& server : {pod_->peer_ipv4(), pod_->peer_ipv6(), "::ffff:" + pod_->peer_ipv4()}) {
     const std::string name = fresh("unconnected");
-    const UdpResult r = udp(server, UdpClient::unconnected, name);
+    const ClientResult r = ask(server, Client::unconnected, name);
     EXPECT_EQ(r.error, "") << server;
     EXPECT_EQ(r.answer, kAnswer) << server;
     EXPECT_EQ(r.from, port53(server)) << "recvfrom's source, querying " << server;
+    names.push_back(name);
+  }
+  ASSERT_TRUE(sync_logs()) << logs();
+  for (const std::string& name : names) EXPECT_EQ(at_proxy(name), 1u) << name << logs();
+}
+
+// A TCP client: the connection reaches the proxy's DNS listener (not the
+// outbound listener, 15001, where nothing listens here), and getpeername
+// says the resolver. IPv4, IPv6, v4-mapped.
+TEST_P(Dns, TcpClientSeesTheResolver) {
+  ASSERT_NO_FATAL_FAILURE(init({"--dual-stack", "--dns-servers", pod_->peer_ipv4() + "," + pod_->peer_ipv6()}));
+  std::vector<std::string> names;
+  for (const std::string& server : {pod_->peer_ipv4(), pod_->peer_ipv6(), "::ffff:" + pod_->peer_ipv4()}) {
+    const std::string name = fresh("tcp");
+    const ClientResult r = ask(server, Client::tcp, name);
+    EXPECT_EQ(r.error, "") << server;
+    EXPECT_EQ(r.answer, kAnswer) << server;
+    EXPECT_EQ(r.peer, port53(server)) << "getpeername, querying " << server;
     names.push_back(name);
   }
   ASSERT_TRUE(sync_logs()) << logs();
@@ -667,11 +728,11 @@ TEST_P(Dns, ProxySeesThePodAddressAsSource) {
   ask_dig(pod_->peer_ipv4(), true, pod4);
   ask_dig(pod_->peer_ipv6(), false, pod6);
   ask_dig(pod_->peer_ipv6(), true, pod6);
-  for (UdpClient how : {UdpClient::connected, UdpClient::unconnected}) {
+  for (Client how : {Client::connected, Client::unconnected, Client::tcp}) {
     for (const auto& [server, src] : std::vector<std::pair<std::string, std::string>>{
              {pod_->peer_ipv4(), pod4}, {pod_->peer_ipv6(), pod6}, {"::ffff:" + pod_->peer_ipv4(), pod4}}) {
-      const std::string name = fresh(how == UdpClient::connected ? "connected" : "unconnected");
-      const UdpResult r = udp(server, how, name);
+      const std::string name = fresh(how == Client::connected ? "connected" : how == Client::tcp ? "tcp" : "unconnected");
+      const ClientResult r = ask(server, how, name);
       EXPECT_EQ(r.answer, kAnswer) << server << ": " << r.error;
       asked.emplace_back(name, src);
     }
@@ -710,9 +771,9 @@ TEST_P(Dns, CleanupLeavesNothing) {
     const CommandResult r = dig(server, name, tcp);
     EXPECT_NE(r.output.find(kAnswer), std::string::npos) << name << ": " << r.output;
   }
-  const UdpResult cu = udp(pod_->peer_ipv4(), UdpClient::connected, conn);
+  const ClientResult cu = ask(pod_->peer_ipv4(), Client::connected, conn);
   EXPECT_EQ(cu.answer, kAnswer) << cu.error;
-  const UdpResult uu = udp(pod_->peer_ipv4(), UdpClient::unconnected, unconn);
+  const ClientResult uu = ask(pod_->peer_ipv4(), Client::unconnected, unconn);
   EXPECT_EQ(uu.answer, kAnswer) << uu.error;
   const CommandResult ge = getent("hosts", pod_->peer_ipv4(), g);
   EXPECT_NE(ge.output.find(kAnswer), std::string::npos) << ge.output;
