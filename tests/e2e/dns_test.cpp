@@ -369,10 +369,12 @@ class Dns : public ::testing::TestWithParam<Mode> {
     return what + "-" + std::to_string(++serial_) + "." + pod_->suffix() + "." + kDomain;
   }
 
-  /// argv run in the pod's cgroup (joined first) and netns, as uid/gid.
+  /// argv run in the pod's cgroup (joined first) and netns, as uid/gid
+  /// (0/0: stays root).
   CommandResult in_pod(const std::vector<std::string>& argv, uid_t uid = kAppId, gid_t gid = kAppId) {
-    std::vector<std::string> all = {"sh", "-c", "echo $$ > \"$0\" && exec \"$@\"", pod_->cgroup_path() + "/cgroup.procs",
-                                    "nsenter", "--net=" + pod_->pod_netns_path()};
+    const std::string procs = pod_->cgroup_path() + "/cgroup.procs";
+    std::vector<std::string> all = {"sh", "-c", "echo $$ > \"$0\" && exec \"$@\"", procs};
+    all.insert(all.end(), {"nsenter", "--net=" + pod_->pod_netns_path()});
     if (uid != 0 || gid != 0)
       all.insert(all.end(), {"setpriv", "--reuid=" + std::to_string(uid), "--regid=" + std::to_string(gid),
                              "--clear-groups"});
@@ -404,9 +406,9 @@ class Dns : public ::testing::TestWithParam<Mode> {
                   0, 0);
   }
 
-  /// One of this file's UDP clients in the pod (its cgroup and netns) as id.
+  /// One of this file's clients in the pod (its cgroup and netns) as id.
   ClientResult ask(const std::string& server, Client how, const std::string& name,
-                Identity id = Identity::user(kAppId, kAppId)) {
+                   Identity id = Identity::user(kAppId, kAppId)) {
     return decode(pod_->run_in_pod_capture([&] { return encode(dns_exchange(server, how, name)); }, id,
                                            std::chrono::milliseconds(10000)));
   }
@@ -731,7 +733,9 @@ TEST_P(Dns, ProxySeesThePodAddressAsSource) {
   for (Client how : {Client::connected, Client::unconnected, Client::tcp}) {
     for (const auto& [server, src] : std::vector<std::pair<std::string, std::string>>{
              {pod_->peer_ipv4(), pod4}, {pod_->peer_ipv6(), pod6}, {"::ffff:" + pod_->peer_ipv4(), pod4}}) {
-      const std::string name = fresh(how == Client::connected ? "connected" : how == Client::tcp ? "tcp" : "unconnected");
+      const std::string name = fresh(how == Client::connected ? "connected"
+                                     : how == Client::tcp     ? "tcp"
+                                                              : "unconnected");
       const ClientResult r = ask(server, how, name);
       EXPECT_EQ(r.answer, kAnswer) << server << ": " << r.error;
       asked.emplace_back(name, src);
