@@ -161,9 +161,14 @@ ClientResult decode(const std::string& text) {
   return {kv["answer"], kv["from"], kv["peer"], kv["error"]};
 }
 
+/// The wildcard address of the socket family a server literal needs.
+std::string wildcard_for(const std::string& server) { return server.find(':') == std::string::npos ? "0.0.0.0" : "::"; }
+
 /// One A query for `name` to server:53 (IPv4, IPv6 or v4-mapped literal;
-/// the socket's family follows it), the way `how` says.
-ClientResult dns_exchange(const std::string& server, Client how, const std::string& name) {
+/// the socket's family follows it), the way `how` says. With `bind_first`
+/// the socket is bound to the wildcard address, port 0, before it connects
+/// or sends, as dig (BIND's libuv network manager) does.
+ClientResult dns_exchange(const std::string& server, Client how, const std::string& name, bool bind_first = false) {
   ClientResult r;
   auto fail = [&r](const std::string& step) {
     r.error = step + ": " + std::strerror(errno);
@@ -172,7 +177,9 @@ ClientResult dns_exchange(const std::string& server, Client how, const std::stri
   const auto id = static_cast<uint16_t>(::getpid() ^ 0x5a5a);
   const std::string q = dns_query(id, name);
   if (how == Client::tcp) {
-    const Connection c = connect_tcp(server, 53, Millis(3000));
+    ConnectOptions options;
+    if (bind_first) options.bind_ip = wildcard_for(server);
+    const Connection c = connect_tcp(server, 53, Millis(3000), options);
     if (!c.ok()) {
       errno = c.error;
       return fail("connect");
@@ -194,6 +201,11 @@ ClientResult dns_exchange(const std::string& server, Client how, const std::stri
   if (!fd) return fail("socket");
   const timeval tv{3, 0};
   ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (bind_first) {
+    socklen_t blen = 0;
+    const sockaddr_storage any = make_sockaddr(wildcard_for(server), 0, &blen);
+    if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&any), blen) != 0) return fail("bind");
+  }
   const auto* sa = reinterpret_cast<const sockaddr*>(&to);
   if (how == Client::unconnected) {
     if (::sendto(fd.get(), q.data(), q.size(), 0, sa, len) != static_cast<ssize_t>(q.size())) return fail("sendto");
@@ -218,6 +230,36 @@ ClientResult dns_exchange(const std::string& server, Client how, const std::stri
   r.answer = dns_answer(std::string(buf, static_cast<size_t>(n)), id);
   if (how != Client::unconnected) r.peer = getpeername_str(fd.get());
   return r;
+}
+
+/// One unconnected IPv4 socket sends a query to each server (name i to
+/// servers[i]) before reading any answer, then reads them all; the result
+/// has a line "i=<source of the answer to query i>" per answer, or "error=".
+std::string two_resolvers_one_socket(const std::vector<std::string>& servers, const std::vector<std::string>& names) {
+  UniqueFd fd(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!fd) return std::string("error=socket: ") + std::strerror(errno) + "\n";
+  const timeval tv{3, 0};
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  const auto base = static_cast<uint16_t>(::getpid() << 4);
+  for (size_t i = 0; i < servers.size(); ++i) {
+    socklen_t len = 0;
+    const sockaddr_storage to = make_sockaddr(servers[i], 53, &len);
+    const std::string q = dns_query(static_cast<uint16_t>(base + i), names[i]);
+    if (::sendto(fd.get(), q.data(), q.size(), 0, reinterpret_cast<const sockaddr*>(&to), len) < 0)
+      return std::string("error=sendto: ") + std::strerror(errno) + "\n";
+  }
+  std::string out;
+  for (size_t n = 0; n < servers.size(); ++n) {
+    char buf[1500];
+    sockaddr_storage src{};
+    socklen_t slen = sizeof src;
+    const ssize_t got = ::recvfrom(fd.get(), buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&src), &slen);
+    if (got < 12) return out + "error=recvfrom: " + std::strerror(errno) + "\n";
+    const auto id = static_cast<uint16_t>(static_cast<uint8_t>(buf[0]) << 8 | static_cast<uint8_t>(buf[1]));
+    out += std::to_string(static_cast<uint16_t>(id - base)) + "=" +
+           format_sockaddr(reinterpret_cast<sockaddr*>(&src), slen) + "\n";
+  }
+  return out;
 }
 
 /// "ip:53" / "[ip6]:53", as format_sockaddr writes the resolver.
@@ -408,8 +450,8 @@ class Dns : public ::testing::TestWithParam<Mode> {
 
   /// One of this file's clients in the pod (its cgroup and netns) as id.
   ClientResult ask(const std::string& server, Client how, const std::string& name,
-                   Identity id = Identity::user(kAppId, kAppId)) {
-    return decode(pod_->run_in_pod_capture([&] { return encode(dns_exchange(server, how, name)); }, id,
+                   Identity id = Identity::user(kAppId, kAppId), bool bind_first = false) {
+    return decode(pod_->run_in_pod_capture([&] { return encode(dns_exchange(server, how, name, bind_first)); }, id,
                                            std::chrono::milliseconds(10000)));
   }
 
@@ -720,16 +762,6 @@ TEST_P(Dns, ProxySeesThePodAddressAsSource) {
   ASSERT_NO_FATAL_FAILURE(init({"--dual-stack", "--dns-servers", pod_->peer_ipv4() + "," + pod_->peer_ipv6()}));
   std::vector<std::pair<std::string, std::string>> asked;  // name, expected source
   const std::string pod4 = pod_->pod_ipv4(), pod6 = pod_->pod_ipv6();
-  auto ask_dig = [&](const std::string& server, bool tcp, const std::string& src) {
-    const std::string name = fresh(tcp ? "dig-tcp" : "dig-udp");
-    const CommandResult r = dig(server, name, tcp);
-    EXPECT_NE(r.output.find(kAnswer), std::string::npos) << r.output;
-    asked.emplace_back(name, src);
-  };
-  ask_dig(pod_->peer_ipv4(), false, pod4);
-  ask_dig(pod_->peer_ipv4(), true, pod4);
-  ask_dig(pod_->peer_ipv6(), false, pod6);
-  ask_dig(pod_->peer_ipv6(), true, pod6);
   for (Client how : {Client::connected, Client::unconnected, Client::tcp}) {
     for (const auto& [server, src] : std::vector<std::pair<std::string, std::string>>{
              {pod_->peer_ipv4(), pod4}, {pod_->peer_ipv6(), pod6}, {"::ffff:" + pod_->peer_ipv4(), pod4}}) {
@@ -748,6 +780,58 @@ TEST_P(Dns, ProxySeesThePodAddressAsSource) {
   for (const auto& [name, src] : asked) EXPECT_EQ(at_proxy(name, src), 1u) << name << " not from " << src << logs();
   EXPECT_GE(at_proxy(g, pod4), 1u) << logs();
   EXPECT_EQ(at_proxy(g), at_proxy(g, pod4)) << logs();
+}
+
+// The same for sockets bound to the wildcard address (port 0) before they
+// connect or send, as dig does: the kernel has given them a port, so only
+// their address is open; under REDIRECT the route to the resolver picks
+// the pod's address. The answers still come from the resolver.
+TEST_P(Dns, ProxySeesThePodAddressFromWildcardBoundSockets) {
+  ASSERT_NO_FATAL_FAILURE(init({"--dual-stack", "--dns-servers", pod_->peer_ipv4() + "," + pod_->peer_ipv6()}));
+  std::vector<std::pair<std::string, std::string>> asked;  // name, expected source
+  const std::string pod4 = pod_->pod_ipv4(), pod6 = pod_->pod_ipv6();
+  for (const auto& [server, src] :
+       std::vector<std::pair<std::string, std::string>>{{pod_->peer_ipv4(), pod4}, {pod_->peer_ipv6(), pod6}}) {
+    for (bool tcp : {false, true}) {
+      const std::string name = fresh(tcp ? "dig-tcp" : "dig-udp");
+      const CommandResult r = dig(server, name, tcp);
+      EXPECT_NE(r.output.find(kAnswer), std::string::npos) << r.output;
+      asked.emplace_back(name, src);
+    }
+    for (Client how : {Client::connected, Client::unconnected, Client::tcp}) {
+      const std::string name = fresh(how == Client::connected ? "bound-connected"
+                                     : how == Client::tcp     ? "bound-tcp"
+                                                              : "bound-unconnected");
+      const ClientResult r = ask(server, how, name, Identity::user(kAppId, kAppId), /*bind_first=*/true);
+      EXPECT_EQ(r.answer, kAnswer) << server << ": " << r.error;
+      if (how != Client::tcp) {
+        EXPECT_EQ(r.from, port53(server)) << name;
+      }
+      if (how != Client::unconnected) {
+        EXPECT_EQ(r.peer, port53(server)) << name;
+      }
+      asked.emplace_back(name, src);
+    }
+  }
+  ASSERT_TRUE(sync_logs()) << logs();
+  for (const auto& [name, src] : asked) EXPECT_EQ(at_proxy(name, src), 1u) << name << " not from " << src << logs();
+}
+
+// One unconnected socket with queries outstanding at two resolvers (both
+// listed): each answer comes from the resolver its query went to, as
+// conntrack keeps the two exchanges apart under REDIRECT.
+TEST_P(Dns, UnconnectedSocketAskingTwoResolvers) {
+  const std::string stub = "127.0.0.53";
+  ASSERT_NO_FATAL_FAILURE(init({"--dns-servers", pod_->peer_ipv4() + "," + stub}));
+  const std::vector<std::string> servers = {pod_->peer_ipv4(), stub};
+  const std::vector<std::string> names = {fresh("first"), fresh("second")};
+  const std::string out = pod_->run_in_pod_capture([&] { return two_resolvers_one_socket(servers, names); },
+                                                   Identity::user(kAppId, kAppId), std::chrono::milliseconds(10000));
+  EXPECT_EQ(out.find("error="), std::string::npos) << out;
+  EXPECT_NE(out.find("0=" + port53(servers[0]) + "\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("1=" + port53(servers[1]) + "\n"), std::string::npos) << out;
+  ASSERT_TRUE(sync_logs()) << logs();
+  for (const std::string& name : names) EXPECT_EQ(at_proxy(name), 1u) << name << logs();
 }
 
 // After meshcap cleanup nothing of the capture is left, and queries go to
