@@ -98,7 +98,9 @@ const KnownDifference kNatSourcePortRemap = {
     "client port is reused while conntrack still holds an older NAT'd connection with that reply tuple "
     "(TIME_WAIT), netfilter's clash resolution gives the new connection another source port, so the proxy "
     "sees the client's IP with a port the application's socket does not have. eBPF rewrites the "
-    "destination before connect() picks the port, so it never remaps. Istio's iptables behave the same."};
+    "destination before connect() picks the port, so it never remaps. Istio's iptables behave the same. "
+    "The same holds for DNS over UDP: every query REDIRECTed to the DNS listener has the reply tuple "
+    "(listener -> client ip:port), and conntrack keeps an answered exchange for 30 s or more."};
 
 const std::vector<const KnownDifference*> kKnownDifferences = {&kSteeredInboundLocal, &kUncapturedOrigDst,
                                                                &kNatSourcePortRemap};
@@ -719,6 +721,8 @@ Outcome observed_outcome(const ClientResult& r, const std::vector<TagRecord>& re
     o.v[5] = "= app's getsockname";
   else if (c.unconnected && !r.local.empty() && port_of(rec.peer) == port_of(r.local))
     o.v[5] = "= app's port, from " + host_of(normalize(rec.peer));
+  else if (c.unconnected && host_of(normalize(rec.peer)) == normalize(c.wire_src))
+    o.v[5] = kSameIpOtherPort + " (" + normalize(rec.peer) + " vs app's port " + port_of(r.local) + ")";
   else if (host_of(normalize(rec.peer)) == host_of(normalize(r.local)))
     o.v[5] = kSameIpOtherPort + " (" + normalize(rec.peer) + " vs " + normalize(r.local) + ")";
   else
