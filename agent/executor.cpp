@@ -46,11 +46,13 @@ PodState::Ebpf own_data_path(const Plan& plan, const PodTarget& t, const PodNetw
   spec.inbound = plan.inbound.engine == Engine::Ebpf;
   spec.accelerate = plan.accelerate;
   spec.ingress_ifindex = spec.inbound && (!cfg.exclude_interfaces.empty() || !cfg.reroute_virtual_interfaces.empty());
+  spec.dns = dns_redirect_active(cfg);
   // Room for the pod's whole CIDR lists, whatever their length (-x with
   // 10,000 prefixes is a real configuration).
   const auto& x = cfg.outbound_ranges_exclude;
   const auto& i = cfg.outbound_ranges_include;
-  spec.extra_cidrs = static_cast<uint32_t>(std::max(x.v4.size() + i.v4.size(), x.v6.size() + i.v6.size()));
+  spec.extra_cidrs = static_cast<uint32_t>(std::max(x.v4.size() + i.v4.size() + cfg.dns_servers_v4.size(),
+                                                    x.v6.size() + i.v6.size() + cfg.dns_servers_v6.size()));
   const std::string next = loader::pin_root() + "/next/" + t.name;
   loader::remove_tree(next);  // what a killed init left
   loader::remove_dead_staging(t.name);

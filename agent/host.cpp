@@ -72,7 +72,7 @@ class NodeKernel : public MachineKernel {
   /// Every program row present: for a data path whose real load decides.
   static loader::DataPathSpec all() {
     loader::DataPathSpec s;
-    s.inbound = s.accelerate = s.key_netns = s.ingress_ifindex = true;
+    s.inbound = s.accelerate = s.key_netns = s.ingress_ifindex = s.dns = true;
     return s;
   }
 
@@ -94,6 +94,10 @@ class NodeKernel : public MachineKernel {
         return spec_.ingress_ifindex;
       case F::prog_key_netns:
         return spec_.key_netns;
+      case F::prog_dns:
+        if (probe_optional_) return shared_probe(f, detail);
+        if (!spec_.dns) detail = "the node data path was loaded without it";
+        return spec_.dns;
       case F::prog_sk_msg:
         if (probe_optional_) return shared_probe(f, detail);
         if (!spec_.accelerate) detail = "the node data path was started without --accelerate";
@@ -135,6 +139,7 @@ std::optional<NodeRecord> NodeRecord::read() {
     r.spec.accelerate = s.value("accelerate", false);
     r.spec.key_netns = s.value("key_netns", false);
     r.spec.ingress_ifindex = s.value("ingress_ifindex", false);
+    r.spec.dns = s.value("dns", false);
     r.dropped = j.value("dropped", std::vector<std::string>{});
     r.started = j.value("started", "");
     return r;

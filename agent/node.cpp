@@ -80,7 +80,7 @@ int run_node_start(const NodeStartOptions& o) {
   want.max_pods = o.max_pods;
   want.max_connections = o.max_connections;
   want.accelerate = o.accelerate;
-  want.key_netns = want.ingress_ifindex = true;
+  want.key_netns = want.ingress_ifindex = want.dns = true;
   std::vector<std::string> dropped;
   const loader::DataPathSpec spec = loader::loadable_spec(want, &dropped);
   for (const auto& d : dropped) spdlog::warn("node data path without {}", d);
@@ -91,7 +91,7 @@ int run_node_start(const NodeStartOptions& o) {
     // programs (BPF_LINK_UPDATE), no moment without capture.
     mark_upgrade(true);
     dp.load(loader::node_dir());
-    dp.take_over(loader::node_dir());
+    dp.take_over(loader::node_dir(), next.cgroup);
     mark_upgrade(false);
     spdlog::info("node data path replaced in place ({} pods enrolled)", node_pods().size());
   } else {
@@ -110,7 +110,8 @@ int run_node_start(const NodeStartOptions& o) {
   std::cout << "node data path on " << next.cgroup << ": up to " << spec.pods() << " pods, " << spec.connections()
             << " connections in the table; inbound " << (spec.inbound ? "yes" : "no") << ", --accelerate "
             << (spec.accelerate ? "yes" : "no") << ", connection key with netns cookie "
-            << (spec.key_netns ? "yes" : "no") << ", -c/-k inbound " << (spec.ingress_ifindex ? "yes" : "no") << "\n";
+            << (spec.key_netns ? "yes" : "no") << ", -c/-k inbound " << (spec.ingress_ifindex ? "yes" : "no")
+            << ", DNS capture " << (spec.dns ? "yes" : "no") << "\n";
   return kExitOk;
 }
 
@@ -228,7 +229,7 @@ void print_node_text(const json& j, const loader::DataPathSpec& spec) {
             << (j["whole"].get<bool>() ? "attached" : "NOT WHOLE (run meshcap node start)") << "\n"
             << "  sizes: " << spec.pods() << " pods, " << spec.connections() << " connections\n"
             << "  loaded: inbound " << spec.inbound << ", accelerate " << spec.accelerate << ", key_netns "
-            << spec.key_netns << ", ingress_ifindex " << spec.ingress_ifindex << "\n";
+            << spec.key_netns << ", ingress_ifindex " << spec.ingress_ifindex << ", dns " << spec.dns << "\n";
   for (const auto& d : j["dropped"]) std::cout << "  without: " << d.get<std::string>() << "\n";
   std::cout << "  links:";
   for (const auto& l : j["links"])

@@ -75,7 +75,6 @@ std::vector<std::string> missing_for_ebpf_inbound(loader::KernelFeatures& k, boo
 
 std::vector<std::string> ebpf_unsupported_outbound(const CaptureConfig& cfg) {
   std::vector<std::string> why;
-  if (cfg.redirect_dns) why.push_back("DNS capture (--redirect-dns) is iptables-only");
   const size_t max = loader::max_proxy_ids();
   if (cfg.proxy_uids.tokens.size() > max) why.push_back("more than " + std::to_string(max) + " UIDs in -u");
   if (cfg.proxy_gids.tokens.size() > max) why.push_back("more than " + std::to_string(max) + " GIDs in -g");
@@ -115,7 +114,11 @@ Plan make_plan(const PlanInput& in, loader::KernelFeatures& kernel) {
                       missing_iface_reasons(cfg, in.pod, cfg.reroute_virtual_interfaces, "-k");
   std::vector<std::string> host_out;
   if (in.no_ebpf_host) host_out.push_back(*in.no_ebpf_host);
-  const auto kern_out = missing_for_ebpf_outbound(kernel);
+  auto kern_out = missing_for_ebpf_outbound(kernel);
+  // DNS capture is part of outbound: its programs, when it is on.
+  if (kern_out.empty() && dns_redirect_active(cfg) && !kernel.prog_dns())
+    kern_out.push_back(refused(kernel, loader::Feature::prog_dns,
+                               "--redirect-dns needs meshcap's cgroup sendmsg/recvmsg programs, which the kernel refuses"));
   const bool ifaces = !cfg.exclude_interfaces.empty() || !cfg.reroute_virtual_interfaces.empty();
   const bool ebpf_inbound_wanted = !cfg.inbound_ports_include.empty() || !cfg.reroute_virtual_interfaces.empty();
 

@@ -30,6 +30,9 @@
 #ifndef SOCK_STREAM
 #define SOCK_STREAM 1
 #endif
+#ifndef SOCK_DGRAM
+#define SOCK_DGRAM 2
+#endif
 #ifndef SOL_IP
 #define SOL_IP 0
 #endif
@@ -259,6 +262,19 @@ MC_EXTERN struct {
 	__type(value, struct mc_accel_state);
 } accel_state SEC(".maps");
 
+/* --redirect-dns: where each socket's redirected UDP queries were going
+ * (mc_dns_key), written when a query is redirected (sendmsg, or connect for
+ * a connected socket), read when a reply arrives from the DNS listener, so
+ * the application sees it come from the resolver it addressed. LRU and
+ * bounded: a closed socket's entry ages out; one socket keeps one entry per
+ * proxy address (the last resolver it queried). */
+MC_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MC_DNS_REPLIES_MIN);
+	__type(key, struct mc_dns_key);
+	__type(value, struct mc_dns_orig);
+} dns_reverse SEC(".maps");
+
 /* The enrolled pod a network-namespace cookie names, or NULL. */
 static __always_inline struct mc_pod *mc_pod_of(__u64 netns)
 {
@@ -373,6 +389,33 @@ static __always_inline bool mc_env_route_excluded(const struct mc_pod *pod, cons
 	return v && *v;
 }
 
+static __always_inline bool mc_env_dns_server(const struct mc_pod *pod, const struct mc_addr *a, bool v4)
+{
+	return __mc_cidr(pod, MC_CIDR_DNS, a, v4) != 0;
+}
+
 #include "decision.h"
+
+/* Records where a UDP query redirected to the DNS listener was going, under
+ * the socket and the listener's address as its reply's source will read
+ * (127.0.0.1 v4 mapped, or ::1). */
+static __always_inline void mc_dns_remember(void *ctx, const struct mc_pod *pod, const struct mc_connect *c,
+					    __u16 family)
+{
+	struct mc_dns_key k = {};
+	struct mc_dns_orig v = {};
+
+	k.cookie = bpf_get_socket_cookie(ctx);
+	if (c->v4)
+		mc_addr_from4(&k.proxy, bpf_htonl(0x7f000001));
+	else
+		k.proxy.ip[3] = bpf_htonl(1);
+	k.proxy_port = MC_DNS_PROXY_PORT;
+	v.addr = c->dst;
+	v.port = bpf_htons(c->dport);
+	v.family = family;
+	v.pod = pod->index;
+	bpf_map_update_elem(&dns_reverse, &k, &v, BPF_ANY);
+}
 
 #endif /* MESHCAP_BPF_COMMON_H */

@@ -1,6 +1,7 @@
 /* cgroup/connect4 and cgroup/connect6: send an enrolled pod's outbound TCP
- * connects to its proxy's listeners, as istio's nat OUTPUT rules would, and
- * record where each was going. The rewrite happens before the kernel picks
+ * connects to its proxy's listeners, and its UDP sockets connected to a
+ * resolver's port 53 to the DNS listener (--redirect-dns), as istio's nat
+ * OUTPUT rules would, and record where each was going. The rewrite happens before the kernel picks
  * a route, so no NAT and no conntrack entry is involved. A socket in a
  * namespace that is not enrolled costs one lookup. */
 #include "common.bpf.h"
@@ -99,7 +100,7 @@ static __always_inline enum mc_verdict __mc_capture(struct bpf_sock_addr *ctx, c
 	orig->family = family;
 	orig->pod = pod->index;
 	orig->netns = mc_node.key_netns ? netns : 0;
-	orig->accelerate = mc_node.accelerate && (pod->flags & MC_POD_ACCELERATE);
+	orig->accelerate = mc_node.accelerate && (pod->flags & MC_POD_ACCELERATE) && !c->udp;
 	orig->pad = 0;
 	return d.verdict;
 }
@@ -109,9 +110,26 @@ static __always_inline bool __mc_is_tcp(struct bpf_sock_addr *ctx)
 	return ctx->type == SOCK_STREAM && ctx->protocol == IPPROTO_TCP;
 }
 
+static __always_inline bool __mc_is_udp(struct bpf_sock_addr *ctx)
+{
+	return ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP;
+}
+
 static __always_inline __u16 __mc_listener_port(const struct mc_pod *pod, enum mc_verdict v)
 {
+	if (v == MC_TO_DNS)
+		return MC_DNS_PROXY_PORT;
 	return v == MC_TO_INBOUND ? pod->inbound_port : pod->proxy_port;
+}
+
+/* Which sockets a connect hook decides: TCP, and UDP to port 53 (only DNS
+ * capture is about UDP). */
+static __always_inline bool __mc_wanted(struct bpf_sock_addr *ctx, bool *udp)
+{
+	*udp = __mc_is_udp(ctx);
+	if (*udp)
+		return ctx->user_port == bpf_htons(MC_DNS_PORT);
+	return __mc_is_tcp(ctx);
 }
 
 /* The loader asks for this namespace's cookie (MC_COOKIE_PROBE_ADDR):
@@ -141,27 +159,34 @@ int mc_connect4(struct bpf_sock_addr *ctx)
 	enum mc_verdict v;
 	__u32 dst4, src4;
 	__u64 netns;
+	bool udp;
 
-	if (!__mc_is_tcp(ctx) || !sk)
+	if (!sk || !__mc_wanted(ctx, &udp))
 		return MC_SYS_PROCEED;
 	MC_LOAD(dst4, ctx->user_ip4);
-	if (__mc_cookie_probe(ctx, sk, dst4))
+	if (!udp && __mc_cookie_probe(ctx, sk, dst4))
 		return MC_SYS_REJECT;
 	netns = bpf_get_netns_cookie(ctx);
 	pod = mc_pod_of(netns);
-	if (!pod)
+	if (!pod || (udp && !(pod->flags & MC_POD_DNS4)))
 		return MC_SYS_PROCEED;
 	MC_LOAD(src4, sk->src_ip4);
 	mc_addr_from4(&c.dst, dst4);
 	mc_addr_from4(&c.src, src4);
 	c.dport = bpf_ntohs(ctx->user_port);
 	c.v4 = 1;
+	c.udp = udp;
 
 	v = __mc_capture(ctx, pod, netns, &c, AF_INET);
 	if (v == MC_PASS)
 		return MC_SYS_PROCEED;
 	if (!src4)
 		__mc_keep_source4(ctx, pod, __mc_source4(pod, v, dst4));
+	if (udp)
+		mc_dns_remember(ctx, pod, &c, AF_INET);
+	/* Writes through ctx itself: the verifier refuses a ctx pointer clang
+	 * kept with an offset added. */
+	barrier_var(ctx);
 	ctx->user_ip4 = bpf_htonl(0x7f000001); /* 127.0.0.1 */
 	ctx->user_port = bpf_htons(__mc_listener_port(pod, v));
 	mc_debug("connect4 redirected to %d", bpf_ntohs(ctx->user_port));
@@ -185,6 +210,9 @@ static __always_inline int __mc_connect6(struct bpf_sock_addr *ctx, const struct
 		__mc_source6(pod, v, c, &src);
 		__mc_keep_source6(ctx, pod, &src);
 	}
+	if (c->udp)
+		mc_dns_remember(ctx, pod, c, AF_INET6);
+	barrier_var(ctx);
 	ctx->user_ip6[0] = 0;
 	ctx->user_ip6[1] = 0;
 	/* ::ffff:127.0.0.1 for an IPv4 connection, ::1 otherwise. */
@@ -201,16 +229,18 @@ int mc_connect6(struct bpf_sock_addr *ctx)
 	struct bpf_sock *sk = ctx->sk;
 	struct mc_pod *pod;
 	__u64 netns;
+	bool udp;
 
-	if (!__mc_is_tcp(ctx) || !sk)
+	if (!sk || !__mc_wanted(ctx, &udp))
 		return MC_SYS_PROCEED;
 	netns = bpf_get_netns_cookie(ctx);
 	pod = mc_pod_of(netns);
-	if (!pod)
+	if (!pod || (udp && !(pod->flags & (MC_POD_DNS4 | MC_POD_DNS6))))
 		return MC_SYS_PROCEED;
 	MC_LOAD_ADDR6(&c.dst, ctx->user_ip6);
 	MC_LOAD_ADDR6(&c.src, sk->src_ip6);
 	c.dport = bpf_ntohs(ctx->user_port);
+	c.udp = udp;
 	/* An AF_INET6 socket dialing ::ffff:a.b.c.d makes an IPv4 connection:
 	 * decide it as IPv4, as the IPv4 rules would see it. */
 	if (__mc_is_v4_mapped(&c.dst))

@@ -1,6 +1,7 @@
 /* The outbound capture decision: istio's nat OUTPUT rules (ISTIO_OUTPUT,
  * tools/istio-iptables/pkg/capture/run.go) evaluated for one TCP connect(),
- * first match wins, without netfilter.
+ * or one UDP query to port 53 when DNS is captured, first match wins,
+ * without netfilter.
  *
  * Plain C over plain structs so that the same code runs in the BPF programs
  * and in the user-space unit tests. The includer defines, before including
@@ -13,6 +14,7 @@
  *   bool mc_env_owner_group(pod, __u32 gid)                 listed owner group?
  *   bool mc_env_route_excluded(pod, const struct mc_addr *, bool v4)
  *                                  routed out of a -c interface?
+ *   bool mc_env_dns_server(pod, const struct mc_addr *, bool v4)  in --dns-servers?
  * The inbound decision (mc_decide_inbound) follows istio's nat PREROUTING
  * rules for a TCP connection arriving from outside the pod.
  */
@@ -21,13 +23,13 @@
 
 #include "meshcap.h"
 
-/* One connect(): who, from where, to where. */
+/* One connect() or UDP send: who, from where, to where. */
 struct mc_connect {
 	struct mc_addr dst; /* v4 mapped when v4 */
 	struct mc_addr src; /* bound source, zero when unbound */
 	__u16 dport;        /* host order */
 	__u8 v4;            /* the connection is IPv4 (incl. v4-mapped) */
-	__u8 pad;
+	__u8 udp;           /* UDP (decided only for DNS), else TCP */
 	__u32 uid;
 	__u32 gid;
 };
@@ -115,41 +117,58 @@ static MC_INLINE bool __mc_listed(const __u32 *ids, __u32 n, __u32 owner)
 
 /* istio's per-owner rules of ISTIO_OUTPUT for one list (-u, then -g), one
  * rule group per id in order, first match wins:
- *   a) "-o lo ! -d LOOPBACK ! --dport TUNNEL --owner ID -j ISTIO_IN_REDIRECT"
+ *   a) "-o lo ! -d LOOPBACK -p tcp ! --dport TUNNEL --owner ID -j ISTIO_IN_REDIRECT"
  *   b) "-o lo ! --owner ID -j RETURN"   (absent when -i holds a loopback prefix)
  *   c) "--owner ID -j RETURN"
- * Folded: over lo (without a loopback -i) the first id alone decides --
- * a) or c) for its owner, b) for every other; otherwise the owner's first
- * listed id decides, a) over lo and c) elsewhere. Sets *d and returns true
- * on a match. */
+ * With DNS capture, a) of the UIDs also spares port 53 and b) of both lists
+ * becomes "-o lo -p tcp ! --dport 53 ...": `rule_a` / `rule_b` say whether
+ * they can match this connection at all.
+ * Folded: where b) applies (over lo, without a loopback -i) the first id
+ * alone decides -- a) or c) for its owner, b) for every other; otherwise the
+ * owner's first listed id decides, a) where it applies and c) elsewhere.
+ * Sets *d and returns true on a match. */
 static MC_INLINE bool __mc_owner_rules(const struct mc_pod *pod, const struct mc_connect *c, bool lo,
 				       const __u32 *ids, __u32 n, __u32 owner, enum mc_counter exempt,
-				       struct mc_decision *d)
+				       bool rule_a, bool rule_b, struct mc_decision *d)
 {
-	bool to_inbound = lo && !__mc_in_loopback_cidr(pod, &c->dst, c->v4) && c->dport != pod->tunnel_port;
+	bool to_inbound = rule_a && lo && !__mc_in_loopback_cidr(pod, &c->dst, c->v4) && c->dport != pod->tunnel_port;
+	bool first_decides = rule_b && lo && !(pod->flags & MC_POD_INCLUDE_HAS_LOOPBACK);
 	bool listed;
 
 	if (n == 0)
 		return false;
-	if (lo && !(pod->flags & MC_POD_INCLUDE_HAS_LOOPBACK))
+	if (first_decides)
 		listed = ids[0] == owner;
 	else
 		listed = __mc_listed(ids, n, owner);
 	if (listed)
 		*d = to_inbound ? __mc_result(MC_TO_INBOUND, MC_CNT_REDIRECTED_IN) : __mc_result(MC_PASS, exempt);
-	else if (lo && !(pod->flags & MC_POD_INCLUDE_HAS_LOOPBACK))
+	else if (first_decides)
 		*d = __mc_result(MC_PASS, MC_CNT_LOCAL_DST);
 	else
 		return false;
 	return true;
 }
 
-/* The decision for one TCP connect(), in the order of istio's ISTIO_OUTPUT
- * chain. */
+/* ISTIO_OUTPUT_DNS: port 53 of a resolver (of any address with
+ * --capture-all-dns) to the DNS listener; the chain is jumped to only for a
+ * family that has DNS rules. */
+static MC_INLINE bool __mc_dns_captured(const struct mc_pod *pod, const struct mc_connect *c)
+{
+	if (c->dport != MC_DNS_PORT || !(pod->flags & (c->v4 ? MC_POD_DNS4 : MC_POD_DNS6)))
+		return false;
+	return (pod->flags & MC_POD_DNS_ALL) || mc_env_dns_server(pod, &c->dst, c->v4);
+}
+
+/* The decision for one TCP connect() or UDP query, in the order of istio's
+ * ISTIO_OUTPUT chain. */
 static MC_INLINE struct mc_decision mc_decide_outbound(const struct mc_pod *pod, const struct mc_connect *c)
 {
 	bool v4 = c->v4;
 	__u8 pflags = mc_env_port_flags(pod, c->dport);
+	/* TCP to 53 under DNS capture: the owner rules' DNS variants. */
+	bool dns53 = (pod->flags & MC_POD_DNS) && c->dport == MC_DNS_PORT;
+	bool tcp = !c->udp;
 	struct mc_decision d;
 	bool lo;
 
@@ -162,7 +181,7 @@ static MC_INLINE struct mc_decision mc_decide_outbound(const struct mc_pod *pod,
 	 * ISTIO_OUTPUT. The egress interface is taken from the pod's routes. */
 	if (!lo && mc_env_route_excluded(pod, &c->dst, v4))
 		return __mc_result(MC_PASS, MC_CNT_EXCLUDED_IFACE);
-	/* -o: "-p tcp --dport P -j RETURN", first in ISTIO_OUTPUT. */
+	/* -o: "-p tcp|udp --dport P -j RETURN", first in ISTIO_OUTPUT. */
 	if (pflags & MC_PORT_OUT_EXCLUDE)
 		return __mc_result(MC_PASS, MC_CNT_EXCLUDED_PORT);
 
@@ -170,10 +189,12 @@ static MC_INLINE struct mc_decision mc_decide_outbound(const struct mc_pod *pod,
 	if (lo && __mc_is_passthrough_src(&c->src, v4))
 		return __mc_result(MC_PASS, MC_CNT_PASSTHROUGH_SRC);
 
-	/* Per proxy UID, then per proxy GID. */
-	if (__mc_owner_rules(pod, c, lo, pod->uids, pod->n_uids, c->uid, MC_CNT_EXEMPT_UID, &d))
+	/* Per proxy UID, then per proxy GID; a) is TCP only, and so is b)
+	 * under DNS capture (UDP reaches here only then). */
+	if (__mc_owner_rules(pod, c, lo, pod->uids, pod->n_uids, c->uid, MC_CNT_EXEMPT_UID, tcp && !dns53,
+			     tcp && !dns53, &d))
 		return d;
-	if (__mc_owner_rules(pod, c, lo, pod->gids, pod->n_gids, c->gid, MC_CNT_EXEMPT_GID, &d))
+	if (__mc_owner_rules(pod, c, lo, pod->gids, pod->n_gids, c->gid, MC_CNT_EXEMPT_GID, tcp, tcp && !dns53, &d))
 		return d;
 
 	/* Owner groups: "--gid-owner G -j RETURN" per excluded group, or one
@@ -185,6 +206,13 @@ static MC_INLINE struct mc_decision mc_decide_outbound(const struct mc_pod *pod,
 		return __mc_result(MC_PASS, MC_CNT_OWNER_GROUP);
 	}
 
+	/* "-j ISTIO_OUTPUT_DNS", before the loopback RETURN: TCP DNS to a
+	 * loopback resolver is captured too. */
+	if (__mc_dns_captured(pod, c))
+		return __mc_result(MC_TO_DNS, tcp ? MC_CNT_DNS_TCP_REDIRECTED : MC_CNT_DNS_UDP_REDIRECTED);
+	/* The rest of the chain is TCP's. */
+	if (!tcp)
+		return __mc_result(MC_PASS, MC_CNT_UDP_NOT_DNS);
 	/* "-d 127.0.0.1/32 -j RETURN" (::1/128) */
 	if (__mc_in_loopback_cidr(pod, &c->dst, v4))
 		return __mc_result(MC_PASS, MC_CNT_LOCAL_DST);

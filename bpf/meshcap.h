@@ -36,6 +36,17 @@
  * two per open connection. */
 #define MC_ACCEL_ENTRIES 65536
 
+/* DNS capture (istio's --redirect-dns): queries to port 53 go to the
+ * proxy's DNS listener on 15053 (istio fixes both). Replies to a redirected
+ * UDP query are mapped back to the resolver the application addressed by a
+ * bounded LRU table (dns_reverse): one entry per socket and proxy address,
+ * MC_DNS_REPLIES_PER_POD per pod the data path takes, within these bounds. */
+#define MC_DNS_PORT 53
+#define MC_DNS_PROXY_PORT 15053
+#define MC_DNS_REPLIES_PER_POD 64
+#define MC_DNS_REPLIES_MIN 1024
+#define MC_DNS_REPLIES_MAX 65536
+
 /* Learning a namespace's cookie where the kernel has no SO_NETNS_COOKIE
  * (before 5.14): a process of the loader, inside the data path's cgroup and
  * the namespace, connects a socket marked MC_COOKIE_MARK to this address and
@@ -69,6 +80,7 @@ enum mc_verdict {
 	MC_PASS = 0,        /* its real destination */
 	MC_TO_OUTBOUND = 1, /* the outbound listener (-p) */
 	MC_TO_INBOUND = 2,  /* the inbound listener (-z) */
+	MC_TO_DNS = 3,      /* the proxy's DNS listener (--redirect-dns) */
 };
 
 /* Per-CPU counters, one per decision and event: X(ID, name, what). The enum
@@ -101,7 +113,11 @@ enum mc_verdict {
 	X(IN_ASSIGN_FAIL, in_assign_failed, "listener unusable for the packet: refused") \
 	X(ACCEL_SOCKETS, accel_sockets, "--accelerate: sockets added to the accelerated set") \
 	X(ACCEL_REDIRECTED, accel_redirected, "--accelerate: sockets whose sends go straight to the peer") \
-	X(ACCEL_TCP, accel_tcp, "--accelerate: sockets left on TCP (no peer at first send)")
+	X(ACCEL_TCP, accel_tcp, "--accelerate: sockets left on TCP (no peer at first send)") \
+	X(DNS_UDP_REDIRECTED, dns_udp_redirected, "--redirect-dns: UDP query to the DNS listener") \
+	X(DNS_TCP_REDIRECTED, dns_tcp_redirected, "--redirect-dns: TCP query to the DNS listener") \
+	X(DNS_REPLY_MAPPED, dns_reply_mapped, "--redirect-dns: reply source mapped back to the resolver") \
+	X(UDP_NOT_DNS, udp_not_dns, "--redirect-dns: UDP to port 53 left alone (not a captured resolver)")
 
 enum mc_counter {
 #define MC_COUNTER_ENUM(id, name, what) MC_CNT_##id,
@@ -129,6 +145,10 @@ enum mc_inbound {
 #define MC_POD_PORTS (1u << 8)              /* the pod has entries in pod_ports */
 #define MC_POD_ACCELERATE (1u << 9)         /* --accelerate */
 #define MC_POD_OWNER_GROUPS (1u << 10)      /* the pod has entries in owner_gids */
+#define MC_POD_DNS (1u << 11)               /* --redirect-dns in effect: istio's DNS variants of the owner rules */
+#define MC_POD_DNS4 (1u << 12)              /* IPv4 DNS captured: --capture-all-dns or IPv4 resolvers */
+#define MC_POD_DNS6 (1u << 13)              /* IPv6 DNS captured: --capture-all-dns or IPv6 resolvers */
+#define MC_POD_DNS_ALL (1u << 14)           /* --capture-all-dns: any address's port 53, not only the resolvers */
 
 /* One enrolled pod's settings: istio-iptables' flags as the programs read
  * them, keyed by the pod's network-namespace cookie (pods). Addresses in
@@ -221,6 +241,24 @@ struct mc_sock_pod {
 	__u32 slot; /* enum mc_listener_slot */
 };
 
+/* dns_reverse: a socket's redirected UDP queries, by the proxy address they
+ * were sent to (as the reply's source reads: v4 mapped for IPv4). Ports in
+ * host order. */
+struct mc_dns_key {
+	__u64 cookie; /* the socket's cookie */
+	struct mc_addr proxy;
+	__u16 proxy_port;
+	__u16 pad;
+	__u32 pad2;
+};
+/* ... and the resolver the application addressed. */
+struct mc_dns_orig {
+	struct mc_addr addr; /* v4 mapped for IPv4 */
+	__u16 port;          /* network order, as in sockaddr */
+	__u16 family;        /* AF_INET or AF_INET6: the socket's view */
+	__u32 pod;
+};
+
 /* An index of the pod tables: the pod holding it, and MC_SLOT_* bits. */
 struct mc_pod_slot {
 	__u64 cookie; /* the pod's netns cookie; 0: free */
@@ -249,6 +287,7 @@ struct mc_listener_key {
 
 /* What a CIDR trie entry is about. */
 enum mc_cidr_kind {
+	MC_CIDR_DNS = 0,     /* a resolver of --dns-servers (a whole address) */
 	MC_CIDR_EXCLUDE = 1, /* -x */
 	MC_CIDR_INCLUDE = 2, /* -i */
 	MC_CIDR_ROUTE = 3,   /* a route of the pod's main table; value 1 when it leaves by a -c interface */
@@ -281,5 +320,7 @@ MC_STATIC_ASSERT(sizeof(struct mc_lpm4) == 12, "mc_lpm4 layout");
 MC_STATIC_ASSERT(sizeof(struct mc_lpm6) == 24, "mc_lpm6 layout");
 MC_STATIC_ASSERT(sizeof(struct mc_pod_addr) == 20, "mc_pod_addr layout");
 MC_STATIC_ASSERT(sizeof(struct mc_pod_slot) == 16, "mc_pod_slot layout");
+MC_STATIC_ASSERT(sizeof(struct mc_dns_key) == 32, "mc_dns_key layout");
+MC_STATIC_ASSERT(sizeof(struct mc_dns_orig) == 24, "mc_dns_orig layout");
 
 #endif /* MESHCAP_BPF_MESHCAP_H */

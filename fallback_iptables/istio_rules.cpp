@@ -359,10 +359,6 @@ bool needs_tproxy_routes(const CaptureConfig& cfg) {
          (cfg.inbound_ports_include.wildcard || !cfg.inbound_ports_include.tokens.empty());
 }
 
-bool dns_redirect_active(const CaptureConfig& cfg) {
-  return cfg.redirect_dns && (cfg.capture_all_dns || !cfg.dns_servers_v4.empty() || !cfg.dns_servers_v6.empty());
-}
-
 RuleBuilder build_istio_rules(const CaptureConfig& cfg, bool ipv6_enabled) {
   return IstioRules(cfg, ipv6_enabled).build();
 }

@@ -45,9 +45,7 @@ RulePayloads render_istio_rules(const CaptureConfig& cfg, bool ipv6_enabled);
 /// (TPROXY mode with a non-empty -b).
 bool needs_tproxy_routes(const CaptureConfig& cfg);
 
-/// True when the DNS rules are on: --redirect-dns and either
-/// --capture-all-dns or at least one DNS server (istio turns DNS capture off,
-/// with a warning, otherwise).
-bool dns_redirect_active(const CaptureConfig& cfg);
+/// Whether the DNS rules are on (see capture_config.h).
+using meshcap::dns_redirect_active;
 
 }  // namespace meshcap::iptables

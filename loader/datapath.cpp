@@ -53,6 +53,9 @@ uint32_t map_size(const std::string& name, const DataPathSpec& s) {
   // --accelerate: otherwise one entry spares the kernel preallocating them.
   if (name == "inbound_orig") return s.inbound ? s.connections() : 1;
   if (name == "accel_socks") return s.accelerate ? MC_ACCEL_ENTRIES : 1;
+  // Replies of redirected UDP DNS queries in flight (an LRU, preallocated).
+  if (name == "dns_reverse")
+    return s.dns ? std::clamp<uint32_t>(p * MC_DNS_REPLIES_PER_POD, MC_DNS_REPLIES_MIN, MC_DNS_REPLIES_MAX) : 1;
   return 0;  // as declared
 }
 
@@ -63,6 +66,8 @@ meshcap_bpf* open_configured(const DataPathSpec& spec, bool with_inbound) {
   if (!skel) throw LoaderError("open BPF skeleton", errno);
   bpf_program__set_autoload(skel->progs.mc_sk_lookup, spec.inbound && with_inbound);
   bpf_program__set_autoload(skel->progs.mc_accel, spec.accelerate);
+  for (const auto& p : cgroup_programs())
+    if (p.dns) bpf_program__set_autoload(bpf_object__find_program_by_name(skel->obj, p.program), spec.dns);
   bpf_map* map;
   bpf_object__for_each_map(map, skel->obj) {
     if (uint32_t n = map_size(bpf_map__name(map), spec)) bpf_map__set_max_entries(map, n);
@@ -114,6 +119,25 @@ void copy_entries(int from, int to, const std::string& what) {
 
 bool is_socket_map(uint32_t type) { return type == BPF_MAP_TYPE_SOCKMAP || type == BPF_MAP_TYPE_SOCKHASH; }
 
+// The counters of an older data path, whose rows may have had fewer
+// counters (new ones are added at the end): each pod row's counters are
+// copied to the same row and counter here.
+void copy_counters(int from, int to, uint32_t rows) {
+  bpf_map_info fi{};
+  __u32 len = sizeof(fi);
+  if (bpf_obj_get_info_by_fd(from, &fi, &len) || rows == 0) return;
+  const uint32_t old_per_row = fi.max_entries / rows;
+  if (old_per_row == 0 || old_per_row * rows != fi.max_entries || old_per_row > MC_CNT__MAX)
+    throw LoaderError("copy map counters", EINVAL, "its layout changed: stop and start the node data path");
+  const size_t ncpu = std::max(libbpf_num_possible_cpus(), 1);
+  std::vector<uint64_t> value(ncpu);
+  for (uint32_t r = 0; r < rows; r++)
+    for (uint32_t c = 0; c < old_per_row; c++) {
+      const uint32_t ok = r * old_per_row + c, nk = r * MC_CNT__MAX + c;
+      if (bpf_map_lookup_elem(from, &ok, value.data()) == 0) bpf_map_update_elem(to, &nk, value.data(), BPF_ANY);
+    }
+}
+
 }  // namespace
 
 uint32_t DataPathSpec::pods() const { return max_pods ? max_pods : MC_DEFAULT_MAX_PODS; }
@@ -121,7 +145,8 @@ uint32_t DataPathSpec::connections() const { return max_connections ? max_connec
 
 nlohmann::json DataPathSpec::to_json() const {
   return {{"max_pods", pods()},      {"max_connections", connections()}, {"inbound", inbound},
-          {"accelerate", accelerate}, {"key_netns", key_netns},         {"ingress_ifindex", ingress_ifindex}};
+          {"accelerate", accelerate}, {"key_netns", key_netns},         {"ingress_ifindex", ingress_ifindex},
+          {"dns", dns}};
 }
 
 uint32_t max_pods_limit() { return kMaxPodsLimit; }
@@ -139,6 +164,10 @@ const std::vector<ProgramSpec>& cgroup_programs() {
       {"link_bind6", "mc_bind6"},
       {"link_connect4", "mc_connect4"},
       {"link_connect6", "mc_connect6"},
+      {"link_recvmsg4", "mc_recvmsg4", true},
+      {"link_recvmsg6", "mc_recvmsg6", true},
+      {"link_sendmsg4", "mc_sendmsg4", true},
+      {"link_sendmsg6", "mc_sendmsg6", true},
   };
   return specs;
 }
@@ -218,6 +247,7 @@ void DataPath::attach(const std::string& cgroup_dir) {
   if (cg.fd < 0) throw LoaderError("open cgroup " + cgroup_dir, errno);
   fault_point("attach");
   for (const auto& spec : cgroup_programs()) {
+    if (spec.dns && !spec_.dns) continue;
     bpf_program* prog = bpf_object__find_program_by_name(skel_->obj, spec.program);
     bpf_link* link = prog ? bpf_program__attach_cgroup(prog, cg.fd) : nullptr;
     if (!link) {
@@ -275,7 +305,7 @@ void DataPath::pin(const std::string& dir) {
   detach_all();
 }
 
-void DataPath::take_over(const std::string& dir) {
+void DataPath::take_over(const std::string& dir, const std::string& cgroup_dir) {
   // 1. Maps made new (resized): the old entries, while nothing enrols (the
   // caller holds the node lock) and the old programs still run on the old
   // maps.
@@ -286,9 +316,15 @@ void DataPath::take_over(const std::string& dir) {
     if (is_socket_map(bpf_map__type(map)) || bpf_map__type(map) == BPF_MAP_TYPE_SK_STORAGE) continue;
     // orig_dst is read through orig_dst_prev instead: copying would race
     // with the handshakes the old programs still record.
-    if (name == "orig_dst" || name == "orig_dst_prev" || name == "cookie_probe") continue;
+    if (name == "orig_dst" || name == "orig_dst_prev" || name == "cookie_probe" || name == "dns_reverse") continue;
     Fd old(bpf_obj_get(pin_of_map(dir, map).c_str()));
-    if (old.fd >= 0) copy_entries(old.fd, bpf_map__fd(map), name);
+    if (old.fd < 0) continue;
+    if (name == "counters") {
+      const auto old_spec = pinned_spec(dir);
+      copy_counters(old.fd, bpf_map__fd(map), old_spec ? old_spec->pods() + 1 : 0);
+    } else {
+      copy_entries(old.fd, bpf_map__fd(map), name);
+    }
   }
   // 2. Every pinned link switches to the new program.
   auto update = [&](const std::string& pin, int prog_fd) {
@@ -297,7 +333,27 @@ void DataPath::take_over(const std::string& dir) {
     fault_point("upgrade-link");
     if (bpf_link_update(link.fd, prog_fd, nullptr)) throw LoaderError("update " + pin, errno);
   };
-  for (const auto& spec : cgroup_programs()) update(dir + "/" + spec.pin, program_fd(spec.program));
+  for (const auto& spec : cgroup_programs()) {
+    const std::string pin = dir + "/" + spec.pin;
+    const bool wanted = !spec.dns || spec_.dns, there = access(pin.c_str(), F_OK) == 0;
+    if (wanted && there) {
+      update(pin, program_fd(spec.program));
+    } else if (wanted) {
+      // A program the old data path did not have: attached beside the others.
+      Fd cg(open(cgroup_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (cg.fd < 0) throw LoaderError("open cgroup " + cgroup_dir, errno);
+      bpf_link* link = bpf_program__attach_cgroup(bpf_object__find_program_by_name(skel_->obj, spec.program), cg.fd);
+      if (!link) throw LoaderError(std::string("attach ") + spec.program + " to " + cgroup_dir, errno);
+      const int err = bpf_link__pin(link, pin.c_str()) ? errno : 0;
+      if (!err) bpf_link__disconnect(link);  // the pin holds it now
+      bpf_link__destroy(link);
+      if (err) throw LoaderError("pin " + pin, err);
+    } else if (there) {
+      Fd link(bpf_obj_get(pin.c_str()));
+      if (link.fd >= 0) bpf_link_detach(link.fd);
+      unlink(pin.c_str());
+    }
+  }
   if (spec_.inbound)
     for (const auto& pod : enrolled_pins(dir)) {
       const std::string pin = pod_pins(dir, pod) + "/link_sk_lookup";
@@ -336,6 +392,7 @@ std::optional<DataPathSpec> pinned_spec(const std::string& dir) {
   s.ingress_ifindex = node.ingress_ifindex;
   s.accelerate = node.accelerate;
   s.inbound = access((dir + "/prog_sk_lookup").c_str(), F_OK) == 0;
+  s.dns = access((dir + "/link_sendmsg4").c_str(), F_OK) == 0;
   Fd table(bpf_obj_get((dir + "/map_orig_dst").c_str()));
   len = sizeof(info);
   if (table.fd >= 0 && bpf_obj_get_info_by_fd(table.fd, &info, &len) == 0) s.max_connections = info.max_entries;
@@ -364,6 +421,7 @@ DataPathSpec loadable_spec(DataPathSpec want, std::vector<std::string>* dropped)
       {&DataPathSpec::ingress_ifindex, "sk_lookup reading the arrival interface (-c, -k inbound)"},
       {&DataPathSpec::key_netns, "the netns cookie in the connection key"},
       {&DataPathSpec::accelerate, "sk_msg (--accelerate)"},
+      {&DataPathSpec::dns, "sendmsg/recvmsg (DNS capture, --redirect-dns)"},
       {&DataPathSpec::inbound, "sk_lookup (inbound capture)"},
   };
   std::string why;

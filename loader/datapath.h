@@ -32,6 +32,7 @@ struct DataPathSpec {
   bool accelerate = false;       ///< sk_msg loaded (pods may ask --accelerate)
   bool key_netns = false;        ///< the connection table is keyed by netns cookie too
   bool ingress_ifindex = false;  ///< sk_lookup reads the arrival interface (-c, -k)
+  bool dns = false;              ///< sendmsg/recvmsg loaded (pods may capture DNS, --redirect-dns)
   /// CIDR rows beyond MC_CIDRS_PER_POD per pod in each family's table (a
   /// pod's own data path takes its whole -x/-i lists; the tables are not
   /// preallocated).
@@ -47,10 +48,11 @@ struct DataPathSpec {
 uint32_t max_pods_limit();
 
 /// The programs attached to the data path's cgroup, in attach order: pin
-/// name, program name.
+/// name, program name, and whether only a data path with DNS capture has it.
 struct ProgramSpec {
   const char* pin;
   const char* program;
+  bool dns = false;
 };
 const std::vector<ProgramSpec>& cgroup_programs();
 
@@ -93,8 +95,10 @@ class DataPath {
   /// (the cgroup links and each enrolled pod's sk_lookup link) is updated
   /// to the new program with BPF_LINK_UPDATE, and the pins are replaced.
   /// No moment without capture: the old programs run until each link
-  /// switches, on the same (or copied) settings.
-  void take_over(const std::string& dir);
+  /// switches, on the same (or copied) settings. A cgroup program the old
+  /// data path did not have (DNS capture, added later) is attached to
+  /// `cgroup_dir` and pinned; one the new spec leaves out is detached.
+  void take_over(const std::string& dir, const std::string& cgroup_dir);
 
   const DataPathSpec& spec() const { return spec_; }
   /// The fd of one of the loaded programs or maps (by name); -1 when none.
@@ -119,7 +123,7 @@ class DataPath {
 std::optional<DataPathSpec> pinned_spec(const std::string& dir);
 /// The most that loads here, starting from `want` and dropping, in this
 /// order, what the kernel refuses: the arrival interface in sk_lookup, the
-/// netns cookie in the connection key, sk_msg, sk_lookup. `dropped` says
+/// netns cookie in the connection key, sk_msg, DNS capture, sk_lookup. `dropped` says
 /// what went and why. Throws LoaderError when even the cgroup programs do
 /// not load.
 DataPathSpec loadable_spec(DataPathSpec want, std::vector<std::string>* dropped);

@@ -94,6 +94,11 @@ mc_pod pod_of(const PodSettings& s, uint32_t index) {
   flag(!cfg.exclude_interfaces.empty(), MC_POD_EXCLUDED_IFACES);
   flag(s.inbound && (!cfg.exclude_interfaces.empty() || !cfg.reroute_virtual_interfaces.empty()), MC_POD_IFACES);
   flag(s.accelerate, MC_POD_ACCELERATE);
+  const bool dns = dns_redirect_active(cfg);
+  flag(dns, MC_POD_DNS);
+  flag(dns && (cfg.capture_all_dns || !cfg.dns_servers_v4.empty()), MC_POD_DNS4);
+  flag(dns && (cfg.capture_all_dns || !cfg.dns_servers_v6.empty()), MC_POD_DNS6);
+  flag(dns && cfg.capture_all_dns, MC_POD_DNS_ALL);
   flag(!cfg.outbound_ports_exclude.ports.empty() || !cfg.outbound_ports_include.ports.empty() ||
            (s.inbound && (!cfg.inbound_ports_include.ports.empty() || !cfg.inbound_ports_exclude.ports.empty())),
        MC_POD_PORTS);
@@ -444,6 +449,13 @@ struct PodTable::Fds {
       rows.push_back(Row::of(kRowPodPorts, mc_pod_port{index, port}, bits, "port " + std::to_string(port)));
     cidr_rows(index, s.cfg.outbound_ranges_exclude, MC_CIDR_EXCLUDE, rows);
     cidr_rows(index, s.cfg.outbound_ranges_include, MC_CIDR_INCLUDE, rows);
+    if (dns_redirect_active(s.cfg) && !s.cfg.capture_all_dns) {
+      // The resolvers whose port 53 is captured, each a whole address.
+      CidrList servers;
+      for (const auto& a : s.cfg.dns_servers_v4) servers.v4.push_back(parse_cidr(a + "/32", "--dns-servers"));
+      for (const auto& a : s.cfg.dns_servers_v6) servers.v6.push_back(parse_cidr(a + "/128", "--dns-servers"));
+      cidr_rows(index, servers, MC_CIDR_DNS, rows);
+    }
     if (!s.cfg.exclude_interfaces.empty()) route_rows(index, s, rows);
     for (const auto& g : s.cfg.owner_groups.ids)
       rows.push_back(Row::of(kRowOwnerGids, mc_pod_u32{index, *g}, 1, "owner group " + std::to_string(*g)));

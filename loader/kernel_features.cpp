@@ -81,6 +81,7 @@ const std::vector<ProgramRow>& program_rows() {
       {Feature::prog_sk_lookup_ifindex, {"mc_sk_lookup"}, true},
       {Feature::prog_key_netns, {"mc_sockops", "mc_getsockopt"}, true},
       {Feature::prog_sk_msg, {"mc_accel"}, false},
+      {Feature::prog_dns, {"mc_sendmsg4", "mc_sendmsg6", "mc_recvmsg4", "mc_recvmsg6"}, false},
   };
   return rows;
 }

@@ -30,6 +30,7 @@ namespace meshcap::loader {
   X(prog_sk_lookup_ifindex, "meshcap's sk_lookup program loads reading the arrival interface (-c, -k)")    \
   X(prog_key_netns, "meshcap's sockops and getsockopt programs load reading the netns cookie (node data path)") \
   X(prog_sk_msg, "meshcap's sk_msg program loads (--accelerate)")                                         \
+  X(prog_dns, "meshcap's cgroup sendmsg4/6 and recvmsg4/6 programs load (DNS capture)")                   \
   X(helper_sk_storage, "bpf_sk_storage_get from cgroup connect programs")                                 \
   X(helper_bind, "bpf_bind from cgroup connect programs")                                                 \
   X(helper_sk_assign, "bpf_sk_assign from sk_lookup programs")                                            \

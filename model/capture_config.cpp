@@ -204,4 +204,8 @@ std::vector<std::string> parse_interface_list(const std::string& text, const std
   return out;
 }
 
+bool dns_redirect_active(const CaptureConfig& cfg) {
+  return cfg.redirect_dns && (cfg.capture_all_dns || !cfg.dns_servers_v4.empty() || !cfg.dns_servers_v6.empty());
+}
+
 }  // namespace meshcap

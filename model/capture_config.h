@@ -144,4 +144,9 @@ std::optional<uint32_t> lookup_account(const std::string& name, bool is_group,
 /// Splits on `sep` (',' as istio's config.Split) and drops empty items.
 std::vector<std::string> split_list(const std::string& text, char sep = ',');
 
+/// True when DNS capture is on: --redirect-dns and either --capture-all-dns
+/// or at least one DNS server (istio turns DNS capture off, with a warning,
+/// otherwise).
+bool dns_redirect_active(const CaptureConfig& cfg);
+
 }  // namespace meshcap

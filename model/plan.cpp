@@ -71,6 +71,9 @@ CaptureConfig Plan::iptables_config() const {
     c.outbound_ranges_include = CidrList{};
     c.outbound_ports_include = PortList{};
   }
+  // DNS is outbound: eBPF's when outbound is (no ISTIO_OUTPUT_DNS, no
+  // conntrack zones beside it).
+  if (outbound.engine == Engine::Ebpf) c.redirect_dns = false;
   return c;
 }
 

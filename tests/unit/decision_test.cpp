@@ -20,6 +20,7 @@ struct FakeEnv {
   uint8_t port_flags[65536] = {};
   std::set<uint32_t> owner_groups;
   std::vector<std::pair<std::vector<uint8_t>, int>> excluded_routes4;  // routes via a -c interface
+  std::vector<std::pair<std::vector<uint8_t>, int>> dns4, dns6;          // --dns-servers
 } env;
 
 bool prefix_match(const uint8_t* a, const std::vector<uint8_t>& p, int bits) {
@@ -39,6 +40,7 @@ static bool mc_env_included(const struct mc_pod*, const struct mc_addr* a, bool 
 static __u8 mc_env_port_flags(const struct mc_pod*, __u16 port) { return env.port_flags[port]; }
 static bool mc_env_owner_group(const struct mc_pod*, __u32 gid) { return env.owner_groups.count(gid) > 0; }
 static bool mc_env_route_excluded(const struct mc_pod*, const struct mc_addr* a, bool v4);
+static bool mc_env_dns_server(const struct mc_pod*, const struct mc_addr* a, bool v4);
 
 #include "decision.h"
 
@@ -55,6 +57,9 @@ bool any_match(const mc_addr* a, bool v4, const std::vector<std::pair<std::vecto
 }  // namespace
 static bool mc_env_route_excluded(const struct mc_pod*, const struct mc_addr* a, bool v4) {
   return v4 && any_match(a, v4, env.excluded_routes4);
+}
+static bool mc_env_dns_server(const struct mc_pod*, const struct mc_addr* a, bool v4) {
+  return any_match(a, v4, v4 ? env.dns4 : env.dns6);
 }
 static bool mc_env_excluded(const struct mc_pod*, const struct mc_addr* a, bool v4) { return any_match(a, v4, v4 ? env.excl4 : env.excl6); }
 static bool mc_env_included(const struct mc_pod*, const struct mc_addr* a, bool v4) { return any_match(a, v4, v4 ? env.incl4 : env.incl6); }
@@ -99,8 +104,9 @@ class DecisionTest : public ::testing::Test {
   }
 
   mc_decision decide(const std::string& dst, uint16_t port, uint32_t uid = 1000, uint32_t gid = 1000,
-                     const std::string& src = "") {
+                     const std::string& src = "", bool udp = false) {
     mc_connect c{};
+    c.udp = udp;
     c.dst = addr(dst);
     if (!src.empty()) c.src = addr(src);
     c.dport = port;
@@ -108,6 +114,19 @@ class DecisionTest : public ::testing::Test {
     c.uid = uid;
     c.gid = gid;
     return mc_decide_outbound(&cfg, &c);
+  }
+  mc_decision udp53(const std::string& dst, uint32_t uid = 1000, uint32_t gid = 1000, const std::string& src = "") {
+    return decide(dst, 53, uid, gid, src, true);
+  }
+  /// --redirect-dns with these resolvers (none: --capture-all-dns).
+  void dns(const std::vector<std::string>& servers) {
+    cfg.flags |= MC_POD_DNS;
+    if (servers.empty()) cfg.flags |= MC_POD_DNS_ALL | MC_POD_DNS4 | MC_POD_DNS6;
+    for (const auto& s : servers) {
+      const bool v4 = s.find(':') == std::string::npos;
+      (v4 ? env.dns4 : env.dns6).push_back(prefix(s, v4 ? 32 : 128));
+      cfg.flags |= v4 ? MC_POD_DNS4 : MC_POD_DNS6;
+    }
   }
 
   mc_pod cfg{};
@@ -245,6 +264,83 @@ TEST_F(DecisionTest, Ipv6IsLeftAloneWithoutIpv6Rules) {
   cfg.flags &= ~MC_POD_IPV6;  // no --dual-stack and no IPv6 address in the pod
   EXPECT_DECISION(decide("2001:db8::9", 80), MC_PASS, MC_CNT_NOT_INCLUDED);
   EXPECT_DECISION(decide("::ffff:10.9.9.9", 80), MC_TO_OUTBOUND, MC_CNT_REDIRECTED_OUT);
+}
+
+// ISTIO_OUTPUT_DNS (the dns-uid-gid and tproxy goldens): port 53 of a
+// resolver goes to the DNS listener, after the owner rules and before the
+// loopback RETURN; UDP goes nowhere else.
+TEST_F(DecisionTest, DnsListedResolversOverUdpAndTcp) {
+  dns({"10.96.0.10", "fd00:53::10"});
+  EXPECT_DECISION(udp53("10.96.0.10"), MC_TO_DNS, MC_CNT_DNS_UDP_REDIRECTED);
+  EXPECT_DECISION(decide("10.96.0.10", 53), MC_TO_DNS, MC_CNT_DNS_TCP_REDIRECTED);
+  EXPECT_DECISION(udp53("fd00:53::10"), MC_TO_DNS, MC_CNT_DNS_UDP_REDIRECTED);
+  EXPECT_DECISION(udp53("::ffff:10.96.0.10"), MC_TO_DNS, MC_CNT_DNS_UDP_REDIRECTED);
+  // Another address's port 53: UDP untouched, TCP as any TCP (-i '*').
+  EXPECT_DECISION(udp53("10.96.0.11"), MC_PASS, MC_CNT_UDP_NOT_DNS);
+  EXPECT_DECISION(decide("10.96.0.11", 53), MC_TO_OUTBOUND, MC_CNT_REDIRECTED_OUT);
+  // The proxy's own queries leave untouched ("--uid-owner 1337 -j RETURN"
+  // is for every protocol).
+  EXPECT_DECISION(udp53("10.96.0.10", 1337, 1000), MC_PASS, MC_CNT_EXEMPT_UID);
+  EXPECT_DECISION(udp53("10.96.0.10", 1000, 1337), MC_PASS, MC_CNT_EXEMPT_GID);
+  EXPECT_DECISION(decide("10.96.0.10", 53, 1337, 1337), MC_PASS, MC_CNT_EXEMPT_UID);
+  // -o 53 comes first, for UDP too.
+  env.port_flags[53] = MC_PORT_OUT_EXCLUDE;
+  EXPECT_DECISION(udp53("10.96.0.10"), MC_PASS, MC_CNT_EXCLUDED_PORT);
+}
+
+TEST_F(DecisionTest, DnsRulesExistOnlyForFamiliesWithResolvers) {
+  dns({"10.96.0.10"});
+  EXPECT_DECISION(udp53("fd00:53::10"), MC_PASS, MC_CNT_UDP_NOT_DNS);
+  // And no IPv6 at all without IPv6 rules.
+  cfg.flags &= ~MC_POD_IPV6;
+  env.dns6.push_back(prefix("fd00:53::10", 128));
+  cfg.flags |= MC_POD_DNS6;
+  EXPECT_DECISION(udp53("fd00:53::10"), MC_PASS, MC_CNT_NOT_INCLUDED);
+}
+
+TEST_F(DecisionTest, CaptureAllDnsComesBeforeTheLoopbackReturn) {
+  dns({});
+  EXPECT_DECISION(udp53("192.0.2.1"), MC_TO_DNS, MC_CNT_DNS_UDP_REDIRECTED);
+  EXPECT_DECISION(udp53("2001:db8::1"), MC_TO_DNS, MC_CNT_DNS_UDP_REDIRECTED);
+  // "-p tcp --dport 53 -j REDIRECT" precedes "-d 127.0.0.1/32 -j RETURN",
+  // and the DNS variant of "-o lo ! --uid-owner 1337 -j RETURN" spares 53.
+  EXPECT_DECISION(decide("127.0.0.1", 53), MC_TO_DNS, MC_CNT_DNS_TCP_REDIRECTED);
+  EXPECT_DECISION(udp53("127.0.0.53"), MC_TO_DNS, MC_CNT_DNS_UDP_REDIRECTED);
+  // But the passthrough source over lo returns first.
+  EXPECT_DECISION(udp53("127.0.0.53", 1000, 1000, "127.0.0.6"), MC_PASS, MC_CNT_PASSTHROUGH_SRC);
+  // Other TCP over lo is unchanged.
+  EXPECT_DECISION(decide("127.0.0.1", 8080), MC_PASS, MC_CNT_LOCAL_DST);
+}
+
+TEST_F(DecisionTest, DnsVariantsOfTheOwnerRules) {
+  // The dns-uid-gid golden: -u 3,4 -g 1,2 --redirect-dns.
+  cfg.n_uids = 2;
+  cfg.uids[0] = 3;
+  cfg.uids[1] = 4;
+  cfg.n_gids = 2;
+  cfg.gids[0] = 1;
+  cfg.gids[1] = 2;
+  // Without DNS: UID 4 to the pod's own port 53 is returned by UID 3's
+  // "-o lo ! --uid-owner 3 -j RETURN".
+  EXPECT_DECISION(decide("10.1.1.2", 53, 4, 100), MC_PASS, MC_CNT_LOCAL_DST);
+  dns({"10.96.0.10"});
+  // With it that rule is "-o lo -p tcp ! --dport 53 ...", and the UIDs'
+  // inbound redirect spares 53: UID 4 reaches "--uid-owner 4 -j RETURN".
+  EXPECT_DECISION(decide("10.1.1.2", 53, 4, 100), MC_PASS, MC_CNT_EXEMPT_UID);
+  EXPECT_DECISION(decide("10.1.1.2", 53, 3, 100), MC_PASS, MC_CNT_EXEMPT_UID);
+  // The GIDs' inbound redirect has no DNS variant: GID 2 over lo to 53 is
+  // sent to the inbound listener.
+  EXPECT_DECISION(decide("10.1.1.2", 53, 100, 2), MC_TO_INBOUND, MC_CNT_REDIRECTED_IN);
+  // Anyone else's TCP to its own pod's 53 is no longer returned over lo:
+  // it goes on to -i '*'.
+  EXPECT_DECISION(decide("10.1.1.2", 53, 100, 100), MC_TO_OUTBOUND, MC_CNT_REDIRECTED_OUT);
+  // Ports other than 53 are as without DNS.
+  EXPECT_DECISION(decide("10.1.1.2", 8080, 4, 100), MC_PASS, MC_CNT_LOCAL_DST);
+  EXPECT_DECISION(decide("10.1.1.2", 8080, 3, 100), MC_TO_INBOUND, MC_CNT_REDIRECTED_IN);
+  // UDP: only "--uid-owner/--gid-owner ID -j RETURN" apply.
+  EXPECT_DECISION(udp53("10.96.0.10", 4, 100), MC_PASS, MC_CNT_EXEMPT_UID);
+  EXPECT_DECISION(udp53("10.96.0.10", 100, 2), MC_PASS, MC_CNT_EXEMPT_GID);
+  EXPECT_DECISION(udp53("10.96.0.10", 100, 100), MC_TO_DNS, MC_CNT_DNS_UDP_REDIRECTED);
 }
 
 TEST_F(DecisionTest, ExcludedInterfaceRoutesComeFirst) {

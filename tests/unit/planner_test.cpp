@@ -31,7 +31,7 @@ std::vector<std::string> without(const std::vector<std::string>& a, const std::s
 // no sk_lookup (5.9): predicted, not booted.
 const std::vector<std::string> k54 = {"bpf_syscall", "cgroup2", "prog_connect", "prog_sockops", "prog_getsockopt",
                                       "prog_sk_msg"};
-const std::vector<std::string> k510 = with(k54, {"prog_getpeername", "prog_sk_lookup"});
+const std::vector<std::string> k510 = with(k54, {"prog_getpeername", "prog_sk_lookup", "prog_dns"});
 const std::vector<std::string> k61 = with(k510, {"prog_sk_lookup_ifindex"});
 
 CaptureConfig istio_init(std::vector<std::string> extra = {}) {
@@ -129,9 +129,25 @@ TEST(Planner, FlagsEbpfCannotHonourMoveTheirPartToIptables) {
   auto tproxy = plan_on(all, istio_init({"-m", "TPROXY"}));
   EXPECT_EQ(tproxy.outbound.engine, Engine::Ebpf);
   EXPECT_EQ(tproxy.inbound.engine, Engine::Iptables);
+  // DNS capture is eBPF's where its programs load, outbound's otherwise.
   auto dns = plan_on(all, istio_init({"--redirect-dns", "--dns-servers", "10.96.0.10"}));
-  EXPECT_EQ(dns.outbound.engine, Engine::Iptables);
-  EXPECT_EQ(dns.inbound.engine, Engine::Iptables);
+  EXPECT_EQ(dns.outbound.engine, Engine::Ebpf);
+  EXPECT_EQ(dns.inbound.engine, Engine::Ebpf);
+  std::vector<std::string> no_dns = all;
+  std::erase(no_dns, "prog_dns");
+  auto dns_refused = plan_on(no_dns, istio_init({"--redirect-dns", "--capture-all-dns"}));
+  EXPECT_EQ(dns_refused.outbound.engine, Engine::Iptables);
+  ASSERT_EQ(dns_refused.outbound.reasons.size(), 1u);
+  EXPECT_NE(dns_refused.outbound.reasons[0].find("--redirect-dns"), std::string::npos);
+  EXPECT_EQ(dns_refused.inbound.engine, Engine::Iptables);
+  // DNS capture that istio turns off (no resolvers known) asks nothing.
+  EXPECT_EQ(plan_on(no_dns, istio_init({"--redirect-dns", "--dns-servers", ""})).outbound.engine, Engine::Ebpf);
+  // The iptables part of a split plan leaves DNS to eBPF.
+  auto split = plan_on(all, istio_init({"--redirect-dns", "--capture-all-dns", "--drop-invalid"}));
+  EXPECT_EQ(split.outbound.engine, Engine::Ebpf);
+  EXPECT_EQ(split.inbound.engine, Engine::Iptables);
+  EXPECT_FALSE(split.iptables_config().redirect_dns);
+  EXPECT_TRUE(split.ebpf_config().redirect_dns);
   // An interface the pod lacks: eBPF resolves names once, iptables matches
   // them later too.
   auto missing = plan_on(all, istio_init({"-k", "eth9"}));
@@ -152,7 +168,10 @@ TEST(Planner, ExplicitModes) {
   auto ipt = plan_on(all, istio_init(), Mode::Iptables);
   EXPECT_EQ(ipt.outbound.engine, Engine::Iptables);
   EXPECT_EQ(ipt.inbound.engine, Engine::Iptables);
-  EXPECT_THROW(plan_on(all, istio_init({"--redirect-dns", "--dns-servers", ""}), Mode::Ebpf), UsageError);
+  EXPECT_THROW(plan_on(all, istio_init({"--drop-invalid"}), Mode::Ebpf), UsageError);
+  std::vector<std::string> no_dns = all;
+  std::erase(no_dns, "prog_dns");
+  EXPECT_THROW(plan_on(no_dns, istio_init({"--redirect-dns", "--capture-all-dns"}), Mode::Ebpf), std::runtime_error);
   EXPECT_THROW(plan_on(k61, istio_init(), Mode::Ebpf), std::runtime_error);  // no privileges
 }
 
