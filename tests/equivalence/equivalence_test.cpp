@@ -242,9 +242,6 @@ FlagSet render(std::string name, CaptureFlags f, const Addrs& a) {
     if (f.capture_all_dns) fs.args.push_back("--capture-all-dns");
     // Always given, so that meshcap never reads the machine's resolv.conf.
     fs.args.insert(fs.args.end(), {"--dns-servers", join(f.dns_servers)});
-    // TEMPORARY (issue #18 not merged yet): the planner says "DNS capture
-    // (--redirect-dns) is iptables-only". Removed when DNS in eBPF lands.
-    fs.refused_by.insert(fs.refused_by.end(), {"ebpf", "ebpf-accel", "node"});
   }
   fs.args.push_back("--dual-stack");
   if (f.groups == CaptureFlags::Groups::include)
@@ -366,6 +363,13 @@ std::vector<FlagSet> named_flag_sets(const Addrs& a) {
     f.out_ports_include = {53};
     f.inbound = CaptureFlags::Inbound::list;
     f.in_ports = {53, 8080};
+  });
+  // auto: eBPF outbound (DNS included), iptables inbound. The iptables part
+  // holds the owner rules' inbound redirect, which must keep its DNS variant.
+  add("dns-drop-invalid-split-plan", [&](CaptureFlags& f) {
+    f.redirect_dns = true;
+    f.capture_all_dns = true;
+    f.drop_invalid = true;
   });
   return out;
 }
