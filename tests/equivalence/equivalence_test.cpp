@@ -324,6 +324,12 @@ std::vector<FlagSet> named_flag_sets(const Addrs& a) {
     f.owner_groups = {2000, 1337};
   });
   add("loopback-cidr-8", [&](CaptureFlags& f) { f.loopback4 = "127.0.0.1/8"; });
+  // -i listing a loopback range: istio drops the "-o lo ! --uid-owner" RETURN
+  // rules, so loopback destinations other than 127.0.0.1 go to the proxy.
+  add("include-loopback-range", [&](CaptureFlags& f) {
+    f.out_include_all = false;
+    f.out_include = {"127.0.0.0/8", cidr_of(Sym::peer6, a)};
+  });
   // auto: eBPF outbound, iptables inbound (conntrack active in the pod).
   add("drop-invalid-split-plan", [&](CaptureFlags& f) { f.drop_invalid = true; });
   // DNS: the pod's resolvers listed (one per family; the peer's second
