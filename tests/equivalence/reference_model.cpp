@@ -67,6 +67,8 @@ std::string to_string(Landing l) {
       return "outbound-listener";
     case Landing::inbound_listener:
       return "inbound-listener";
+    case Landing::dns_listener:
+      return "dns-listener";
     default:
       return "destination";
   }
@@ -96,12 +98,14 @@ bool is_passthrough_source(const IpAddr& a) {
 }  // namespace
 
 Landing decide_outbound(const CaptureFlags& f, const OutboundConn& c) {
-  // -c: "-A OUTPUT -o IF -j RETURN" before "-A OUTPUT -j ISTIO_OUTPUT". Every
-  // destination that is not local is routed out of the pod's veth.
+  const bool tcp = !c.udp;
+  const bool dns = f.dns_active();
+  // -c: "-A OUTPUT -o IF -j RETURN" before "-A OUTPUT -j ISTIO_OUTPUT", any
+  // protocol. Every destination that is not local is routed out of the veth.
   if (f.exclude_pod_iface && !c.via_lo) return Landing::destination;
-  // -o: first in ISTIO_OUTPUT, for every TCP connection (lo too).
+  // -o: first in ISTIO_OUTPUT, a tcp and a udp rule per port (lo too).
   if (has(f.out_ports_exclude, c.dport)) return Landing::destination;
-  // O1
+  // O1, any protocol.
   if (c.via_lo && c.bound_src && is_passthrough_source(*c.bound_src)) return Landing::destination;
 
   bool include_has_loopback = false;
@@ -110,25 +114,40 @@ Landing decide_outbound(const CaptureFlags& f, const OutboundConn& c) {
 
   // O2 / O3 / O4, per UID then per GID; with several IDs the first one's
   // "other owners over lo" rule already returns the later ones' lo traffic.
-  auto owner_rules = [&](const std::vector<uint32_t>& ids, uint32_t who) -> std::optional<Landing> {
+  // With DNS on, the UID in-redirect rule also spares port 53 (the GID one
+  // does not), and the "other owners over lo" RETURN is TCP to ports other
+  // than 53 only, for both. The owner RETURN matches every protocol.
+  auto owner_rules = [&](const std::vector<uint32_t>& ids, uint32_t who, bool is_uid) -> std::optional<Landing> {
     for (uint32_t id : ids) {
-      if (c.via_lo && !in_loopback_cidr(f, c.dst) && c.dport != f.tunnel_port && who == id)
+      const bool spares_dns = dns && is_uid;
+      if (tcp && c.via_lo && !in_loopback_cidr(f, c.dst) && c.dport != f.tunnel_port &&
+          !(spares_dns && c.dport == CaptureFlags::kDnsPort) && who == id)
         return Landing::inbound_listener;
-      if (!include_has_loopback && c.via_lo && who != id) return Landing::destination;
+      const bool lo_return_matches = dns ? tcp && c.dport != CaptureFlags::kDnsPort : true;
+      if (!include_has_loopback && c.via_lo && who != id && lo_return_matches) return Landing::destination;
       if (who == id) return Landing::destination;
     }
     return std::nullopt;
   };
-  if (auto l = owner_rules(f.uids, c.uid)) return *l;
-  if (auto l = owner_rules(f.gids, c.gid)) return *l;
+  if (auto l = owner_rules(f.uids, c.uid, true)) return *l;
+  if (auto l = owner_rules(f.gids, c.gid, false)) return *l;
 
   // Owner groups: "--gid-owner G -j RETURN" per excluded group, or one rule
   // returning every owner that is in none of the included groups.
   if (f.groups == CaptureFlags::Groups::exclude && has(f.owner_groups, c.gid)) return Landing::destination;
   if (f.groups == CaptureFlags::Groups::include && !has(f.owner_groups, c.gid)) return Landing::destination;
 
+  // ISTIO_OUTPUT_DNS: TCP and UDP to port 53, of any address with
+  // --capture-all-dns, else of the listed resolvers of the packet's family.
+  if (dns && c.dport == CaptureFlags::kDnsPort) {
+    const bool listed = std::any_of(f.dns_servers.begin(), f.dns_servers.end(),
+                                    [&](const std::string& s) { return IpAddr::parse(s) == c.dst; });
+    if (f.capture_all_dns || listed) return Landing::dns_listener;
+  }
+
   if (in_loopback_cidr(f, c.dst)) return Landing::destination;
-  if (any_contains(f.out_exclude, c.dst)) return Landing::destination;                             // O5
+  if (any_contains(f.out_exclude, c.dst)) return Landing::destination;  // O5
+  if (!tcp) return Landing::destination;  // O8: the rules below are TCP only (ISTIO_REDIRECT is -p tcp)
   if (has(f.out_ports_include, c.dport)) return Landing::outbound_listener;                        // O6 (-q)
   if (f.out_include_all || any_contains(f.out_include, c.dst)) return Landing::outbound_listener;  // O6 (-i)
   return Landing::destination;                                                                     // O7

@@ -15,11 +15,31 @@
 //       --uid-owner U -j RETURN                                         O4
 //     per GID in -g: the same with --gid-owner
 //     owner groups (ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE])
+//     -j ISTIO_OUTPUT_DNS (--redirect-dns, see below)
 //     -d <loopback: ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR, ::1/128> -j RETURN
 //     -d <-x cidr> -j RETURN                                            O5
 //     -p tcp --dport <-q port> -> 15001                                 O6
-//     -d <-i cidr> (or everything for '*') -> 15001                     O6
+//     -d <-i cidr> (or everything for '*') -> ISTIO_REDIRECT (-p tcp) -> 15001  O6
 //   anything else: not captured                                         O7
+//
+// DNS (--redirect-dns, active when --capture-all-dns is set or resolvers are
+// known; the dns-uid-gid and tproxy goldens):
+//   - the -o exclusion has a "-p udp --dport P -j RETURN" twin, and -c, O1,
+//     "--uid-owner U -j RETURN", "--gid-owner G -j RETURN" and the owner
+//     groups match every protocol: the proxy's own queries go out untouched;
+//   - per UID, the in-redirect rule excludes port 53 besides the tunnel port
+//     ("-m multiport ! --dports 53,<-e>") and the lo RETURN becomes
+//     "-o lo -p tcp ! --dport 53 -m owner ! --uid-owner U -j RETURN";
+//   - per GID, the in-redirect rule has no DNS variant (GID 1337 alone dialing
+//     the pod's own address on TCP 53 lands on 15006), the lo RETURN becomes
+//     "-o lo -p tcp ! --dport 53 -m owner ! --gid-owner G -j RETURN";
+//   - ISTIO_OUTPUT_DNS, after the owner groups and before the loopback
+//     RETURN (so it sees loopback destinations too), TCP and UDP alike:
+//       -p tcp|udp --dport 53 [-d <resolver of the family>] -> 15053
+//     ("-d" per resolver, or no "-d" at all with --capture-all-dns);
+//   - UDP to any other port, and UDP that no DNS rule takes: not captured.
+//   The raw table's conntrack zones only keep the two legs of a NATed UDP
+//   exchange apart; they decide nothing about where a datagram lands.
 // nat PREROUTING (a connection arriving from outside the pod):
 //   -i <-k iface> [-d <-i cidr>] -> 15001, then -i <-k iface> -j RETURN   I2
 //   -i <-c iface> -j RETURN                                             I1
@@ -28,7 +48,7 @@
 //     -b '*': --dport <-d port> -j RETURN, then everything -> 15006     I4
 //     -b LIST: --dport P -> 15006 for P in LIST                         I5
 //   -b '': nothing                                                      I6
-// UDP and other protocols: never captured (O8; DNS capture is not used).
+// UDP and other protocols without DNS capture: never captured (O8).
 #pragma once
 
 #include <cstdint>
@@ -81,13 +101,21 @@ struct CaptureFlags {
   /// No effect on where a connection lands; it makes `auto` split the plan
   /// (eBPF outbound, iptables inbound) and `--mode ebpf` refuse.
   bool drop_invalid = false;
+  bool redirect_dns = false;             ///< --redirect-dns
+  bool capture_all_dns = false;          ///< --capture-all-dns
+  std::vector<std::string> dns_servers;  ///< --dns-servers (always given with --redirect-dns)
+  static constexpr uint16_t kDnsPort = 53;
+  static constexpr uint16_t kDnsListenerPort = 15053;  ///< the agent's DNS proxy
+  /// istio's rule: DNS capture is on only with capture-all or known resolvers.
+  bool dns_active() const { return redirect_dns && (capture_all_dns || !dns_servers.empty()); }
 };
 
-enum class Landing { outbound_listener, inbound_listener, destination };
+enum class Landing { outbound_listener, inbound_listener, dns_listener, destination };
 std::string to_string(Landing l);
 
-/// A TCP connect() made inside the pod.
+/// A TCP connect(), or a UDP datagram (udp), sent from inside the pod.
 struct OutboundConn {
+  bool udp = false;
   IpAddr dst;
   uint16_t dport = 0;
   std::optional<IpAddr> bound_src;  ///< bind() before connect (127.0.0.6)
@@ -101,7 +129,7 @@ struct InboundConn {
   uint16_t dport = 0;
 };
 
-/// The nat OUTPUT decision (rows O1-O7).
+/// The nat OUTPUT decision (rows O1-O8, and DNS).
 Landing decide_outbound(const CaptureFlags& f, const OutboundConn& c);
 /// The nat PREROUTING decision (rows I1-I6).
 Landing decide_inbound(const CaptureFlags& f, const InboundConn& c);

@@ -57,6 +57,11 @@ int serve_tagged(int out, const std::vector<ListenSpec>& specs) {
     if (fd >= 0) {
       ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
       if (ss.ss_family == AF_INET6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+      // A datagram's destination (the "local address" recorded), and the
+      // source of the answer: a wildcard listener answers from the address
+      // the datagram was sent to, as a DNS server must.
+      if (spec.udp && ss.ss_family == AF_INET) ::setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof one);
+      if (spec.udp && ss.ss_family == AF_INET6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof one);
     }
     if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || (!spec.udp && ::listen(fd, 4096) != 0)) {
       write_all(out, "E " + spec.str() + ": " + std::strerror(errno) + "\n");
@@ -89,14 +94,69 @@ int serve_tagged(int out, const std::vector<ListenSpec>& specs) {
         if (specs[i].udp) {
           for (;;) {
             sockaddr_storage from{};
-            socklen_t flen = sizeof from;
-            const ssize_t n = ::recvfrom(fd, buf.data(), buf.size(), 0, reinterpret_cast<sockaddr*>(&from), &flen);
+            alignas(cmsghdr) char control[256];
+            iovec iov{buf.data(), buf.size()};
+            msghdr msg{};
+            msg.msg_name = &from;
+            msg.msg_namelen = sizeof from;
+            msg.msg_iov = &iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control;
+            msg.msg_controllen = sizeof control;
+            const ssize_t n = ::recvmsg(fd, &msg, 0);
             if (n < 0) break;
             std::string data(buf.data(), static_cast<size_t>(n));
             const std::string tag = data.substr(0, data.find('\n'));
+            // The datagram's destination, and the same address as the answer's source.
+            std::string local;
+            alignas(cmsghdr) char reply_control[CMSG_SPACE(sizeof(in6_pktinfo))] = {};
+            msghdr reply{};
+            reply.msg_name = &from;
+            reply.msg_namelen = msg.msg_namelen;
+            reply.msg_iov = &iov;
+            reply.msg_iovlen = 1;
+            for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+              if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_PKTINFO) {
+                in_pktinfo pi;
+                std::memcpy(&pi, CMSG_DATA(cm), sizeof pi);
+                sockaddr_in sin{};
+                sin.sin_family = AF_INET;
+                sin.sin_addr = pi.ipi_addr;
+                sin.sin_port = htons(specs[i].port);
+                local = format_sockaddr(reinterpret_cast<sockaddr*>(&sin), sizeof sin);
+                in_pktinfo out_pi{};
+                out_pi.ipi_spec_dst = pi.ipi_addr;
+                reply.msg_control = reply_control;
+                reply.msg_controllen = CMSG_SPACE(sizeof out_pi);
+                cmsghdr* rc = CMSG_FIRSTHDR(&reply);
+                rc->cmsg_level = IPPROTO_IP;
+                rc->cmsg_type = IP_PKTINFO;
+                rc->cmsg_len = CMSG_LEN(sizeof out_pi);
+                std::memcpy(CMSG_DATA(rc), &out_pi, sizeof out_pi);
+              } else if (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_PKTINFO) {
+                in6_pktinfo pi;
+                std::memcpy(&pi, CMSG_DATA(cm), sizeof pi);
+                sockaddr_in6 sin6{};
+                sin6.sin6_family = AF_INET6;
+                sin6.sin6_addr = pi.ipi6_addr;
+                sin6.sin6_port = htons(specs[i].port);
+                local = format_sockaddr(reinterpret_cast<sockaddr*>(&sin6), sizeof sin6);
+                in6_pktinfo out_pi{};
+                out_pi.ipi6_addr = pi.ipi6_addr;
+                reply.msg_control = reply_control;
+                reply.msg_controllen = CMSG_SPACE(sizeof out_pi);
+                cmsghdr* rc = CMSG_FIRSTHDR(&reply);
+                rc->cmsg_level = IPPROTO_IPV6;
+                rc->cmsg_type = IPV6_PKTINFO;
+                rc->cmsg_len = CMSG_LEN(sizeof out_pi);
+                std::memcpy(CMSG_DATA(rc), &out_pi, sizeof out_pi);
+              }
+            }
             OriginalDst none;
-            write_all(out, record_line(i, tag, format_sockaddr(reinterpret_cast<sockaddr*>(&from), flen), "", none));
-            ::sendto(fd, data.data(), data.size(), 0, reinterpret_cast<sockaddr*>(&from), flen);
+            write_all(out, record_line(i, tag, format_sockaddr(reinterpret_cast<sockaddr*>(&from), msg.msg_namelen),
+                                       local, none));
+            iov.iov_len = static_cast<size_t>(n);
+            ::sendmsg(fd, &reply, 0);
           }
         } else {
           for (;;) {

@@ -36,7 +36,7 @@ struct TagRecord {
   std::string server;  ///< the TaggedServer's name ("proxy", "pod-app", "peer")
   ListenSpec listener;
   std::string peer;      ///< getpeername of the accepted socket / datagram source
-  std::string local;     ///< getsockname of the accepted socket ("" for UDP)
+  std::string local;     ///< getsockname of the accepted socket; for UDP the datagram's destination (pktinfo)
   bool orig_ok = false;  ///< SO_ORIGINAL_DST answered (TCP only)
   std::string orig_dst;  ///< its answer when orig_ok
   int orig_errno = 0;    ///< errno when not
