@@ -357,7 +357,9 @@ std::optional<Table> dns_state_table(const Results& r) {
   Table t;
   t.title = "DNS: the UDP reply mapping (dns_reverse, LRU) of the eBPF pod as queries accumulate, a new socket every " +
             std::to_string(r.dns.per_socket) + " queries; " + std::to_string(r.dns.state_failures) +
-            " failed queries";
+            " failed queries" +
+            (r.profile == "full" ? "" : "; " + r.profile + " run: " + std::to_string(r.dns.state_queries) +
+                                            " queries, a full run sends 100000");
   t.head = {"queries", "sockets", "entries", "max_entries", "memlock (bytes)"};
   for (const auto& s : r.dns.state)
     t.rows.push_back({std::to_string(s.queries),
