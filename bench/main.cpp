@@ -116,6 +116,10 @@ int run_phases(Bench& b, const std::vector<RigDef>& defs) {
       run_cni_phase(b);
       return kExitOk;
     }
+    if (b.opt.dns_only) {
+      run_dns_phase(b);
+      return kExitOk;
+    }
     build_rigs(b, defs);
     b.res.config["iptables_applied_with"] = b.ro.meshcap_iptables
                                                 ? "meshcap init --mode iptables --force-iptables-binary"
@@ -125,6 +129,7 @@ int run_phases(Bench& b, const std::vector<RigDef>& defs) {
     run_bpf_stats_phase(b);
     b.rigs.clear();  // removes captures, servers, haproxy and the pods
     run_init_phase(b);
+    run_dns_phase(b);
     run_node_phase(b);
     run_cni_phase(b);
     return kExitOk;
@@ -162,8 +167,9 @@ void write_outputs(const Options& o, Results& res, const std::vector<std::string
 }
 
 // --selftest: sane, non-zero sample counts in every cell asked for, a
-// timing for every init and node step, nothing left behind.
-bool selftest_sane(const Results& res, bool clean, int code) {
+// timing for every init and node step, the DNS reply state read, nothing
+// left behind.
+bool selftest_sane(const Results& res, const Options& o, bool clean, int code) {
   bool sane = clean && code == kExitOk && (!res.cells.empty() || res.cni.adds > 0);
   for (const auto& [k, c] : res.cells) {
     const size_t n = k.workload == "throughput" ? c.round_rate.size() : c.samples.size();
@@ -183,7 +189,13 @@ bool selftest_sane(const Results& res, bool clean, int code) {
       std::cout << "selftest: cni " << way << ": " << v.size() << " ADDs timed of " << res.cni.adds << "\n";
       sane = false;
     }
-  if (res.cells.empty()) {  // --cni-only
+  const bool dns_skipped = std::any_of(res.notes.begin(), res.notes.end(),
+                                       [](const std::string& n) { return n.rfind("dns phase skipped", 0) == 0; });
+  if (!o.no_dns && !o.cni_only && !dns_skipped && res.dns.state.size() < 2) {
+    std::cout << "selftest: dns: no reply-mapping state read after queries\n";
+    sane = false;
+  }
+  if (res.cells.empty() || o.dns_only) {  // --cni-only, --dns-only
     std::cout << "selftest: " << (sane ? "ok" : "FAILED") << "\n";
     return sane;
   }
@@ -235,6 +247,6 @@ int main(int argc, char** argv) {
   compute_targets(res);
   const auto left = leftovers(b.pod_suffixes, b.server_pids, dirs);
   write_outputs(o, res, left);
-  if (o.selftest) return selftest_sane(res, left.empty(), code) ? kExitOk : kExitFailed;
+  if (o.selftest) return selftest_sane(res, o, left.empty(), code) ? kExitOk : kExitFailed;
   return left.empty() ? code : kExitFailed;
 }

@@ -30,6 +30,7 @@ struct Overrides {
   double tput_s = 0;
   size_t node_pods = 0;
   int cni_adds = 0;
+  uint64_t dns_queries = 0;
 };
 
 void add_run_options(CLI::App& app, Options& o, Overrides& v) {
@@ -56,6 +57,9 @@ void add_run_options(CLI::App& app, Options& o, Overrides& v) {
   app.add_flag("--no-cni", o.no_cni, "Skip the CNI ADD phase");
   app.add_flag("--cni-only", o.cni_only, "Run only the CNI ADD phase");
   app.add_option("--cni-adds", v.cni_adds, "CNI ADDs timed each way (default: 100, quick 50)");
+  app.add_flag("--no-dns", o.no_dns, "Skip the DNS capture phase");
+  app.add_flag("--dns-only", o.dns_only, "Run only the DNS capture phase");
+  app.add_option("--dns-queries", v.dns_queries, "DNS round trips per variant and round (default: 2000, quick 500)");
   app.add_option("--meshcap-cni", o.cni_bin, "The meshcap-cni binary")->capture_default_str();
   app.add_flag("--no-plots", o.no_plots, "Do not run gnuplot");
   app.add_flag("--raw-samples", o.raw_samples,
@@ -86,6 +90,7 @@ void apply_overrides(Profile& p, const Overrides& v) {
   if (v.tput_s > 0) p.throughput_s = v.tput_s;
   if (v.node_pods) p.node_pods = v.node_pods;
   if (v.cni_adds > 0) p.cni_adds = v.cni_adds;
+  if (v.dns_queries > 0) p.dns_queries = v.dns_queries;
   if (v.no_scaling) p.sizes.clear();
   if (!test::have_binary("haproxy")) p.proxies = false;
 }
@@ -103,6 +108,10 @@ std::optional<int> check(const Options& o) {
   }
   if (o.no_cni && o.cni_only) {
     std::cerr << "meshcap-bench: --cni-only and --no-cni contradict each other\n";
+    return kExitUsage;
+  }
+  if ((o.no_dns && o.dns_only) || (o.cni_only && o.dns_only)) {
+    std::cerr << "meshcap-bench: --dns-only contradicts " << (o.no_dns ? "--no-dns" : "--cni-only") << "\n";
     return kExitUsage;
   }
   if (!std::filesystem::exists(o.meshcap_bin)) {
@@ -133,6 +142,8 @@ Profile make_profile(const std::string& name) {
     p.init_reps = 5;
     p.node_enrol_reps = 11;
     p.cni_adds = 50;
+    p.dns_queries = 500;
+    p.dns_state_queries = 10000;
   } else if (name == "selftest") {
     p.rounds = p.node_rounds = 1;
     p.connect_n = 100;
@@ -146,6 +157,8 @@ Profile make_profile(const std::string& name) {
     p.node_pods = 3;
     p.node_enrol_reps = 1;
     p.cni_adds = 3;
+    p.dns_queries = 100;
+    p.dns_state_queries = 1000;
   }
   return p;
 }

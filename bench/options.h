@@ -31,6 +31,9 @@ struct Profile {
   int node_enrol_reps = 21;  ///< enrolments (and restores) timed
   // CNI ADD.
   int cni_adds = 100;  ///< ADDs timed each way
+  // DNS capture.
+  uint64_t dns_queries = 2000;          ///< DNS round trips per variant per round
+  uint64_t dns_state_queries = 100000;  ///< queries before the reply-mapping state is read
 };
 
 /// The profile of that name ("full", "quick", "selftest").
@@ -43,6 +46,8 @@ struct Options {
   bool no_node = false;
   bool no_cni = false;
   bool cni_only = false;  ///< the CNI ADD phase alone
+  bool no_dns = false;
+  bool dns_only = false;  ///< the DNS phase alone
   bool no_plots = false;
   bool raw_samples = false;
   std::string out_dir = "meshcap-bench-out";

@@ -1,6 +1,7 @@
 // The phases of a run, in the order main() runs them, over one shared
 // context: the pods of every variant, then the main workloads, rule
-// scaling, the BPF run-time diagnostic, init times and node mode.
+// scaling, the BPF run-time diagnostic, init times, DNS capture, node mode
+// and CNI ADD.
 #pragma once
 
 #include <map>
@@ -53,6 +54,10 @@ void run_node_phase(Bench& b);
 /// CNI ADD end to end: meshcap-cni through the agent and without, into
 /// the node data path and with iptables.
 void run_cni_phase(Bench& b);
+/// DNS capture (--redirect-dns) on fresh pods: a query's round trip through
+/// the proxy per capture, connection setup of other traffic with DNS
+/// capture on and off, and the UDP reply mapping's state after many queries.
+void run_dns_phase(Bench& b);
 
 /// The client job of a workload ("connect", "rr-CxS", "throughput").
 ClientSpec spec_for(const Profile& p, const VariantDef& v, Rig& rig, const std::string& workload, bool scaling);

@@ -76,8 +76,14 @@ void write_by_size(const std::string& file, const std::vector<size_t>& sizes, co
   }
 }
 
+// Whether the run has figures of the rule-scaling phase (not with
+// --cni-only or --dns-only: gnuplot refuses a plot with no points).
+bool has_scaling(const Results& r) {
+  return std::any_of(r.cells.begin(), r.cells.end(), [](const auto& kc) { return kc.first.phase == "scaling"; });
+}
+
 void scaling_plots(const Results& r, const std::string& dir, std::ostringstream& script, std::vector<std::string>& pngs) {
-  if (r.sizes.empty()) return;
+  if (r.sizes.empty() || !has_scaling(r)) return;
   for (const std::string view : {"mechanism", "proxy"}) {
     std::vector<std::string> names;
     for (const auto& v : r.variants)
@@ -104,7 +110,7 @@ void overhead_plot(const Results& r, const std::string& dir, std::ostringstream&
   std::vector<std::string> caps;
   for (const std::string cap : {"iptables-nft", "iptables-legacy", "ebpf"})
     if (r.variant(cap + "-mech")) caps.push_back(cap);
-  if (r.sizes.empty() || caps.empty() || !r.variant("local-direct")) return;
+  if (r.sizes.empty() || caps.empty() || !r.variant("local-direct") || !has_scaling(r)) return;
   const std::string file = dir + "/scaling-overhead.dat";
   write_by_size(file, r.sizes, caps, "connection-setup p50 minus local-direct's, median over rounds, µs",
                 [&](const std::string& c, size_t s) {
@@ -155,6 +161,7 @@ std::vector<std::string> write_plots(Results& r, const std::string& dir) {
   scaling_plots(r, dir, script, pngs);
   overhead_plot(r, dir, script, pngs);
   init_plot(r, dir, script, pngs);
+  if (pngs.empty()) return pngs;
   const std::string script_path = dir + "/plots.gp";
   std::ofstream(script_path) << script.str();
   const Timed t = run_timed({*gp, script_path});

@@ -138,11 +138,13 @@ std::vector<Table> scaling_tables(const Results& r) {
     for (const auto& v : r.variants) {
       if (v.view != view || !v.scaling) continue;
       std::vector<std::string> row = {v.name};
+      bool any = false;
       for (size_t s : r.sizes) {
         const Cell* c = r.cell("scaling", "connect", v.name, s);
         row.push_back(c ? num(c->p50) + " (" + fmt("%.0f%%", spread_pct(c->round_p50_us)) + ")" : "-");
+        any |= c != nullptr;
       }
-      t.rows.push_back(row);
+      if (any) t.rows.push_back(row);  // none: a run without this phase (--cni-only, --dns-only)
     }
     if (view == "mechanism") {
       for (const std::string cap : {"iptables-nft", "iptables-legacy", "ebpf"}) {
@@ -299,6 +301,83 @@ std::optional<Table> cni_table(const Results& r) {
   return t;
 }
 
+// DNS capture: a query's round trip per capture, paired by round against
+// the eBPF pod's (the A/A row: the eBPF pod's second job of each round).
+std::optional<Table> dns_rtt_table(const Results& r) {
+  const Cell* e = r.cell("dns", "dns-rtt", "dns-ebpf", 0);
+  Table t;
+  t.title = "DNS: a query's round trip (sendto the resolver's port 53, recvfrom its reply, source and ID checked) "
+            "on one unconnected UDP socket as the app, through the proxy's DNS listener (dnsmasq in the pod, "
+            "answering from its cache), latency in µs, " +
+            std::to_string(r.dns.queries) + " queries/variant/round, " + std::to_string(r.rounds) +
+            " round(s); ebpf/this = median over rounds of the p50 ratio";
+  t.head = {"variant", "capture applied with", "n", "failures", "p50", "p99", "mean", "ebpf/this", "upstream saw", "spread"};
+  for (const auto& v : r.variants) {
+    const Cell* c = r.cell("dns", "dns-rtt", v.name, 0);
+    if (v.view != "dns" || !c) continue;
+    const auto q = e && c != e ? paired_ratio(*e, *c) : std::nullopt;
+    const auto how = r.dns.how.find(v.name);
+    const auto sent = r.dns.sent.find(v.name);
+    const auto up = r.dns.upstream.find(v.name);
+    t.rows.push_back({v.name, how == r.dns.how.end() ? "-" : how->second, std::to_string(c->samples.size()),
+                      std::to_string(c->errors), num(c->p50), num(c->p99), num(c->mean), q ? fmt("%.3fx", *q) : "-",
+                      sent == r.dns.sent.end() || up == r.dns.upstream.end()
+                          ? "-"
+                          : std::to_string(up->second) + " of " + std::to_string(sent->second),
+                      fmt("%.0f%%", spread_pct(c->round_p50_us))});
+  }
+  if (t.rows.empty()) return std::nullopt;
+  return t;
+}
+
+// Connection setup of other traffic on the eBPF data path with DNS capture
+// on and off, and off twice (the A/A pair), paired by round.
+std::optional<Table> dns_connect_table(const Results& r) {
+  Table t;
+  t.title = "DNS capture and other traffic: connection setup (connect + 16 B request/response + close to the "
+            "in-pod echo on 15001) on the eBPF data path, latency in µs, " +
+            std::to_string(r.rounds) + " round(s); on: --redirect-dns --capture-all-dns; diff = median over rounds "
+            "of the p50 difference";
+  t.head = {"variant", "n", "p50", "p90", "p99", "vs", "diff (µs)", "spread"};
+  const Cell* off = r.cell("dns", "connect", "dns-capture-off", 0);
+  for (const auto& v : r.variants) {
+    const Cell* c = r.cell("dns", "connect", v.name, 0);
+    if (v.view != "dns" || !c) continue;
+    const auto d = off && c != off ? paired_diff(*c, *off) : std::nullopt;
+    t.rows.push_back({v.name, std::to_string(c->samples.size()) + (c->errors ? " (" + std::to_string(c->errors) + " err)" : ""),
+                      num(c->p50), num(c->p90), num(c->p99), d ? "dns-capture-off" : "-", d ? fmt("%+.2f", *d) : "-",
+                      fmt("%.0f%%", spread_pct(c->round_p50_us))});
+  }
+  if (t.rows.empty()) return std::nullopt;
+  return t;
+}
+
+std::optional<Table> dns_state_table(const Results& r) {
+  if (r.dns.state.empty()) return std::nullopt;
+  Table t;
+  t.title = "DNS: the UDP reply mapping (dns_reverse, LRU) of the eBPF pod as queries accumulate, a new socket every " +
+            std::to_string(r.dns.per_socket) + " queries; " + std::to_string(r.dns.state_failures) +
+            " failed queries" +
+            (r.profile == "full" ? "" : "; " + r.profile + " run: " + std::to_string(r.dns.state_queries) +
+                                            " queries, a full run sends 100000");
+  t.head = {"queries", "sockets", "entries", "max_entries", "memlock (bytes)"};
+  for (const auto& s : r.dns.state)
+    t.rows.push_back({std::to_string(s.queries),
+                      std::to_string(r.dns.per_socket ? (s.queries + r.dns.per_socket - 1) / r.dns.per_socket : 0),
+                      std::to_string(s.entries), std::to_string(r.dns.max_entries), std::to_string(s.memlock)});
+  return t;
+}
+
+std::optional<Table> dns_counters_table(const Results& r) {
+  if (r.dns.counters.empty()) return std::nullopt;
+  Table t;
+  t.title = "DNS: the eBPF pod's DNS counters after its round-trip jobs (warm-up and checks included), before the "
+            "reply-mapping queries";
+  t.head = {"counter", "count"};
+  for (const auto& [k, v] : r.dns.counters) t.rows.push_back({k, std::to_string(v)});
+  return t;
+}
+
 std::vector<Table> all_tables(const Results& r) {
   std::vector<Table> out = latency_tables(r);
   auto add = [&](std::optional<Table> t) {
@@ -311,6 +390,10 @@ std::vector<Table> all_tables(const Results& r) {
   add(node_memory_table(r));
   add(node_connect_table(r));
   add(cni_table(r));
+  add(dns_rtt_table(r));
+  add(dns_counters_table(r));
+  add(dns_connect_table(r));
+  add(dns_state_table(r));
   add(prog_stats_table(r));
   return out;
 }
@@ -406,6 +489,14 @@ nlohmann::json details_json(const Results& r) {
                {"how", r.node.how},           {"memlock_bytes", r.node.memlock}, {"pods_enrolled", r.node.enrolled},
                {"enroll_by_count_s", r.node.enroll_by_count}};
   j["cni"] = {{"adds", r.cni.adds}, {"max_pods", r.cni.max_pods}, {"seconds", r.cni.seconds}};
+  json state = json::array();
+  for (const auto& s : r.dns.state)
+    state.push_back({{"queries", s.queries}, {"entries", s.entries}, {"memlock_bytes", s.memlock}});
+  j["dns"] = {{"queries_per_job", r.dns.queries}, {"applied_with", r.dns.how},
+              {"queries_sent", r.dns.sent},       {"upstream_saw", r.dns.upstream},
+              {"ebpf_counters", r.dns.counters},  {"state_queries", r.dns.state_queries},
+              {"state_queries_per_socket", r.dns.per_socket}, {"state_failures", r.dns.state_failures},
+              {"dns_reverse_max_entries", r.dns.max_entries}, {"state", state}};
   return j;
 }
 

@@ -71,6 +71,29 @@ struct CniFigures {
   std::map<std::string, std::vector<double>> seconds;
 };
 
+/// The UDP reply mapping (dns_reverse) after `queries` DNS queries.
+struct DnsStatePoint {
+  uint64_t queries = 0;
+  size_t entries = 0;
+  uint64_t memlock = 0;  ///< the map's memlock bytes (/proc/self/fdinfo)
+};
+
+/// DNS capture (phase "dns") besides its cells: round trips (workload
+/// "dns-rtt", per capture, and the A/A pair on the eBPF pod) and
+/// connection setup with and without DNS capture (workload "connect").
+struct DnsRecord {
+  uint64_t queries = 0;                        ///< timed queries per round-trip job
+  std::map<std::string, std::string> how;      ///< dns-rtt variant -> how its capture was applied
+  std::map<std::string, uint64_t> sent;        ///< dns-rtt variant -> queries sent, warm-up included
+  std::map<std::string, uint64_t> upstream;    ///< ... and of them, those the upstream resolver saw
+  std::map<std::string, uint64_t> counters;    ///< the eBPF pod's dns_* counters after its jobs
+  uint64_t state_queries = 0;                  ///< queries of the reply-mapping measurement
+  uint64_t per_socket = 0;                     ///< ... on a new socket every this many
+  uint64_t state_failures = 0;
+  uint32_t max_entries = 0;                    ///< dns_reverse's
+  std::vector<DnsStatePoint> state;            ///< before the queries, then at steps
+};
+
 struct Target {
   std::string name, measured, goal;
   bool pass = false;
@@ -93,6 +116,7 @@ struct Results {
   std::vector<ProgStat> prog_stats;
   NodeFigures node;
   CniFigures cni;
+  DnsRecord dns;
   std::vector<Target> targets;
   std::vector<std::string> notes;              ///< anything that went wrong
   /// Per job: share of the data-path CPUs busy with work other than the
@@ -107,7 +131,8 @@ struct Results {
 };
 
 /// Fills results.targets from the cells, init records and node figures:
-/// issue 7's goals and node mode's, and the figures kept beside them.
+/// issue 7's goals, node mode's and DNS capture's (issue 18), and the
+/// figures kept beside them.
 void compute_targets(Results& r);
 /// The terminal report: machine, settings, tables and notes.
 std::string render_text(const Results& r);

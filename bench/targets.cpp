@@ -1,9 +1,11 @@
 // The goals, checked against this run's figures: issue 7's (mechanism,
-// proxy, init, acceleration) and node mode's. Comparisons of latency are
-// paired by round (median over rounds of the per-round difference or
-// ratio), so drift of the shared machine between rounds cancels out;
-// "iptables" is the faster backend, the stricter comparison.
+// proxy, init, acceleration), node mode's and DNS capture's (issue 18).
+// Comparisons of latency are paired by round (median over rounds of the
+// per-round difference or ratio), so drift of the shared machine between
+// rounds cancels out; "iptables" is the faster backend, the stricter
+// comparison.
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <optional>
 #include <tuple>
@@ -30,6 +32,7 @@ class Targets {
   void node_memory();
   void node_connections();
   void cni_add();
+  void dns();
 
  private:
   void put(const std::string& name, const std::string& measured, const std::string& goal, bool pass,
@@ -293,6 +296,51 @@ void Targets::cni_add() {
   ratio_of("cni-add-p99-no-agent", "node data path, no agent", "iptables in the namespace, no agent", true);
 }
 
+// DNS capture (issue 18): the round trip's p50 against each iptables
+// backend, paired by round (the A/A ratio beside it); connection setup of
+// other traffic with DNS capture on against off, within the A/A pair's
+// difference; the reply mapping bounded after the state queries.
+void Targets::dns() {
+  const Cell* e = r_.cell("dns", "dns-rtt", "dns-ebpf", 0);
+  const Cell* aa = r_.cell("dns", "dns-rtt", "dns-ebpf-aa", 0);
+  const auto qa = e && aa ? paired_ratio(*e, *aa) : std::nullopt;
+  for (const std::string cap : {"nft", "legacy"}) {
+    const std::string name = "dns-rtt-p50-ebpf-vs-" + cap, goal = "<= 1.00x iptables-" + cap + "'s p50";
+    const Cell* i = r_.cell("dns", "dns-rtt", "dns-iptables-" + cap, 0);
+    const auto q = e && i ? paired_ratio(*e, *i) : std::nullopt;
+    if (!q) {
+      not_measured(name, goal);
+      continue;
+    }
+    put(name,
+        fmt("%.3fx", *q) + " [p50 " + num(e->p50) + " µs vs " + num(i->p50) + " µs" +
+            (qa ? "; A/A eBPF/eBPF " + fmt("%.3fx", *qa) : "") + "]",
+        goal, *q <= 1.0);
+  }
+  const Cell* on = r_.cell("dns", "connect", "dns-capture-on", 0);
+  const Cell* off = r_.cell("dns", "connect", "dns-capture-off", 0);
+  const Cell* off2 = r_.cell("dns", "connect", "dns-capture-off-aa", 0);
+  const auto d = on && off ? paired_diff(*on, *off) : std::nullopt;
+  const auto a = off2 && off ? paired_diff(*off2, *off) : std::nullopt;
+  const std::string goal = "|on - off| <= |A/A difference| (off - off)";
+  if (d && a)
+    put("dns-connect-setup-delta",
+        fmt("%+.2f µs", *d) + " [A/A " + fmt("%+.2f µs", *a) + "; p50 on " + num(on->p50) + ", off " + num(off->p50) +
+            ", off again " + num(off2->p50) + " µs]",
+        goal, std::fabs(*d) <= std::fabs(*a));
+  else
+    not_measured("dns-connect-setup-delta", goal);
+  const auto& st = r_.dns.state;
+  const std::string sgoal = "entries <= max_entries, memlock unchanged";
+  if (st.size() < 2 || r_.dns.max_entries == 0) return not_measured("dns-reply-state-bounded", sgoal);
+  const bool same_mem = std::all_of(st.begin(), st.end(), [&](const DnsStatePoint& p) { return p.memlock == st[0].memlock; });
+  put("dns-reply-state-bounded",
+      std::to_string(st.back().entries) + " entries of " + std::to_string(r_.dns.max_entries) + " after " +
+          std::to_string(st.back().queries) + " queries [memlock " + std::to_string(st.front().memlock) + " B before, " +
+          std::to_string(st.back().memlock) + " B after; " + std::to_string(r_.dns.state_failures) + " failed]",
+      sgoal, st.back().entries <= r_.dns.max_entries && same_mem);
+}
+
 }  // namespace
 
 void compute_targets(Results& r) {
@@ -307,6 +355,7 @@ void compute_targets(Results& r) {
   t.node_memory();
   t.node_connections();
   t.cni_add();
+  t.dns();
 }
 
 }  // namespace meshcap::bench
