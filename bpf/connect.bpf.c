@@ -1,9 +1,9 @@
 /* cgroup/connect4 and cgroup/connect6: send an enrolled pod's outbound TCP
  * connects to its proxy's listeners, and its UDP sockets connected to a
  * resolver's port 53 to the DNS listener (--redirect-dns), as istio's nat
- * OUTPUT rules would, and record where each was going. The rewrite happens before the kernel picks
- * a route, so no NAT and no conntrack entry is involved. A socket in a
- * namespace that is not enrolled costs one lookup. */
+ * OUTPUT rules would, and record where each was going. The rewrite happens
+ * before the kernel picks a route, so no NAT and no conntrack entry is
+ * involved. A socket in a namespace that is not enrolled costs one lookup. */
 #include "common.bpf.h"
 
 /* Keeps the source address the connection would have had without capture:

@@ -114,7 +114,7 @@ fi
 # --- tools -----------------------------------------------------------------------
 # timeout and env as well: busybox's would run their own `ip` applet, not
 # iproute2's (the tests call `timeout 60 ip netns add`).
-copy_tool ip nsenter setpriv mount umount timeout env
+copy_tool ip nsenter setpriv mount umount timeout env unshare
 if command -v haproxy >/dev/null; then copy_tool haproxy; else say "no haproxy here: e2e tests will skip"; fi
 # The DNS e2e tests' resolver and proxy (dnsmasq) and clients (dig, getent).
 for t in dnsmasq dig getent; do
@@ -200,8 +200,11 @@ done
 say "kernel $KVER: ${#want[@]} modules"
 
 # --- /etc and the guest's scripts --------------------------------------------------
-printf 'root:x:0:0:root:/root:/bin/sh\nistio-proxy:x:1337:1337::/tmp:/bin/false\n' > "$STAGE/etc/passwd"
-printf 'root:x:0:\nistio-proxy:x:1337:\n' > "$STAGE/etc/group"
+# nobody and dip: dnsmasq's default user and group, which it looks up even
+# when it runs unprivileged (the DNS e2e tests' proxy).
+printf 'root:x:0:0:root:/root:/bin/sh\nistio-proxy:x:1337:1337::/tmp:/bin/false\nnobody:x:65534:65534::/nonexistent:/bin/false\n' \
+  > "$STAGE/etc/passwd"
+printf 'root:x:0:\nistio-proxy:x:1337:\nnogroup:x:65534:\ndip:x:30:\n' > "$STAGE/etc/group"
 printf '127.0.0.1 localhost\n::1 localhost\n' > "$STAGE/etc/hosts"
 for f in /etc/protocols /etc/services /etc/ethertypes; do [ -e "$f" ] && cp "$f" "$STAGE/etc/"; done
 install -m 0755 "$HERE/guest/init" "$STAGE/init"

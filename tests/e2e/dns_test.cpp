@@ -416,9 +416,9 @@ class Dns : public ::testing::TestWithParam<Mode> {
   CommandResult in_pod(const std::vector<std::string>& argv, uid_t uid = kAppId, gid_t gid = kAppId) {
     const std::string procs = pod_->cgroup_path() + "/cgroup.procs";
     std::vector<std::string> all = {"sh", "-c", "echo $$ > \"$0\" && exec \"$@\"", procs};
-    all.insert(all.end(), {"nsenter", "--net=" + pod_->pod_netns_path()});
+    all.insert(all.end(), {tool("nsenter"), "--net=" + pod_->pod_netns_path()});
     if (uid != 0 || gid != 0)
-      all.insert(all.end(), {"setpriv", "--reuid=" + std::to_string(uid), "--regid=" + std::to_string(gid),
+      all.insert(all.end(), {tool("setpriv"), "--reuid=" + std::to_string(uid), "--regid=" + std::to_string(gid),
                              "--clear-groups"});
     all.insert(all.end(), argv.begin(), argv.end());
     return run_command(all);
@@ -440,13 +440,18 @@ class Dns : public ::testing::TestWithParam<Mode> {
     const std::string nss = pod_->scratch_dir() + "/nsswitch.conf";
     write_file(resolv, "nameserver " + resolver + "\noptions attempts:1 timeout:2\n");
     write_file(nss, "hosts: files dns\n");
-    return in_pod({"unshare", "--mount", "--propagation", "private", "sh", "-c",
-                   "mount --bind \"$1\" /etc/resolv.conf && mount --bind \"$2\" /etc/nsswitch.conf && shift 2 && "
-                   "exec setpriv --reuid=" + std::to_string(kAppId) + " --regid=" + std::to_string(kAppId) +
-                       " --clear-groups \"$@\"",
-                   "sh", resolv, nss, "getent", db, name},
+    const std::string mount = tool("mount"), setpriv = tool("setpriv");
+    return in_pod({tool("unshare"), "--mount", "--propagation", "private", "sh", "-c",
+                   mount + " --bind \"$1\" /etc/resolv.conf && " + mount + " --bind \"$2\" /etc/nsswitch.conf && "
+                   "shift 2 && exec " + setpriv + " --reuid=" + std::to_string(kAppId) + " --regid=" +
+                       std::to_string(kAppId) + " --clear-groups \"$@\"",
+                   "sh", resolv, nss, tool("getent"), db, name},
                   0, 0);
   }
+
+  /// A tool's full path: a shell (busybox's, in the kernel matrix's guest)
+  /// would run its own applet of the same name before anything on PATH.
+  static std::string tool(const std::string& name) { return find_binary(name).value_or(name); }
 
   /// One of this file's clients in the pod (its cgroup and netns) as id.
   ClientResult ask(const std::string& server, Client how, const std::string& name,
