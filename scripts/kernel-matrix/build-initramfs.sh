@@ -206,6 +206,9 @@ printf 'root:x:0:0:root:/root:/bin/sh\nistio-proxy:x:1337:1337::/tmp:/bin/false\
   > "$STAGE/etc/passwd"
 printf 'root:x:0:\nistio-proxy:x:1337:\nnogroup:x:65534:\ndip:x:30:\n' > "$STAGE/etc/group"
 printf '127.0.0.1 localhost\n::1 localhost\n' > "$STAGE/etc/hosts"
+# What glibc's resolver reads (the DNS e2e tests bind their own over them).
+printf 'hosts: files dns\n' > "$STAGE/etc/nsswitch.conf"
+: > "$STAGE/etc/resolv.conf"
 for f in /etc/protocols /etc/services /etc/ethertypes; do [ -e "$f" ] && cp "$f" "$STAGE/etc/"; done
 install -m 0755 "$HERE/guest/init" "$STAGE/init"
 install -m 0755 "$HERE/guest/capture-check.sh" "$STAGE/etc/kmatrix/capture-check.sh"
