@@ -46,7 +46,7 @@ PodState::Ebpf own_data_path(const Plan& plan, const PodTarget& t, const PodNetw
   spec.inbound = plan.inbound.engine == Engine::Ebpf;
   spec.accelerate = plan.accelerate;
   spec.ingress_ifindex = spec.inbound && (!cfg.exclude_interfaces.empty() || !cfg.reroute_virtual_interfaces.empty());
-  spec.dns = dns_redirect_active(cfg);
+  spec.dns = plan.dns;
   // Room for the pod's whole CIDR lists, whatever their length (-x with
   // 10,000 prefixes is a real configuration).
   const auto& x = cfg.outbound_ranges_exclude;

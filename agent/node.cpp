@@ -85,6 +85,16 @@ int run_node_start(const NodeStartOptions& o) {
   std::vector<std::string> dropped;
   const loader::DataPathSpec spec = loader::loadable_spec(want, &dropped);
   for (const auto& d : dropped) spdlog::warn("node data path without {}", d);
+  if (running && running->dns && !spec.dns) {
+    // Its links would go: the pods that capture DNS would be left without.
+    std::vector<std::string> names;
+    for (const auto& p : node_pods())
+      if (p.plan.dns) names.push_back(p.name);
+    if (!names.empty())
+      throw std::runtime_error("node start: " + std::to_string(names.size()) + " enrolled pod(s) capture DNS (" +
+                               join(names, ", ") + "); a data path without DNS capture would leave them uncaptured. " +
+                               "Clean them up or capture them again first");
+  }
   NodeRecord next{running && record ? record->cgroup : cgroup, spec, dropped, ""};
   loader::DataPath dp(spec);
   if (running) {

@@ -146,6 +146,7 @@ Plan make_plan(const PlanInput& in, loader::KernelFeatures& kernel) {
     }
   }
 
+  p.dns = p.outbound.engine == Engine::Ebpf && dns_redirect_active(cfg);
   // --accelerate: eBPF outbound and sk_msg, or nothing (with a note).
   if (in.accelerate) {
     if (p.outbound.engine != Engine::Ebpf) {

@@ -82,7 +82,7 @@ EbpfView ebpf_view(const std::string& name, const std::optional<PodState>& st) {
     if (l.attached) attached.insert(l.pin);
   }
   // The DNS programs are needed only by a pod that captures DNS.
-  const bool dns = st && st->ebpf && dns_redirect_active(st->plan.ebpf_config());
+  const bool dns = st && st->ebpf && st->plan.dns;
   v.cgroup_links = std::all_of(loader::cgroup_programs().begin(), loader::cgroup_programs().end(),
                                [&](const loader::ProgramSpec& p) { return (p.dns && !dns) || attached.count(p.pin); });
   for (const auto& l : loader::pinned_links(loader::pod_pins(dir, name))) {

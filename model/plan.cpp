@@ -85,6 +85,7 @@ void Plan::fall_back_to_iptables(Part p, const std::string& reason) {
   if (p == Part::Outbound) {
     if (inbound.engine == Engine::Ebpf)
       inbound = {Engine::Iptables, {"outbound uses iptables (eBPF inbound shares the outbound programs)"}};
+    dns = false;
     if (accelerate) {
       accelerate = false;
       notes.push_back("--accelerate: not applied, outbound capture is by iptables");
@@ -96,7 +97,7 @@ nlohmann::json Plan::to_json() const {
   auto part_json = [](const PartPlan& d) {
     return nlohmann::json{{"engine", to_string(d.engine)}, {"reasons", d.reasons}};
   };
-  return {{"mode", to_string(mode)},       {"ipv6", ipv6},          {"accelerate", accelerate},
+  return {{"mode", to_string(mode)},       {"ipv6", ipv6},          {"accelerate", accelerate}, {"dns", dns},
           {"outbound", part_json(outbound)}, {"inbound", part_json(inbound)}, {"notes", notes}};
 }
 
@@ -105,6 +106,7 @@ Plan Plan::from_json(const nlohmann::json& j) {
   p.mode = mode_from_string(j.value("mode", "auto")).value_or(Mode::Auto);
   p.ipv6 = j.value("ipv6", false);
   p.accelerate = j.value("accelerate", false);
+  p.dns = j.value("dns", false);
   for (Part part : {Part::Outbound, Part::Inbound}) {
     const auto& d = j.at(to_string(part));
     p.part(part).engine = engine_from_string(d.value("engine", "none")).value_or(Engine::None);

@@ -46,6 +46,7 @@ struct Plan {
   PartPlan outbound;
   PartPlan inbound;
   bool accelerate = false;         ///< sk_msg between app and proxy (eBPF outbound only)
+  bool dns = false;                ///< eBPF captures DNS (outbound eBPF with --redirect-dns in effect)
   std::vector<std::string> notes;  ///< what was asked for and is not done, and why
 
   PartPlan& part(Part p) { return p == Part::Outbound ? outbound : inbound; }
@@ -67,7 +68,7 @@ struct Plan {
   /// Only in Mode::Auto: otherwise throws std::runtime_error with the reason.
   void fall_back_to_iptables(Part p, const std::string& reason);
 
-  /// {"mode", "ipv6", "accelerate", "outbound": {engine, reasons}, "inbound": ..., "notes"}.
+  /// {"mode", "ipv6", "accelerate", "dns", "outbound": {engine, reasons}, "inbound": ..., "notes"}.
   nlohmann::json to_json() const;
   /// Reads what to_json() wrote (the configuration is not part of it).
   static Plan from_json(const nlohmann::json& j);

@@ -295,6 +295,12 @@ TEST_F(Node, UpgradeAddsDnsCaptureProgramsInPlace) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(status(b)["plan"]["outbound"]["engine"], "ebpf") << r.output;
   EXPECT_EQ(status(b)["parts"]["outbound"]["in_place"], true) << status(b).dump();
+  // Taking DNS capture away again is refused while a pod uses it.
+  auto down = node_->start({"--no-dns"});
+  EXPECT_NE(down.exit_code, 0) << down.output;
+  EXPECT_NE(down.output.find(b.name()), std::string::npos) << down.output;
+  EXPECT_TRUE(std::filesystem::exists(node_->pin_dir() + "/node/link_sendmsg4"));
+  EXPECT_EQ(status(b)["parts"]["outbound"]["in_place"], true) << status(b).dump();
   node_->meshcap({"cleanup", "--name", a.name()});
   node_->meshcap({"cleanup", "--name", b.name()});
 }

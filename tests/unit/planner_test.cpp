@@ -133,6 +133,8 @@ TEST(Planner, FlagsEbpfCannotHonourMoveTheirPartToIptables) {
   auto dns = plan_on(all, istio_init({"--redirect-dns", "--dns-servers", "10.96.0.10"}));
   EXPECT_EQ(dns.outbound.engine, Engine::Ebpf);
   EXPECT_EQ(dns.inbound.engine, Engine::Ebpf);
+  EXPECT_TRUE(dns.dns);
+  EXPECT_TRUE(Plan::from_json(dns.to_json()).dns);
   std::vector<std::string> no_dns = all;
   std::erase(no_dns, "prog_dns");
   auto dns_refused = plan_on(no_dns, istio_init({"--redirect-dns", "--capture-all-dns"}));
@@ -140,6 +142,7 @@ TEST(Planner, FlagsEbpfCannotHonourMoveTheirPartToIptables) {
   ASSERT_EQ(dns_refused.outbound.reasons.size(), 1u);
   EXPECT_NE(dns_refused.outbound.reasons[0].find("--redirect-dns"), std::string::npos);
   EXPECT_EQ(dns_refused.inbound.engine, Engine::Iptables);
+  EXPECT_FALSE(dns_refused.dns);
   // DNS capture that istio turns off (no resolvers known) asks nothing.
   EXPECT_EQ(plan_on(no_dns, istio_init({"--redirect-dns", "--dns-servers", ""})).outbound.engine, Engine::Ebpf);
   // The iptables part of a split plan leaves DNS to eBPF.
