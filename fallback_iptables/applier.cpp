@@ -381,6 +381,17 @@ std::vector<Rule> outside_rules(const RestorePayload& p) {
   return out;
 }
 
+// True when all `p` adds outside its ISTIO_* chains are jumps to them, so
+// removing the chains and every jump to them removes exactly what it added.
+bool removable_in_one_transaction(const RestorePayload& p) {
+  for (const auto& t : p.tables) {
+    for (const auto& line : t.lines) {
+      if (line.rfind("-N ", 0) == 0 && !is_istio_chain(line.substr(3))) return false;
+    }
+  }
+  return outside_rules(p).size() == payload_istio_jumps(p);
+}
+
 // Removes what `p` added, table by table: its rules in other chains (`-D`
 // with the same words), then its chains (`-F`, `-X`). `only`: those tables.
 void add_removal(std::map<std::string, std::vector<std::string>>& by_table, const RestorePayload& p,
@@ -1230,6 +1241,15 @@ CleanupResult IptablesApplier::cleanup(const CaptureConfig& cfg) {
       const std::string& binary = legacy ? names.legacy : names.nft;
       const RecordedBackend* recorded = rec.backend(fam, legacy);
       bool done = matches_record(legacy ? *vl : *vn, recorded) && !(recorded == nullptr && rec.has_rules_of(fam, binary));
+      if (done && recorded != nullptr && !legacy && removable_in_one_transaction(recorded->payload) &&
+          kernel != nullptr &&
+          kernel->remove_istio_nft(fam, payload_istio_chains(recorded->payload), payload_istio_jumps(recorded->payload),
+                                   recorded->created)) {
+        // nf_tables: the chains, the jumps to them and the tables meshcap
+        // created went in one transaction, no restore.
+        res.backends.push_back(std::string(family_name(fam)) + " " + recorded->binary);
+        continue;
+      }
       if (done && recorded != nullptr) {
         // Exactly what meshcap applied is there: remove that, no -save.
         done = remove_recorded(session, fast_step(known_backend(fam, recorded->binary, legacy), recorded, nullptr),

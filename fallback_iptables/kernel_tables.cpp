@@ -2,6 +2,7 @@
 
 // <netinet/in.h> before the UAPI headers, so glibc's in_addr/in6_addr win.
 #include <netinet/in.h>
+#include <endian.h>
 #include <fcntl.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nf_tables.h>
@@ -237,17 +238,26 @@ class Messages {
     g->res_id = htons(res_id);
     return at;
   }
-  void put_str(uint16_t type, const std::string& s) {
+  void put_str(uint16_t type, const std::string& s) { put_raw(type, s.c_str(), s.size() + 1); }
+  void put_raw(uint16_t type, const void* data, size_t size) {
     const size_t at = buf_.size();
-    const size_t len = NLA_HDRLEN + s.size() + 1;
+    const size_t len = NLA_HDRLEN + size;
     buf_.resize(at + NLA_ALIGN(len), 0);
     auto* a = reinterpret_cast<nlattr*>(buf_.data() + at);
     a->nla_type = type;
     a->nla_len = static_cast<uint16_t>(len);
-    std::memcpy(buf_.data() + at + NLA_HDRLEN, s.c_str(), s.size() + 1);
+    std::memcpy(buf_.data() + at + NLA_HDRLEN, data, size);
   }
   void end(size_t at) {
     reinterpret_cast<nlmsghdr*>(buf_.data() + at)->nlmsg_len = static_cast<uint32_t>(buf_.size() - at);
+  }
+  void put_u32(uint16_t type, uint32_t host) {
+    const uint32_t be = htonl(host);
+    put_raw(type, &be, sizeof be);
+  }
+  void put_u64(uint16_t type, uint64_t host) {
+    const uint64_t be = htobe64(host);
+    put_raw(type, &be, sizeof be);
   }
   const std::vector<char>& bytes() const { return buf_; }
 
@@ -368,7 +378,15 @@ void jump_targets(const char* exprs, size_t len, std::vector<std::string>& out) 
 
 uint8_t nfproto(Family family) { return family == Family::V4 ? NFPROTO_IPV4 : NFPROTO_IPV6; }
 
-std::optional<TablesView> read_nft(Netlink& nl, Family family) {
+// One nf_tables rule of an iptables table, by its handle.
+struct NftRule {
+  std::string table;
+  std::string chain;
+  uint64_t handle = 0;
+  bool jumps_to_istio = false;
+};
+
+std::optional<TablesView> read_nft(Netlink& nl, Family family, std::vector<NftRule>* rules = nullptr) {
   const uint8_t proto = nfproto(family);
   TablesView view;
   auto table = [&](const std::string& name) -> TableView* {
@@ -398,16 +416,25 @@ std::optional<TablesView> read_nft(Netlink& nl, Family family) {
   ok = nl.dump(NFT_MSG_GETRULE, proto, [&](const char* attrs, size_t len) {
     std::string t, chain;
     std::vector<std::string> jumps;
+    uint64_t handle = 0;
     for_attrs(attrs, len, [&](const Attr& a) {
       if (a.type == NFTA_RULE_TABLE) t = a.str();
       if (a.type == NFTA_RULE_CHAIN) chain = a.str();
       if (a.type == NFTA_RULE_EXPRESSIONS) jump_targets(a.data, a.len, jumps);
+      if (a.type == NFTA_RULE_HANDLE && a.len >= 8) {
+        std::memcpy(&handle, a.data, 8);
+        handle = be64toh(handle);
+      }
     });
     TableView* tv = table(t);
     if (tv == nullptr || chain.empty()) return;
     ++chain_of(*tv, chain, false).rules;
-    if (is_istio(chain)) return;
-    for (const auto& j : jumps) tv->istio_jumps += is_istio(j) ? 1 : 0;
+    size_t to_istio = 0;
+    if (!is_istio(chain)) {
+      for (const auto& j : jumps) to_istio += is_istio(j) ? 1 : 0;
+      tv->istio_jumps += to_istio;
+    }
+    if (rules != nullptr) rules->push_back(NftRule{t, chain, handle, to_istio > 0});
   });
   if (!ok) return std::nullopt;
   return view;
@@ -433,6 +460,85 @@ bool delete_empty_table(Netlink& nl, Family family, const TableView& t) {
   m.put_str(NFTA_TABLE_NAME, t.name);
   m.end(at);
   ++acks;
+  const uint32_t last = nl.next_seq();
+  m.end(m.begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, last, AF_UNSPEC, NFNL_SUBSYS_NFTABLES));
+  if (!nl.send(m)) return false;
+  return nl.receive(first, last, [](const nlmsghdr*) {}, acks);
+}
+
+// The ruleset's generation (NFT_MSG_GETGEN), which a transaction can carry
+// so that the kernel refuses it if anything changed since.
+std::optional<uint32_t> ruleset_generation(Netlink& nl) {
+  Messages m;
+  const uint32_t seq = nl.next_seq();
+  m.end(m.begin(nft_type(NFT_MSG_GETGEN), NLM_F_REQUEST | NLM_F_ACK, seq, AF_UNSPEC));
+  if (!nl.send(m)) return std::nullopt;
+  std::optional<uint32_t> gen;
+  const bool ok = nl.receive(seq, seq, [&](const nlmsghdr* h) {
+    if ((h->nlmsg_type & 0xff) != NFT_MSG_NEWGEN) return;
+    if (h->nlmsg_len < NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(nfgenmsg))) return;
+    const char* attrs = reinterpret_cast<const char*>(NLMSG_DATA(h)) + NLMSG_ALIGN(sizeof(nfgenmsg));
+    for_attrs(attrs, h->nlmsg_len - NLMSG_HDRLEN - NLMSG_ALIGN(sizeof(nfgenmsg)), [&](const Attr& a) {
+      if (a.type == NFTA_GEN_ID && a.len >= 4) {
+        uint32_t be;
+        std::memcpy(&be, a.data, 4);
+        gen = ntohl(be);
+      }
+    });
+  }, 1);
+  return ok ? gen : std::nullopt;
+}
+
+// What one removal transaction deletes, in order.
+struct IstioRemoval {
+  std::vector<NftRule> jumps;                                    // rules outside ISTIO_* chains
+  std::vector<std::pair<std::string, std::string>> istio_chains;  // (table, chain): flushed, then deleted
+  std::vector<const TableView*> tables;                          // deleted whole (base chains, then table)
+};
+
+bool commit_removal(Netlink& nl, Family family, uint32_t generation, const IstioRemoval& r) {
+  const uint8_t proto = nfproto(family);
+  Messages m;
+  const uint32_t first = nl.next_seq();
+  const size_t begin = m.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, first, AF_UNSPEC, NFNL_SUBSYS_NFTABLES);
+  m.put_u32(NFNL_BATCH_GENID, generation);
+  m.end(begin);
+  size_t acks = 0;
+  auto msg = [&](int type, uint16_t extra_flags) {
+    ++acks;
+    return m.begin(nft_type(type), NLM_F_REQUEST | NLM_F_ACK | extra_flags, nl.next_seq(), proto);
+  };
+  for (const auto& rule : r.jumps) {
+    const size_t at = msg(NFT_MSG_DELRULE, 0);
+    m.put_str(NFTA_RULE_TABLE, rule.table);
+    m.put_str(NFTA_RULE_CHAIN, rule.chain);
+    m.put_u64(NFTA_RULE_HANDLE, rule.handle);
+    m.end(at);
+  }
+  for (const auto& [table, chain] : r.istio_chains) {  // no handle: every rule of the chain
+    const size_t at = msg(NFT_MSG_DELRULE, 0);
+    m.put_str(NFTA_RULE_TABLE, table);
+    m.put_str(NFTA_RULE_CHAIN, chain);
+    m.end(at);
+  }
+  for (const auto& [table, chain] : r.istio_chains) {  // refused if anything still refers to it
+    const size_t at = msg(NFT_MSG_DELCHAIN, NLM_F_NONREC);
+    m.put_str(NFTA_CHAIN_TABLE, table);
+    m.put_str(NFTA_CHAIN_NAME, chain);
+    m.end(at);
+  }
+  for (const TableView* t : r.tables) {
+    for (const auto& c : t->chains) {
+      if (!c.builtin) continue;
+      const size_t at = msg(NFT_MSG_DELCHAIN, NLM_F_NONREC);
+      m.put_str(NFTA_CHAIN_TABLE, t->name);
+      m.put_str(NFTA_CHAIN_NAME, c.name);
+      m.end(at);
+    }
+    const size_t at = msg(NFT_MSG_DELTABLE, NLM_F_NONREC);  // refused if a set or object is left
+    m.put_str(NFTA_TABLE_NAME, t->name);
+    m.end(at);
+  }
   const uint32_t last = nl.next_seq();
   m.end(m.begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, last, AF_UNSPEC, NFNL_SUBSYS_NFTABLES));
   if (!nl.send(m)) return false;
@@ -554,6 +660,51 @@ bool NetnsKernelTables::remove_if_empty(Family family, const std::string& table)
     const bool removed = delete_empty_table(nl, family, *t);
     spdlog::debug("{} nf_tables table {} {}", family_name(family), table, removed ? "removed" : "kept");
     return removed;
+  });
+}
+
+bool NetnsKernelTables::remove_istio_nft(Family family, const std::map<std::string, std::set<std::string>>& chains,
+                                         size_t jumps, const std::set<std::string>& drop_if_empty) {
+  return in_netns<bool>(netns_fd_, false, [&] {
+    Netlink nl;
+    if (!nl.ok()) return false;
+    const auto generation = ruleset_generation(nl);
+    if (!generation) return false;
+    std::vector<NftRule> rules;
+    const auto view = read_nft(nl, family, &rules);
+    if (!view || view->istio_chains() != chains || view->istio_jumps() != jumps) return false;
+
+    IstioRemoval r;
+    std::map<std::string, size_t> kept;  // table -> rules and chains that stay
+    for (const auto& rule : rules) {
+      if (is_istio(rule.chain)) continue;
+      if (rule.jumps_to_istio) {
+        r.jumps.push_back(rule);
+      } else {
+        ++kept[rule.table];
+      }
+    }
+    for (const auto& t : view->tables) {
+      for (const auto& c : t.chains) {
+        if (is_istio(c.name)) {
+          r.istio_chains.emplace_back(t.name, c.name);
+        } else if (!c.builtin) {
+          ++kept[t.name];
+        }
+      }
+      if (drop_if_empty.count(t.name) && kept[t.name] == 0) r.tables.push_back(&t);
+    }
+    // A table to drop may still hold a set or an object this view does not
+    // list: the kernel then refuses the table (NLM_F_NONREC) and the whole
+    // transaction, which is tried again keeping the tables.
+    bool done = commit_removal(nl, family, *generation, r);
+    if (!done && !r.tables.empty()) {
+      r.tables.clear();
+      done = commit_removal(nl, family, *generation, r);
+    }
+    spdlog::debug("{} nf_tables: ISTIO_* chains {} in one transaction", family_name(family),
+                  done ? "removed" : "not removed");
+    return done;
   });
 }
 

@@ -70,6 +70,17 @@ class KernelTables {
   /// holds nothing but base chains without rules (so nothing of anyone else
   /// goes with it); true when it was deleted.
   virtual bool remove_if_empty(Family family, const std::string& table) = 0;
+
+  /// Removes in one nf_tables transaction every ISTIO_* chain of `family`
+  /// and every rule outside them that jumps to one, and with them each table
+  /// of `drop_if_empty` that then holds nothing. Done only while the tables
+  /// hold exactly `chains` (ISTIO_* chains by table) and `jumps` such rules,
+  /// and only if nothing changed since they were read (the transaction
+  /// carries the ruleset's generation). False: not done, nothing changed.
+  virtual bool remove_istio_nft(Family /*family*/, const std::map<std::string, std::set<std::string>>& /*chains*/,
+                                size_t /*jumps*/, const std::set<std::string>& /*drop_if_empty*/) {
+    return false;
+  }
 };
 
 /// KernelTables of a network namespace (an fd of /proc/PID/ns/net or
@@ -84,6 +95,8 @@ class NetnsKernelTables : public KernelTables {
   /// All four on one thread, through one netlink socket.
   std::map<std::pair<Family, bool>, std::optional<TablesView>> read_all() override;
   bool remove_if_empty(Family family, const std::string& table) override;
+  bool remove_istio_nft(Family family, const std::map<std::string, std::set<std::string>>& chains, size_t jumps,
+                        const std::set<std::string>& drop_if_empty) override;
 
  private:
   int netns_fd_;

@@ -11,6 +11,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   # run time and tests
   iproute2 iptables util-linux procps haproxy conntrack
+  # nft: tests put a set in a table meshcap created (tests/kernel/iptables_apply_test.cpp)
+  nftables
   # DNS capture tests (issue #18): dnsmasq as the proxy's DNS listener and upstream, dig
   dnsmasq-base bind9-dnsutils
   # a real container runtime for tests/e2e/cni_podman_test.cpp: podman 4.3

@@ -438,12 +438,57 @@ TEST_P(IptablesApply, FreshNamespaceIsOneRestorePerFamilyAndCleanupLeavesNoTable
 
   counting.clear();
   const CleanupResult cleaned = applier.cleanup(cfg);
-  EXPECT_EQ(counting.commands("-restore").size(), 2u);
+  // nf_tables: one transaction per family (NftCleanupIsOneTransaction...).
+  EXPECT_EQ(counting.commands("-restore").size(), kind_ == "nft" ? 0u : 2u);
   EXPECT_TRUE(counting.commands("-save").empty());
   EXPECT_EQ(cleaned.backends.size(), 2u);
   EXPECT_EQ(both_families(ns, kind_).find("ISTIO"), std::string::npos);
   EXPECT_TRUE(nft_tables(ns, Family::V4).empty());
   EXPECT_TRUE(nft_tables(ns, Family::V6).empty());
+}
+
+// nf_tables: when all meshcap added outside its ISTIO_* chains is jumps to
+// them (istio's REDIRECT capture), cleanup is one netlink transaction per
+// family, no restore, no -save; what is not meshcap's stays, and so does a
+// table meshcap created that now holds something else (a rule, a set).
+TEST_P(IptablesApply, NftCleanupIsOneTransactionAndKeepsWhatIsNotMeshcaps) {
+  if (kind_ != "nft") GTEST_SKIP() << "nf_tables only: legacy cleanup is a restore";
+  const auto cfg = forced({"-b", "*", "-i", "*", "-x", "10.0.0.0/24", "-d", "15090,15021,15020", "--dual-stack"});
+  Netns ns("onetx");
+  CountingRunner counting(ns.runner());
+  IptablesApplier applier(counting, {state_.path()});
+  applier.apply(cfg, true);
+  ASSERT_EQ(nft_tables(ns, Family::V4), std::set<std::string>{"nat"});
+  // Added after capture, into the tables meshcap created.
+  ASSERT_TRUE(ns.run({"iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-o", "lo", "-j", "RETURN"}).ok());
+  const auto set = ns.run({"nft", "add", "set", "ip6", "nat", "mcset", "{ type ipv6_addr; }"});
+  ASSERT_TRUE(set.ok()) << set.err;
+
+  counting.clear();
+  const CleanupResult res = applier.cleanup(cfg);
+  EXPECT_TRUE(counting.commands("-restore").empty());
+  EXPECT_TRUE(counting.commands("-save").empty());
+  EXPECT_EQ(res.backends, (std::vector<std::string>{"ipv4 iptables-nft", "ipv6 ip6tables-nft"}));
+  EXPECT_EQ(both_families(ns, kind_).find("ISTIO"), std::string::npos);
+  EXPECT_EQ(nft_tables(ns, Family::V4), std::set<std::string>{"nat"});  // the rule keeps it
+  EXPECT_EQ(nft_tables(ns, Family::V6), std::set<std::string>{"nat"});  // the set keeps it
+  EXPECT_TRUE(ns.run({"nft", "list", "set", "ip6", "nat", "mcset"}).ok());
+  Netns fresh("onetx-fresh");
+  ASSERT_TRUE(fresh.run({"iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-o", "lo", "-j", "RETURN"}).ok());
+  EXPECT_EQ(both_families(ns, kind_), both_families(fresh, kind_));
+
+  // A second cleanup finds nothing and changes nothing.
+  applier.cleanup(cfg);
+  EXPECT_EQ(both_families(ns, kind_), both_families(fresh, kind_));
+
+  // Without anything added, the tables meshcap created go with the chains.
+  Netns clean("onetx-clean");
+  StateDir other_state;
+  IptablesApplier other(clean.runner(), {other_state.path()});
+  other.apply(cfg, true);
+  other.cleanup(cfg);
+  EXPECT_TRUE(nft_tables(clean, Family::V4).empty());
+  EXPECT_TRUE(nft_tables(clean, Family::V6).empty());
 }
 
 TEST_P(IptablesApply, ReapplyFromTheRecordIsOneRestorePerFamily) {
