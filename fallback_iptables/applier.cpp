@@ -19,6 +19,7 @@
 #include "iptables_error.h"
 #include "kernel_tables.h"
 #include "saved_ruleset.h"
+#include "table_images.h"
 
 namespace meshcap::iptables {
 
@@ -931,6 +932,15 @@ class IptablesApplier::ApplyRun {
         s.committed = true;
         continue;
       }
+      if (replayed(s)) {
+        s.committed = true;
+        res_.replayed.push_back(s.payload.text());
+        spdlog::info(
+            "applied {} ({} tables, as iptables-restore made them of this payload before)",
+            s.name(), s.payload.tables.size());
+        continue;
+      }
+      auto image = image_before(s);
       try {
         session_.restore(s.backend, s.payload.text(), "restore " + s.name());
       } catch (const IptablesError& e) {
@@ -953,8 +963,44 @@ class IptablesApplier::ApplyRun {
       s.committed = true;
       res_.restored.push_back(s.payload.text());
       spdlog::info("applied {} ({} tables{})", s.name(), s.payload.tables.size(), s.fast ? "" : ", from -save");
+      if (image) learn(s, *image);
     }
     return true;
+  }
+
+  // A step images can stand for: only adds (planned from the tables), and
+  // the kernel's tables readable here.
+  bool imageable(const Step& s) const {
+    return kernel_ != nullptr && applier_.options_.images && s.fast && s.previous.empty() && !s.added.empty();
+  }
+
+  // Applies `s` from a kept image of its payload; false when there is none
+  // or the tables are not in the state it starts from (nothing changed).
+  bool replayed(const Step& s) {
+    if (!imageable(s)) return false;
+    const auto images = load_images(applier_.options_.state_dir, image_key(s.backend, s.added.text()));
+    return images && kernel_->replay(s.backend.family, s.backend.legacy, *images);
+  }
+
+  // After `s`'s restore: keeps the image of what it made, if replayable.
+  void learn(const Step& s, std::vector<TableImage>& image) {
+    if (!kernel_->image_after(s.backend.family, s.backend.legacy, image)) {
+      spdlog::debug("{}: no image kept (the tables cannot be replayed)", s.name());
+    } else if (!images_match_payload(image, s.backend.legacy, s.added)) {
+      spdlog::debug(
+          "{}: no image kept (the tables hold more or less than the payload added)",
+          s.name());
+    } else {
+      save_images(applier_.options_.state_dir, image_key(s.backend, s.added.text()), image);
+    }
+  }
+
+  // Before `s`'s restore: the tables' state, when an image can be taken.
+  std::optional<std::vector<TableImage>> image_before(const Step& s) {
+    if (!imageable(s)) return std::nullopt;
+    std::vector<std::string> tables;
+    for (const auto& t : s.payload.tables) tables.push_back(t.table);
+    return kernel_->image_before(s.backend.family, s.backend.legacy, tables);
   }
 
   // Policy routing for TPROXY, as istio sets it up after its rules, and
@@ -976,7 +1022,14 @@ class IptablesApplier::ApplyRun {
       if (ipv6_enabled_) {
         // istio adds ::6 to lo: the source of Envoy's inbound passthrough.
         std::string err;
-        if (session_.ip({"-6", "addr", "add", "::6/128", "dev", "lo"}, &err)) {
+        const std::optional<int> by_netlink = kernel_ != nullptr ? kernel_->lo_address6(true) : std::nullopt;
+        if (by_netlink) {
+          if (*by_netlink == 0) {
+            next.lo_ipv6_added = true;
+          } else if (*by_netlink != EEXIST) {
+            throw IptablesError("address ipv6", "adding ::6/128 to lo: " + std::string(std::strerror(*by_netlink)));
+          }
+        } else if (session_.ip({"-6", "addr", "add", "::6/128", "dev", "lo"}, &err)) {
           next.lo_ipv6_added = true;
         } else if (!is_exists_error(err)) {
           throw IptablesError("address ipv6", "ip -6 addr add ::6/128 dev lo: " + err);
@@ -1225,6 +1278,27 @@ CleanupResult IptablesApplier::cleanup(const CaptureConfig& cfg) {
     }
   };
 
+  // nf_tables holding exactly what the record says, where all meshcap added
+  // outside its chains is jumps to them: both families in one transaction.
+  std::set<Family> nft_removed;
+  if (kernel != nullptr) {
+    std::vector<IstioNftRemoval> removals;
+    for (Family fam : {Family::V4, Family::V6}) {
+      const TablesView* vn = view_in(now, fam, false);
+      const RecordedBackend* recorded = rec.backend(fam, false);
+      if (vn == nullptr || view_in(now, fam, true) == nullptr || recorded == nullptr ||
+          !matches_record(*vn, recorded) || !removable_in_one_transaction(recorded->payload)) {
+        continue;
+      }
+      removals.push_back({fam, payload_istio_chains(recorded->payload), payload_istio_jumps(recorded->payload),
+                          recorded->created, false});
+    }
+    kernel->remove_istio_nft(removals);
+    for (const auto& r : removals) {
+      if (r.done) nft_removed.insert(r.family);
+    }
+  }
+
   for (Family fam : {Family::V4, Family::V6}) {
     const BinaryNames names = binary_names(fam);
     const TablesView* vn = view_in(now, fam, false);
@@ -1241,14 +1315,21 @@ CleanupResult IptablesApplier::cleanup(const CaptureConfig& cfg) {
       const std::string& binary = legacy ? names.legacy : names.nft;
       const RecordedBackend* recorded = rec.backend(fam, legacy);
       bool done = matches_record(legacy ? *vl : *vn, recorded) && !(recorded == nullptr && rec.has_rules_of(fam, binary));
-      if (done && recorded != nullptr && !legacy && removable_in_one_transaction(recorded->payload) &&
-          kernel != nullptr &&
-          kernel->remove_istio_nft(fam, payload_istio_chains(recorded->payload), payload_istio_jumps(recorded->payload),
-                                   recorded->created)) {
+      if (!legacy && nft_removed.count(fam)) {
         // nf_tables: the chains, the jumps to them and the tables meshcap
         // created went in one transaction, no restore.
         res.backends.push_back(std::string(family_name(fam)) + " " + recorded->binary);
         continue;
+      }
+      if (done && recorded != nullptr && legacy && kernel != nullptr && options_.images) {
+        // Legacy: the table as it was before, if it holds exactly what the
+        // image of this payload says the restore made of it.
+        const auto images = load_images(
+            options_.state_dir, image_key(known_backend(fam, recorded->binary, true), recorded->payload.text()));
+        if (images && kernel->replay_back(fam, true, *images)) {
+          res.backends.push_back(std::string(family_name(fam)) + " " + recorded->binary);
+          continue;
+        }
       }
       if (done && recorded != nullptr) {
         // Exactly what meshcap applied is there: remove that, no -save.
@@ -1265,7 +1346,9 @@ CleanupResult IptablesApplier::cleanup(const CaptureConfig& cfg) {
   }
 
   res.routes_removed = remove_tproxy_routes_of(session, rec, cfg);
-  if (rec.lo_ipv6_added) session.ip({"-6", "addr", "del", "::6/128", "dev", "lo"});
+  if (rec.lo_ipv6_added && !(kernel != nullptr && kernel->lo_address6(false))) {
+    session.ip({"-6", "addr", "del", "::6/128", "dev", "lo"});
+  }
 
   if (!errors.empty()) throw IptablesError("cleanup", join_errors(errors));
   std::error_code ec;

@@ -19,6 +19,9 @@ namespace meshcap::iptables {
 /// or cleanup removes exactly that.
 struct ApplierOptions {
   std::string state_dir = "/run/meshcap/iptables";
+  /// Apply a payload by replaying what iptables-restore made of it in an
+  /// earlier namespace whose tables were in the same state (table_images.h).
+  bool images = true;
 };
 
 /// What apply() did.
@@ -28,6 +31,7 @@ struct ApplyResult {
   std::optional<Backend> ipv6;        // backend used for IPv6, when enabled
   RulePayloads rules;                 // istio's payloads (the dry-run output)
   std::vector<std::string> restored;  // the restore inputs actually run, in order
+  std::vector<std::string> replayed;  // the restore inputs applied from a kept image instead
   bool tproxy_routes = false;         // TPROXY policy routing set up
   /// What each backend's `-save` printed right after the apply (save binary
   /// -> output), only where the apply ran -save anyway (a namespace whose

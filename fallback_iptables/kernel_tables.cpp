@@ -10,14 +10,18 @@
 #include <linux/netfilter_ipv4/ip_tables.h>
 #include <linux/netfilter_ipv6/ip6_tables.h>
 #include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <poll.h>
 #include <sched.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <fstream>
@@ -91,7 +95,9 @@ struct V4Legacy {
   using Info = ipt_getinfo;
   using Entries = ipt_get_entries;
   using Entry = ipt_entry;
+  using Replace = ipt_replace;
   static constexpr int kDomain = AF_INET, kLevel = IPPROTO_IP, kInfo = IPT_SO_GET_INFO, kGet = IPT_SO_GET_ENTRIES;
+  static constexpr int kReplace = IPT_SO_SET_REPLACE, kAddCounters = IPT_SO_SET_ADD_COUNTERS;
   static constexpr const char* kNames = "/proc/thread-self/net/ip_tables_names";
 };
 
@@ -99,7 +105,9 @@ struct V6Legacy {
   using Info = ip6t_getinfo;
   using Entries = ip6t_get_entries;
   using Entry = ip6t_entry;
+  using Replace = ip6t_replace;
   static constexpr int kDomain = AF_INET6, kLevel = IPPROTO_IPV6, kInfo = IP6T_SO_GET_INFO, kGet = IP6T_SO_GET_ENTRIES;
+  static constexpr int kReplace = IP6T_SO_SET_REPLACE, kAddCounters = IP6T_SO_SET_ADD_COUNTERS;
   static constexpr const char* kNames = "/proc/thread-self/net/ip6_tables_names";
 };
 
@@ -172,6 +180,255 @@ std::optional<TableView> read_legacy_table(int sock, const std::string& name) {
     return view;
   }
   return std::nullopt;
+}
+
+// ---- Legacy table images: a table's blob read and written whole, as
+// libiptc does (IPT_SO_GET_ENTRIES, IPT_SO_SET_REPLACE, then the counters).
+
+// One table's blob as the kernel returns it, with its header.
+template <class T>
+struct LegacyBlob {
+  typename T::Info info{};
+  std::string entries;  // counters zeroed
+};
+
+// Reads table `name` (which initialises it in this namespace, as iptables does).
+template <class T>
+std::optional<LegacyBlob<T>> read_blob(int sock, const std::string& name) {
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    LegacyBlob<T> b;
+    std::strncpy(b.info.name, name.c_str(), sizeof(b.info.name) - 1);
+    socklen_t len = sizeof(b.info);
+    if (::getsockopt(sock, T::kLevel, T::kInfo, &b.info, &len) != 0) return std::nullopt;
+    std::vector<char> buf(sizeof(typename T::Entries) + b.info.size);
+    auto* get = reinterpret_cast<typename T::Entries*>(buf.data());
+    std::strncpy(get->name, name.c_str(), sizeof(get->name) - 1);
+    get->size = b.info.size;
+    len = static_cast<socklen_t>(buf.size());
+    if (::getsockopt(sock, T::kLevel, T::kGet, get, &len) != 0) {
+      if (errno == EAGAIN) continue;
+      return std::nullopt;
+    }
+    b.entries.assign(reinterpret_cast<const char*>(get->entrytable), b.info.size);
+    for (size_t off = 0; off + sizeof(typename T::Entry) <= b.entries.size();) {
+      auto* e = reinterpret_cast<typename T::Entry*>(b.entries.data() + off);
+      if (e->next_offset < sizeof(typename T::Entry)) return std::nullopt;
+      e->counters = xt_counters{0, 0};
+      off += e->next_offset;
+    }
+    return b;
+  }
+  return std::nullopt;
+}
+
+// The offset of each entry of a blob, in order.
+template <class T>
+std::vector<uint32_t> entry_offsets(const std::string& entries) {
+  std::vector<uint32_t> out;
+  for (size_t off = 0; off + sizeof(typename T::Entry) <= entries.size();) {
+    out.push_back(static_cast<uint32_t>(off));
+    const auto* e = reinterpret_cast<const typename T::Entry*>(entries.data() + off);
+    if (e->next_offset < sizeof(typename T::Entry)) break;
+    off += e->next_offset;
+  }
+  return out;
+}
+
+// The xtables lock iptables-legacy takes around a table's read and replace
+// (iptables -w); held while this object lives.
+class XtablesLock {
+ public:
+  XtablesLock() {
+    const char* path = std::getenv("XTABLES_LOCKFILE");
+    fd_ = ::open(path != nullptr && *path != '\0' ? path : "/run/xtables.lock", O_RDONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd_ < 0) return;
+    for (int waited_ms = 0; waited_ms < 30000; ++waited_ms) {  // iptables --wait=30
+      if (::flock(fd_, LOCK_EX | LOCK_NB) == 0) {
+        locked_ = true;
+        return;
+      }
+      if (errno != EWOULDBLOCK && errno != EINTR) return;
+      ::usleep(1000);
+    }
+  }
+  ~XtablesLock() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  XtablesLock(const XtablesLock&) = delete;
+  XtablesLock& operator=(const XtablesLock&) = delete;
+  bool locked() const { return locked_; }
+
+ private:
+  int fd_ = -1;
+  bool locked_ = false;
+};
+
+// A table's header for IPT_SO_SET_REPLACE.
+struct LegacyHeader {
+  uint32_t valid_hooks = 0, num_entries = 0;
+  std::vector<uint32_t> hook_entry, underflow;
+};
+
+template <class T>
+LegacyHeader header_of(const typename T::Info& info) {
+  return {info.valid_hooks,
+          info.num_entries,
+          {std::begin(info.hook_entry), std::end(info.hook_entry)},
+          {std::begin(info.underflow), std::end(info.underflow)}};
+}
+
+// Replaces table `now` with `entries` (header `h`), as libiptc commits: the
+// kernel refuses it (EAGAIN) if the table no longer has `now`'s entry count;
+// each hook's policy keeps its counters.
+template <class T>
+bool replace_table(int sock, const LegacyBlob<T>& now, const std::string& entries, const LegacyHeader& h) {
+  if (h.hook_entry.size() != NF_INET_NUMHOOKS || h.underflow.size() != NF_INET_NUMHOOKS) return false;
+  std::vector<char> buf(sizeof(typename T::Replace) + entries.size());
+  auto* r = reinterpret_cast<typename T::Replace*>(buf.data());
+  std::memcpy(r->name, now.info.name, sizeof(r->name));
+  r->valid_hooks = h.valid_hooks;
+  r->num_entries = h.num_entries;
+  r->size = static_cast<unsigned>(entries.size());
+  for (unsigned i = 0; i < NF_INET_NUMHOOKS; ++i) {
+    r->hook_entry[i] = h.hook_entry[i];
+    r->underflow[i] = h.underflow[i];
+  }
+  std::vector<xt_counters> old(now.info.num_entries);
+  r->num_counters = now.info.num_entries;
+  r->counters = old.data();
+  std::memcpy(buf.data() + sizeof(typename T::Replace), entries.data(), entries.size());
+  if (::setsockopt(sock, T::kLevel, T::kReplace, buf.data(), static_cast<socklen_t>(buf.size())) != 0) {
+    spdlog::debug("replacing legacy table {}: {}", now.info.name, std::strerror(errno));
+    return false;
+  }
+  const auto old_at = entry_offsets<T>(now.entries);
+  const auto new_at = entry_offsets<T>(entries);
+  auto index = [](const std::vector<uint32_t>& offsets, uint32_t off) -> std::optional<size_t> {
+    const auto it = std::lower_bound(offsets.begin(), offsets.end(), off);
+    if (it == offsets.end() || *it != off) return std::nullopt;
+    return static_cast<size_t>(it - offsets.begin());
+  };
+  std::vector<char> cbuf(sizeof(xt_counters_info) + h.num_entries * sizeof(xt_counters), 0);
+  auto* ci = reinterpret_cast<xt_counters_info*>(cbuf.data());
+  std::memcpy(ci->name, now.info.name, sizeof(ci->name));
+  ci->num_counters = h.num_entries;
+  for (unsigned i = 0; i < NF_INET_NUMHOOKS; ++i) {
+    if ((h.valid_hooks & (1u << i)) == 0) continue;
+    const auto from = index(old_at, now.info.underflow[i]);
+    const auto to = index(new_at, h.underflow[i]);
+    if (from && to && *from < old.size() && *to < h.num_entries) ci->counters[*to] = old[*from];
+  }
+  if (::setsockopt(sock, T::kLevel, T::kAddCounters, cbuf.data(), static_cast<socklen_t>(cbuf.size())) != 0) {
+    spdlog::debug("legacy table {}: policy counters not carried over: {}", now.info.name, std::strerror(errno));
+  }
+  return true;
+}
+
+template <class T>
+std::optional<std::vector<TableImage>> legacy_before(const std::vector<std::string>& tables) {
+  Fd sock(::socket(T::kDomain, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
+  if (sock.get() < 0) return std::nullopt;
+  std::vector<TableImage> out;
+  for (const auto& name : tables) {
+    auto b = read_blob<T>(sock.get(), name);
+    // Only a table holding nothing but its policies: then every entry a
+    // replay replaces is a policy, whose counters it keeps.
+    if (!b || b->info.num_entries != static_cast<unsigned>(__builtin_popcount(b->info.valid_hooks)) + 1) {
+      return std::nullopt;
+    }
+    TableImage img;
+    img.table = name;
+    img.before = std::move(b->entries);
+    const LegacyHeader h = header_of<T>(b->info);
+    img.before_entries = h.num_entries;
+    img.before_hook_entry = h.hook_entry;
+    img.before_underflow = h.underflow;
+    out.push_back(std::move(img));
+  }
+  return out;
+}
+
+template <class T>
+bool legacy_after(std::vector<TableImage>& images) {
+  Fd sock(::socket(T::kDomain, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
+  if (sock.get() < 0) return false;
+  for (auto& img : images) {
+    auto b = read_blob<T>(sock.get(), img.table);
+    if (!b) return false;
+    const LegacyHeader h = header_of<T>(b->info);
+    img.after = std::move(b->entries);
+    img.valid_hooks = h.valid_hooks;
+    img.num_entries = h.num_entries;
+    img.hook_entry = h.hook_entry;
+    img.underflow = h.underflow;
+  }
+  return true;
+}
+
+template <class T>
+bool legacy_replay(const std::vector<TableImage>& images) {
+  XtablesLock lock;
+  if (!lock.locked()) return false;
+  Fd sock(::socket(T::kDomain, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
+  if (sock.get() < 0) return false;
+  std::vector<LegacyBlob<T>> now;
+  for (const auto& img : images) {
+    auto b = read_blob<T>(sock.get(), img.table);
+    if (!b || b->entries != img.before) return false;
+    now.push_back(std::move(*b));
+  }
+  for (size_t i = 0; i < images.size(); ++i) {
+    const TableImage& img = images[i];
+    if (replace_table<T>(sock.get(), now[i], img.after,
+                         {img.valid_hooks, img.num_entries, img.hook_entry, img.underflow})) {
+      continue;
+    }
+    // Put back the tables already replaced (iptables-restore, too, commits
+    // table by table; the lock keeps other iptables out meanwhile).
+    for (size_t j = 0; j < i; ++j) {
+      auto b = read_blob<T>(sock.get(), images[j].table);
+      if (!b || !replace_table<T>(sock.get(), *b, images[j].before, header_of<T>(now[j].info))) {
+        spdlog::warn(
+            "legacy table {}: could not put back its rules after a failed replay",
+            images[j].table);
+      }
+    }
+    return false;
+  }
+  return true;
+}
+
+// Cleanup's reverse of legacy_replay: each table back to its before state
+// if all of them hold exactly their after state.
+template <class T>
+bool legacy_replay_back(const std::vector<TableImage>& images) {
+  XtablesLock lock;
+  if (!lock.locked()) return false;
+  Fd sock(::socket(T::kDomain, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
+  if (sock.get() < 0) return false;
+  std::vector<LegacyBlob<T>> now;
+  for (const auto& img : images) {
+    auto b = read_blob<T>(sock.get(), img.table);
+    if (!b || b->entries != img.after) return false;
+    now.push_back(std::move(*b));
+  }
+  for (size_t i = 0; i < images.size(); ++i) {
+    const TableImage& img = images[i];
+    if (replace_table<T>(sock.get(), now[i], img.before,
+                         {img.valid_hooks, img.before_entries, img.before_hook_entry, img.before_underflow})) {
+      continue;
+    }
+    for (size_t j = 0; j < i; ++j) {
+      auto b = read_blob<T>(sock.get(), images[j].table);
+      if (!b || !replace_table<T>(sock.get(), *b, images[j].after, header_of<T>(now[j].info))) {
+        spdlog::warn(
+            "legacy table {}: could not put back its rules after a failed removal",
+            images[j].table);
+      }
+    }
+    return false;
+  }
+  return true;
 }
 
 template <class T>
@@ -259,6 +516,16 @@ class Messages {
     const uint64_t be = htobe64(host);
     put_raw(type, &be, sizeof be);
   }
+  size_t nest_begin(uint16_t type) {
+    const size_t at = buf_.size();
+    buf_.resize(at + NLA_HDRLEN, 0);
+    reinterpret_cast<nlattr*>(buf_.data() + at)->nla_type = type | NLA_F_NESTED;
+    return at;
+  }
+  void nest_end(size_t at) {
+    reinterpret_cast<nlattr*>(buf_.data() + at)->nla_len = static_cast<uint16_t>(buf_.size() - at);
+  }
+  void put_bytes(const std::string& attrs) { buf_.insert(buf_.end(), attrs.begin(), attrs.end()); }
   const std::vector<char>& bytes() const { return buf_; }
 
  private:
@@ -276,6 +543,11 @@ class Netlink {
     sockaddr_nl to{};
     to.nl_family = AF_NETLINK;
     const auto& b = m.bytes();
+    // A batch larger than the default send buffer, as iptables-nft sends them.
+    if (b.size() > (1u << 17)) {
+      const int size = static_cast<int>(b.size() + 65536);
+      ::setsockopt(fd_.get(), SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof size);
+    }
     return ::sendto(fd_.get(), b.data(), b.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof(to)) ==
            static_cast<ssize_t>(b.size());
   }
@@ -496,53 +768,242 @@ struct IstioRemoval {
   std::vector<const TableView*> tables;                          // deleted whole (base chains, then table)
 };
 
-bool commit_removal(Netlink& nl, Family family, uint32_t generation, const IstioRemoval& r) {
-  const uint8_t proto = nfproto(family);
+bool commit_removal(Netlink& nl, uint32_t generation, const std::vector<std::pair<Family, IstioRemoval>>& all) {
   Messages m;
   const uint32_t first = nl.next_seq();
   const size_t begin = m.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, first, AF_UNSPEC, NFNL_SUBSYS_NFTABLES);
   m.put_u32(NFNL_BATCH_GENID, generation);
   m.end(begin);
   size_t acks = 0;
+  uint8_t proto = 0;
   auto msg = [&](int type, uint16_t extra_flags) {
     ++acks;
     return m.begin(nft_type(type), NLM_F_REQUEST | NLM_F_ACK | extra_flags, nl.next_seq(), proto);
   };
-  for (const auto& rule : r.jumps) {
-    const size_t at = msg(NFT_MSG_DELRULE, 0);
-    m.put_str(NFTA_RULE_TABLE, rule.table);
-    m.put_str(NFTA_RULE_CHAIN, rule.chain);
-    m.put_u64(NFTA_RULE_HANDLE, rule.handle);
-    m.end(at);
-  }
-  for (const auto& [table, chain] : r.istio_chains) {  // no handle: every rule of the chain
-    const size_t at = msg(NFT_MSG_DELRULE, 0);
-    m.put_str(NFTA_RULE_TABLE, table);
-    m.put_str(NFTA_RULE_CHAIN, chain);
-    m.end(at);
-  }
-  for (const auto& [table, chain] : r.istio_chains) {  // refused if anything still refers to it
-    const size_t at = msg(NFT_MSG_DELCHAIN, NLM_F_NONREC);
-    m.put_str(NFTA_CHAIN_TABLE, table);
-    m.put_str(NFTA_CHAIN_NAME, chain);
-    m.end(at);
-  }
-  for (const TableView* t : r.tables) {
-    for (const auto& c : t->chains) {
-      if (!c.builtin) continue;
-      const size_t at = msg(NFT_MSG_DELCHAIN, NLM_F_NONREC);
-      m.put_str(NFTA_CHAIN_TABLE, t->name);
-      m.put_str(NFTA_CHAIN_NAME, c.name);
+  for (const auto& [family, r] : all) {
+    proto = nfproto(family);
+    for (const auto& rule : r.jumps) {
+      const size_t at = msg(NFT_MSG_DELRULE, 0);
+      m.put_str(NFTA_RULE_TABLE, rule.table);
+      m.put_str(NFTA_RULE_CHAIN, rule.chain);
+      m.put_u64(NFTA_RULE_HANDLE, rule.handle);
       m.end(at);
     }
-    const size_t at = msg(NFT_MSG_DELTABLE, NLM_F_NONREC);  // refused if a set or object is left
-    m.put_str(NFTA_TABLE_NAME, t->name);
-    m.end(at);
+    for (const auto& [table, chain] : r.istio_chains) {  // no handle: every rule of the chain
+      const size_t at = msg(NFT_MSG_DELRULE, 0);
+      m.put_str(NFTA_RULE_TABLE, table);
+      m.put_str(NFTA_RULE_CHAIN, chain);
+      m.end(at);
+    }
+    for (const auto& [table, chain] : r.istio_chains) {  // refused if anything still refers to it
+      const size_t at = msg(NFT_MSG_DELCHAIN, NLM_F_NONREC);
+      m.put_str(NFTA_CHAIN_TABLE, table);
+      m.put_str(NFTA_CHAIN_NAME, chain);
+      m.end(at);
+    }
+    for (const TableView* t : r.tables) {
+      for (const auto& c : t->chains) {
+        if (!c.builtin) continue;
+        const size_t at = msg(NFT_MSG_DELCHAIN, NLM_F_NONREC);
+        m.put_str(NFTA_CHAIN_TABLE, t->name);
+        m.put_str(NFTA_CHAIN_NAME, c.name);
+        m.end(at);
+      }
+      const size_t at = msg(NFT_MSG_DELTABLE,
+                            NLM_F_NONREC);  // refused if a set or object is left
+      m.put_str(NFTA_TABLE_NAME, t->name);
+      m.end(at);
+    }
   }
+  if (acks == 0) return true;
   const uint32_t last = nl.next_seq();
   m.end(m.begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, last, AF_UNSPEC, NFNL_SUBSYS_NFTABLES));
   if (!nl.send(m)) return false;
   return nl.receive(first, last, [](const nlmsghdr*) {}, acks);
+}
+
+// ---- nf_tables table images: the attributes the kernel lists for a table,
+// its chains and its rules, kept as the messages that create them again.
+
+// Appends attribute `a` (as listed) to `out`, header and flags included.
+void append_attr(std::string& out, const Attr& a) {
+  const char* hdr = a.data - NLA_HDRLEN;
+  const size_t len = NLA_HDRLEN + a.len;
+  out.append(hdr, len);
+  out.append(NLA_ALIGN(len) - len, '\0');
+}
+
+uint32_t be32_at(const char* p) {
+  uint32_t be;
+  std::memcpy(&be, p, 4);
+  return ntohl(be);
+}
+
+// Copies a rule's expressions with their counters zeroed, and finds the
+// protocol iptables-nft matched (`-p`: meta l4proto, then cmp), which it
+// also passes to the compat layer (NFTA_RULE_COMPAT: the kernel checks
+// xt matches and targets against it, and does not list it).
+void copy_expressions(const Attr& exprs, std::string& out, uint32_t& proto, bool& proto_inverted) {
+  std::string copy(exprs.data - NLA_HDRLEN, NLA_HDRLEN + exprs.len);
+  const char* base = copy.data() + NLA_HDRLEN;
+  bool after_l4proto = false;
+  for_attrs(base, exprs.len, [&](const Attr& elem) {
+    if (elem.type != NFTA_LIST_ELEM) return;
+    std::string name;
+    const char* data = nullptr;
+    size_t data_len = 0;
+    for_attrs(elem.data, elem.len, [&](const Attr& a) {
+      if (a.type == NFTA_EXPR_NAME) name = a.str();
+      if (a.type == NFTA_EXPR_DATA) data = a.data, data_len = a.len;
+    });
+    const bool cmp_of_l4proto = after_l4proto && name == "cmp";
+    after_l4proto = false;
+    if (data == nullptr) return;
+    if (name == "counter") {
+      for_attrs(data, data_len, [&](const Attr& c) {
+        if ((c.type == NFTA_COUNTER_BYTES || c.type == NFTA_COUNTER_PACKETS) && c.len == 8) {
+          std::memset(copy.data() + (c.data - copy.data()), 0, 8);
+        }
+      });
+    } else if (name == "meta") {
+      for_attrs(data, data_len, [&](const Attr& m) {
+        if (m.type == NFTA_META_KEY && m.len == 4 && be32_at(m.data) == NFT_META_L4PROTO) after_l4proto = true;
+      });
+    } else if (cmp_of_l4proto && proto == 0) {
+      for_attrs(data, data_len, [&](const Attr& c) {
+        if (c.type == NFTA_CMP_OP && c.len == 4) proto_inverted = be32_at(c.data) == NFT_CMP_NEQ;
+        if (c.type == NFTA_CMP_DATA) {
+          for_attrs(c.data, c.len, [&](const Attr& v) {
+            if (v.type == NFTA_DATA_VALUE && v.len >= 1) proto = static_cast<uint8_t>(v.data[0]);
+          });
+        }
+      });
+    }
+  });
+  out.append(copy);
+  out.append(NLA_ALIGN(copy.size()) - copy.size(), '\0');
+}
+
+std::optional<std::vector<TableImage>> nft_before(Family family, const std::vector<std::string>& tables) {
+  Netlink nl;
+  if (!nl.ok()) return std::nullopt;
+  const auto view = read_nft(nl, family);
+  if (!view) return std::nullopt;
+  std::vector<TableImage> out;
+  for (const auto& t : tables) {
+    if (view->find(t) != nullptr) return std::nullopt;  // replays create tables, nothing else
+    TableImage img;
+    img.table = t;
+    out.push_back(std::move(img));
+  }
+  return out;
+}
+
+bool nft_after(Family family, std::vector<TableImage>& images) {
+  Netlink nl;
+  if (!nl.ok()) return false;
+  const uint8_t proto = nfproto(family);
+  auto image = [&](const std::string& table) -> TableImage* {
+    for (auto& i : images) {
+      if (i.table == table) return &i;
+    }
+    return nullptr;
+  };
+  for (auto& i : images) i.table_attrs.clear(), i.chains.clear(), i.rules.clear();
+  bool ok = nl.dump(NFT_MSG_GETTABLE, proto, [&](const char* attrs, size_t len) {
+    std::string name, out;
+    for_attrs(attrs, len, [&](const Attr& a) {
+      if (a.type == NFTA_TABLE_NAME) name = a.str();
+      if (a.type == NFTA_TABLE_NAME || a.type == NFTA_TABLE_FLAGS || a.type == NFTA_TABLE_USERDATA) append_attr(out, a);
+    });
+    if (TableImage* i = image(name)) i->table_attrs = out;
+  });
+  ok = ok && nl.dump(NFT_MSG_GETCHAIN, proto, [&](const char* attrs, size_t len) {
+    std::string table, out;
+    for_attrs(attrs, len, [&](const Attr& a) {
+      switch (a.type) {
+        case NFTA_CHAIN_TABLE:
+          table = a.str();
+          [[fallthrough]];
+        case NFTA_CHAIN_NAME:
+        case NFTA_CHAIN_HOOK:
+        case NFTA_CHAIN_POLICY:
+        case NFTA_CHAIN_TYPE:
+        case NFTA_CHAIN_USERDATA:
+          append_attr(out, a);
+          break;
+        case NFTA_CHAIN_COUNTERS: {  // a base chain with counters gets them again, from zero
+          std::string c;
+          append_attr(c, a);
+          for_attrs(a.data, a.len, [&](const Attr& n) {
+            if (n.len == 8) std::memset(c.data() + NLA_HDRLEN + (n.data - a.data), 0, 8);
+          });
+          out += c;
+          break;
+        }
+        default:
+          break;
+      }
+    });
+    if (TableImage* i = image(table)) i->chains.push_back(out);
+  });
+  ok = ok && nl.dump(NFT_MSG_GETRULE, proto, [&](const char* attrs, size_t len) {
+    std::string table, out;
+    uint32_t l4proto = 0;
+    bool inverted = false;
+    for_attrs(attrs, len, [&](const Attr& a) {
+      if (a.type == NFTA_RULE_TABLE) table = a.str();
+      if (a.type == NFTA_RULE_TABLE || a.type == NFTA_RULE_CHAIN || a.type == NFTA_RULE_USERDATA) append_attr(out, a);
+      if (a.type == NFTA_RULE_EXPRESSIONS) copy_expressions(a, out, l4proto, inverted);
+    });
+    // As iptables-nft: the rule's protocol (0 for none) for the compat layer.
+    Messages compat;
+    const size_t nest = compat.nest_begin(NFTA_RULE_COMPAT);
+    compat.put_u32(NFTA_RULE_COMPAT_PROTO, l4proto);
+    compat.put_u32(NFTA_RULE_COMPAT_FLAGS, inverted ? NFT_RULE_COMPAT_F_INV : 0);
+    compat.nest_end(nest);
+    out.append(compat.bytes().begin(), compat.bytes().end());
+    if (TableImage* i = image(table)) i->rules.push_back(out);
+  });
+  if (!ok) return false;
+  for (const auto& i : images) {
+    if (i.table_attrs.empty()) return false;
+  }
+  return true;
+}
+
+bool nft_replay(Family family, const std::vector<TableImage>& images) {
+  Netlink nl;
+  if (!nl.ok()) return false;
+  const auto generation = ruleset_generation(nl);
+  if (!generation) return false;
+  const uint8_t proto = nfproto(family);
+  Messages m;
+  const uint32_t first = nl.next_seq();
+  const size_t begin = m.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, first, AF_UNSPEC, NFNL_SUBSYS_NFTABLES);
+  m.put_u32(NFNL_BATCH_GENID, *generation);
+  m.end(begin);
+  // Only the last message asks for an acknowledgement (thousands of rules
+  // would overflow the socket with them); an error comes back for any.
+  size_t left = 0;
+  for (const auto& i : images) left += 1 + i.chains.size() + i.rules.size();
+  auto add = [&](int type, uint16_t flags, const std::string& attrs) {
+    const uint16_t ack = --left == 0 ? NLM_F_ACK : 0;
+    const size_t at = m.begin(nft_type(type), NLM_F_REQUEST | ack | flags, nl.next_seq(), proto);
+    m.put_bytes(attrs);
+    m.end(at);
+  };
+  const size_t acks = 1;
+  for (const auto& i : images) {
+    add(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL,
+        i.table_attrs);  // refused if the table exists
+    for (const auto& c : i.chains) add(NFT_MSG_NEWCHAIN, NLM_F_CREATE, c);
+    for (const auto& r : i.rules) add(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, r);
+  }
+  const uint32_t last = nl.next_seq();
+  m.end(m.begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, last, AF_UNSPEC, NFNL_SUBSYS_NFTABLES));
+  return nl.send(m) && nl.receive(
+                           first, last, [](const nlmsghdr*) {}, acks);
 }
 
 }  // namespace
@@ -663,48 +1124,129 @@ bool NetnsKernelTables::remove_if_empty(Family family, const std::string& table)
   });
 }
 
-bool NetnsKernelTables::remove_istio_nft(Family family, const std::map<std::string, std::set<std::string>>& chains,
-                                         size_t jumps, const std::set<std::string>& drop_if_empty) {
-  return in_netns<bool>(netns_fd_, false, [&] {
+void NetnsKernelTables::remove_istio_nft(std::vector<IstioNftRemoval>& removals) {
+  in_netns<bool>(netns_fd_, false, [&] {
     Netlink nl;
-    if (!nl.ok()) return false;
+    if (!nl.ok() || removals.empty()) return false;
     const auto generation = ruleset_generation(nl);
     if (!generation) return false;
-    std::vector<NftRule> rules;
-    const auto view = read_nft(nl, family, &rules);
-    if (!view || view->istio_chains() != chains || view->istio_jumps() != jumps) return false;
-
-    IstioRemoval r;
-    std::map<std::string, size_t> kept;  // table -> rules and chains that stay
-    for (const auto& rule : rules) {
-      if (is_istio(rule.chain)) continue;
-      if (rule.jumps_to_istio) {
-        r.jumps.push_back(rule);
-      } else {
-        ++kept[rule.table];
-      }
-    }
-    for (const auto& t : view->tables) {
-      for (const auto& c : t.chains) {
-        if (is_istio(c.name)) {
-          r.istio_chains.emplace_back(t.name, c.name);
-        } else if (!c.builtin) {
-          ++kept[t.name];
+    std::vector<TablesView> views;  // IstioRemoval points into them
+    views.reserve(removals.size());
+    std::vector<std::pair<Family, IstioRemoval>> all;
+    for (const auto& want : removals) {
+      std::vector<NftRule> rules;
+      auto view = read_nft(nl, want.family, &rules);
+      if (!view || view->istio_chains() != want.chains || view->istio_jumps() != want.jumps) return false;
+      views.push_back(std::move(*view));
+      const TablesView& v = views.back();
+      IstioRemoval r;
+      std::map<std::string, size_t> kept;  // table -> rules and chains that stay
+      for (const auto& rule : rules) {
+        if (is_istio(rule.chain)) continue;
+        if (rule.jumps_to_istio) {
+          r.jumps.push_back(rule);
+        } else {
+          ++kept[rule.table];
         }
       }
-      if (drop_if_empty.count(t.name) && kept[t.name] == 0) r.tables.push_back(&t);
+      for (const auto& t : v.tables) {
+        for (const auto& c : t.chains) {
+          if (is_istio(c.name)) {
+            r.istio_chains.emplace_back(t.name, c.name);
+          } else if (!c.builtin) {
+            ++kept[t.name];
+          }
+        }
+        if (want.drop_if_empty.count(t.name) && kept[t.name] == 0) r.tables.push_back(&t);
+      }
+      all.emplace_back(want.family, std::move(r));
     }
-    // A table to drop may still hold a set or an object this view does not
+    // A table to drop may still hold a set or an object these views do not
     // list: the kernel then refuses the table (NLM_F_NONREC) and the whole
     // transaction, which is tried again keeping the tables.
-    bool done = commit_removal(nl, family, *generation, r);
-    if (!done && !r.tables.empty()) {
-      r.tables.clear();
-      done = commit_removal(nl, family, *generation, r);
+    bool done = commit_removal(nl, *generation, all);
+    if (!done) {
+      bool any = false;
+      for (auto& [family, r] : all) any |= !r.tables.empty(), r.tables.clear();
+      if (any) done = commit_removal(nl, *generation, all);
     }
-    spdlog::debug("{} nf_tables: ISTIO_* chains {} in one transaction", family_name(family),
+    for (auto& want : removals) want.done = done;
+    spdlog::debug("nf_tables: ISTIO_* chains of {} families {} in one transaction", removals.size(),
                   done ? "removed" : "not removed");
     return done;
+  });
+}
+
+std::optional<std::vector<TableImage>> NetnsKernelTables::image_before(Family family, bool legacy,
+                                                                       const std::vector<std::string>& tables) {
+  using R = std::optional<std::vector<TableImage>>;
+  return in_netns<R>(netns_fd_, std::nullopt, [&]() -> R {
+    if (legacy) return family == Family::V4 ? legacy_before<V4Legacy>(tables) : legacy_before<V6Legacy>(tables);
+    return nft_before(family, tables);
+  });
+}
+
+bool NetnsKernelTables::image_after(Family family, bool legacy, std::vector<TableImage>& images) {
+  return in_netns<bool>(netns_fd_, false, [&] {
+    if (legacy) return family == Family::V4 ? legacy_after<V4Legacy>(images) : legacy_after<V6Legacy>(images);
+    return nft_after(family, images);
+  });
+}
+
+bool NetnsKernelTables::replay(Family family, bool legacy, const std::vector<TableImage>& images) {
+  return in_netns<bool>(netns_fd_, false, [&] {
+    if (legacy) return family == Family::V4 ? legacy_replay<V4Legacy>(images) : legacy_replay<V6Legacy>(images);
+    return nft_replay(family, images);
+  });
+}
+
+bool NetnsKernelTables::replay_back(Family family, bool legacy, const std::vector<TableImage>& images) {
+  if (!legacy) return false;
+  return in_netns<bool>(netns_fd_, false, [&] {
+    return family == Family::V4 ? legacy_replay_back<V4Legacy>(images) : legacy_replay_back<V6Legacy>(images);
+  });
+}
+
+std::optional<int> NetnsKernelTables::lo_address6(bool add) {
+  return in_netns<std::optional<int>>(netns_fd_, std::nullopt, [&]() -> std::optional<int> {
+    Fd fd(::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
+    constexpr int lo = 1;  // every namespace's loopback (LOOPBACK_IFINDEX)
+    if (fd.get() < 0) return std::nullopt;
+    struct {
+      nlmsghdr h;
+      ifaddrmsg a;
+      char attrs[2 * NLA_ALIGN(NLA_HDRLEN + 16)];
+    } req{};
+    in6_addr six{};
+    six.s6_addr[15] = 6;  // ::6
+    req.h.nlmsg_type = add ? RTM_NEWADDR : RTM_DELADDR;
+    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (add ? NLM_F_CREATE | NLM_F_EXCL : 0);
+    req.h.nlmsg_seq = 1;
+    req.a.ifa_family = AF_INET6;
+    req.a.ifa_prefixlen = 128;
+    req.a.ifa_scope = RT_SCOPE_UNIVERSE;
+    req.a.ifa_index = lo;
+    char* at = req.attrs;
+    for (uint16_t type : {IFA_LOCAL, IFA_ADDRESS}) {  // as ip sets them for an address without a peer
+      auto* nla = reinterpret_cast<nlattr*>(at);
+      nla->nla_type = type;
+      nla->nla_len = NLA_HDRLEN + sizeof six;
+      std::memcpy(at + NLA_HDRLEN, &six, sizeof six);
+      at += NLA_ALIGN(nla->nla_len);
+    }
+    req.h.nlmsg_len = static_cast<uint32_t>(at - reinterpret_cast<char*>(&req));
+    sockaddr_nl to{};
+    to.nl_family = AF_NETLINK;
+    if (::sendto(fd.get(), &req, req.h.nlmsg_len, 0, reinterpret_cast<sockaddr*>(&to), sizeof to) < 0)
+      return std::nullopt;
+    char buf[4096];
+    pollfd p{fd.get(), POLLIN, 0};
+    if (::poll(&p, 1, 2000) <= 0) return std::nullopt;
+    const ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
+    if (n < static_cast<ssize_t>(NLMSG_HDRLEN + sizeof(nlmsgerr))) return std::nullopt;
+    const auto* h = reinterpret_cast<const nlmsghdr*>(buf);
+    if (h->nlmsg_type != NLMSG_ERROR) return std::nullopt;
+    return -reinterpret_cast<const nlmsgerr*>(NLMSG_DATA(h))->error;
   });
 }
 

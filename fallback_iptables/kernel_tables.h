@@ -4,6 +4,7 @@
 // nf_tables table meshcap created once it is empty.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <set>
@@ -53,6 +54,32 @@ struct TablesView {
 /// The same view computed from `-save` output (for tests and for comparing).
 TablesView view_of(const SavedRuleset& saved);
 
+/// What iptables-restore made of one payload in one table, kept so that the
+/// same payload on a table in the same state is applied again by the kernel
+/// calls alone (no process), with the very bytes iptables wrote. Legacy: the
+/// table's blob before and after (counters zeroed) and the after blob's
+/// header. nf_tables: the table was absent before; the attributes that
+/// create the table, its chains and its rules, in order.
+struct TableImage {
+  std::string table;
+  std::string before, after;
+  uint32_t valid_hooks = 0, num_entries = 0;  // the after blob's header
+  std::vector<uint32_t> hook_entry, underflow;
+  uint32_t before_entries = 0;  // the before blob's header (same valid_hooks)
+  std::vector<uint32_t> before_hook_entry, before_underflow;
+  std::string table_attrs;
+  std::vector<std::string> chains, rules;
+};
+
+/// One family's part of KernelTables::remove_istio_nft.
+struct IstioNftRemoval {
+  Family family = Family::V4;
+  std::map<std::string, std::set<std::string>> chains;  // ISTIO_* chains by table
+  size_t jumps = 0;                                     // rules outside them jumping to one
+  std::set<std::string> drop_if_empty;                  // tables meshcap created
+  bool done = false;
+};
+
 /// Reads the tables of the namespace commands run in. Everything here is
 /// best effort: nullopt / false means "could not tell", and the caller then
 /// takes the path that runs iptables-save instead.
@@ -71,16 +98,38 @@ class KernelTables {
   /// goes with it); true when it was deleted.
   virtual bool remove_if_empty(Family family, const std::string& table) = 0;
 
-  /// Removes in one nf_tables transaction every ISTIO_* chain of `family`
-  /// and every rule outside them that jumps to one, and with them each table
-  /// of `drop_if_empty` that then holds nothing. Done only while the tables
-  /// hold exactly `chains` (ISTIO_* chains by table) and `jumps` such rules,
-  /// and only if nothing changed since they were read (the transaction
-  /// carries the ruleset's generation). False: not done, nothing changed.
-  virtual bool remove_istio_nft(Family /*family*/, const std::map<std::string, std::set<std::string>>& /*chains*/,
-                                size_t /*jumps*/, const std::set<std::string>& /*drop_if_empty*/) {
+  /// Before iptables-restore changes `tables`: their state, if it is one a
+  /// replay can start from (legacy: only policies; nf_tables: absent).
+  /// nullopt: no image can be taken.
+  virtual std::optional<std::vector<TableImage>> image_before(Family /*family*/, bool /*legacy*/,
+                                                              const std::vector<std::string>& /*tables*/) {
+    return std::nullopt;
+  }
+  /// After it: completes `images` with what the tables hold now; false when
+  /// they cannot be replayed.
+  virtual bool image_after(Family /*family*/, bool /*legacy*/, std::vector<TableImage>& /*images*/) { return false; }
+  /// Puts `images`' after state in place if every table is in its before
+  /// state (legacy: under the xtables lock; nf_tables: in one transaction);
+  /// false, with nothing changed, when not.
+  virtual bool replay(Family /*family*/, bool /*legacy*/, const std::vector<TableImage>& /*images*/) { return false; }
+  /// The reverse (legacy only): puts the before state back if every table
+  /// holds exactly the after state; false, with nothing changed, when not.
+  virtual bool replay_back(Family /*family*/, bool /*legacy*/, const std::vector<TableImage>& /*images*/) {
     return false;
   }
+
+  /// Adds (or deletes) istio's ::6/128 on lo over rtnetlink, as
+  /// `ip -6 addr add|del ::6/128 dev lo` does: 0, or the kernel's errno
+  /// (EEXIST: already there); nullopt when it cannot ask (run `ip` then).
+  virtual std::optional<int> lo_address6(bool /*add*/) { return std::nullopt; }
+
+  /// Removes in one nf_tables transaction, for each family of `removals`,
+  /// every ISTIO_* chain and every rule outside them that jumps to one, and
+  /// with them each table of `drop_if_empty` that then holds nothing. Done
+  /// only while the tables hold exactly `chains` and `jumps` such rules, and
+  /// only if nothing changed since they were read (the transaction carries
+  /// the ruleset's generation); `done` says which families went (all or none).
+  virtual void remove_istio_nft(std::vector<IstioNftRemoval>& /*removals*/) {}
 };
 
 /// KernelTables of a network namespace (an fd of /proc/PID/ns/net or
@@ -95,8 +144,13 @@ class NetnsKernelTables : public KernelTables {
   /// All four on one thread, through one netlink socket.
   std::map<std::pair<Family, bool>, std::optional<TablesView>> read_all() override;
   bool remove_if_empty(Family family, const std::string& table) override;
-  bool remove_istio_nft(Family family, const std::map<std::string, std::set<std::string>>& chains, size_t jumps,
-                        const std::set<std::string>& drop_if_empty) override;
+  void remove_istio_nft(std::vector<IstioNftRemoval>& removals) override;
+  std::optional<std::vector<TableImage>> image_before(Family family, bool legacy,
+                                                      const std::vector<std::string>& tables) override;
+  bool image_after(Family family, bool legacy, std::vector<TableImage>& images) override;
+  bool replay(Family family, bool legacy, const std::vector<TableImage>& images) override;
+  bool replay_back(Family family, bool legacy, const std::vector<TableImage>& images) override;
+  std::optional<int> lo_address6(bool add) override;
 
  private:
   int netns_fd_;

@@ -1,0 +1,211 @@
+#include "table_images.h"
+
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+
+namespace meshcap::iptables {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::string_view kMagic = "meshcap-table-images 2\n";
+constexpr size_t kMaxImages = 64;
+
+class Writer {
+ public:
+  void u32(uint32_t v) { out_.append(reinterpret_cast<const char*>(&v), sizeof v); }
+  void str(const std::string& s) {
+    u32(static_cast<uint32_t>(s.size()));
+    out_ += s;
+  }
+  void u32s(const std::vector<uint32_t>& v) {
+    u32(static_cast<uint32_t>(v.size()));
+    for (uint32_t x : v) u32(x);
+  }
+  void strs(const std::vector<std::string>& v) {
+    u32(static_cast<uint32_t>(v.size()));
+    for (const auto& x : v) str(x);
+  }
+  const std::string& bytes() const { return out_; }
+
+ private:
+  std::string out_;
+};
+
+class Reader {
+ public:
+  explicit Reader(const std::string& in) : in_(in) {}
+  bool u32(uint32_t& v) {
+    if (in_.size() - at_ < sizeof v) return false;
+    std::memcpy(&v, in_.data() + at_, sizeof v);
+    at_ += sizeof v;
+    return true;
+  }
+  bool str(std::string& s) {
+    uint32_t n = 0;
+    if (!u32(n) || in_.size() - at_ < n) return false;
+    s.assign(in_, at_, n);
+    at_ += n;
+    return true;
+  }
+  bool u32s(std::vector<uint32_t>& v) {
+    uint32_t n = 0;
+    if (!u32(n) || n > (in_.size() - at_) / sizeof(uint32_t)) return false;
+    v.resize(n);
+    for (auto& x : v) {
+      if (!u32(x)) return false;
+    }
+    return true;
+  }
+  bool strs(std::vector<std::string>& v) {
+    uint32_t n = 0;
+    if (!u32(n) || n > in_.size() - at_) return false;
+    v.resize(n);
+    for (auto& x : v) {
+      if (!str(x)) return false;
+    }
+    return true;
+  }
+  bool done() const { return at_ == in_.size(); }
+
+ private:
+  const std::string& in_;
+  size_t at_ = 0;
+};
+
+std::string file_name(const std::string& key) {
+  std::ostringstream name;
+  name << std::hex << std::hash<std::string>{}(key);
+  return "image-" + name.str();
+}
+
+// Rule lines (-A, -I) and chain lines (-N) of a payload.
+std::pair<size_t, size_t> payload_counts(const RestorePayload& payload) {
+  size_t rules = 0, chains = 0;
+  for (const auto& t : payload.tables) {
+    for (const auto& line : t.lines) {
+      if (line.rfind("-A ", 0) == 0 || line.rfind("-I ", 0) == 0) ++rules;
+      if (line.rfind("-N ", 0) == 0) ++chains;
+    }
+  }
+  return {rules, chains};
+}
+
+}  // namespace
+
+std::string image_key(const Backend& backend, const std::string& payload_text) {
+  std::ostringstream key;
+  key << kMagic << family_name(backend.family) << ' ' << backend.kind() << ' ' << backend.restore_binary << '\n';
+  const std::string path = find_binary(backend.restore_binary);
+  struct stat st {};
+  if (!path.empty() && ::stat(path.c_str(), &st) == 0) {
+    key << path << ' ' << st.st_size << ' ' << st.st_mtim.tv_sec << '.' << st.st_mtim.tv_nsec << '\n';
+  } else {
+    key << "(binary not found)\n";
+  }
+  utsname u{};
+  if (::uname(&u) == 0) key << u.release << ' ' << u.version << '\n';
+  key << payload_text;
+  return key.str();
+}
+
+std::optional<std::vector<TableImage>> load_images(const std::string& dir, const std::string& key) {
+  std::ifstream in(fs::path(dir) / "images" / file_name(key), std::ios::binary);
+  if (!in) return std::nullopt;
+  const std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  Reader r(data);
+  std::string stored;
+  uint32_t n = 0;
+  if (!r.str(stored) || stored != key || !r.u32(n) || n > 16) return std::nullopt;
+  std::vector<TableImage> images(n);
+  for (auto& i : images) {
+    if (!r.str(i.table) || !r.str(i.before) || !r.str(i.after) || !r.u32(i.valid_hooks) || !r.u32(i.num_entries) ||
+        !r.u32s(i.hook_entry) || !r.u32s(i.underflow) || !r.u32(i.before_entries) || !r.u32s(i.before_hook_entry) ||
+        !r.u32s(i.before_underflow) || !r.str(i.table_attrs) || !r.strs(i.chains) || !r.strs(i.rules)) {
+      return std::nullopt;
+    }
+  }
+  if (!r.done()) return std::nullopt;
+  return images;
+}
+
+void save_images(const std::string& dir, const std::string& key, const std::vector<TableImage>& images) {
+  Writer w;
+  w.str(key);
+  w.u32(static_cast<uint32_t>(images.size()));
+  for (const auto& i : images) {
+    w.str(i.table);
+    w.str(i.before);
+    w.str(i.after);
+    w.u32(i.valid_hooks);
+    w.u32(i.num_entries);
+    w.u32s(i.hook_entry);
+    w.u32s(i.underflow);
+    w.u32(i.before_entries);
+    w.u32s(i.before_hook_entry);
+    w.u32s(i.before_underflow);
+    w.str(i.table_attrs);
+    w.strs(i.chains);
+    w.strs(i.rules);
+  }
+  std::error_code ec;
+  const fs::path at = fs::path(dir) / "images";
+  fs::create_directories(at, ec);
+  const fs::path file = at / file_name(key);
+  const fs::path tmp = file.string() + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out.write(w.bytes().data(), static_cast<std::streamsize>(w.bytes().size()));
+    if (!out.flush()) {
+      fs::remove(tmp, ec);
+      return;
+    }
+  }
+  fs::rename(tmp, file, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    return;
+  }
+  spdlog::debug("kept the tables' image for the next pod with this payload: {}", file.string());
+  // A cache, not a record: the oldest go beyond kMaxImages payloads.
+  std::vector<std::pair<fs::file_time_type, fs::path>> all;
+  for (const auto& e : fs::directory_iterator(at, ec)) {
+    if (e.path().filename().string().rfind("image-", 0) == 0) all.emplace_back(e.last_write_time(ec), e.path());
+  }
+  if (all.size() <= kMaxImages) return;
+  std::sort(all.begin(), all.end());
+  for (size_t i = 0; i + kMaxImages < all.size(); ++i) fs::remove(all[i].second, ec);
+}
+
+bool images_match_payload(const std::vector<TableImage>& images, bool legacy, const RestorePayload& payload) {
+  const auto [rules, chains] = payload_counts(payload);
+  if (images.size() != payload.tables.size()) return false;
+  size_t got_rules = 0, got_chains = 0, entries_added = 0;
+  for (const auto& i : images) {
+    if (legacy) {
+      const size_t policies = static_cast<size_t>(__builtin_popcount(i.valid_hooks)) + 1;  // and the table's end
+      if (i.num_entries < policies) return false;
+      entries_added += i.num_entries - policies;
+    } else {
+      got_rules += i.rules.size();
+      for (const auto& c : i.chains) got_chains += c.find("ISTIO_") != std::string::npos ? 1 : 0;
+    }
+  }
+  // Legacy: each rule is one entry, each chain a head and a tail entry.
+  if (legacy) return entries_added == rules + 2 * chains;
+  return got_rules == rules && got_chains == chains;
+}
+
+}  // namespace meshcap::iptables
