@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <algorithm>
 #include <fstream>
 
 #include <spdlog/spdlog.h>
@@ -102,10 +103,16 @@ std::string state_root() {
 std::string state_file(const std::string& name) { return state_root() + "/pods/" + name + ".json"; }
 
 std::optional<PodState> read_pod_state(const std::string& name) {
-  std::ifstream in(state_file(name));
+  std::ifstream in(state_file(name), std::ios::binary);
   if (!in) return std::nullopt;
   try {
-    return PodState::from_json(json::parse(in));
+    // Whole, then parsed: the parser reads a string several times faster than a stream.
+    std::string text;
+    in.seekg(0, std::ios::end);
+    text.resize(static_cast<size_t>(std::max<std::streamoff>(in.tellg(), 0)));
+    in.seekg(0, std::ios::beg);
+    in.read(text.data(), static_cast<std::streamsize>(text.size()));
+    return PodState::from_json(json::parse(text));
   } catch (const std::exception&) {
     spdlog::warn("ignoring unreadable {}", state_file(name));
     return std::nullopt;

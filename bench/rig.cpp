@@ -35,6 +35,16 @@ using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 std::string restore_binary(Capture c) { return c == Capture::legacy ? "iptables-legacy-restore" : "iptables-nft-restore"; }
+std::string restore6_binary(Capture c) {
+  return c == Capture::legacy ? "ip6tables-legacy-restore" : "ip6tables-nft-restore";
+}
+
+// istio's IPv6 payload for a pod with a global IPv6 address (istio writes
+// ip6tables rules for such a pod, as meshcap does).
+std::string istio_payload6_for(const std::vector<std::string>& flags) {
+  const EnvLookup no_env = [](const std::string&) { return std::optional<std::string>{}; };
+  return iptables::render_istio_rules(parse_capture_args(flags, no_env), true).ipv6.text();
+}
 
 }  // namespace
 
@@ -313,10 +323,20 @@ double Rig::apply_flags(const std::vector<std::string>& flags, size_t exclusions
   } else {
     // istio-init's way: iptables-restore --noflush with istio's payload. A
     // re-apply replaces the whole nat table (nothing else uses it in the pod).
-    std::vector<std::string> argv = {restore_binary(capture_)};
-    if (!captured_) argv.push_back("--noflush");
-    if (capture_ == Capture::legacy) argv.push_back("--wait=30");
-    t = run_timed(argv, istio_payload_for(flags), pod_->pod_netns_path());
+    // istio-init's way: iptables-restore --noflush with istio's payload, and
+    // ip6tables-restore with the IPv6 one, since the pod has a global IPv6
+    // address. A re-apply replaces the whole nat table (nothing else uses it
+    // in the pod).
+    for (const bool v6 : {false, true}) {
+      if (v6 && (pod_->pod_ipv6().empty() || !t.ok())) break;
+      std::vector<std::string> argv = {v6 ? restore6_binary(capture_) : restore_binary(capture_)};
+      if (!captured_) argv.push_back("--noflush");
+      if (capture_ == Capture::legacy) argv.push_back("--wait=30");
+      const Timed one = run_timed(argv, v6 ? istio_payload6_for(flags) : istio_payload_for(flags), pod_->pod_netns_path());
+      const double before = t.seconds;
+      t = one;
+      t.seconds += before;
+    }
   }
   if (!t.ok())
     throw std::runtime_error(label_ + ": applying " + capture_name(capture_) + " capture with " +
@@ -365,9 +385,15 @@ double Rig::remove() {
     t = run_timed({options_.meshcap_bin, "cleanup", "--log-level", "warn", "--name", name_, "--netns",
                    pod_->pod_netns_path()});
   } else {
-    std::vector<std::string> argv = {restore_binary(capture_)};
-    if (capture_ == Capture::legacy) argv.push_back("--wait=30");
-    t = run_timed(argv, "*nat\nCOMMIT\n", pod_->pod_netns_path());
+    for (const bool v6 : {false, true}) {
+      if (v6 && (pod_->pod_ipv6().empty() || !t.ok())) break;
+      std::vector<std::string> argv = {v6 ? restore6_binary(capture_) : restore_binary(capture_)};
+      if (capture_ == Capture::legacy) argv.push_back("--wait=30");
+      const Timed one = run_timed(argv, "*nat\nCOMMIT\n", pod_->pod_netns_path());
+      const double before = t.seconds;
+      t = one;
+      t.seconds += before;
+    }
   }
   captured_ = false;
   if (!t.ok()) throw std::runtime_error(label_ + ": removing capture failed: " + t.output);

@@ -163,6 +163,32 @@ void Targets::init() {
   } else {
     not_measured("init-apply-10000-vs-10", "<= 3x");
   }
+  // Issue 17, point 4: `meshcap init --mode iptables` (and its cleanup)
+  // against a bare iptables-restore of the same payload, worst size.
+  for (const std::string cap : {"iptables-nft", "iptables-legacy"}) {
+    for (const bool cleanup : {false, true}) {
+      const std::string name = "init-" + cap + (cleanup ? "-cleanup" : "-apply") + "-vs-restore";
+      const std::string goal = "<= 1.5x the bare restore's";
+      double worst = -1;
+      std::string detail;
+      for (const auto& m : r_.init) {
+        if (m.capture != cap + " (meshcap)") continue;
+        const InitRecord* b = find_init(r_, cap, m.exclusions);
+        const auto& ms = cleanup ? m.cleanup_s : m.apply_s;
+        if (b == nullptr || ms.empty() || (cleanup ? b->cleanup_s : b->apply_s).empty()) continue;
+        const double base = median(cleanup ? b->cleanup_s : b->apply_s);
+        if (median(ms) / base > worst) {
+          worst = median(ms) / base;
+          detail = "at " + std::to_string(m.exclusions) + ": " + fmt("%.1f", median(ms) * 1e3) + " vs " +
+                   fmt("%.1f ms", base * 1e3);
+        }
+      }
+      if (worst < 0)
+        not_measured(name, goal);
+      else
+        put(name, fmt("%.2fx", worst) + " [worst " + detail + "]", goal, worst <= 1.5);
+    }
+  }
   if (e10k && !e10k->add_one_s.empty())
     put("init-add-one-at-10000", fmt("%.1f µs", median(e10k->add_one_s) * 1e6) + " [" + e10k->add_how + "]",
         "<= 1 ms", median(e10k->add_one_s) <= 1e-3);

@@ -93,12 +93,39 @@ RestorePayload parse_payload(const std::string& text) {
   return p;
 }
 
+// A file's whole content (read in one go: records can be large).
+std::optional<std::string> read_whole(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::nullopt;
+  std::string text;
+  in.seekg(0, std::ios::end);
+  text.resize(static_cast<size_t>(std::max<std::streamoff>(in.tellg(), 0)));
+  in.seekg(0, std::ios::beg);
+  if (!in.read(text.data(), static_cast<std::streamsize>(text.size()))) return std::nullopt;
+  return text;
+}
+
+// Where save_record keeps one backend's payload text.
+std::string payload_path(const std::string& record, Family family, bool legacy) {
+  return record + "." + std::string(family_name(family)) + (legacy ? "-legacy" : "-nft") + ".payload";
+}
+
+// Removes a record and the payload files beside it.
+void remove_record(const std::string& path) {
+  std::error_code ec;
+  fs::remove(path, ec);
+  for (Family f : {Family::V4, Family::V6}) {
+    for (bool legacy : {false, true}) fs::remove(payload_path(path, f, legacy), ec);
+  }
+}
+
 StateRecord load_record(const std::string& path) {
   StateRecord rec;
-  std::ifstream in(path);
-  if (!in) return rec;
+  const auto text = read_whole(path);
+  if (!text) return rec;
   try {
-    const auto j = nlohmann::json::parse(in);
+    // Whole, then parsed: the parser reads a string several times faster than a stream.
+    const auto j = nlohmann::json::parse(*text);
     for (const auto& r : j.at("rules")) {
       rec.rules.push_back({r.at("family"), r.at("binary"), r.at("table"), r.at("line")});
     }
@@ -112,7 +139,14 @@ StateRecord load_record(const std::string& path) {
         rb.family = b.at("family") == "ipv6" ? Family::V6 : Family::V4;
         rb.binary = b.at("binary");
         rb.legacy = b.at("legacy");
-        rb.payload = parse_payload(b.at("payload"));
+        if (b.contains("payload_file")) {
+          // The payload's text beside the record (no JSON escaping of 10,000 rules).
+          const auto payload = read_whole(fs::path(path).parent_path() / b.at("payload_file").get<std::string>());
+          if (!payload) throw std::runtime_error("its payload file is missing");
+          rb.payload = parse_payload(*payload);
+        } else {
+          rb.payload = parse_payload(b.at("payload"));
+        }
         for (const auto& t : b.at("created")) rb.created.insert(t.get<std::string>());
         rec.backends.push_back(std::move(rb));
       }
@@ -133,11 +167,27 @@ void save_record(const std::string& path, const StateRecord& rec) {
     j["rules"].push_back({{"family", r.family}, {"binary", r.binary}, {"table", r.table}, {"line", r.line}});
   }
   j["backends"] = nlohmann::json::array();
+  std::error_code ec;
+  fs::create_directories(fs::path(path).parent_path(), ec);
   for (const auto& b : rec.backends) {
+    // The payload goes beside the record, as text, written before it.
+    const std::string file = fs::path(payload_path(path, b.family, b.legacy)).filename().string();
+    const std::string text = b.payload.text();
+    const std::string tmp = payload_path(path, b.family, b.legacy) + ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::trunc | std::ios::binary);
+      out.write(text.data(), static_cast<std::streamsize>(text.size()));
+      if (!out.flush()) {
+        spdlog::warn("cannot write meshcap iptables state {}; a later apply or cleanup will match rules by content",
+                     tmp);
+        return;
+      }
+    }
+    fs::rename(tmp, payload_path(path, b.family, b.legacy), ec);
     j["backends"].push_back({{"family", std::string(family_name(b.family))},
                              {"binary", b.binary},
                              {"legacy", b.legacy},
-                             {"payload", b.payload.text()},
+                             {"payload_file", file},
                              {"created", b.created}});
   }
   if (rec.tproxy) {
@@ -146,8 +196,6 @@ void save_record(const std::string& path, const StateRecord& rec) {
     j["tproxy"] = nullptr;
   }
   j["lo_ipv6_added"] = rec.lo_ipv6_added;
-  std::error_code ec;
-  fs::create_directories(fs::path(path).parent_path(), ec);
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);
@@ -325,6 +373,7 @@ RestorePayload rollback_payload(const Step& s, const SavedRuleset& now, const st
 // The chain of a payload rule line ("-A CHAIN ..." / "-I CHAIN N ...") and
 // the text after it (what `-D CHAIN` needs); false for other lines.
 bool split_payload_rule(const std::string& line, std::string* chain, std::string* spec) {
+  if (line.rfind("-A ", 0) != 0 && line.rfind("-I ", 0) != 0) return false;
   const auto words = split_rule_words(line);
   if (words.size() < 2 || (words[0] != "-A" && words[0] != "-I")) return false;
   *chain = words[1];
@@ -356,11 +405,19 @@ std::map<std::string, std::set<std::string>> payload_istio_chains(const RestoreP
   return out;
 }
 
+// True for a payload line that adds a rule to an ISTIO_* chain ("-A ISTIO_..."),
+// read without splitting the line.
+bool in_istio_chain(const std::string& line) {
+  return (line.rfind("-A ", 0) == 0 || line.rfind("-I ", 0) == 0) &&
+         is_istio_chain(std::string_view(line).substr(3, line.find(' ', 3) - 3));
+}
+
 // Rules outside ISTIO_* chains that jump to one.
 size_t payload_istio_jumps(const RestorePayload& p) {
   size_t n = 0;
   for (const auto& t : p.tables) {
     for (const auto& line : t.lines) {
+      if (in_istio_chain(line)) continue;
       std::string chain, spec;
       if (split_payload_rule(line, &chain, &spec) && !is_istio_chain(chain) && is_istio_chain(rule_target(line))) ++n;
     }
@@ -373,6 +430,7 @@ std::vector<Rule> outside_rules(const RestorePayload& p) {
   std::vector<Rule> out;
   for (const auto& t : p.tables) {
     for (const auto& line : t.lines) {
+      if (in_istio_chain(line)) continue;
       std::string chain, spec;
       if (split_payload_rule(line, &chain, &spec) && !is_istio_chain(chain)) {
         out.push_back(Rule{t.table, chain, split_rule_words(line)});
@@ -1258,7 +1316,11 @@ CleanupResult IptablesApplier::cleanup(const CaptureConfig& cfg) {
   CleanupResult res;
   Session session(runner_);
   const StateRecord rec = load_record(state_path());
-  const RuleBuilder built = build_istio_rules(cfg, true);
+  std::optional<RuleBuilder> built_once;  // istio's rules, only where -save must be matched against them
+  auto built = [&]() -> const RuleBuilder& {
+    if (!built_once) built_once = build_istio_rules(cfg, true);
+    return *built_once;
+  };
   std::vector<std::string> errors;
 
   KernelTables* kernel = runner_.kernel_tables();
@@ -1266,7 +1328,7 @@ CleanupResult IptablesApplier::cleanup(const CaptureConfig& cfg) {
   // The save-based removal from one binary.
   auto remove_saved = [&](Family fam, const std::string& binary, const std::optional<std::string>& dump) {
     std::string why;
-    const auto s = session.removal_step(rec, fam, binary, dump, [&] { return built.rules(fam); }, &why);
+    const auto s = session.removal_step(rec, fam, binary, dump, [&] { return built().rules(fam); }, &why);
     if (!why.empty()) errors.push_back(binary + " holds istio rules but is not usable: " + why);
     if (!s) return;
     try {
@@ -1351,8 +1413,7 @@ CleanupResult IptablesApplier::cleanup(const CaptureConfig& cfg) {
   }
 
   if (!errors.empty()) throw IptablesError("cleanup", join_errors(errors));
-  std::error_code ec;
-  fs::remove(state_path(), ec);
+  remove_record(state_path());
   return res;
 }
 

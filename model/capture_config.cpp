@@ -62,9 +62,18 @@ PortList parse_port_list(const std::string& text, const std::string& what, bool 
 
 std::string Cidr::str() const {
   char buf[INET6_ADDRSTRLEN] = {};
-  if (family == AF_INET) {
-    inet_ntop(AF_INET, addr.data(), buf, sizeof(buf));
-    return std::string(buf) + "/" + std::to_string(prefix_len);
+  if (family == AF_INET) {  // by hand: rule sets print thousands of these
+    char* p = buf;
+    for (int i = 0; i < 4; i++) {
+      const unsigned v = addr[i];
+      if (v >= 100) *p++ = static_cast<char>('0' + v / 100);
+      if (v >= 10) *p++ = static_cast<char>('0' + v / 10 % 10);
+      *p++ = static_cast<char>('0' + v % 10);
+      *p++ = i < 3 ? '.' : '/';
+    }
+    if (prefix_len >= 10) *p++ = static_cast<char>('0' + prefix_len / 10);
+    *p++ = static_cast<char>('0' + prefix_len % 10);
+    return std::string(buf, p);
   }
   // RFC 5952 as Go's netip prints it: dotted quad only for ::ffff:a.b.c.d
   // (glibc's inet_ntop also uses it for ::a.b.c.d, which Go prints in hex).

@@ -2,6 +2,7 @@
 // parser: defaults, precedence, and a clear error for each bad value.
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -222,6 +223,24 @@ TEST(Flags, TooManyOwnerGroups) {
   std::string many;
   for (int i = 0; i < 65; i++) many += (i ? "," : "") + std::to_string(1000 + i);
   EXPECT_THROW(parse({}, {{"ISTIO_OUTBOUND_OWNER_GROUPS", many}}), UsageError);
+}
+
+// IPv4 prefixes print as inet_ntop prints the address (rule sets print
+// thousands of them, so Cidr::str formats them by hand).
+TEST(Cidr, Ipv4PrintsAsInetNtop) {
+  uint32_t x = 0x9e3779b9u;
+  for (int i = 0; i < 2000; i++) {
+    x = x * 1664525u + 1013904223u;
+    const unsigned prefix = static_cast<unsigned>(i % 33);
+    in_addr a{};
+    a.s_addr = htonl(prefix == 0 ? 0 : x & (0xffffffffu << (32 - prefix)));
+    char want[INET_ADDRSTRLEN];
+    ::inet_ntop(AF_INET, &a, want, sizeof want);
+    const std::string text = std::string(want) + "/" + std::to_string(prefix);
+    EXPECT_EQ(parse_cidr(text, "-x").str(), text);
+  }
+  for (const std::string t : {"0.0.0.0/0", "255.255.255.255/32", "10.0.0.0/8", "100.64.0.0/10", "1.2.3.4/32"})
+    EXPECT_EQ(parse_cidr(t, "-x").str(), t);
 }
 
 }  // namespace
