@@ -2,11 +2,11 @@
 
 #include <cstdlib>
 #include <filesystem>
-#include <algorithm>
 #include <fstream>
 
 #include <spdlog/spdlog.h>
 
+#include "files.h"
 #include "pod_netns.h"
 
 namespace fs = std::filesystem;
@@ -103,16 +103,11 @@ std::string state_root() {
 std::string state_file(const std::string& name) { return state_root() + "/pods/" + name + ".json"; }
 
 std::optional<PodState> read_pod_state(const std::string& name) {
-  std::ifstream in(state_file(name), std::ios::binary);
-  if (!in) return std::nullopt;
+  const auto text = read_whole_file(state_file(name));
+  if (!text) return std::nullopt;
   try {
     // Whole, then parsed: the parser reads a string several times faster than a stream.
-    std::string text;
-    in.seekg(0, std::ios::end);
-    text.resize(static_cast<size_t>(std::max<std::streamoff>(in.tellg(), 0)));
-    in.seekg(0, std::ios::beg);
-    in.read(text.data(), static_cast<std::streamsize>(text.size()));
-    return PodState::from_json(json::parse(text));
+    return PodState::from_json(json::parse(*text));
   } catch (const std::exception&) {
     spdlog::warn("ignoring unreadable {}", state_file(name));
     return std::nullopt;

@@ -16,6 +16,7 @@
 #include <set>
 #include <utility>
 
+#include "files.h"
 #include "iptables_error.h"
 #include "kernel_tables.h"
 #include "saved_ruleset.h"
@@ -93,18 +94,6 @@ RestorePayload parse_payload(const std::string& text) {
   return p;
 }
 
-// A file's whole content (read in one go: records can be large).
-std::optional<std::string> read_whole(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return std::nullopt;
-  std::string text;
-  in.seekg(0, std::ios::end);
-  text.resize(static_cast<size_t>(std::max<std::streamoff>(in.tellg(), 0)));
-  in.seekg(0, std::ios::beg);
-  if (!in.read(text.data(), static_cast<std::streamsize>(text.size()))) return std::nullopt;
-  return text;
-}
-
 // Where save_record keeps one backend's payload text.
 std::string payload_path(const std::string& record, Family family, bool legacy) {
   return record + "." + std::string(family_name(family)) + (legacy ? "-legacy" : "-nft") + ".payload";
@@ -121,7 +110,7 @@ void remove_record(const std::string& path) {
 
 StateRecord load_record(const std::string& path) {
   StateRecord rec;
-  const auto text = read_whole(path);
+  const auto text = read_whole_file(path);
   if (!text) return rec;
   try {
     // Whole, then parsed: the parser reads a string several times faster than a stream.
@@ -141,7 +130,8 @@ StateRecord load_record(const std::string& path) {
         rb.legacy = b.at("legacy");
         if (b.contains("payload_file")) {
           // The payload's text beside the record (no JSON escaping of 10,000 rules).
-          const auto payload = read_whole(fs::path(path).parent_path() / b.at("payload_file").get<std::string>());
+          const auto payload =
+              read_whole_file((fs::path(path).parent_path() / b.at("payload_file").get<std::string>()).string());
           if (!payload) throw std::runtime_error("its payload file is missing");
           rb.payload = parse_payload(*payload);
         } else {

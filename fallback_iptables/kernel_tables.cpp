@@ -239,11 +239,9 @@ std::vector<uint32_t> entry_offsets(const std::string& entries) {
 class XtablesLock {
  public:
   XtablesLock() {
-    const char* path = std::getenv("XTABLES_LOCKFILE");
-    fd_ = ::open(path != nullptr && *path != '\0' ? path : "/run/xtables.lock", O_RDONLY | O_CREAT | O_CLOEXEC, 0600);
-    if (fd_ < 0) return;
+    if (fd_.get() < 0) return;
     for (int waited_ms = 0; waited_ms < 30000; ++waited_ms) {  // iptables --wait=30
-      if (::flock(fd_, LOCK_EX | LOCK_NB) == 0) {
+      if (::flock(fd_.get(), LOCK_EX | LOCK_NB) == 0) {
         locked_ = true;
         return;
       }
@@ -251,15 +249,14 @@ class XtablesLock {
       ::usleep(1000);
     }
   }
-  ~XtablesLock() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  XtablesLock(const XtablesLock&) = delete;
-  XtablesLock& operator=(const XtablesLock&) = delete;
   bool locked() const { return locked_; }
 
  private:
-  int fd_ = -1;
+  static int open_lock() {
+    const char* path = std::getenv("XTABLES_LOCKFILE");
+    return ::open(path != nullptr && *path != '\0' ? path : "/run/xtables.lock", O_RDONLY | O_CREAT | O_CLOEXEC, 0600);
+  }
+  Fd fd_{open_lock()};
   bool locked_ = false;
 };
 
@@ -365,65 +362,35 @@ bool legacy_after(std::vector<TableImage>& images) {
   return true;
 }
 
+// Puts each table of `images` from one of its states to the other (apply:
+// before -> after; cleanup: after -> before), if all of them are in the
+// first exactly; under the xtables lock, as iptables -w. On a failure the
+// tables already changed are put back (iptables-restore, too, commits
+// table by table; the lock keeps other iptables out meanwhile).
 template <class T>
-bool legacy_replay(const std::vector<TableImage>& images) {
+bool legacy_swap(const std::vector<TableImage>& images, bool to_after) {
   XtablesLock lock;
   if (!lock.locked()) return false;
   Fd sock(::socket(T::kDomain, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
   if (sock.get() < 0) return false;
+  auto from = [&](const TableImage& i) -> const std::string& { return to_after ? i.before : i.after; };
+  auto to = [&](const TableImage& i) -> const std::string& { return to_after ? i.after : i.before; };
+  auto to_header = [&](const TableImage& i) -> LegacyHeader {
+    if (to_after) return {i.valid_hooks, i.num_entries, i.hook_entry, i.underflow};
+    return {i.valid_hooks, i.before_entries, i.before_hook_entry, i.before_underflow};
+  };
   std::vector<LegacyBlob<T>> now;
   for (const auto& img : images) {
     auto b = read_blob<T>(sock.get(), img.table);
-    if (!b || b->entries != img.before) return false;
+    if (!b || b->entries != from(img)) return false;
     now.push_back(std::move(*b));
   }
   for (size_t i = 0; i < images.size(); ++i) {
-    const TableImage& img = images[i];
-    if (replace_table<T>(sock.get(), now[i], img.after,
-                         {img.valid_hooks, img.num_entries, img.hook_entry, img.underflow})) {
-      continue;
-    }
-    // Put back the tables already replaced (iptables-restore, too, commits
-    // table by table; the lock keeps other iptables out meanwhile).
+    if (replace_table<T>(sock.get(), now[i], to(images[i]), to_header(images[i]))) continue;
     for (size_t j = 0; j < i; ++j) {
       auto b = read_blob<T>(sock.get(), images[j].table);
-      if (!b || !replace_table<T>(sock.get(), *b, images[j].before, header_of<T>(now[j].info))) {
-        spdlog::warn(
-            "legacy table {}: could not put back its rules after a failed replay",
-            images[j].table);
-      }
-    }
-    return false;
-  }
-  return true;
-}
-
-// Cleanup's reverse of legacy_replay: each table back to its before state
-// if all of them hold exactly their after state.
-template <class T>
-bool legacy_replay_back(const std::vector<TableImage>& images) {
-  XtablesLock lock;
-  if (!lock.locked()) return false;
-  Fd sock(::socket(T::kDomain, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
-  if (sock.get() < 0) return false;
-  std::vector<LegacyBlob<T>> now;
-  for (const auto& img : images) {
-    auto b = read_blob<T>(sock.get(), img.table);
-    if (!b || b->entries != img.after) return false;
-    now.push_back(std::move(*b));
-  }
-  for (size_t i = 0; i < images.size(); ++i) {
-    const TableImage& img = images[i];
-    if (replace_table<T>(sock.get(), now[i], img.before,
-                         {img.valid_hooks, img.before_entries, img.before_hook_entry, img.before_underflow})) {
-      continue;
-    }
-    for (size_t j = 0; j < i; ++j) {
-      auto b = read_blob<T>(sock.get(), images[j].table);
-      if (!b || !replace_table<T>(sock.get(), *b, images[j].after, header_of<T>(now[j].info))) {
-        spdlog::warn(
-            "legacy table {}: could not put back its rules after a failed removal",
-            images[j].table);
+      if (!b || !replace_table<T>(sock.get(), *b, from(images[j]), header_of<T>(now[j].info))) {
+        spdlog::warn("legacy table {}: could not put back its rules after a failed replay", images[j].table);
       }
     }
     return false;
@@ -616,8 +583,10 @@ class Netlink {
   std::unique_ptr<char[]> buf_storage_ = std::unique_ptr<char[]>(new char[kBuf]);
 };
 
-// The chain a rule's immediate verdict jumps (or goes) to, if any.
-void jump_targets(const char* exprs, size_t len, std::vector<std::string>& out) {
+// Calls f(name, data, data_len) for each expression of a rule's
+// NFTA_RULE_EXPRESSIONS (data: nullptr when the expression has none).
+template <class F>
+void for_expressions(const char* exprs, size_t len, F&& f) {
   for_attrs(exprs, len, [&](const Attr& elem) {
     if (elem.type != NFTA_LIST_ELEM) return;
     std::string name;
@@ -627,6 +596,13 @@ void jump_targets(const char* exprs, size_t len, std::vector<std::string>& out) 
       if (a.type == NFTA_EXPR_NAME) name = a.str();
       if (a.type == NFTA_EXPR_DATA) data = a.data, data_len = a.len;
     });
+    f(name, data, data_len);
+  });
+}
+
+// The chain a rule's immediate verdict jumps (or goes) to, if any.
+void jump_targets(const char* exprs, size_t len, std::vector<std::string>& out) {
+  for_expressions(exprs, len, [&](const std::string& name, const char* data, size_t data_len) {
     if (name != "immediate" || data == nullptr) return;
     for_attrs(data, data_len, [&](const Attr& imm) {
       if (imm.type != NFTA_IMMEDIATE_DATA) return;
@@ -847,15 +823,7 @@ void copy_expressions(const Attr& exprs, std::string& out, uint32_t& proto, bool
   std::string copy(exprs.data - NLA_HDRLEN, NLA_HDRLEN + exprs.len);
   const char* base = copy.data() + NLA_HDRLEN;
   bool after_l4proto = false;
-  for_attrs(base, exprs.len, [&](const Attr& elem) {
-    if (elem.type != NFTA_LIST_ELEM) return;
-    std::string name;
-    const char* data = nullptr;
-    size_t data_len = 0;
-    for_attrs(elem.data, elem.len, [&](const Attr& a) {
-      if (a.type == NFTA_EXPR_NAME) name = a.str();
-      if (a.type == NFTA_EXPR_DATA) data = a.data, data_len = a.len;
-    });
+  for_expressions(base, exprs.len, [&](const std::string& name, const char* data, size_t data_len) {
     const bool cmp_of_l4proto = after_l4proto && name == "cmp";
     after_l4proto = false;
     if (data == nullptr) return;
@@ -1195,7 +1163,7 @@ bool NetnsKernelTables::image_after(Family family, bool legacy, std::vector<Tabl
 
 bool NetnsKernelTables::replay(Family family, bool legacy, const std::vector<TableImage>& images) {
   return in_netns<bool>(netns_fd_, false, [&] {
-    if (legacy) return family == Family::V4 ? legacy_replay<V4Legacy>(images) : legacy_replay<V6Legacy>(images);
+    if (legacy) return family == Family::V4 ? legacy_swap<V4Legacy>(images, true) : legacy_swap<V6Legacy>(images, true);
     return nft_replay(family, images);
   });
 }
@@ -1203,7 +1171,7 @@ bool NetnsKernelTables::replay(Family family, bool legacy, const std::vector<Tab
 bool NetnsKernelTables::replay_back(Family family, bool legacy, const std::vector<TableImage>& images) {
   if (!legacy) return false;
   return in_netns<bool>(netns_fd_, false, [&] {
-    return family == Family::V4 ? legacy_replay_back<V4Legacy>(images) : legacy_replay_back<V6Legacy>(images);
+    return family == Family::V4 ? legacy_swap<V4Legacy>(images, false) : legacy_swap<V6Legacy>(images, false);
   });
 }
 

@@ -14,6 +14,8 @@
 #include <functional>
 #include <sstream>
 
+#include "files.h"
+
 namespace meshcap::iptables {
 
 namespace fs = std::filesystem;
@@ -122,13 +124,9 @@ std::string image_key(const Backend& backend, const std::string& payload_text) {
 }
 
 std::optional<std::vector<TableImage>> load_images(const std::string& dir, const std::string& key) {
-  std::ifstream in(fs::path(dir) / "images" / file_name(key), std::ios::binary);
-  if (!in) return std::nullopt;
-  std::string data;
-  in.seekg(0, std::ios::end);
-  data.resize(static_cast<size_t>(std::max<std::streamoff>(in.tellg(), 0)));
-  in.seekg(0, std::ios::beg);
-  if (!in.read(data.data(), static_cast<std::streamsize>(data.size()))) return std::nullopt;
+  const auto read = read_whole_file((fs::path(dir) / "images" / file_name(key)).string());
+  if (!read) return std::nullopt;
+  const std::string& data = *read;
   Reader r(data);
   std::string stored;
   uint32_t n = 0;
