@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -166,7 +167,9 @@ void save_images(const std::string& dir, const std::string& key, const std::vect
   const fs::path at = fs::path(dir) / "images";
   fs::create_directories(at, ec);
   const fs::path file = at / file_name(key);
-  const fs::path tmp = file.string() + ".tmp." + std::to_string(::getpid());
+  // Unique per process and thread: the node agent serves ADDs concurrently.
+  static std::atomic<unsigned> serial{0};
+  const fs::path tmp = file.string() + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(++serial);
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     out.write(w.bytes().data(), static_cast<std::streamsize>(w.bytes().size()));
@@ -184,7 +187,10 @@ void save_images(const std::string& dir, const std::string& key, const std::vect
   // A cache, not a record: the oldest go beyond kMaxImages payloads.
   std::vector<std::pair<fs::file_time_type, fs::path>> all;
   for (const auto& e : fs::directory_iterator(at, ec)) {
-    if (e.path().filename().string().rfind("image-", 0) == 0) all.emplace_back(e.last_write_time(ec), e.path());
+    const std::string name = e.path().filename().string();
+    if (name.rfind("image-", 0) == 0 && name.find(".tmp.") == std::string::npos) {
+      all.emplace_back(e.last_write_time(ec), e.path());
+    }
   }
   if (all.size() <= kMaxImages) return;
   std::sort(all.begin(), all.end());

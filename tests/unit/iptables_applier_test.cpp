@@ -19,6 +19,7 @@
 #include "istio_flags.h"
 #include "kernel_tables.h"
 #include "saved_ruleset.h"
+#include "table_images.h"
 
 namespace {
 
@@ -668,6 +669,59 @@ TEST(ProcessRunner, BadNamespacePathIsATypedError) {
     EXPECT_EQ(e.step(), "open-netns");
     EXPECT_NE(e.sys_errno(), 0);
   }
+}
+
+// The image store: what was saved comes back for its key only, a file cut
+// short or kept under another key counts as none, and at most 64 are kept.
+TEST(TableImages, StoreRoundTripsAndRefusesAnotherKeyOrACutFile) {
+  TempDir dir;
+  TableImage img;
+  img.table = "nat";
+  img.before = std::string("\0\1\2before", 9);
+  img.after = "after-blob";
+  img.valid_hooks = 0x1b;
+  img.num_entries = 9;
+  img.hook_entry = {0, 1, 2, 3, 4};
+  img.underflow = {5, 6, 7, 8, 9};
+  img.before_entries = 5;
+  img.before_hook_entry = {10, 11, 12, 13, 14};
+  img.before_underflow = {15, 16, 17, 18, 19};
+  img.table_attrs = "t";
+  img.chains = {"c1", "c2"};
+  img.rules = {"r1"};
+  save_images(dir.path(), "key one", {img});
+  const auto back = load_images(dir.path(), "key one");
+  ASSERT_TRUE(back.has_value());
+  ASSERT_EQ(back->size(), 1u);
+  const TableImage& b = (*back)[0];
+  EXPECT_EQ(b.table, img.table);
+  EXPECT_EQ(b.before, img.before);
+  EXPECT_EQ(b.after, img.after);
+  EXPECT_EQ(b.valid_hooks, img.valid_hooks);
+  EXPECT_EQ(b.num_entries, img.num_entries);
+  EXPECT_EQ(b.hook_entry, img.hook_entry);
+  EXPECT_EQ(b.underflow, img.underflow);
+  EXPECT_EQ(b.before_entries, img.before_entries);
+  EXPECT_EQ(b.before_hook_entry, img.before_hook_entry);
+  EXPECT_EQ(b.before_underflow, img.before_underflow);
+  EXPECT_EQ(b.table_attrs, img.table_attrs);
+  EXPECT_EQ(b.chains, img.chains);
+  EXPECT_EQ(b.rules, img.rules);
+  EXPECT_FALSE(load_images(dir.path(), "key two").has_value());
+
+  // Cut short: none.
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(fs::path(dir.path()) / "images")) files.push_back(e.path());
+  ASSERT_EQ(files.size(), 1u);
+  fs::resize_file(files[0], fs::file_size(files[0]) - 3);
+  EXPECT_FALSE(load_images(dir.path(), "key one").has_value());
+
+  // A cache: the oldest go beyond 64 payloads.
+  for (int i = 0; i < 70; i++) save_images(dir.path(), "key " + std::to_string(i), {img});
+  size_t kept = 0;
+  for (const auto& e : fs::directory_iterator(fs::path(dir.path()) / "images")) kept += e.is_regular_file() ? 1 : 0;
+  EXPECT_EQ(kept, 64u);
+  EXPECT_TRUE(load_images(dir.path(), "key 69").has_value());
 }
 
 }  // namespace
