@@ -164,6 +164,17 @@ bool remove_iptables(const std::string& netns_path, const CaptureConfig& cfg) {
   return !r.backends.empty() || r.routes_removed;
 }
 
+bool remove_iptables(const std::string& netns_path, const std::optional<PodState>& st) {
+  iptables::ProcessRunner runner(netns_path);
+  iptables::IptablesApplier applier(runner, iptables::ApplierOptions{iptables_state_dir()});
+  std::optional<CaptureConfig> cfg;  // made only if cleanup needs it (a pod's flags can hold 10,000 CIDRs)
+  auto r = applier.cleanup([&]() -> const CaptureConfig& {
+    if (!cfg) cfg = st ? st->config() : CaptureConfig{};
+    return *cfg;
+  });
+  return !r.backends.empty() || r.routes_removed;
+}
+
 bool remove_capture(const std::string& name, const std::optional<PodState>& st,
                     const std::optional<std::string>& netns_path) {
   bool removed = remove_ebpf(name, st);
@@ -171,7 +182,7 @@ bool remove_capture(const std::string& name, const std::optional<PodState>& st,
   // pod's namespace): never in a namespace nobody named.
   std::optional<std::string> ns = netns_path;
   if (!ns && st && st->iptables) ns = st->current_netns();
-  if (ns && (netns_path || (st && st->iptables))) removed |= remove_iptables(*ns, st ? st->config() : CaptureConfig{});
+  if (ns && (netns_path || (st && st->iptables))) removed |= remove_iptables(*ns, st);
   removed |= remove_pod_state(name);
   return removed;
 }

@@ -38,6 +38,8 @@ bool remove_ebpf(const std::string& name, const std::optional<PodState>& st);
 /// Removes meshcap's iptables capture from the namespace at `netns_path`
 /// (rules of `cfg`'s TPROXY routing too); true when anything was removed.
 bool remove_iptables(const std::string& netns_path, const CaptureConfig& cfg);
+/// The same for pod `st`'s capture, its configuration made only if needed.
+bool remove_iptables(const std::string& netns_path, const std::optional<PodState>& st);
 /// Removes everything of pod `name`: eBPF, iptables in `netns_path` when
 /// given (the record's namespace when it still exists otherwise), and its
 /// record. True when anything was removed.

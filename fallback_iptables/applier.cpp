@@ -53,6 +53,7 @@ struct RecordedBackend {
   std::string binary;
   bool legacy = false;
   RestorePayload payload;
+  std::string payload_text;  // as read (payload.text() gives it again, at a cost)
   std::set<std::string> created;
 };
 
@@ -133,10 +134,11 @@ StateRecord load_record(const std::string& path) {
           const auto payload =
               read_whole_file((fs::path(path).parent_path() / b.at("payload_file").get<std::string>()).string());
           if (!payload) throw std::runtime_error("its payload file is missing");
-          rb.payload = parse_payload(*payload);
+          rb.payload_text = *payload;
         } else {
-          rb.payload = parse_payload(b.at("payload"));
+          rb.payload_text = b.at("payload").get<std::string>();
         }
+        rb.payload = parse_payload(rb.payload_text);
         for (const auto& t : b.at("created")) rb.created.insert(t.get<std::string>());
         rec.backends.push_back(std::move(rb));
       }
@@ -880,11 +882,11 @@ bool remove_recorded(Session& session, const Step& s, const std::string& binary,
 
 // Removes the TPROXY policy routing of the last apply and of `cfg`, in both
 // families; true when an ip rule or route was deleted.
-bool remove_tproxy_routes_of(Session& session, const StateRecord& rec, const CaptureConfig& cfg) {
+bool remove_tproxy_routes_of(Session& session, const StateRecord& rec, const CaptureConfig* cfg) {
   std::vector<TproxyRoutes> routes;
   if (rec.tproxy) routes.push_back(*rec.tproxy);
-  if (needs_tproxy_routes(cfg)) {
-    TproxyRoutes t{cfg.tproxy_mark, cfg.tproxy_route_table, true};
+  if (cfg != nullptr && needs_tproxy_routes(*cfg)) {
+    TproxyRoutes t{cfg->tproxy_mark, cfg->tproxy_route_table, true};
     if (routes.empty() || !(routes[0].mark == t.mark && routes[0].table == t.table)) routes.push_back(t);
   }
   bool removed = false;
@@ -1302,13 +1304,17 @@ std::optional<std::vector<std::string>> IptablesApplier::drift() {
 }
 
 CleanupResult IptablesApplier::cleanup(const CaptureConfig& cfg) {
+  return cleanup([&cfg]() -> const CaptureConfig& { return cfg; });
+}
+
+CleanupResult IptablesApplier::cleanup(const std::function<const CaptureConfig&()>& config) {
   const Stopwatch watch("cleanup");
   CleanupResult res;
   Session session(runner_);
   const StateRecord rec = load_record(state_path());
   std::optional<RuleBuilder> built_once;  // istio's rules, only where -save must be matched against them
   auto built = [&]() -> const RuleBuilder& {
-    if (!built_once) built_once = build_istio_rules(cfg, true);
+    if (!built_once) built_once = build_istio_rules(config(), true);
     return *built_once;
   };
   std::vector<std::string> errors;
@@ -1377,7 +1383,7 @@ CleanupResult IptablesApplier::cleanup(const CaptureConfig& cfg) {
         // Legacy: the table as it was before, if it holds exactly what the
         // image of this payload says the restore made of it.
         const auto images = load_images(
-            options_.state_dir, image_key(known_backend(fam, recorded->binary, true), recorded->payload.text()));
+            options_.state_dir, image_key(known_backend(fam, recorded->binary, true), recorded->payload_text));
         if (images && kernel->replay_back(fam, true, *images)) {
           res.backends.push_back(std::string(family_name(fam)) + " " + recorded->binary);
           continue;
@@ -1397,7 +1403,9 @@ CleanupResult IptablesApplier::cleanup(const CaptureConfig& cfg) {
     }
   }
 
-  res.routes_removed = remove_tproxy_routes_of(session, rec, cfg);
+  // A record says what routing the last apply set up (the same config's);
+  // without one, the config says what to look for.
+  res.routes_removed = remove_tproxy_routes_of(session, rec, rec.backends.empty() ? &config() : nullptr);
   if (rec.lo_ipv6_added && !(kernel != nullptr && kernel->lo_address6(false))) {
     session.ip({"-6", "addr", "del", "::6/128", "dev", "lo"});
   }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <map>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -70,6 +71,11 @@ class IptablesApplier {
   /// `cfg` and of the last apply. Foreign rules are kept. Throws IptablesError
   /// after trying every step if one failed.
   CleanupResult cleanup(const CaptureConfig& cfg);
+  /// The same, with the configuration made only where it is needed: where
+  /// no record says what the last apply did (its routing, its rules), or
+  /// where `-save` must be matched against istio's rules. A pod's flags
+  /// can hold 10,000 CIDRs.
+  CleanupResult cleanup(const std::function<const CaptureConfig&()>& config);
 
   /// How the namespace's tables differ from what the last apply recorded
   /// (ISTIO_* chains, their rule counts, jumps into them, per backend and
