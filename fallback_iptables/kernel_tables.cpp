@@ -111,80 +111,6 @@ struct V6Legacy {
   static constexpr const char* kNames = "/proc/thread-self/net/ip6_tables_names";
 };
 
-template <class T>
-std::optional<TableView> read_legacy_table(int sock, const std::string& name) {
-  for (int attempt = 0; attempt < 3; ++attempt) {
-    typename T::Info info{};
-    std::strncpy(info.name, name.c_str(), sizeof(info.name) - 1);
-    socklen_t len = sizeof(info);
-    if (::getsockopt(sock, T::kLevel, T::kInfo, &info, &len) != 0) return std::nullopt;
-
-    std::vector<char> buf(sizeof(typename T::Entries) + info.size);
-    auto* get = reinterpret_cast<typename T::Entries*>(buf.data());
-    std::strncpy(get->name, name.c_str(), sizeof(get->name) - 1);
-    get->size = info.size;
-    len = static_cast<socklen_t>(buf.size());
-    if (::getsockopt(sock, T::kLevel, T::kGet, get, &len) != 0) {
-      if (errno == EAGAIN) continue;  // the table changed between the two calls
-      return std::nullopt;
-    }
-    const char* blob = reinterpret_cast<const char*>(get->entrytable);
-    auto entry_at = [&](unsigned off) { return reinterpret_cast<const typename T::Entry*>(blob + off); };
-    auto target_of = [&](const typename T::Entry* e) {
-      return reinterpret_cast<const xt_entry_target*>(reinterpret_cast<const char*>(e) + e->target_offset);
-    };
-    auto valid = [&](unsigned off) {
-      if (off + sizeof(typename T::Entry) > info.size) return false;
-      const auto* e = entry_at(off);
-      return e->next_offset >= sizeof(typename T::Entry) && off + e->next_offset <= info.size &&
-             e->target_offset + sizeof(xt_entry_target) <= e->next_offset;
-    };
-
-    // Where each chain starts, which entries are chain headers or policies.
-    std::map<unsigned, std::pair<std::string, bool>> starts;  // offset -> (chain, builtin)
-    std::set<unsigned> headers, policies;
-    for (unsigned h = 0; h < NF_INET_NUMHOOKS; ++h) {
-      if ((info.valid_hooks & (1u << h)) == 0) continue;
-      starts[info.hook_entry[h]] = {kHookNames[h], true};
-      policies.insert(info.underflow[h]);
-    }
-    for (unsigned off = 0; off < info.size; off += entry_at(off)->next_offset) {
-      if (!valid(off)) return std::nullopt;
-      const auto* t = target_of(entry_at(off));
-      if (std::strcmp(t->u.user.name, XT_ERROR_TARGET) != 0) continue;
-      headers.insert(off);
-      const std::string chain(reinterpret_cast<const char*>(t->data),
-                              strnlen(reinterpret_cast<const char*>(t->data), XT_FUNCTION_MAXNAMELEN));
-      if (chain != XT_ERROR_TARGET) starts[off + entry_at(off)->next_offset] = {chain, false};
-    }
-
-    TableView view{name, {}, 0};
-    ChainView* current = nullptr;
-    for (unsigned off = 0; off < info.size; off += entry_at(off)->next_offset) {
-      if (auto s = starts.find(off); s != starts.end()) current = &chain_of(view, s->second.first, s->second.second);
-      if (headers.count(off) || policies.count(off) || current == nullptr) continue;
-      ++current->rules;
-      const auto* t = target_of(entry_at(off));
-      if (t->u.user.name[0] != '\0') continue;  // not the standard target: no jump
-      const int verdict = reinterpret_cast<const xt_standard_target*>(t)->verdict;
-      if (verdict < 0) continue;
-      auto to = starts.find(static_cast<unsigned>(verdict));
-      if (to != starts.end() && !to->second.second && is_istio(to->second.first) && !is_istio(current->name)) {
-        ++view.istio_jumps;
-      }
-    }
-    // A user-defined chain ends with its RETURN entry, which is no rule.
-    for (auto& c : view.chains) {
-      if (!c.builtin && c.rules > 0) --c.rules;
-    }
-    return view;
-  }
-  return std::nullopt;
-}
-
-// ---- Legacy table images: a table's blob read and written whole, as
-// libiptc does (IPT_SO_GET_ENTRIES, IPT_SO_SET_REPLACE, then the counters).
-
 // One table's blob as the kernel returns it, with its header.
 template <class T>
 struct LegacyBlob {
@@ -206,7 +132,7 @@ std::optional<LegacyBlob<T>> read_blob(int sock, const std::string& name) {
     get->size = b.info.size;
     len = static_cast<socklen_t>(buf.size());
     if (::getsockopt(sock, T::kLevel, T::kGet, get, &len) != 0) {
-      if (errno == EAGAIN) continue;
+      if (errno == EAGAIN) continue;  // the table changed between the two calls
       return std::nullopt;
     }
     b.entries.assign(reinterpret_cast<const char*>(get->entrytable), b.info.size);
@@ -220,6 +146,66 @@ std::optional<LegacyBlob<T>> read_blob(int sock, const std::string& name) {
   }
   return std::nullopt;
 }
+
+template <class T>
+std::optional<TableView> read_legacy_table(int sock, const std::string& name) {
+  const auto read = read_blob<T>(sock, name);
+  if (!read) return std::nullopt;
+  const typename T::Info& info = read->info;
+  const char* blob = read->entries.data();
+  auto entry_at = [&](unsigned off) { return reinterpret_cast<const typename T::Entry*>(blob + off); };
+  auto target_of = [&](const typename T::Entry* e) {
+    return reinterpret_cast<const xt_entry_target*>(reinterpret_cast<const char*>(e) + e->target_offset);
+  };
+  auto valid = [&](unsigned off) {
+    if (off + sizeof(typename T::Entry) > info.size) return false;
+    const auto* e = entry_at(off);
+    return e->next_offset >= sizeof(typename T::Entry) && off + e->next_offset <= info.size &&
+           e->target_offset + sizeof(xt_entry_target) <= e->next_offset;
+  };
+
+  // Where each chain starts, which entries are chain headers or policies.
+  std::map<unsigned, std::pair<std::string, bool>> starts;  // offset -> (chain, builtin)
+  std::set<unsigned> headers, policies;
+  for (unsigned h = 0; h < NF_INET_NUMHOOKS; ++h) {
+    if ((info.valid_hooks & (1u << h)) == 0) continue;
+    starts[info.hook_entry[h]] = {kHookNames[h], true};
+    policies.insert(info.underflow[h]);
+  }
+  for (unsigned off = 0; off < info.size; off += entry_at(off)->next_offset) {
+    if (!valid(off)) return std::nullopt;
+    const auto* t = target_of(entry_at(off));
+    if (std::strcmp(t->u.user.name, XT_ERROR_TARGET) != 0) continue;
+    headers.insert(off);
+    const std::string chain(reinterpret_cast<const char*>(t->data),
+                            strnlen(reinterpret_cast<const char*>(t->data), XT_FUNCTION_MAXNAMELEN));
+    if (chain != XT_ERROR_TARGET) starts[off + entry_at(off)->next_offset] = {chain, false};
+  }
+
+  TableView view{name, {}, 0};
+  ChainView* current = nullptr;
+  for (unsigned off = 0; off < info.size; off += entry_at(off)->next_offset) {
+    if (auto s = starts.find(off); s != starts.end()) current = &chain_of(view, s->second.first, s->second.second);
+    if (headers.count(off) || policies.count(off) || current == nullptr) continue;
+    ++current->rules;
+    const auto* t = target_of(entry_at(off));
+    if (t->u.user.name[0] != '\0') continue;  // not the standard target: no jump
+    const int verdict = reinterpret_cast<const xt_standard_target*>(t)->verdict;
+    if (verdict < 0) continue;
+    auto to = starts.find(static_cast<unsigned>(verdict));
+    if (to != starts.end() && !to->second.second && is_istio(to->second.first) && !is_istio(current->name)) {
+      ++view.istio_jumps;
+    }
+  }
+  // A user-defined chain ends with its RETURN entry, which is no rule.
+  for (auto& c : view.chains) {
+    if (!c.builtin && c.rules > 0) --c.rules;
+  }
+  return view;
+}
+
+// ---- Legacy table images: a table's blob read and written whole, as
+// libiptc does (IPT_SO_GET_ENTRIES, IPT_SO_SET_REPLACE, then the counters).
 
 // The offset of each entry of a blob, in order.
 template <class T>
@@ -688,31 +674,6 @@ std::optional<TablesView> read_nft(Netlink& nl, Family family, std::vector<NftRu
   return view;
 }
 
-// One transaction: every chain of the table (each refused if it still has a
-// rule or a reference: NLM_F_NONREC), then the table (refused if anything is
-// left in it). A refusal aborts the whole batch.
-bool delete_empty_table(Netlink& nl, Family family, const TableView& t) {
-  const uint8_t proto = nfproto(family);
-  Messages m;
-  const uint32_t first = nl.next_seq();
-  m.end(m.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, first, AF_UNSPEC, NFNL_SUBSYS_NFTABLES));
-  size_t acks = 0;
-  for (const auto& c : t.chains) {
-    const size_t at = m.begin(nft_type(NFT_MSG_DELCHAIN), NLM_F_REQUEST | NLM_F_ACK | NLM_F_NONREC, nl.next_seq(), proto);
-    m.put_str(NFTA_CHAIN_TABLE, t.name);
-    m.put_str(NFTA_CHAIN_NAME, c.name);
-    m.end(at);
-    ++acks;
-  }
-  const size_t at = m.begin(nft_type(NFT_MSG_DELTABLE), NLM_F_REQUEST | NLM_F_ACK | NLM_F_NONREC, nl.next_seq(), proto);
-  m.put_str(NFTA_TABLE_NAME, t.name);
-  m.end(at);
-  ++acks;
-  const uint32_t last = nl.next_seq();
-  m.end(m.begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, last, AF_UNSPEC, NFNL_SUBSYS_NFTABLES));
-  if (!nl.send(m)) return false;
-  return nl.receive(first, last, [](const nlmsghdr*) {}, acks);
-}
 
 // The ruleset's generation (NFT_MSG_GETGEN), which a transaction can carry
 // so that the kernel refuses it if anything changed since.
@@ -744,12 +705,33 @@ struct IstioRemoval {
   std::vector<const TableView*> tables;                          // deleted whole (base chains, then table)
 };
 
-bool commit_removal(Netlink& nl, uint32_t generation, const std::vector<std::pair<Family, IstioRemoval>>& all) {
+// An nf_tables transaction: its messages go between begin() and commit().
+// With a generation the kernel refuses it if the ruleset changed since.
+class Batch {
+ public:
+  Batch(Netlink& nl, std::optional<uint32_t> generation) : nl_(nl), first_(nl.next_seq()) {
+    const size_t at = m.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, first_, AF_UNSPEC, NFNL_SUBSYS_NFTABLES);
+    if (generation) m.put_u32(NFNL_BATCH_GENID, *generation);
+    m.end(at);
+  }
+  // Sends it and waits for `acks` acknowledgements (or the first error).
+  bool commit(size_t acks) {
+    const uint32_t last = nl_.next_seq();
+    m.end(m.begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, last, AF_UNSPEC, NFNL_SUBSYS_NFTABLES));
+    return nl_.send(m) && nl_.receive(first_, last, [](const nlmsghdr*) {}, acks);
+  }
   Messages m;
-  const uint32_t first = nl.next_seq();
-  const size_t begin = m.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, first, AF_UNSPEC, NFNL_SUBSYS_NFTABLES);
-  m.put_u32(NFNL_BATCH_GENID, generation);
-  m.end(begin);
+
+ private:
+  Netlink& nl_;
+  const uint32_t first_;
+};
+
+// One transaction for every family of `all`; refused whole if any part is.
+bool commit_removal(Netlink& nl, std::optional<uint32_t> generation,
+                    const std::vector<std::pair<Family, IstioRemoval>>& all) {
+  Batch batch(nl, generation);
+  Messages& m = batch.m;
   size_t acks = 0;
   uint8_t proto = 0;
   auto msg = [&](int type, uint16_t extra_flags) {
@@ -785,17 +767,12 @@ bool commit_removal(Netlink& nl, uint32_t generation, const std::vector<std::pai
         m.put_str(NFTA_CHAIN_NAME, c.name);
         m.end(at);
       }
-      const size_t at = msg(NFT_MSG_DELTABLE,
-                            NLM_F_NONREC);  // refused if a set or object is left
+      const size_t at = msg(NFT_MSG_DELTABLE, NLM_F_NONREC);  // refused if a set or object is left
       m.put_str(NFTA_TABLE_NAME, t->name);
       m.end(at);
     }
   }
-  if (acks == 0) return true;
-  const uint32_t last = nl.next_seq();
-  m.end(m.begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, last, AF_UNSPEC, NFNL_SUBSYS_NFTABLES));
-  if (!nl.send(m)) return false;
-  return nl.receive(first, last, [](const nlmsghdr*) {}, acks);
+  return acks == 0 || batch.commit(acks);
 }
 
 // ---- nf_tables table images: the attributes the kernel lists for a table,
@@ -946,11 +923,8 @@ bool nft_replay(Family family, const std::vector<TableImage>& images) {
   const auto generation = ruleset_generation(nl);
   if (!generation) return false;
   const uint8_t proto = nfproto(family);
-  Messages m;
-  const uint32_t first = nl.next_seq();
-  const size_t begin = m.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, first, AF_UNSPEC, NFNL_SUBSYS_NFTABLES);
-  m.put_u32(NFNL_BATCH_GENID, *generation);
-  m.end(begin);
+  Batch batch(nl, generation);
+  Messages& m = batch.m;
   // Only the last message asks for an acknowledgement (thousands of rules
   // would overflow the socket with them); an error comes back for any.
   size_t left = 0;
@@ -961,17 +935,12 @@ bool nft_replay(Family family, const std::vector<TableImage>& images) {
     m.put_bytes(attrs);
     m.end(at);
   };
-  const size_t acks = 1;
   for (const auto& i : images) {
-    add(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL,
-        i.table_attrs);  // refused if the table exists
+    add(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, i.table_attrs);  // refused if the table exists
     for (const auto& c : i.chains) add(NFT_MSG_NEWCHAIN, NLM_F_CREATE, c);
     for (const auto& r : i.rules) add(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, r);
   }
-  const uint32_t last = nl.next_seq();
-  m.end(m.begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, last, AF_UNSPEC, NFNL_SUBSYS_NFTABLES));
-  return nl.send(m) && nl.receive(
-                           first, last, [](const nlmsghdr*) {}, acks);
+  return batch.commit(1);
 }
 
 }  // namespace
@@ -1086,7 +1055,12 @@ bool NetnsKernelTables::remove_if_empty(Family family, const std::string& table)
     for (const auto& c : t->chains) {
       if (!c.builtin || c.rules > 0) return false;
     }
-    const bool removed = delete_empty_table(nl, family, *t);
+    // One transaction: its base chains (each refused if it still has a rule
+    // or a reference: NLM_F_NONREC), then the table (refused if anything is
+    // left in it). A refusal aborts the whole batch.
+    IstioRemoval r;
+    r.tables.push_back(t);
+    const bool removed = commit_removal(nl, std::nullopt, {{family, r}});
     spdlog::debug("{} nf_tables table {} {}", family_name(family), table, removed ? "removed" : "kept");
     return removed;
   });
