@@ -69,6 +69,8 @@ struct TableImage {
   std::vector<uint32_t> before_hook_entry, before_underflow;
   std::string table_attrs;
   std::vector<std::string> chains, rules;
+
+  bool operator==(const TableImage&) const = default;
 };
 
 /// One family's part of KernelTables::remove_istio_nft.

@@ -28,18 +28,25 @@ constexpr size_t kMaxImages = 64;
 
 class Writer {
  public:
-  void u32(uint32_t v) { out_.append(reinterpret_cast<const char*>(&v), sizeof v); }
-  void str(const std::string& s) {
+  // Each returns true, so that one field list (fields()) writes and reads.
+  bool u32(uint32_t v) {
+    out_.append(reinterpret_cast<const char*>(&v), sizeof v);
+    return true;
+  }
+  bool str(const std::string& s) {
     u32(static_cast<uint32_t>(s.size()));
     out_ += s;
+    return true;
   }
-  void u32s(const std::vector<uint32_t>& v) {
+  bool u32s(const std::vector<uint32_t>& v) {
     u32(static_cast<uint32_t>(v.size()));
     for (uint32_t x : v) u32(x);
+    return true;
   }
-  void strs(const std::vector<std::string>& v) {
+  bool strs(const std::vector<std::string>& v) {
     u32(static_cast<uint32_t>(v.size()));
     for (const auto& x : v) str(x);
+    return true;
   }
   const std::string& bytes() const { return out_; }
 
@@ -88,6 +95,15 @@ class Reader {
   size_t at_ = 0;
 };
 
+// An image's fields in file order, written (Writer, const image) or read
+// (Reader); false when a read runs short.
+template <class IO, class Image>
+bool fields(IO& io, Image& i) {
+  return io.str(i.table) && io.str(i.before) && io.str(i.after) && io.u32(i.valid_hooks) && io.u32(i.num_entries) &&
+         io.u32s(i.hook_entry) && io.u32s(i.underflow) && io.u32(i.before_entries) && io.u32s(i.before_hook_entry) &&
+         io.u32s(i.before_underflow) && io.str(i.table_attrs) && io.strs(i.chains) && io.strs(i.rules);
+}
+
 std::string file_name(const std::string& key) {
   std::ostringstream name;
   name << std::hex << std::hash<std::string>{}(key);
@@ -134,11 +150,7 @@ std::optional<std::vector<TableImage>> load_images(const std::string& dir, const
   if (!r.str(stored) || stored != key || !r.u32(n) || n > 16) return std::nullopt;
   std::vector<TableImage> images(n);
   for (auto& i : images) {
-    if (!r.str(i.table) || !r.str(i.before) || !r.str(i.after) || !r.u32(i.valid_hooks) || !r.u32(i.num_entries) ||
-        !r.u32s(i.hook_entry) || !r.u32s(i.underflow) || !r.u32(i.before_entries) || !r.u32s(i.before_hook_entry) ||
-        !r.u32s(i.before_underflow) || !r.str(i.table_attrs) || !r.strs(i.chains) || !r.strs(i.rules)) {
-      return std::nullopt;
-    }
+    if (!fields(r, i)) return std::nullopt;
   }
   if (!r.done()) return std::nullopt;
   return images;
@@ -148,21 +160,7 @@ void save_images(const std::string& dir, const std::string& key, const std::vect
   Writer w;
   w.str(key);
   w.u32(static_cast<uint32_t>(images.size()));
-  for (const auto& i : images) {
-    w.str(i.table);
-    w.str(i.before);
-    w.str(i.after);
-    w.u32(i.valid_hooks);
-    w.u32(i.num_entries);
-    w.u32s(i.hook_entry);
-    w.u32s(i.underflow);
-    w.u32(i.before_entries);
-    w.u32s(i.before_hook_entry);
-    w.u32s(i.before_underflow);
-    w.str(i.table_attrs);
-    w.strs(i.chains);
-    w.strs(i.rules);
-  }
+  for (const auto& i : images) fields(w, i);
   std::error_code ec;
   const fs::path at = fs::path(dir) / "images";
   fs::create_directories(at, ec);
