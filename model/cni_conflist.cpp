@@ -7,9 +7,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <stdexcept>
 #include <vector>
+
+#include "files.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -24,11 +25,9 @@ constexpr const char* kType = "meshcap-cni";
 constexpr const char* kBinaries[] = {"meshcap-cni", "meshcap-cni-local"};
 
 std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  auto text = read_whole_file(path);
+  if (!text) throw std::runtime_error("cannot read " + path);
+  return std::move(*text);
 }
 
 void write_atomically(const std::string& path, const std::string& text, mode_t mode) {
