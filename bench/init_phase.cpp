@@ -28,19 +28,26 @@ struct InitCapture {
   bool via_meshcap;  // iptables through `meshcap init --mode iptables`
 };
 
-// eBPF: one map update on the pod's pinned cidrs4 trie, with the key the
-// data path reads for an exclusion (-x) of its one pod (index 0).
+// The cidrs4 key the data path reads for extra_exclusion_cidr() as an
+// exclusion (-x) of a pod's own data path (its one pod, index 0).
+mc_lpm4 extra_exclusion_key() {
+  const std::string cidr = extra_exclusion_cidr();
+  mc_lpm4 key{};
+  key.prefixlen = 32 + 24;
+  key.tag = MC_LPM_TAG(0u, MC_CIDR_EXCLUDE);
+  in_addr a{};
+  ::inet_pton(AF_INET, cidr.substr(0, cidr.find('/')).c_str(), &a);
+  key.addr = a.s_addr;
+  return key;
+}
+
+// eBPF: one map update on the pod's pinned cidrs4 trie.
 double add_one_exclusion_ebpf(Rig& rig, std::string& how) {
   how = "bpf_map_update_elem on the pinned cidrs4 (the pod's -x)";
   const std::string pin = loader::pin_dir(rig.name()) + "/map_cidrs4";
   const test::UniqueFd fd(::bpf_obj_get(pin.c_str()));
   if (!fd) throw std::runtime_error("bpf_obj_get " + pin + ": " + std::strerror(errno));
-  mc_lpm4 key{};
-  key.prefixlen = 32 + 24;
-  key.tag = MC_LPM_TAG(0u, MC_CIDR_EXCLUDE);
-  in_addr a{};
-  ::inet_pton(AF_INET, extra_exclusion_cidr().substr(0, extra_exclusion_cidr().find('/')).c_str(), &a);
-  key.addr = a.s_addr;
+  const mc_lpm4 key = extra_exclusion_key();
   const uint8_t one = 1;
   const auto t0 = Clock::now();
   const int rc = ::bpf_map_update_elem(fd.get(), &key, &one, BPF_ANY);
@@ -68,12 +75,7 @@ void remove_one_exclusion(Rig& rig, const InitCapture& ic) {
   const std::string cidr = extra_exclusion_cidr();
   if (ic.capture == Capture::ebpf) {
     const test::UniqueFd fd(::bpf_obj_get((loader::pin_dir(rig.name()) + "/map_cidrs4").c_str()));
-    mc_lpm4 key{};
-    key.prefixlen = 32 + 24;
-    key.tag = MC_LPM_TAG(0u, MC_CIDR_EXCLUDE);
-    in_addr a{};
-    ::inet_pton(AF_INET, cidr.substr(0, cidr.find('/')).c_str(), &a);
-    key.addr = a.s_addr;
+    const mc_lpm4 key = extra_exclusion_key();
     if (!fd || ::bpf_map_delete_elem(fd.get(), &key) != 0)
       throw std::runtime_error("removing the added exclusion: " + std::string(std::strerror(errno)));
     return;

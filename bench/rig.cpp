@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <map>
 #include <stdexcept>
@@ -39,11 +40,22 @@ std::string restore6_binary(Capture c) {
   return c == Capture::legacy ? "ip6tables-legacy-restore" : "ip6tables-nft-restore";
 }
 
-// istio's IPv6 payload for a pod with a global IPv6 address (istio writes
-// ip6tables rules for such a pod, as meshcap does).
-std::string istio_payload6_for(const std::vector<std::string>& flags) {
-  const EnvLookup no_env = [](const std::string&) { return std::optional<std::string>{}; };
-  return iptables::render_istio_rules(parse_capture_args(flags, no_env), true).ipv6.text();
+// istio-init's way: iptables-restore, then ip6tables-restore when the pod
+// has a global IPv6 address (istio writes ip6tables rules for such a pod, as
+// meshcap does), each with its family's input; the times added up.
+Timed restore_families(Capture c, bool ipv6, bool noflush, const std::function<std::string(bool v6)>& input,
+                       const std::string& netns_path) {
+  Timed t;
+  for (const bool v6 : {false, true}) {
+    if (v6 && (!ipv6 || !t.ok())) break;
+    std::vector<std::string> argv = {v6 ? restore6_binary(c) : restore_binary(c)};
+    if (noflush) argv.push_back("--noflush");
+    if (c == Capture::legacy) argv.push_back("--wait=30");
+    const double before = t.seconds;
+    t = run_timed(argv, input(v6), netns_path);
+    t.seconds += before;
+  }
+  return t;
 }
 
 }  // namespace
@@ -197,10 +209,11 @@ std::vector<std::string> capture_flags(const std::vector<std::string>& exclusion
   return f;
 }
 
-std::string istio_payload_for(const std::vector<std::string>& flags) {
+std::string istio_payload_for(const std::vector<std::string>& flags, bool ipv6) {
   const EnvLookup no_env = [](const std::string&) { return std::optional<std::string>{}; };
   const CaptureConfig cfg = parse_capture_args(flags, no_env);
-  return iptables::render_istio_rules(cfg, false).ipv4.text();
+  const auto rules = iptables::render_istio_rules(cfg, ipv6);
+  return ipv6 ? rules.ipv6.text() : rules.ipv4.text();
 }
 
 std::string istio_payload(const std::vector<std::string>& exclusions) {
@@ -321,22 +334,11 @@ double Rig::apply_flags(const std::vector<std::string>& flags, size_t exclusions
     argv.insert(argv.end(), flags.begin(), flags.end());
     t = run_timed(argv);
   } else {
-    // istio-init's way: iptables-restore --noflush with istio's payload. A
-    // re-apply replaces the whole nat table (nothing else uses it in the pod).
-    // istio-init's way: iptables-restore --noflush with istio's payload, and
-    // ip6tables-restore with the IPv6 one, since the pod has a global IPv6
-    // address. A re-apply replaces the whole nat table (nothing else uses it
-    // in the pod).
-    for (const bool v6 : {false, true}) {
-      if (v6 && (pod_->pod_ipv6().empty() || !t.ok())) break;
-      std::vector<std::string> argv = {v6 ? restore6_binary(capture_) : restore_binary(capture_)};
-      if (!captured_) argv.push_back("--noflush");
-      if (capture_ == Capture::legacy) argv.push_back("--wait=30");
-      const Timed one = run_timed(argv, v6 ? istio_payload6_for(flags) : istio_payload_for(flags), pod_->pod_netns_path());
-      const double before = t.seconds;
-      t = one;
-      t.seconds += before;
-    }
+    // istio's payloads with --noflush; a re-apply replaces the whole nat
+    // table (nothing else uses it in the pod).
+    t = restore_families(
+        capture_, !pod_->pod_ipv6().empty(), !captured_,
+        [&](bool v6) { return istio_payload_for(flags, v6); }, pod_->pod_netns_path());
   }
   if (!t.ok())
     throw std::runtime_error(label_ + ": applying " + capture_name(capture_) + " capture with " +
@@ -385,15 +387,9 @@ double Rig::remove() {
     t = run_timed({options_.meshcap_bin, "cleanup", "--log-level", "warn", "--name", name_, "--netns",
                    pod_->pod_netns_path()});
   } else {
-    for (const bool v6 : {false, true}) {
-      if (v6 && (pod_->pod_ipv6().empty() || !t.ok())) break;
-      std::vector<std::string> argv = {v6 ? restore6_binary(capture_) : restore_binary(capture_)};
-      if (capture_ == Capture::legacy) argv.push_back("--wait=30");
-      const Timed one = run_timed(argv, "*nat\nCOMMIT\n", pod_->pod_netns_path());
-      const double before = t.seconds;
-      t = one;
-      t.seconds += before;
-    }
+    t = restore_families(
+        capture_, !pod_->pod_ipv6().empty(), false, [](bool) { return std::string("*nat\nCOMMIT\n"); },
+        pod_->pod_netns_path());
   }
   captured_ = false;
   if (!t.ok()) throw std::runtime_error(label_ + ": removing capture failed: " + t.output);

@@ -74,8 +74,9 @@ std::vector<std::string> capture_flags(const std::vector<std::string>& exclusion
 /// The IPv4 iptables-restore payload istio-iptables would apply for
 /// capture_flags(exclusions) (meshcap's own istio-identical rendering).
 std::string istio_payload(const std::vector<std::string>& exclusions);
-/// The same for any istio-iptables flags.
-std::string istio_payload_for(const std::vector<std::string>& flags);
+/// The same for any istio-iptables flags; `ipv6`: the ip6tables payload (as
+/// for a pod with a global IPv6 address).
+std::string istio_payload_for(const std::vector<std::string>& flags, bool ipv6 = false);
 
 /// Settings shared by every rig.
 struct RigOptions {

@@ -171,12 +171,15 @@ void Targets::init() {
       const std::string goal = "<= 1.5x the bare restore's";
       double worst = -1;
       std::string detail;
+      auto samples = [&](const InitRecord& rec) -> const std::vector<double>& {
+        return cleanup ? rec.cleanup_s : rec.apply_s;
+      };
       for (const auto& m : r_.init) {
         if (m.capture != cap + " (meshcap)") continue;
         const InitRecord* b = find_init(r_, cap, m.exclusions);
-        const auto& ms = cleanup ? m.cleanup_s : m.apply_s;
-        if (b == nullptr || ms.empty() || (cleanup ? b->cleanup_s : b->apply_s).empty()) continue;
-        const double base = median(cleanup ? b->cleanup_s : b->apply_s);
+        const auto& ms = samples(m);
+        if (b == nullptr || ms.empty() || samples(*b).empty()) continue;
+        const double base = median(samples(*b));
         if (median(ms) / base > worst) {
           worst = median(ms) / base;
           detail = "at " + std::to_string(m.exclusions) + ": " + fmt("%.1f", median(ms) * 1e3) + " vs " +
