@@ -467,7 +467,7 @@ TEST_P(IptablesApply, FreshNamespaceIsOneRestorePerFamilyAndCleanupLeavesNoTable
 // family, no restore, no -save; what is not meshcap's stays, and so does a
 // table meshcap created that now holds something else (a rule, a set).
 TEST_P(IptablesApply, NftCleanupIsOneTransactionAndKeepsWhatIsNotMeshcaps) {
-  if (kind_ != "nft") GTEST_SKIP() << "nf_tables only: legacy cleanup is a restore";
+  if (kind_ != "nft") GTEST_SKIP() << "nf_tables only (legacy cleanup: ImagesReplayWhatRestoreMadeOnlyFromTheSameState)";
   const auto cfg = forced({"-b", "*", "-i", "*", "-x", "10.0.0.0/24", "-d", "15090,15021,15020", "--dual-stack"});
   Netns ns("onetx");
   CountingRunner counting(ns.runner());
