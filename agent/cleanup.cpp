@@ -23,7 +23,7 @@ bool path_gone(const std::string& p) {
 // A pod is stale when its namespace is gone, its cgroup is gone, or every
 // pinned link of it is defunct.
 bool stale(const std::string& name) {
-  const auto st = read_pod_state(name);
+  const auto st = read_pod_state(name, /*with_flags=*/false);
   const auto links = loader::pinned_links(loader::pin_dir(name));
   const bool links_defunct =
       !links.empty() && std::none_of(links.begin(), links.end(), [](const loader::PinnedLink& l) { return l.attached; });
@@ -40,7 +40,7 @@ int run_cleanup(const CleanupOptions& o) {
       if (!stale(name)) continue;
       // The namespace is gone or its capture is dead: remove pins and the
       // record; rules die with their namespace.
-      const auto st = read_pod_state(name);
+      const auto st = read_pod_state(name, /*with_flags=*/false);
       std::optional<std::string> ns = st ? st->current_netns() : std::nullopt;
       remove_capture(name, st, ns && st && st->iptables ? ns : std::nullopt);
       spdlog::info("pod {}: stale (network namespace, cgroup or links gone), removed", name);
@@ -63,7 +63,7 @@ int run_cleanup(const CleanupOptions& o) {
     loader::validate_pod_name(o.name);
     t.name = o.name;
   }
-  const auto st = read_pod_state(t.name);
+  const auto st = read_pod_state(t.name, /*with_flags=*/false);
   const bool removed = remove_capture(t.name, st, netns);
   spdlog::info("pod {}: {}", t.name, removed ? "capture removed" : "nothing to remove");
   return kExitOk;

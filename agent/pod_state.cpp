@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <sstream>
 
 #include <spdlog/spdlog.h>
 
@@ -13,6 +15,41 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace meshcap {
+
+namespace {
+
+// Flags longer than this (as JSON) go to a file beside the record, so that
+// reading the record (cleanup, status) does not parse them unless asked.
+constexpr size_t kInlineFlags = 4096;
+// The flags file of pod NAME is NAME.json.flags-HASH (pod names hold no '.').
+constexpr std::string_view kFlagsInfix = ".json.flags-";
+
+std::string flags_prefix(const std::string& name) { return name + std::string(kFlagsInfix); }
+
+// Writes `text` to `path` through a temporary file renamed into place.
+void write_atomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc | std::ios::binary);
+    out.write(text.data(), static_cast<std::streamsize>(text.size()));
+    if (!out.flush()) throw std::runtime_error("cannot write " + tmp);
+  }
+  fs::rename(tmp, path);
+}
+
+// Removes the flags files of pod `name` (but `keep`) and their leftovers.
+void remove_flags_files(const std::string& name, const std::string& keep = "") {
+  std::error_code ec;
+  const std::string prefix = flags_prefix(name);
+  std::vector<fs::path> gone;
+  for (const auto& e : fs::directory_iterator(state_root() + "/pods", ec)) {
+    const std::string f = e.path().filename();
+    if (f.rfind(prefix, 0) == 0 && f != keep) gone.push_back(e.path());
+  }
+  for (const auto& p : gone) fs::remove(p, ec);
+}
+
+}  // namespace
 
 std::vector<std::string> PodState::Iptables::save_binaries() const {
   std::vector<std::string> out;
@@ -26,7 +63,7 @@ json PodState::to_json() const {
             {"name", name},
             {"cgroup", cgroup},
             {"netns", {{"path", netns_path}, {"dev", netns.dev}, {"ino", netns.ino}, {"cookie", netns.cookie}}},
-            {"flags", flags.to_json()},
+            {"flags", (flags_path.empty() ? flags : load_flags()).to_json()},
             {"origin",
              {{"via", origin.via},
               {"container_id", origin.container_id},
@@ -53,7 +90,12 @@ std::optional<PodState> PodState::from_json(const json& j) {
     const auto& ns = j.at("netns");
     st.netns_path = ns.value("path", "");
     st.netns = {ns.value("dev", uint64_t{0}), ns.value("ino", uint64_t{0}), ns.value("cookie", uint64_t{0})};
-    st.flags = FlagSet::from_json(j.at("flags"));
+    // Or the name of the file beside the record holding them (read_pod_state reads it).
+    if (j.contains("flags") || !j.contains("flags_file")) {
+      st.flags = FlagSet::from_json(j.at("flags"));
+    } else {
+      st.flags_path = j.at("flags_file").get<std::string>();
+    }
     if (j.contains("origin")) {
       const auto& o = j["origin"];
       st.origin = {o.value("via", "init"), o.value("container_id", ""), o.value("ifname", ""),
@@ -81,16 +123,30 @@ std::optional<std::string> PodState::current_netns() const {
   return loader::find_netns(netns);
 }
 
+FlagSet PodState::load_flags() const {
+  if (flags_path.empty()) return flags;
+  const auto text = read_whole_file(flags_path);
+  if (!text) throw std::runtime_error("cannot read " + flags_path);
+  return FlagSet::from_json(json::parse(*text));
+}
+
 CaptureConfig PodState::config() const {
+  FlagSet f;
   try {
-    return flags.build();
+    f = load_flags();
+  } catch (const std::exception& e) {
+    spdlog::warn("pod {}: recorded flags cannot be read ({}); cleaning up with defaults", name, e.what());
+    return CaptureConfig{};
+  }
+  try {
+    return f.build();
   } catch (const std::exception& e) {
     // The recorded flags no longer build here (a user removed since): what
     // cleanup needs beyond defaults is the TPROXY mark and table.
     spdlog::warn("pod {}: recorded flags do not build here ({}); cleaning up with defaults", name, e.what());
     CaptureConfig c;
-    if (flags.flags.tproxy_mark) c.tproxy_mark = *flags.flags.tproxy_mark;
-    if (flags.flags.tproxy_route_table) c.tproxy_route_table = *flags.flags.tproxy_route_table;
+    if (f.flags.tproxy_mark) c.tproxy_mark = *f.flags.tproxy_mark;
+    if (f.flags.tproxy_route_table) c.tproxy_route_table = *f.flags.tproxy_route_table;
     return c;
   }
 }
@@ -102,14 +158,28 @@ std::string state_root() {
 
 std::string state_file(const std::string& name) { return state_root() + "/pods/" + name + ".json"; }
 
-std::optional<PodState> read_pod_state(const std::string& name) {
-  const auto text = read_whole_file(state_file(name));
+std::optional<PodState> read_pod_state(const std::string& name, bool with_flags) {
+  const std::string path = state_file(name);
+  const auto text = read_whole_file(path);
   if (!text) return std::nullopt;
   try {
     // Whole, then parsed: the parser reads a string several times faster than a stream.
-    return PodState::from_json(json::parse(*text));
-  } catch (const std::exception&) {
-    spdlog::warn("ignoring unreadable {}", state_file(name));
+    auto st = PodState::from_json(json::parse(*text));
+    if (!st || st->flags_path.empty()) return st;
+    // The flags are in a file of this pod's beside the record.
+    const std::string file = st->flags_path;
+    if (file.find('/') != std::string::npos || file.rfind(flags_prefix(name), 0) != 0)
+      throw std::runtime_error("its flags file " + file + " is not this pod's");
+    st->flags_path = (fs::path(path).parent_path() / file).string();
+    if (with_flags) {
+      st->flags = st->load_flags();
+      st->flags_path.clear();
+    } else if (std::error_code ec; !fs::exists(st->flags_path, ec)) {
+      throw std::runtime_error("its flags file " + file + " is missing");
+    }
+    return st;
+  } catch (const std::exception& e) {
+    spdlog::warn("ignoring unreadable {}: {}", path, e.what());
     return std::nullopt;
   }
 }
@@ -118,18 +188,27 @@ void write_pod_state(const PodState& st) {
   const std::string path = state_file(st.name);
   std::error_code ec;
   fs::create_directories(fs::path(path).parent_path(), ec);
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << st.to_json().dump(2) << "\n";
-    if (!out) throw std::runtime_error("cannot write " + tmp);
+  json j = st.to_json();
+  std::string flags_file;
+  if (std::string flags = j.at("flags").dump(); flags.size() > kInlineFlags) {
+    // Named after its content: the record being replaced keeps naming a whole file.
+    std::ostringstream name;
+    name << flags_prefix(st.name) << std::hex << std::hash<std::string>{}(flags);
+    flags_file = name.str();
+    flags += "\n";
+    write_atomically((fs::path(path).parent_path() / flags_file).string(), flags);
+    j.erase("flags");
+    j["flags_file"] = flags_file;
   }
-  fs::rename(tmp, path);
+  write_atomically(path, j.dump(2) + "\n");
+  remove_flags_files(st.name, flags_file);
 }
 
 bool remove_pod_state(const std::string& name) {
   std::error_code ec;
-  return fs::remove(state_file(name), ec);
+  const bool removed = fs::remove(state_file(name), ec);
+  remove_flags_files(name);
+  return removed;
 }
 
 std::vector<std::string> recorded_pods() {

@@ -20,6 +20,10 @@ struct PodState {
   std::string netns_path;  ///< the path given at init (may name another namespace later)
   NetnsId netns;           ///< what the path named at init
   FlagSet flags;           ///< the flags and environment the capture was built from
+  /// Set when the record was read without its flags (read_pod_state's
+  /// `with_flags` false) and keeps them in a file beside it: that file, read
+  /// by config() and load_flags() only (a pod's flags can hold 10,000 CIDRs).
+  std::string flags_path;
   /// Who asked for the capture: `meshcap init`, or the CNI plugin for a
   /// container (GC and DEL find pods by it).
   struct Origin {
@@ -56,6 +60,8 @@ struct PodState {
   std::optional<std::string> current_netns() const;
   /// The tproxy mark and table the iptables cleanup needs.
   CaptureConfig config() const;
+  /// `flags`, read from flags_path when the record was read without them.
+  FlagSet load_flags() const;
 };
 
 /// The directory records live in (MESHCAP_STATE_DIR overrides /run/meshcap,
@@ -63,10 +69,15 @@ struct PodState {
 std::string state_root();
 /// Where the record of pod `name` lives.
 std::string state_file(const std::string& name);
-std::optional<PodState> read_pod_state(const std::string& name);
-/// Writes atomically (a temporary file renamed into place).
+/// Reads the record of pod `name`. A record whose flags are long keeps them
+/// in a file beside it (see write_pod_state); without `with_flags` that file
+/// is only checked to exist, and left for config() / load_flags() to read.
+std::optional<PodState> read_pod_state(const std::string& name, bool with_flags = true);
+/// Writes atomically (a temporary file renamed into place). Flags longer
+/// than a few KB go to a file of their own beside the record (written first,
+/// named after its content, so the record names a whole one).
 void write_pod_state(const PodState& st);
-/// Removes the record; true when there was one.
+/// Removes the record and its flags file; true when there was a record.
 bool remove_pod_state(const std::string& name);
 /// Names of the pods with a record.
 std::vector<std::string> recorded_pods();

@@ -84,12 +84,12 @@ RestorePayload parse_payload(const std::string& text) {
   while (pos < text.size()) {
     size_t end = text.find('\n', pos);
     if (end == std::string::npos) end = text.size();
-    const std::string line = text.substr(pos, end - pos);
+    const std::string_view line(text.data() + pos, end - pos);  // no copy but the one kept
     pos = end + 1;
-    if (line.rfind("* ", 0) == 0) {
-      p.tables.push_back(TableSection{line.substr(2), {}});
+    if (line.substr(0, 2) == "* ") {
+      p.tables.push_back(TableSection{std::string(line.substr(2)), {}});
     } else if (line != "COMMIT" && !line.empty() && !p.tables.empty()) {
-      p.tables.back().lines.push_back(line);
+      p.tables.back().lines.emplace_back(line);
     }
   }
   return p;
@@ -131,10 +131,10 @@ StateRecord load_record(const std::string& path) {
         rb.legacy = b.at("legacy");
         if (b.contains("payload_file")) {
           // The payload's text beside the record (no JSON escaping of 10,000 rules).
-          const auto payload =
+          auto payload =
               read_whole_file((fs::path(path).parent_path() / b.at("payload_file").get<std::string>()).string());
           if (!payload) throw std::runtime_error("its payload file is missing");
-          rb.payload_text = *payload;
+          rb.payload_text = std::move(*payload);
         } else {
           rb.payload_text = b.at("payload").get<std::string>();
         }
@@ -1320,6 +1320,20 @@ CleanupResult IptablesApplier::cleanup(const std::function<const CaptureConfig&(
   std::vector<std::string> errors;
 
   KernelTables* kernel = runner_.kernel_tables();
+  // Legacy: the tables as they were before, if they hold exactly what the
+  // image of the recorded payload says the restore made of them and what the
+  // record says meshcap added; read once, under the lock the replay holds.
+  std::set<Family> legacy_replayed;
+  if (kernel != nullptr && options_.images) {
+    for (Family fam : {Family::V4, Family::V6}) {
+      const RecordedBackend* recorded = rec.backend(fam, true);
+      if (recorded == nullptr) continue;
+      const auto images = load_images(
+          options_.state_dir, image_key(known_backend(fam, recorded->binary, true), recorded->payload_text));
+      auto matches = [&](const TablesView& v) { return matches_record(v, recorded); };
+      if (images && kernel->replay_back_if(fam, true, *images, matches)) legacy_replayed.insert(fam);
+    }
+  }
   const Views now = read_views(kernel);
   // The save-based removal from one binary.
   auto remove_saved = [&](Family fam, const std::string& binary, const std::optional<std::string>& dump) {
@@ -1361,15 +1375,27 @@ CleanupResult IptablesApplier::cleanup(const std::function<const CaptureConfig&(
     const BinaryNames names = binary_names(fam);
     const TablesView* vn = view_in(now, fam, false);
     const TablesView* vl = view_in(now, fam, true);
+    const RecordedBackend* replayed = legacy_replayed.count(fam) ? rec.backend(fam, true) : nullptr;
+    const std::string replayed_name = replayed != nullptr ? std::string(family_name(fam)) + " " + replayed->binary : "";
     if (vn == nullptr || vl == nullptr) {
-      // Both backends; the plain binary only where neither exists.
+      // Both backends (but legacy, put back already); the plain binary only
+      // where neither exists.
       std::vector<std::pair<std::string, std::optional<std::string>>> dumps;
-      for (const auto& binary : {names.nft, names.legacy}) dumps.emplace_back(binary, read_save(runner_, binary));
-      if (!dumps[0].second && !dumps[1].second) dumps = {{names.plain, read_save(runner_, names.plain)}};
+      for (const auto& binary : {names.nft, names.legacy}) {
+        if (replayed == nullptr || binary != names.legacy) dumps.emplace_back(binary, read_save(runner_, binary));
+      }
+      if (replayed == nullptr && !dumps[0].second && !dumps[1].second) {
+        dumps = {{names.plain, read_save(runner_, names.plain)}};
+      }
       for (const auto& [binary, dump] : dumps) remove_saved(fam, binary, dump);
+      if (replayed != nullptr) res.backends.push_back(replayed_name);
       continue;
     }
     for (bool legacy : {false, true}) {
+      if (legacy && replayed != nullptr) {
+        res.backends.push_back(replayed_name);
+        continue;
+      }
       const std::string& binary = legacy ? names.legacy : names.nft;
       const RecordedBackend* recorded = rec.backend(fam, legacy);
       bool done = matches_record(legacy ? *vl : *vn, recorded) && !(recorded == nullptr && rec.has_rules_of(fam, binary));
@@ -1378,16 +1404,6 @@ CleanupResult IptablesApplier::cleanup(const std::function<const CaptureConfig&(
         // created went in one transaction, no restore.
         res.backends.push_back(std::string(family_name(fam)) + " " + recorded->binary);
         continue;
-      }
-      if (done && recorded != nullptr && legacy && kernel != nullptr && options_.images) {
-        // Legacy: the table as it was before, if it holds exactly what the
-        // image of this payload says the restore made of it.
-        const auto images = load_images(
-            options_.state_dir, image_key(known_backend(fam, recorded->binary, true), recorded->payload_text));
-        if (images && kernel->replay_back(fam, true, *images)) {
-          res.backends.push_back(std::string(family_name(fam)) + " " + recorded->binary);
-          continue;
-        }
       }
       if (done && recorded != nullptr) {
         // Exactly what meshcap applied is there: remove that, no -save.

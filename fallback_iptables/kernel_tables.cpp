@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -126,16 +127,19 @@ std::optional<LegacyBlob<T>> read_blob(int sock, const std::string& name) {
     std::strncpy(b.info.name, name.c_str(), sizeof(b.info.name) - 1);
     socklen_t len = sizeof(b.info);
     if (::getsockopt(sock, T::kLevel, T::kInfo, &b.info, &len) != 0) return std::nullopt;
-    std::vector<char> buf(sizeof(typename T::Entries) + b.info.size);
-    auto* get = reinterpret_cast<typename T::Entries*>(buf.data());
+    // Read into the string that keeps the entries, then the header dropped
+    // in place: one buffer of the table's size, not two (it can be MBs).
+    constexpr size_t kHeader = offsetof(typename T::Entries, entrytable);
+    b.entries.resize(kHeader + b.info.size);
+    auto* get = reinterpret_cast<typename T::Entries*>(b.entries.data());
     std::strncpy(get->name, name.c_str(), sizeof(get->name) - 1);
     get->size = b.info.size;
-    len = static_cast<socklen_t>(buf.size());
+    len = static_cast<socklen_t>(b.entries.size());
     if (::getsockopt(sock, T::kLevel, T::kGet, get, &len) != 0) {
       if (errno == EAGAIN) continue;  // the table changed between the two calls
       return std::nullopt;
     }
-    b.entries.assign(reinterpret_cast<const char*>(get->entrytable), b.info.size);
+    b.entries.erase(0, kHeader);
     for (size_t off = 0; off + sizeof(typename T::Entry) <= b.entries.size();) {
       auto* e = reinterpret_cast<typename T::Entry*>(b.entries.data() + off);
       if (e->next_offset < sizeof(typename T::Entry)) return std::nullopt;
@@ -147,12 +151,11 @@ std::optional<LegacyBlob<T>> read_blob(int sock, const std::string& name) {
   return std::nullopt;
 }
 
+// The view of table `name` from its blob.
 template <class T>
-std::optional<TableView> read_legacy_table(int sock, const std::string& name) {
-  const auto read = read_blob<T>(sock, name);
-  if (!read) return std::nullopt;
-  const typename T::Info& info = read->info;
-  const char* blob = read->entries.data();
+std::optional<TableView> legacy_table_view(const LegacyBlob<T>& read, const std::string& name) {
+  const typename T::Info& info = read.info;
+  const char* blob = read.entries.data();
   auto entry_at = [&](unsigned off) { return reinterpret_cast<const typename T::Entry*>(blob + off); };
   auto target_of = [&](const typename T::Entry* e) {
     return reinterpret_cast<const xt_entry_target*>(reinterpret_cast<const char*>(e) + e->target_offset);
@@ -202,6 +205,13 @@ std::optional<TableView> read_legacy_table(int sock, const std::string& name) {
     if (!c.builtin && c.rules > 0) --c.rules;
   }
   return view;
+}
+
+template <class T>
+std::optional<TableView> read_legacy_table(int sock, const std::string& name) {
+  const auto read = read_blob<T>(sock, name);
+  if (!read) return std::nullopt;
+  return legacy_table_view<T>(*read, name);
 }
 
 // ---- Legacy table images: a table's blob read and written whole, as
@@ -348,6 +358,31 @@ bool legacy_after(std::vector<TableImage>& images) {
   return true;
 }
 
+// Replaces each table of `images`, whose blob `now` holds, with its other
+// state (to_after: the after state, else the before state); on a failure
+// puts back the tables already replaced. Under the xtables lock.
+template <class T>
+bool replace_tables(int sock, const std::vector<TableImage>& images, const std::vector<LegacyBlob<T>>& now,
+                    bool to_after) {
+  auto from = [&](const TableImage& i) -> const std::string& { return to_after ? i.before : i.after; };
+  auto to = [&](const TableImage& i) -> const std::string& { return to_after ? i.after : i.before; };
+  auto to_header = [&](const TableImage& i) -> LegacyHeader {
+    if (to_after) return {i.valid_hooks, i.num_entries, i.hook_entry, i.underflow};
+    return {i.valid_hooks, i.before_entries, i.before_hook_entry, i.before_underflow};
+  };
+  for (size_t i = 0; i < images.size(); ++i) {
+    if (replace_table<T>(sock, now[i], to(images[i]), to_header(images[i]))) continue;
+    for (size_t j = 0; j < i; ++j) {
+      auto b = read_blob<T>(sock, images[j].table);
+      if (!b || !replace_table<T>(sock, *b, from(images[j]), header_of<T>(now[j].info))) {
+        spdlog::warn("legacy table {}: could not put back its rules after a failed replay", images[j].table);
+      }
+    }
+    return false;
+  }
+  return true;
+}
+
 // Puts each table of `images` from one of its states to the other (apply:
 // before -> after; cleanup: after -> before), if all of them are in the
 // first exactly; under the xtables lock, as iptables -w. On a failure the
@@ -360,53 +395,82 @@ bool legacy_swap(const std::vector<TableImage>& images, bool to_after) {
   Fd sock(::socket(T::kDomain, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
   if (sock.get() < 0) return false;
   auto from = [&](const TableImage& i) -> const std::string& { return to_after ? i.before : i.after; };
-  auto to = [&](const TableImage& i) -> const std::string& { return to_after ? i.after : i.before; };
-  auto to_header = [&](const TableImage& i) -> LegacyHeader {
-    if (to_after) return {i.valid_hooks, i.num_entries, i.hook_entry, i.underflow};
-    return {i.valid_hooks, i.before_entries, i.before_hook_entry, i.before_underflow};
-  };
   std::vector<LegacyBlob<T>> now;
   for (const auto& img : images) {
     auto b = read_blob<T>(sock.get(), img.table);
     if (!b || b->entries != from(img)) return false;
     now.push_back(std::move(*b));
   }
-  for (size_t i = 0; i < images.size(); ++i) {
-    if (replace_table<T>(sock.get(), now[i], to(images[i]), to_header(images[i]))) continue;
-    for (size_t j = 0; j < i; ++j) {
-      auto b = read_blob<T>(sock.get(), images[j].table);
-      if (!b || !replace_table<T>(sock.get(), *b, from(images[j]), header_of<T>(now[j].info))) {
-        spdlog::warn("legacy table {}: could not put back its rules after a failed replay", images[j].table);
-      }
-    }
-    return false;
+  return replace_tables<T>(sock.get(), images, now, to_after);
+}
+
+// The legacy tables this namespace has initialised; nullopt when that cannot
+// be told.
+template <class T>
+std::optional<std::vector<std::string>> legacy_table_names() {
+  std::ifstream names(T::kNames);
+  std::vector<std::string> tables;
+  if (!names) {
+    // Without the file the legacy tables are not in this kernel (module not
+    // loaded): nothing can be held there.
+    if (errno == ENOENT) return tables;
+    return std::nullopt;
   }
-  return true;
+  for (std::string line; std::getline(names, line);) {
+    if (!line.empty()) tables.push_back(line);
+  }
+  return tables;
 }
 
 template <class T>
 std::optional<TablesView> read_legacy() {
-  std::ifstream names(T::kNames);
+  const auto tables = legacy_table_names<T>();
+  if (!tables) return std::nullopt;
   TablesView view;
-  if (!names) {
-    // Without the file the legacy tables are not in this kernel (module not
-    // loaded): nothing can be held there.
-    if (errno == ENOENT) return view;
-    return std::nullopt;
-  }
-  std::vector<std::string> tables;
-  for (std::string line; std::getline(names, line);) {
-    if (!line.empty()) tables.push_back(line);
-  }
-  if (tables.empty()) return view;
+  if (tables->empty()) return view;
   Fd sock(::socket(T::kDomain, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
   if (sock.get() < 0) return std::nullopt;
-  for (const auto& name : tables) {
+  for (const auto& name : *tables) {
     auto t = read_legacy_table<T>(sock.get(), name);
     if (!t) return std::nullopt;
     view.tables.push_back(std::move(*t));
   }
   return view;
+}
+
+// replay_back_if for legacy: under the xtables lock, every table read once,
+// the view of them given to `check`, and the tables of `images` put back in
+// their before state if `check` holds and they hold the after state exactly.
+template <class T>
+bool legacy_swap_back_if(const std::vector<TableImage>& images,
+                         const std::function<bool(const TablesView&)>& check) {
+  XtablesLock lock;
+  if (!lock.locked()) return false;
+  const auto tables = legacy_table_names<T>();
+  if (!tables) return false;
+  Fd sock(::socket(T::kDomain, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
+  if (sock.get() < 0) return false;
+  TablesView view;
+  std::vector<LegacyBlob<T>> now(images.size());
+  std::vector<bool> found(images.size(), false);
+  for (const auto& name : *tables) {
+    auto b = read_blob<T>(sock.get(), name);
+    if (!b) return false;
+    auto t = legacy_table_view<T>(*b, name);
+    if (!t) return false;
+    view.tables.push_back(std::move(*t));
+    for (size_t i = 0; i < images.size(); ++i) {
+      if (images[i].table != name || found[i]) continue;
+      if (b->entries != images[i].after) return false;
+      now[i] = std::move(*b);
+      found[i] = true;
+      break;
+    }
+  }
+  // A table the namespace has not initialised holds no after state.
+  if (std::find(found.begin(), found.end(), false) != found.end()) return false;
+  if (!check(view)) return false;
+  return replace_tables<T>(sock.get(), images, now, false);
 }
 
 // ---------------------------------------------------------------------------
@@ -1021,6 +1085,12 @@ std::map<std::pair<Family, bool>, std::optional<TablesView>> KernelTables::read_
   return out;
 }
 
+bool KernelTables::replay_back_if(Family family, bool legacy, const std::vector<TableImage>& images,
+                                  const std::function<bool(const TablesView&)>& check) {
+  const auto view = read(family, legacy);
+  return view && check(*view) && replay_back(family, legacy, images);
+}
+
 NetnsKernelTables::NetnsKernelTables(int netns_fd) : netns_fd_(netns_fd) {}
 
 std::optional<TablesView> NetnsKernelTables::read(Family family, bool legacy) {
@@ -1146,6 +1216,15 @@ bool NetnsKernelTables::replay_back(Family family, bool legacy, const std::vecto
   if (!legacy) return false;
   return in_netns<bool>(netns_fd_, false, [&] {
     return family == Family::V4 ? legacy_swap<V4Legacy>(images, false) : legacy_swap<V6Legacy>(images, false);
+  });
+}
+
+bool NetnsKernelTables::replay_back_if(Family family, bool legacy, const std::vector<TableImage>& images,
+                                       const std::function<bool(const TablesView&)>& check) {
+  if (!legacy) return false;
+  return in_netns<bool>(netns_fd_, false, [&] {
+    return family == Family::V4 ? legacy_swap_back_if<V4Legacy>(images, check)
+                                : legacy_swap_back_if<V6Legacy>(images, check);
   });
 }
 

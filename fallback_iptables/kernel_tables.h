@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -119,6 +120,12 @@ class KernelTables {
   virtual bool replay_back(Family /*family*/, bool /*legacy*/, const std::vector<TableImage>& /*images*/) {
     return false;
   }
+  /// replay_back where the tables' view, read in the same pass, satisfies
+  /// `check` (legacy: each table read once, under the xtables lock that is
+  /// held until the replay is done, so the view is what is replaced); false,
+  /// with nothing changed, when it does not or the replay cannot be done.
+  virtual bool replay_back_if(Family family, bool legacy, const std::vector<TableImage>& images,
+                              const std::function<bool(const TablesView&)>& check);
 
   /// Adds (or deletes) istio's ::6/128 on lo over rtnetlink, as
   /// `ip -6 addr add|del ::6/128 dev lo` does: 0, or the kernel's errno
@@ -152,6 +159,8 @@ class NetnsKernelTables : public KernelTables {
   bool image_after(Family family, bool legacy, std::vector<TableImage>& images) override;
   bool replay(Family family, bool legacy, const std::vector<TableImage>& images) override;
   bool replay_back(Family family, bool legacy, const std::vector<TableImage>& images) override;
+  bool replay_back_if(Family family, bool legacy, const std::vector<TableImage>& images,
+                      const std::function<bool(const TablesView&)>& check) override;
   std::optional<int> lo_address6(bool add) override;
 
  private:

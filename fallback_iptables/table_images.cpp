@@ -9,13 +9,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <sstream>
-
-#include "files.h"
 
 namespace meshcap::iptables {
 
@@ -54,45 +51,44 @@ class Writer {
   std::string out_;
 };
 
+// Reads the fields straight from the file into their strings (an image can
+// be MBs: no copy of the whole file first); `size` bytes are left to read.
 class Reader {
  public:
-  explicit Reader(const std::string& in) : in_(in) {}
-  bool u32(uint32_t& v) {
-    if (in_.size() - at_ < sizeof v) return false;
-    std::memcpy(&v, in_.data() + at_, sizeof v);
-    at_ += sizeof v;
-    return true;
-  }
+  Reader(std::istream& in, size_t size) : in_(in), left_(size) {}
+  bool u32(uint32_t& v) { return bytes(reinterpret_cast<char*>(&v), sizeof v); }
   bool str(std::string& s) {
     uint32_t n = 0;
-    if (!u32(n) || in_.size() - at_ < n) return false;
-    s.assign(in_, at_, n);
-    at_ += n;
-    return true;
+    if (!u32(n) || n > left_) return false;
+    s.resize(n);
+    return bytes(s.data(), n);
   }
   bool u32s(std::vector<uint32_t>& v) {
     uint32_t n = 0;
-    if (!u32(n) || n > (in_.size() - at_) / sizeof(uint32_t)) return false;
+    if (!u32(n) || n > left_ / sizeof(uint32_t)) return false;
     v.resize(n);
-    for (auto& x : v) {
-      if (!u32(x)) return false;
-    }
-    return true;
+    return bytes(reinterpret_cast<char*>(v.data()), n * sizeof(uint32_t));
   }
   bool strs(std::vector<std::string>& v) {
     uint32_t n = 0;
-    if (!u32(n) || n > in_.size() - at_) return false;
+    if (!u32(n) || n > left_) return false;
     v.resize(n);
     for (auto& x : v) {
       if (!str(x)) return false;
     }
     return true;
   }
-  bool done() const { return at_ == in_.size(); }
+  bool done() const { return left_ == 0; }
 
  private:
-  const std::string& in_;
-  size_t at_ = 0;
+  bool bytes(char* to, size_t n) {
+    if (n > left_) return false;
+    if (n > 0 && !in_.read(to, static_cast<std::streamsize>(n))) return false;
+    left_ -= n;
+    return true;
+  }
+  std::istream& in_;
+  size_t left_;
 };
 
 // An image's fields in file order, written (Writer, const image) or read
@@ -141,10 +137,11 @@ std::string image_key(const Backend& backend, const std::string& payload_text) {
 }
 
 std::optional<std::vector<TableImage>> load_images(const std::string& dir, const std::string& key) {
-  const auto read = read_whole_file((fs::path(dir) / "images" / file_name(key)).string());
-  if (!read) return std::nullopt;
-  const std::string& data = *read;
-  Reader r(data);
+  std::ifstream in((fs::path(dir) / "images" / file_name(key)).string(), std::ios::binary | std::ios::ate);
+  if (!in) return std::nullopt;
+  const std::streamoff size = in.tellg();
+  if (size < 0 || !in.seekg(0)) return std::nullopt;
+  Reader r(in, static_cast<size_t>(size));
   std::string stored;
   uint32_t n = 0;
   if (!r.str(stored) || stored != key || !r.u32(n) || n > 16) return std::nullopt;

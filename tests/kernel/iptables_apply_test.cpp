@@ -585,6 +585,38 @@ TEST_P(IptablesApply, ImagesReplayWhatRestoreMadeOnlyFromTheSameState) {
   expect_rules_present(t2, kind_, tproxy, false);
 }
 
+TEST_P(IptablesApply, LegacyCleanupPutsTheImageBackOnlyWhereTheTablesMatchTheRecord) {
+  if (kind_ != "legacy") {
+    GTEST_SKIP() << "legacy only (nf_tables cleanup: NftCleanupIsOneTransactionAndKeepsWhatIsNotMeshcaps)";
+  }
+  const auto cfg = forced({"-b", "*", "-i", "*", "-x", "10.0.0.0/24,10.1.0.0/16"});
+  Netns first("chk1");
+  IptablesApplier(first.runner(), {state_.path()}).apply(cfg, false);
+  Netns second("chk2");
+  CountingRunner counting(second.runner());
+  IptablesApplier applier(counting, {state_.path()});
+  ASSERT_EQ(applier.apply(cfg, false).replayed.size(), 1u);
+  // nat still holds exactly the image's after state, but another table
+  // holds an ISTIO chain the record does not have: no replay, -save read.
+  ASSERT_TRUE(second.run({"iptables-legacy", "-t", "filter", "-N", "ISTIO_EXTRA", "--wait=30"}).ok());
+  counting.clear();
+  const CleanupResult r = applier.cleanup(cfg);
+  EXPECT_FALSE(counting.commands("-save").empty());
+  EXPECT_FALSE(counting.commands("-restore").empty());
+  EXPECT_EQ(r.backends, std::vector<std::string>{"ipv4 iptables-legacy"});
+  EXPECT_EQ(save_text(second, "iptables-legacy").find("ISTIO"), std::string::npos);
+
+  // Without it: put back by the image, no command.
+  IptablesApplier again(counting, {state_.path()});
+  ASSERT_EQ(again.apply(cfg, false).replayed.size(), 1u);
+  counting.clear();
+  const CleanupResult back = again.cleanup(cfg);
+  EXPECT_TRUE(counting.commands("-save").empty());
+  EXPECT_TRUE(counting.commands("-restore").empty());
+  EXPECT_EQ(back.backends, std::vector<std::string>{"ipv4 iptables-legacy"});
+  EXPECT_EQ(save_text(second, "iptables-legacy").find("ISTIO"), std::string::npos);
+}
+
 TEST_P(IptablesApply, ReapplyFromTheRecordIsOneRestorePerFamily) {
   const auto first = forced({"-b", "*", "-c", "eth3", "-x", "10.0.0.0/8", "--dual-stack"});
   const auto second = forced({"-b", "80,443", "-i", "10.0.0.0/8", "-k", "veth2", "--dual-stack"});

@@ -1,10 +1,18 @@
 // The plan per part against fake kernels: the program rows of the kernels
 // booted under qemu (docs/kernel-facts/), with and without privileges,
 // flags eBPF cannot honour, and what a run-time refusal moves.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
 #include <gtest/gtest.h>
 
 #include "istio_flags.h"
 #include "planner.h"
+#include "pod_state.h"
 
 namespace meshcap {
 namespace {
@@ -240,6 +248,118 @@ TEST(Planner, PlanRoundTripsThroughJson) {
   EXPECT_EQ(q.inbound.engine, p.inbound.engine);
   EXPECT_EQ(q.inbound.reasons, p.inbound.reasons);
   EXPECT_EQ(q.ipv6, p.ipv6);
+}
+
+// Pod records in a state directory of the test's own.
+class PodStateTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() / ("meshcap-pod-state-" + std::to_string(::getpid()));
+    std::filesystem::remove_all(dir_);
+    if (const char* was = std::getenv("MESHCAP_STATE_DIR")) saved_ = was;
+    ::setenv("MESHCAP_STATE_DIR", dir_.c_str(), 1);
+  }
+  void TearDown() override {
+    if (saved_) ::setenv("MESHCAP_STATE_DIR", saved_->c_str(), 1); else ::unsetenv("MESHCAP_STATE_DIR");
+    std::filesystem::remove_all(dir_);
+  }
+  // A record whose flags exclude `cidrs` CIDRs.
+  static PodState pod(int cidrs) {
+    PodState st;
+    st.name = "p1";
+    st.netns_path = "/run/netns/p1";
+    std::string list;
+    for (int i = 0; i < cidrs; ++i) {
+      list += (i ? "," : "") + std::to_string(1 + i / 256) + "." + std::to_string(i % 256) + ".0.0/16";
+    }
+    st.flags.flags.service_cidr = "*";
+    if (cidrs > 0) st.flags.flags.service_exclude_cidr = list;
+    st.flags.flags.tproxy_mark = "1338";
+    st.iptables = PodState::Iptables{"iptables-legacy-save", "", {}};
+    return st;
+  }
+  std::vector<std::string> files() const {
+    std::vector<std::string> out;
+    for (const auto& e : std::filesystem::directory_iterator(dir_ / "pods")) out.push_back(e.path().filename());
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+  static nlohmann::json record() { return nlohmann::json::parse(std::ifstream(state_file("p1"))); }
+  std::filesystem::path dir_;
+  std::optional<std::string> saved_;
+};
+
+TEST_F(PodStateTest, LongFlagsLiveBesideTheRecordAndAreReadOnlyWhenAsked) {
+  const PodState st = pod(10000);
+  write_pod_state(st);
+  const auto f = files();
+  ASSERT_EQ(f.size(), 2u);
+  EXPECT_EQ(f[0], "p1.json");
+  EXPECT_EQ(f[1].rfind("p1.json.flags-", 0), 0u);
+  EXPECT_FALSE(record().contains("flags"));
+  EXPECT_EQ(record().at("flags_file"), f[1]);
+  EXPECT_EQ(recorded_pods(), std::vector<std::string>{"p1"});
+
+  const auto whole = read_pod_state("p1");
+  ASSERT_TRUE(whole.has_value());
+  EXPECT_TRUE(whole->flags_path.empty());
+  EXPECT_EQ(whole->flags.to_json(), st.flags.to_json());
+  EXPECT_EQ(whole->to_json(), st.to_json());
+
+  const auto lazy = read_pod_state("p1", false);
+  ASSERT_TRUE(lazy.has_value());
+  EXPECT_EQ(lazy->flags_path, (dir_ / "pods" / f[1]).string());
+  EXPECT_FALSE(lazy->flags.flags.service_exclude_cidr.has_value());  // not read
+  EXPECT_EQ(lazy->load_flags().to_json(), st.flags.to_json());
+  EXPECT_EQ(lazy->config().tproxy_mark, st.config().tproxy_mark);
+  EXPECT_EQ(lazy->config().tproxy_mark, "1338");
+  EXPECT_EQ(lazy->to_json(), st.to_json());  // what it writes holds the flags
+
+  // Rewritten with short flags: back in the record, the file beside it gone.
+  write_pod_state(pod(3));
+  EXPECT_EQ(files(), std::vector<std::string>{"p1.json"});
+  EXPECT_TRUE(record().contains("flags"));
+  write_pod_state(st);
+  EXPECT_TRUE(remove_pod_state("p1"));
+  EXPECT_TRUE(files().empty());
+}
+
+TEST_F(PodStateTest, ReadsRecordsThatHoldTheirFlags) {
+  // As every meshcap before the flags file wrote them, whatever their length.
+  for (int cidrs : {0, 10000}) {
+    const PodState st = pod(cidrs);
+    std::filesystem::create_directories(dir_ / "pods");
+    std::ofstream(state_file("p1")) << st.to_json().dump(2) << "\n";
+    for (bool with_flags : {true, false}) {
+      const auto got = read_pod_state("p1", with_flags);
+      ASSERT_TRUE(got.has_value());
+      EXPECT_TRUE(got->flags_path.empty());
+      EXPECT_EQ(got->flags.to_json(), st.flags.to_json());
+      EXPECT_EQ(got->config().tproxy_mark, "1338");
+    }
+    EXPECT_TRUE(remove_pod_state("p1"));
+    EXPECT_TRUE(files().empty());
+  }
+}
+
+TEST_F(PodStateTest, ARecordWhoseFlagsFileIsMissingOrNotItsOwnIsUnreadable) {
+  write_pod_state(pod(10000));
+  auto j = record();
+  const std::string own = j.at("flags_file");
+  for (const std::string& other : {std::string("p2.json.flags-1"), "../" + own, std::string("/etc/passwd")}) {
+    j["flags_file"] = other;
+    std::ofstream(state_file("p1")) << j.dump();
+    EXPECT_FALSE(read_pod_state("p1").has_value()) << other;
+    EXPECT_FALSE(read_pod_state("p1", false).has_value()) << other;
+  }
+  j["flags_file"] = own;
+  std::ofstream(state_file("p1")) << j.dump();
+  ASSERT_TRUE(read_pod_state("p1", false).has_value());
+  std::filesystem::remove(dir_ / "pods" / own);
+  EXPECT_FALSE(read_pod_state("p1").has_value());
+  EXPECT_FALSE(read_pod_state("p1", false).has_value());
+  EXPECT_TRUE(remove_pod_state("p1"));
+  EXPECT_TRUE(files().empty());
 }
 
 }  // namespace
