@@ -149,7 +149,7 @@ int run_node_stop(const NodeStopOptions& o) {
       iptables::ProcessRunner runner(*ns);
       iptables::IptablesApplier applier(runner, iptables::ApplierOptions{iptables_state_dir()});
       auto r = applier.apply(st.plan.iptables_config(), st.plan.ipv6);
-      st.iptables = PodState::Iptables{r.ipv4.save_binary, r.ipv6 ? r.ipv6->save_binary : ""};
+      st.iptables = PodState::Iptables{r.ipv4.save_binary, r.ipv6 ? r.ipv6->save_binary : "", {}};
     }
     unenroll_from_node(st.name, st);
     st.ebpf.reset();

@@ -837,9 +837,9 @@ class VersionCache {
 using Views = std::map<std::pair<Family, bool>, std::optional<TablesView>>;
 
 // What each backend of each family holds now (nullopt: unreadable).
-Views read_views(KernelTables* kernel) {
+Views read_views(KernelTables* kernel, bool istio_rules = true) {
   if (kernel == nullptr) return {};
-  return kernel->read_all();
+  return kernel->read_all(istio_rules);
 }
 
 const TablesView* view_in(const Views& views, Family fam, bool legacy) {
@@ -1334,7 +1334,9 @@ CleanupResult IptablesApplier::cleanup(const std::function<const CaptureConfig&(
       if (images && kernel->replay_back_if(fam, true, *images, matches)) legacy_replayed.insert(fam);
     }
   }
-  const Views now = read_views(kernel);
+  // Which chains there are and what jumps to ISTIO_* ones is all cleanup
+  // compares with the record: not the chains' own rules.
+  const Views now = read_views(kernel, /*istio_rules=*/false);
   // The save-based removal from one binary.
   auto remove_saved = [&](Family fam, const std::string& binary, const std::optional<std::string>& dump) {
     std::string why;

@@ -605,11 +605,15 @@ class Netlink {
   }
 
   // One dump, tried again when a concurrent change interrupted it.
-  bool dump(int msg, uint8_t family, const std::function<void(const char*, size_t)>& each) {
+  // `request` adds attributes to the dump's request (the kernel's filters).
+  bool dump(int msg, uint8_t family, const std::function<void(const char*, size_t)>& each,
+            const std::function<void(Messages&)>& request = nullptr) {
     for (int attempt = 0; attempt < 3; ++attempt) {
       Messages m;
       const uint32_t seq = ++seq_;
-      m.end(m.begin(nft_type(msg), NLM_F_REQUEST | NLM_F_DUMP, seq, family));
+      const size_t at = m.begin(nft_type(msg), NLM_F_REQUEST | NLM_F_DUMP, seq, family);
+      if (request) request(m);
+      m.end(at);
       if (!send(m)) return false;
       bool interrupted = false;
       const bool ok = receive(seq, seq, [&](const nlmsghdr* h) {
@@ -684,7 +688,12 @@ struct NftRule {
   bool jumps_to_istio = false;
 };
 
-std::optional<TablesView> read_nft(Netlink& nl, Family family, std::vector<NftRule>* rules = nullptr) {
+// The iptables tables of `family` in nf_tables. Without `istio_rules` the
+// rules of ISTIO_* chains are not read (the chains are: their rule counts
+// stay 0): one dump per other chain, filtered by the kernel, so that a pod
+// with 10,000 exclusions is not read rule by rule to find the jumps.
+std::optional<TablesView> read_nft(Netlink& nl, Family family, std::vector<NftRule>* rules = nullptr,
+                                   bool istio_rules = true) {
   const uint8_t proto = nfproto(family);
   TablesView view;
   auto table = [&](const std::string& name) -> TableView* {
@@ -711,7 +720,8 @@ std::optional<TablesView> read_nft(Netlink& nl, Family family, std::vector<NftRu
     if (TableView* tv = table(t); tv && !name.empty()) chain_of(*tv, name, hooked);
   });
   if (!ok) return std::nullopt;
-  ok = nl.dump(NFT_MSG_GETRULE, proto, [&](const char* attrs, size_t len) {
+  const std::pair<std::string, std::string>* only = nullptr;  // the chain a filtered dump asked for
+  auto each_rule = [&](const char* attrs, size_t len) {
     std::string t, chain;
     std::vector<std::string> jumps;
     uint64_t handle = 0;
@@ -726,6 +736,7 @@ std::optional<TablesView> read_nft(Netlink& nl, Family family, std::vector<NftRu
     });
     TableView* tv = table(t);
     if (tv == nullptr || chain.empty()) return;
+    if (only != nullptr && (only->first != t || only->second != chain)) return;  // a kernel that ignores the filter
     ++chain_of(*tv, chain, false).rules;
     size_t to_istio = 0;
     if (!is_istio(chain)) {
@@ -733,8 +744,22 @@ std::optional<TablesView> read_nft(Netlink& nl, Family family, std::vector<NftRu
       tv->istio_jumps += to_istio;
     }
     if (rules != nullptr) rules->push_back(NftRule{t, chain, handle, to_istio > 0});
-  });
-  if (!ok) return std::nullopt;
+  };
+  if (istio_rules) return nl.dump(NFT_MSG_GETRULE, proto, each_rule) ? std::optional(view) : std::nullopt;
+  std::vector<std::pair<std::string, std::string>> others;  // (table, chain) outside ISTIO_*
+  for (const auto& t : view.tables) {
+    for (const auto& c : t.chains) {
+      if (!is_istio(c.name)) others.emplace_back(t.name, c.name);
+    }
+  }
+  for (const auto& tc : others) {
+    only = &tc;
+    const bool read = nl.dump(NFT_MSG_GETRULE, proto, each_rule, [&](Messages& m) {
+      m.put_str(NFTA_RULE_TABLE, tc.first);
+      m.put_str(NFTA_RULE_CHAIN, tc.second);
+    });
+    if (!read) return std::nullopt;
+  }
   return view;
 }
 
@@ -1077,7 +1102,7 @@ TablesView view_of(const SavedRuleset& saved) {
   return view;
 }
 
-std::map<std::pair<Family, bool>, std::optional<TablesView>> KernelTables::read_all() {
+std::map<std::pair<Family, bool>, std::optional<TablesView>> KernelTables::read_all(bool /*istio_rules*/) {
   std::map<std::pair<Family, bool>, std::optional<TablesView>> out;
   for (Family f : {Family::V4, Family::V6}) {
     for (bool legacy : {false, true}) out[{f, legacy}] = read(f, legacy);
@@ -1102,14 +1127,14 @@ std::optional<TablesView> NetnsKernelTables::read(Family family, bool legacy) {
   });
 }
 
-std::map<std::pair<Family, bool>, std::optional<TablesView>> NetnsKernelTables::read_all() {
+std::map<std::pair<Family, bool>, std::optional<TablesView>> NetnsKernelTables::read_all(bool istio_rules) {
   using All = std::map<std::pair<Family, bool>, std::optional<TablesView>>;
   return in_netns<All>(netns_fd_, All{}, [&] {
     All out;
     Netlink nl;
     for (Family f : {Family::V4, Family::V6}) {
       out[{f, true}] = f == Family::V4 ? read_legacy<V4Legacy>() : read_legacy<V6Legacy>();
-      out[{f, false}] = nl.ok() ? read_nft(nl, f) : std::nullopt;
+      out[{f, false}] = nl.ok() ? read_nft(nl, f, nullptr, istio_rules) : std::nullopt;
     }
     return out;
   });
@@ -1147,7 +1172,7 @@ void NetnsKernelTables::remove_istio_nft(std::vector<IstioNftRemoval>& removals)
     std::vector<std::pair<Family, IstioRemoval>> all;
     for (const auto& want : removals) {
       std::vector<NftRule> rules;
-      auto view = read_nft(nl, want.family, &rules);
+      auto view = read_nft(nl, want.family, &rules, /*istio_rules=*/false);
       if (!view || view->istio_chains() != want.chains || view->istio_jumps() != want.jumps) return false;
       views.push_back(std::move(*view));
       const TablesView& v = views.back();

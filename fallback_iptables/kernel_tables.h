@@ -93,8 +93,10 @@ class KernelTables {
   /// The tables of one backend (`legacy` or nf_tables) for `family`.
   virtual std::optional<TablesView> read(Family family, bool legacy) = 0;
 
-  /// Both backends of both families, keyed by (family, legacy).
-  virtual std::map<std::pair<Family, bool>, std::optional<TablesView>> read_all();
+  /// Both backends of both families, keyed by (family, legacy). Without
+  /// `istio_rules` the nf_tables views may leave the rules of ISTIO_* chains
+  /// unread and uncounted (the chains and the jumps to them are there).
+  virtual std::map<std::pair<Family, bool>, std::optional<TablesView>> read_all(bool istio_rules = true);
 
   /// Deletes nf_tables table `table` of `family` in one transaction if it
   /// holds nothing but base chains without rules (so nothing of anyone else
@@ -151,7 +153,7 @@ class NetnsKernelTables : public KernelTables {
 
   std::optional<TablesView> read(Family family, bool legacy) override;
   /// All four on one thread, through one netlink socket.
-  std::map<std::pair<Family, bool>, std::optional<TablesView>> read_all() override;
+  std::map<std::pair<Family, bool>, std::optional<TablesView>> read_all(bool istio_rules = true) override;
   bool remove_if_empty(Family family, const std::string& table) override;
   void remove_istio_nft(std::vector<IstioNftRemoval>& removals) override;
   std::optional<std::vector<TableImage>> image_before(Family family, bool legacy,

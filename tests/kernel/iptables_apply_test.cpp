@@ -506,6 +506,59 @@ TEST_P(IptablesApply, NftCleanupIsOneTransactionAndKeepsWhatIsNotMeshcaps) {
   EXPECT_TRUE(nft_tables(clean, Family::V6).empty());
 }
 
+// Cleanup reads nf_tables without the rules of ISTIO_* chains (one filtered
+// dump per other chain): the chains, the jumps into them and the other
+// chains' rules are what a whole dump finds; only ISTIO_* rules go uncounted.
+TEST_P(IptablesApply, NftViewWithoutIstioRulesFindsTheSameChainsAndJumps) {
+  if (kind_ != "nft") GTEST_SKIP() << "nf_tables only (legacy tables are read whole)";
+  const auto cfg = forced({"-b", "*", "-i", "*", "-x", "10.0.0.0/24,10.1.0.0/24,10.2.0.0/24", "--dual-stack"});
+  Netns ns("filtered");
+  IptablesApplier applier(ns.runner(), {state_.path()});
+  applier.apply(cfg, true);
+  // Someone else's rules: a second jump into ISTIO_OUTPUT, a rule of their
+  // own in another chain of nat, and a filter table meshcap did not create.
+  for (const auto& cmd : std::vector<std::vector<std::string>>{
+           {"iptables-nft", "-t", "nat", "-A", "OUTPUT", "-o", "lo", "-j", "ISTIO_OUTPUT"},
+           {"iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-o", "lo", "-j", "RETURN"},
+           {"iptables-nft", "-t", "filter", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"}}) {
+    const auto r = ns.run(cmd);
+    ASSERT_TRUE(r.ok()) << r.err;
+  }
+  const int fd = ::open(ns.path().c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  NetnsKernelTables kernel(fd);
+  const auto whole = kernel.read_all(true);
+  const auto filtered = kernel.read_all(false);
+  ::close(fd);
+  for (Family fam : {Family::V4, Family::V6}) {
+    const auto& w = whole.at({fam, false});
+    const auto& f = filtered.at({fam, false});
+    ASSERT_TRUE(w.has_value() && f.has_value());
+    EXPECT_FALSE(w->istio_chains().empty());
+    EXPECT_EQ(f->istio_chains(), w->istio_chains());
+    EXPECT_EQ(f->istio_jumps(), w->istio_jumps());
+    EXPECT_EQ(f->table_names(), w->table_names());
+    size_t istio_rules = 0;
+    for (const auto& t : w->tables) {
+      const TableView* ft = f->find(t.name);
+      ASSERT_NE(ft, nullptr) << t.name;
+      for (const auto& c : t.chains) {
+        const ChainView* fc = ft->find(c.name);
+        ASSERT_NE(fc, nullptr) << t.name << " " << c.name;
+        if (c.name.rfind("ISTIO", 0) == 0) {
+          istio_rules += c.rules;
+          EXPECT_EQ(fc->rules, 0u) << c.name;
+        } else {
+          EXPECT_EQ(fc->rules, c.rules) << t.name << " " << c.name;
+        }
+      }
+    }
+    EXPECT_GT(istio_rules, 0u);
+  }
+  // The foreign jump is counted by both: v4 has one more than istio's own.
+  EXPECT_EQ(filtered.at({Family::V4, false})->istio_jumps(), filtered.at({Family::V6, false})->istio_jumps() + 1);
+}
+
 // `-save` output without its comment lines (they carry the date).
 std::string save_text(Netns& ns, const std::string& binary) {
   std::string out;
