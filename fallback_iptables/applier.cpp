@@ -482,10 +482,25 @@ bool matches_record(const TablesView& view, const RecordedBackend* rec) {
   return view.istio_chains() == payload_istio_chains(p) && view.istio_jumps() == payload_istio_jumps(p);
 }
 
+// True when `p`'s tables are non-empty and in strictly ascending order, as
+// to_payload makes them.
+bool in_table_order(const RestorePayload& p) {
+  for (size_t i = 0; i < p.tables.size(); ++i) {
+    if (p.tables[i].lines.empty() || (i > 0 && !(p.tables[i - 1].table < p.tables[i].table))) return false;
+  }
+  return true;
+}
+
 // Removes `previous` (what meshcap applied before) and adds `add`.
 Step fast_step(const Backend& backend, const RecordedBackend* previous, const RestorePayload* add) {
   Step s = make_step(backend);
   s.fast = true;
+  if (previous == nullptr && add != nullptr && in_table_order(*add)) {
+    // Nothing to remove: the payload is `add` as it is (what by_table would make of it).
+    s.added = *add;
+    s.payload = s.added;
+    return s;
+  }
   std::map<std::string, std::vector<std::string>> by_table;
   if (previous != nullptr) {
     s.previous = previous->payload;

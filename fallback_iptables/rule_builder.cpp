@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <array>
+#include <initializer_list>
+#include <iterator>
 #include <map>
 #include <set>
 #include <utility>
@@ -13,7 +15,10 @@ namespace meshcap::iptables {
 namespace {
 
 std::string join(const std::vector<std::string>& words) {
+  size_t size = words.size();
+  for (const auto& w : words) size += w.size();
   std::string out;
+  out.reserve(size);
   for (const auto& w : words) {
     if (!out.empty()) out += ' ';
     out += w;
@@ -30,6 +35,15 @@ void warn_if_odd(const std::string& chain, const std::vector<std::string>& spec)
   if (!has_jump(spec) && chain.rfind("ISTIO_", 0) != 0) {
     spdlog::warn("iptables rule without a jump in non-Istio chain {}: {}", chain, join(spec));
   }
+}
+
+// `head` (-A CHAIN, -I CHAIN N) followed by the words of `spec`, moved.
+std::vector<std::string> command_of(std::initializer_list<std::string> head, std::vector<std::string>&& spec) {
+  std::vector<std::string> command;
+  command.reserve(head.size() + spec.size());
+  command.insert(command.end(), head.begin(), head.end());
+  command.insert(command.end(), std::make_move_iterator(spec.begin()), std::make_move_iterator(spec.end()));
+  return command;
 }
 
 }  // namespace
@@ -65,11 +79,17 @@ const TableSection* RestorePayload::find(std::string_view table) const {
 }
 
 std::string RestorePayload::text() const {
-  std::string out;
+  size_t size = 0;
   for (const auto& t : tables) {
-    out += "* " + t.table + "\n";
-    for (const auto& line : t.lines) out += line + "\n";
-    out += "COMMIT\n";
+    size += t.table.size() + 10;  // "* ", "\n", "COMMIT\n"
+    for (const auto& line : t.lines) size += line.size() + 1;
+  }
+  std::string out;
+  out.reserve(size);
+  for (const auto& t : tables) {
+    out.append("* ").append(t.table).append("\n");
+    for (const auto& line : t.lines) out.append(line).push_back('\n');
+    out.append("COMMIT\n");
   }
   return out;
 }
@@ -88,8 +108,7 @@ RuleBuilder& RuleBuilder::append(const std::string& table, const std::string& ch
 RuleBuilder& RuleBuilder::append_v4(const std::string& table, const std::string& chain,
                                     std::vector<std::string> spec) {
   warn_if_odd(chain, spec);
-  std::vector<std::string> command = {"-A", chain};
-  command.insert(command.end(), spec.begin(), spec.end());
+  std::vector<std::string> command = command_of({"-A", chain}, std::move(spec));
   v4_.push_back(Rule{table, chain, std::move(command)});
   return *this;
 }
@@ -98,8 +117,7 @@ RuleBuilder& RuleBuilder::append_v6(const std::string& table, const std::string&
                                     std::vector<std::string> spec) {
   if (!ipv6_enabled_) return *this;
   warn_if_odd(chain, spec);
-  std::vector<std::string> command = {"-A", chain};
-  command.insert(command.end(), spec.begin(), spec.end());
+  std::vector<std::string> command = command_of({"-A", chain}, std::move(spec));
   v6_.push_back(Rule{table, chain, std::move(command)});
   return *this;
 }
@@ -127,8 +145,7 @@ RuleBuilder& RuleBuilder::insert(const std::string& table, const std::string& ch
 RuleBuilder& RuleBuilder::insert_v4(const std::string& table, const std::string& chain, int position,
                                     std::vector<std::string> spec) {
   warn_if_odd(chain, spec);
-  std::vector<std::string> command = {"-I", chain, std::to_string(position)};
-  command.insert(command.end(), spec.begin(), spec.end());
+  std::vector<std::string> command = command_of({"-I", chain, std::to_string(position)}, std::move(spec));
   v4_.push_back(Rule{table, chain, std::move(command)});
   return *this;
 }
@@ -137,8 +154,7 @@ RuleBuilder& RuleBuilder::insert_v6(const std::string& table, const std::string&
                                     std::vector<std::string> spec) {
   if (!ipv6_enabled_) return *this;
   warn_if_odd(chain, spec);
-  std::vector<std::string> command = {"-I", chain, std::to_string(position)};
-  command.insert(command.end(), spec.begin(), spec.end());
+  std::vector<std::string> command = command_of({"-I", chain, std::to_string(position)}, std::move(spec));
   v6_.push_back(Rule{table, chain, std::move(command)});
   return *this;
 }
@@ -150,18 +166,36 @@ RestorePayload render_restore_payload(const std::vector<Rule>& rules) {
   std::map<std::string, std::vector<std::string>> by_table;
   std::set<std::pair<std::string, std::string>> declared;  // (table, chain)
 
+  const Rule* last = nullptr;  // rules come in runs of one chain: the last one declared
   auto declare = [&](const std::string& table, const std::string& chain) {
     if (!declared.emplace(table, chain).second) return;
     if (!is_builtin_chain_or_target(chain)) by_table[table].push_back("-N " + chain);
   };
   // Chains that hold rules, in first-use order...
-  for (const auto& r : rules) declare(r.table, r.chain);
-  // ...then chains that are only jumped to.
   for (const auto& r : rules) {
-    const std::string target = r.trailing_jump();
-    if (!target.empty()) declare(r.table, target);
+    if (last != nullptr && last->chain == r.chain && last->table == r.table) continue;
+    declare(r.table, r.chain);
+    last = &r;
   }
-  for (const auto& r : rules) by_table[r.table].push_back(r.text());
+  // ...then chains that are only jumped to.
+  last = nullptr;  // now: the last rule whose target was declared
+  for (const auto& r : rules) {
+    const size_t n = r.command.size();
+    if (n >= 2 && r.command[n - 2] == "-j" && (last == nullptr || last->table != r.table ||
+                                                last->command.back() != r.command.back())) {
+      declare(r.table, r.command.back());
+      last = &r;
+    }
+  }
+  std::vector<std::string>* lines = nullptr;  // of the table of the rule before
+  const std::string* lines_table = nullptr;
+  for (const auto& r : rules) {
+    if (lines_table == nullptr || *lines_table != r.table) {
+      lines = &by_table[r.table];
+      lines_table = &r.table;
+    }
+    lines->push_back(r.text());
+  }
 
   RestorePayload payload;
   for (auto& [table, lines] : by_table) {

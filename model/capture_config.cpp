@@ -133,10 +133,11 @@ Cidr parse_cidr(const std::string& text, const std::string& what) {
   }
   if (inet_pton(c.family, address.c_str(), c.addr.data()) != 1) bad(what, text, "not a valid IP address");
   const unsigned max_bits = c.family == AF_INET ? 32 : 128;
-  if (!all_digits(bits) || bits.size() > 3 || (bits.size() > 1 && bits[0] == '0') ||
-      std::stoul(bits) > max_bits)
+  unsigned prefix = 0;  // at most 3 digits: no overflow
+  for (char d : bits) prefix = prefix * 10 + static_cast<unsigned>(d - '0');
+  if (!all_digits(bits) || bits.size() > 3 || (bits.size() > 1 && bits[0] == '0') || prefix > max_bits)
     bad(what, text, "prefix length must be 0-" + std::to_string(max_bits));
-  c.prefix_len = static_cast<uint8_t>(std::stoul(bits));
+  c.prefix_len = static_cast<uint8_t>(prefix);
   return c;
 }
 
