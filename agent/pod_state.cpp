@@ -37,16 +37,24 @@ void write_atomically(const std::string& path, const std::string& text) {
   fs::rename(tmp, path);
 }
 
-// Removes the flags files of pod `name` (but `keep`) and their leftovers.
-void remove_flags_files(const std::string& name, const std::string& keep = "") {
-  std::error_code ec;
-  const std::string prefix = flags_prefix(name);
-  std::vector<fs::path> gone;
-  for (const auto& e : fs::directory_iterator(state_root() + "/pods", ec)) {
-    const std::string f = e.path().filename();
-    if (f.rfind(prefix, 0) == 0 && f != keep) gone.push_back(e.path());
+// True when `file` may name the flags file of pod `name`: a name in the
+// pods directory that starts with the pod's prefix.
+bool own_flags_file(const std::string& name, const std::string& file) {
+  return file.find('/') == std::string::npos && file.rfind(flags_prefix(name), 0) == 0;
+}
+
+// The flags file the record of pod `name` at `path` names ("" when none, or
+// not the pod's own): read from the record, not by listing the directory,
+// which holds every pod of the node.
+std::string named_flags_file(const std::string& name, const std::string& path) {
+  const auto text = read_whole_file(path);
+  if (!text || text->find("\"flags_file\"") == std::string::npos) return "";
+  try {
+    const std::string file = json::parse(*text).value("flags_file", "");
+    return own_flags_file(name, file) ? file : "";
+  } catch (const std::exception&) {
+    return "";
   }
-  for (const auto& p : gone) fs::remove(p, ec);
 }
 
 }  // namespace
@@ -63,7 +71,7 @@ json PodState::to_json() const {
             {"name", name},
             {"cgroup", cgroup},
             {"netns", {{"path", netns_path}, {"dev", netns.dev}, {"ino", netns.ino}, {"cookie", netns.cookie}}},
-            {"flags", (flags_path.empty() ? flags : load_flags()).to_json()},
+            {"flags", flags_path.empty() ? flags.to_json() : load_flags().to_json()},
             {"origin",
              {{"via", origin.via},
               {"container_id", origin.container_id},
@@ -168,8 +176,7 @@ std::optional<PodState> read_pod_state(const std::string& name, bool with_flags)
     if (!st || st->flags_path.empty()) return st;
     // The flags are in a file of this pod's beside the record.
     const std::string file = st->flags_path;
-    if (file.find('/') != std::string::npos || file.rfind(flags_prefix(name), 0) != 0)
-      throw std::runtime_error("its flags file " + file + " is not this pod's");
+    if (!own_flags_file(name, file)) throw std::runtime_error("its flags file " + file + " is not this pod's");
     st->flags_path = (fs::path(path).parent_path() / file).string();
     if (with_flags) {
       st->flags = st->load_flags();
@@ -188,6 +195,7 @@ void write_pod_state(const PodState& st) {
   const std::string path = state_file(st.name);
   std::error_code ec;
   fs::create_directories(fs::path(path).parent_path(), ec);
+  const std::string before = named_flags_file(st.name, path);
   json j = st.to_json();
   std::string flags_file;
   if (std::string flags = j.at("flags").dump(); flags.size() > kInlineFlags) {
@@ -201,13 +209,15 @@ void write_pod_state(const PodState& st) {
     j["flags_file"] = flags_file;
   }
   write_atomically(path, j.dump(2) + "\n");
-  remove_flags_files(st.name, flags_file);
+  if (!before.empty() && before != flags_file) fs::remove(fs::path(path).parent_path() / before, ec);
 }
 
 bool remove_pod_state(const std::string& name) {
   std::error_code ec;
-  const bool removed = fs::remove(state_file(name), ec);
-  remove_flags_files(name);
+  const std::string path = state_file(name);
+  const std::string flags_file = named_flags_file(name, path);
+  const bool removed = fs::remove(path, ec);
+  if (!flags_file.empty()) fs::remove(fs::path(path).parent_path() / flags_file, ec);
   return removed;
 }
 

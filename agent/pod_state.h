@@ -77,7 +77,7 @@ std::optional<PodState> read_pod_state(const std::string& name, bool with_flags 
 /// than a few KB go to a file of their own beside the record (written first,
 /// named after its content, so the record names a whole one).
 void write_pod_state(const PodState& st);
-/// Removes the record and its flags file; true when there was a record.
+/// Removes the record and the flags file it names; true when there was a record.
 bool remove_pod_state(const std::string& name);
 /// Names of the pods with a record.
 std::vector<std::string> recorded_pods();

@@ -383,25 +383,24 @@ bool replace_tables(int sock, const std::vector<TableImage>& images, const std::
   return true;
 }
 
-// Puts each table of `images` from one of its states to the other (apply:
-// before -> after; cleanup: after -> before), if all of them are in the
-// first exactly; under the xtables lock, as iptables -w. On a failure the
-// tables already changed are put back (iptables-restore, too, commits
-// table by table; the lock keeps other iptables out meanwhile).
+// Puts each table of `images` in its after state, if all of them are in
+// their before state exactly; under the xtables lock, as iptables -w. On a
+// failure the tables already changed are put back (iptables-restore, too,
+// commits table by table; the lock keeps other iptables out meanwhile).
+// The reverse, for cleanup, is legacy_swap_back_if.
 template <class T>
-bool legacy_swap(const std::vector<TableImage>& images, bool to_after) {
+bool legacy_replay(const std::vector<TableImage>& images) {
   XtablesLock lock;
   if (!lock.locked()) return false;
   Fd sock(::socket(T::kDomain, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
   if (sock.get() < 0) return false;
-  auto from = [&](const TableImage& i) -> const std::string& { return to_after ? i.before : i.after; };
   std::vector<LegacyBlob<T>> now;
   for (const auto& img : images) {
     auto b = read_blob<T>(sock.get(), img.table);
-    if (!b || b->entries != from(img)) return false;
+    if (!b || b->entries != img.before) return false;
     now.push_back(std::move(*b));
   }
-  return replace_tables<T>(sock.get(), images, now, to_after);
+  return replace_tables<T>(sock.get(), images, now, true);
 }
 
 // The legacy tables this namespace has initialised; nullopt when that cannot
@@ -1110,12 +1109,6 @@ std::map<std::pair<Family, bool>, std::optional<TablesView>> KernelTables::read_
   return out;
 }
 
-bool KernelTables::replay_back_if(Family family, bool legacy, const std::vector<TableImage>& images,
-                                  const std::function<bool(const TablesView&)>& check) {
-  const auto view = read(family, legacy);
-  return view && check(*view) && replay_back(family, legacy, images);
-}
-
 NetnsKernelTables::NetnsKernelTables(int netns_fd) : netns_fd_(netns_fd) {}
 
 std::optional<TablesView> NetnsKernelTables::read(Family family, bool legacy) {
@@ -1232,15 +1225,8 @@ bool NetnsKernelTables::image_after(Family family, bool legacy, std::vector<Tabl
 
 bool NetnsKernelTables::replay(Family family, bool legacy, const std::vector<TableImage>& images) {
   return in_netns<bool>(netns_fd_, false, [&] {
-    if (legacy) return family == Family::V4 ? legacy_swap<V4Legacy>(images, true) : legacy_swap<V6Legacy>(images, true);
+    if (legacy) return family == Family::V4 ? legacy_replay<V4Legacy>(images) : legacy_replay<V6Legacy>(images);
     return nft_replay(family, images);
-  });
-}
-
-bool NetnsKernelTables::replay_back(Family family, bool legacy, const std::vector<TableImage>& images) {
-  if (!legacy) return false;
-  return in_netns<bool>(netns_fd_, false, [&] {
-    return family == Family::V4 ? legacy_swap<V4Legacy>(images, false) : legacy_swap<V6Legacy>(images, false);
   });
 }
 

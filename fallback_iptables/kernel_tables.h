@@ -118,16 +118,14 @@ class KernelTables {
   /// false, with nothing changed, when not.
   virtual bool replay(Family /*family*/, bool /*legacy*/, const std::vector<TableImage>& /*images*/) { return false; }
   /// The reverse (legacy only): puts the before state back if every table
-  /// holds exactly the after state; false, with nothing changed, when not.
-  virtual bool replay_back(Family /*family*/, bool /*legacy*/, const std::vector<TableImage>& /*images*/) {
+  /// holds exactly the after state and the tables' view, read in the same
+  /// pass, satisfies `check` (each table read once, under the xtables lock
+  /// that is held until the replay is done, so the view is what is
+  /// replaced); false, with nothing changed, when not.
+  virtual bool replay_back_if(Family /*family*/, bool /*legacy*/, const std::vector<TableImage>& /*images*/,
+                              const std::function<bool(const TablesView&)>& /*check*/) {
     return false;
   }
-  /// replay_back where the tables' view, read in the same pass, satisfies
-  /// `check` (legacy: each table read once, under the xtables lock that is
-  /// held until the replay is done, so the view is what is replaced); false,
-  /// with nothing changed, when it does not or the replay cannot be done.
-  virtual bool replay_back_if(Family family, bool legacy, const std::vector<TableImage>& images,
-                              const std::function<bool(const TablesView&)>& check);
 
   /// Adds (or deletes) istio's ::6/128 on lo over rtnetlink, as
   /// `ip -6 addr add|del ::6/128 dev lo` does: 0, or the kernel's errno
@@ -160,7 +158,6 @@ class NetnsKernelTables : public KernelTables {
                                                       const std::vector<std::string>& tables) override;
   bool image_after(Family family, bool legacy, std::vector<TableImage>& images) override;
   bool replay(Family family, bool legacy, const std::vector<TableImage>& images) override;
-  bool replay_back(Family family, bool legacy, const std::vector<TableImage>& images) override;
   bool replay_back_if(Family family, bool legacy, const std::vector<TableImage>& images,
                       const std::function<bool(const TablesView&)>& check) override;
   std::optional<int> lo_address6(bool add) override;
