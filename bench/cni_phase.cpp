@@ -5,7 +5,11 @@
 // payload in the namespace (the plugin entry's "mode": "iptables"), each
 // through `meshcap node serve` (the plugin hands the command to the agent
 // over its socket) and with no agent (the plugin does the work itself).
-// The floor beside them: /bin/true executed the same way.
+// The floor beside them: /bin/true executed the same way. And, while the
+// agent runs, a bare iptables-restore of istio's payload as a process in a
+// fresh namespace (as the node phase times it): the reference of
+// `meshcap init`'s goal, beside the one design that hands a pod to the
+// agent from a process as small as this plugin's.
 #include <fcntl.h>
 #include <sched.h>
 #include <spawn.h>
@@ -41,6 +45,11 @@ const char* const kIptLocal = "iptables in the namespace, no agent";
 const char* const kFloor = "/bin/true, executed the same way";
 const char* const kNodeInAgent = "node data path, the agent's own time";
 const char* const kIptInAgent = "iptables in the namespace, the agent's own time";
+const char* const kRestore = "bare restore of istio's payload (process)";
+
+/// istio-cni's defaults for a sidecar pod, as the plugin applies them.
+const std::vector<std::string> kIstioFlags = {"-p", "15001", "-z", "15006", "-u", "1337", "-g", "1337", "-m", "REDIRECT",
+                                              "-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020"};
 
 std::string conf(bool iptables) {
   return std::string(R"({"cniVersion":"1.0.0","name":"pods","type":"meshcap-cni")") +
@@ -125,6 +134,7 @@ class CniPhase {
   void add(const char* key, bool iptables);
   void remove_all();
   void read_agent_times();
+  void time_restore();
 
   Bench& b_;
   CniFigures& fig_;
@@ -134,6 +144,7 @@ class CniPhase {
   pid_t agent_ = -1;
   std::string agent_log_;                   // the agent's stderr (debug: its time per request)
   std::map<std::string, const char*> way_;  // container ID -> the agent's-own-time row of its ADD
+  const std::string payload_ = istio_payload_for(kIstioFlags);
 };
 
 void CniPhase::add(const char* key, bool iptables) {
@@ -159,7 +170,22 @@ void CniPhase::time_pairs(const char* node_key, const char* ipt_key) {
     add(ipt_key, true);
     const Exec floor = run_plugin("/bin/true", {}, "");
     fig_.seconds[kFloor].push_back(floor.seconds);
+    if (node_key == kNodeAgent) time_restore();
   }
+}
+
+void CniPhase::time_restore() {
+  netns_.push_back(std::make_unique<Netns>());
+  // The node phase's reference: legacy, unless the run leaves legacy out.
+  const std::string restore = b_.profile().legacy && test::have_binary("iptables-legacy-restore")
+                                  ? "iptables-legacy-restore"
+                                  : "iptables-nft-restore";
+  std::vector<std::string> argv = {restore, "--noflush"};
+  if (restore == "iptables-legacy-restore") argv.push_back("--wait=30");
+  const Timed t = run_timed(argv, payload_, netns_.back()->path);
+  if (!t.ok()) throw std::runtime_error(restore + ": " + t.output);
+  if (fig_.seconds[kRestore].empty()) b_.res.notes.push_back("cni phase: the bare restore is " + restore + " --noflush");
+  fig_.seconds[kRestore].push_back(t.seconds);
 }
 
 void CniPhase::start_agent() {

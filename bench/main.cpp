@@ -204,6 +204,16 @@ bool selftest_sane(const Results& res, const Options& o, bool clean, int code) {
       std::cout << "selftest: node step '" << step << "' produced no timing\n";
       sane = false;
     }
+  // With BPF statistics read for the node data path, the empty programs of
+  // the floor ran too: they sit on the hooks the unenrolled client crosses.
+  auto ran = [&res](const std::string& variant) {
+    return std::any_of(res.prog_stats.begin(), res.prog_stats.end(),
+                       [&](const ProgStat& p) { return p.variant == variant && p.runs > 0; });
+  };
+  if (ran("unenrolled-node-on") && !ran("unenrolled-empty-programs")) {
+    std::cout << "selftest: node: the empty programs of the floor never ran\n";
+    sane = false;
+  }
   std::cout << "selftest: " << (sane ? "ok" : "FAILED") << "\n";
   return sane;
 }

@@ -6,8 +6,17 @@
 // many enrolled, and what the data path costs a namespace that is not
 // enrolled. The many pods are bare namespaces (NetnsFleet), enrolled
 // in-process: the map updates `meshcap init` makes, without its process.
+// That last cost is also measured against its floor: programs that only
+// return "allow", at the same hooks, on a cgroup of their own.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
+#include <random>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -22,6 +31,7 @@
 #include "pins.h"
 #include "pod_netns.h"
 #include "run_control.h"
+#include "support/cleanup.h"
 #include "support/netns_fleet.h"
 #include "support/test_node.h"
 
@@ -41,7 +51,108 @@ const std::vector<std::string> kIstioFlags = {"-p", "15001", "-z", "15006", "-u"
 const char* const kOnePod = "node-1-pod";
 const char* const kUnenrolledOff = "unenrolled-node-off";
 const char* const kUnenrolledOn = "unenrolled-node-on";
+const char* const kUnenrolledFloor = "unenrolled-empty-programs";
 std::string many_pods(size_t n) { return "node-" + std::to_string(n) + "-pods"; }
+
+/// The floor under what the node data path costs a namespace it does not
+/// enrol: for each cgroup link of the node (its attach type and program
+/// type), a program that only returns 1 ("allow", "keep going"), attached
+/// with a bpf_link to a cgroup of its own beside the node's. A client in
+/// `leaf()` pays the kernel's cost of running a cgroup program at every
+/// hook the node uses, and nothing of meshcap's. The links go with their
+/// descriptors (on any exit, a signal included); the cgroup is registered
+/// for the test support's emergency removal.
+class EmptyPrograms {
+ public:
+  explicit EmptyPrograms(const std::string& node_dir);
+  ~EmptyPrograms();
+  EmptyPrograms(const EmptyPrograms&) = delete;
+  EmptyPrograms& operator=(const EmptyPrograms&) = delete;
+
+  const std::string& leaf() const { return leaf_; }
+  size_t size() const { return links_.size(); }
+  /// Run counts and run time of the empty programs, named "empty_<pin>".
+  ProgramStats stats() const;
+
+ private:
+  void attach(const std::string& node_dir);
+  void remove() noexcept;
+
+  std::string cgroup_, leaf_;
+  int group_ = -1, slot_ = -1;
+  std::vector<std::pair<std::string, test::UniqueFd>> progs_;
+  std::vector<test::UniqueFd> links_;
+};
+
+EmptyPrograms::EmptyPrograms(const std::string& node_dir) {
+  test::detail::install_cleanup_handlers();
+  group_ = test::detail::new_group();
+  std::random_device rd;
+  for (int attempt = 0; attempt < 32 && cgroup_.empty(); attempt++) {
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "%06x", rd() & 0xffffff);
+    const std::string cg = test::cgroup2_mount() + "/mcfloor-" + buf;
+    if (::mkdir(cg.c_str(), 0755) == 0) cgroup_ = cg;
+  }
+  if (cgroup_.empty()) throw std::runtime_error(std::string("mkdir a cgroup for the empty programs: ") + std::strerror(errno));
+  slot_ = test::detail::register_resource(test::detail::Resource::cgroup, group_, cgroup_);
+  try {
+    attach(node_dir);
+  } catch (...) {
+    remove();
+    throw;
+  }
+}
+
+void EmptyPrograms::attach(const std::string& node_dir) {
+  leaf_ = cgroup_ + "/client";
+  if (::mkdir(leaf_.c_str(), 0755) != 0) throw std::runtime_error("mkdir " + leaf_ + ": " + std::strerror(errno));
+  const test::UniqueFd cg(::open(cgroup_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!cg) throw std::runtime_error("open " + cgroup_ + ": " + std::strerror(errno));
+  // r0 = 1; exit
+  const bpf_insn allow[] = {{BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, 1}, {BPF_JMP | BPF_EXIT, 0, 0, 0, 0}};
+  for (const auto& l : loader::pinned_links(node_dir)) {
+    if (!l.cgroup_id) continue;  // the pods' sk_lookup links hang off namespaces
+    const test::UniqueFd link(bpf_obj_get((node_dir + "/" + l.pin).c_str()));
+    bpf_link_info li{};
+    __u32 len = sizeof li;
+    if (!link || bpf_obj_get_info_by_fd(link.get(), &li, &len) != 0)
+      throw std::runtime_error("reading the node's " + l.pin + ": " + std::strerror(errno));
+    const test::UniqueFd prog(bpf_prog_get_fd_by_id(li.prog_id));
+    bpf_prog_info pi{};
+    len = sizeof pi;
+    if (!prog || bpf_obj_get_info_by_fd(prog.get(), &pi, &len) != 0)
+      throw std::runtime_error("reading the program of the node's " + l.pin + ": " + std::strerror(errno));
+    const auto attach = static_cast<bpf_attach_type>(li.cgroup.attach_type);
+    LIBBPF_OPTS(bpf_prog_load_opts, opts, .expected_attach_type = attach);
+    test::UniqueFd empty(bpf_prog_load(static_cast<bpf_prog_type>(pi.type), "mc_empty", "GPL", allow, 2, &opts));
+    if (!empty) throw std::runtime_error("loading an empty program for " + l.pin + ": " + std::strerror(errno));
+    test::UniqueFd attached(bpf_link_create(empty.get(), cg.get(), attach, nullptr));
+    if (!attached) throw std::runtime_error("attaching an empty program for " + l.pin + ": " + std::strerror(errno));
+    links_.push_back(std::move(attached));
+    progs_.emplace_back("empty_" + l.pin.substr(l.pin.find('_') + 1), std::move(empty));
+  }
+  if (links_.empty()) throw std::runtime_error("the node at " + node_dir + " has no cgroup links to mirror");
+}
+
+EmptyPrograms::~EmptyPrograms() { remove(); }
+
+void EmptyPrograms::remove() noexcept {
+  links_.clear();  // detached with their last descriptor
+  progs_.clear();
+  test::detail::kill_cgroup_and_remove(cgroup_.c_str(), 5000);
+  test::detail::unregister_resource(slot_);
+}
+
+ProgramStats EmptyPrograms::stats() const {
+  ProgramStats out;
+  for (const auto& [name, fd] : progs_) {
+    bpf_prog_info info{};
+    __u32 len = sizeof info;
+    if (bpf_obj_get_info_by_fd(fd.get(), &info, &len) == 0) out[name] = {info.run_cnt, info.run_time_ns};
+  }
+  return out;
+}
 
 class NodePhase {
  public:
@@ -58,6 +169,7 @@ class NodePhase {
   void set_state(bool many);
   void measure_memory(const std::string& key);
   void measure_bpf_stats();
+  std::string unenrolled_cgroup(const std::string& variant) const;
   loader::PodSettings settings(const std::string& path) const;
   uint64_t enroll_fleet_pod(size_t i);
   void unenroll_fleet_pod(size_t i);
@@ -75,6 +187,7 @@ class NodePhase {
   std::unique_ptr<Rig> pod_;       // the measured pod, enrolled with meshcap init
   std::unique_ptr<Rig> outsider_;  // a pod no node enrols
   std::string leaf_;               // a cgroup below the node's, for the outsider's client
+  std::unique_ptr<EmptyPrograms> floor_;  // the same hooks with empty programs, beside the node
   size_t next_fresh_ = 0;          // fleet namespaces past the many pods: fresh ones
   bool many_ = false;
 };
@@ -116,6 +229,8 @@ void NodePhase::build_pods() {
   pod_->apply({});
   leaf_ = node_->cgroup_path() + "/unenrolled-" + outsider_->pod().suffix();
   test::run_command_checked({"mkdir", "-p", leaf_});
+  floor_ = std::make_unique<EmptyPrograms>(loader::node_dir());
+  spdlog::info("node phase: {} empty programs on {}", floor_->size(), floor_->leaf());
   // The many pods, and fresh namespaces for every timed enrolment and restore.
   const size_t fresh = 4 * static_cast<size_t>(p_.node_enrol_reps);
   const auto t0 = Clock::now();
@@ -222,13 +337,14 @@ void NodePhase::define_variants() {
   const std::string many = many_pods(p_.node_pods);
   for (const std::string& name : {std::string(kOnePod), many})
     b_.res.variants.push_back({name, "node-pod", false, kEchoPort, 0, "node", "ebpf-node", false, false, "local"});
-  for (const char* name : {kUnenrolledOff, kUnenrolledOn})
+  for (const char* name : {kUnenrolledOff, kUnenrolledOn, kUnenrolledFloor})
     b_.res.variants.push_back({name, "unenrolled", false, kEchoPort, 0, "node", "none", false, false, "direct"});
 }
 
 // Rounds of: both states in shuffled order; in each, the enrolled pod's
 // connection setup; with many pods, also the namespace that is not
-// enrolled, its client inside the node's cgroup (on) or outside (off).
+// enrolled, its client inside the node's cgroup (on), outside (off), or
+// under the empty programs (the floor).
 void NodePhase::measure_connections() {
   define_variants();
   const VariantDef probe_pod{"node", "", false, kEchoPort, 0, "node", "", false, false, "local"};
@@ -242,14 +358,14 @@ void NodePhase::measure_connections() {
       set_state(many);
       if (many) measure_memory("node data path, " + std::to_string(p_.node_pods) + " pods");
       std::vector<std::string> jobs = {many ? many_pods(p_.node_pods) : kOnePod};
-      if (many) jobs.insert(jobs.end(), {kUnenrolledOff, kUnenrolledOn});
+      if (many) jobs.insert(jobs.end(), {kUnenrolledOff, kUnenrolledOn, kUnenrolledFloor});
       std::shuffle(jobs.begin(), jobs.end(), b_.rng);
       for (const auto& name : jobs) {
         check_stop();
         const VariantDef& v = *b_.res.variant(name);
         Rig& rig = v.rig == "node-pod" ? *pod_ : *outsider_;
         ClientSpec s = spec_for(p_, v, rig, "connect", false);
-        if (v.rig == "unenrolled") s.cgroup = name == kUnenrolledOn ? leaf_ : rig.pod().cgroup_path();
+        if (v.rig == "unenrolled") s.cgroup = unenrolled_cgroup(name);
         record(b_.res.cells[CellKey{"node", "connect", name, 0}], "connect", rig.run_client(s), b_.res,
                "node connect " + name, round);
       }
@@ -258,18 +374,28 @@ void NodePhase::measure_connections() {
   }
 }
 
-// BPF run time of the node's programs, one extra job each, statistics on.
+// Where the namespace that is not enrolled runs its client for `variant`.
+std::string NodePhase::unenrolled_cgroup(const std::string& variant) const {
+  if (variant == kUnenrolledOn) return leaf_;
+  if (variant == kUnenrolledFloor) return floor_->leaf();
+  return outsider_->pod().cgroup_path();
+}
+
+// BPF run time of the node's programs, one extra job each, statistics on;
+// and of the empty programs, the floor under the unenrolled namespace's.
 void NodePhase::measure_bpf_stats() {
   const test::UniqueFd stats(bpf_enable_stats(BPF_STATS_RUN_TIME));
   if (!stats) return;
-  for (const std::string& name : {many_pods(p_.node_pods), std::string(kUnenrolledOn)}) {
+  for (const std::string& name : {many_pods(p_.node_pods), std::string(kUnenrolledOn), std::string(kUnenrolledFloor)}) {
     const VariantDef& v = *b_.res.variant(name);
     Rig& rig = v.rig == "node-pod" ? *pod_ : *outsider_;
     ClientSpec s = spec_for(p_, v, rig, "connect", false);
-    if (v.rig == "unenrolled") s.cgroup = leaf_;
-    const ProgramStats before = program_stats(loader::node_dir());
+    const bool floor = name == kUnenrolledFloor;
+    if (v.rig == "unenrolled") s.cgroup = unenrolled_cgroup(name);
+    const ProgramStats before = floor ? floor_->stats() : program_stats(loader::node_dir());
     const ClientResult cr = rig.run_client(s);
-    add_prog_stats(b_.res, name, "connect", units_of(s, cr), before, program_stats(loader::node_dir()));
+    add_prog_stats(b_.res, name, "connect", units_of(s, cr), before,
+                   floor ? floor_->stats() : program_stats(loader::node_dir()));
   }
 }
 
@@ -289,6 +415,7 @@ void NodePhase::run() {
   // fleet's rows go with the data path (node stop), the namespaces with
   // their descriptors.
   pod_.reset();
+  floor_.reset();
   outsider_.reset();
   table_.reset();
   dirs_.reset();

@@ -231,7 +231,7 @@ std::string interference(const Results& r) {
 }
 
 std::string target_line(const Target& t) {
-  if (t.figure) return "figure " + t.name + ": " + t.measured + " (was a goal: " + t.goal + ")";
+  if (t.figure) return "figure " + t.name + ": " + t.measured + (t.goal.empty() ? "" : " (was a goal: " + t.goal + ")");
   return "target " + t.name + ": " + t.measured + " (goal " + t.goal + ") " + (t.pass ? "PASS" : "MISS");
 }
 
@@ -243,7 +243,9 @@ std::optional<Table> node_connect_table(const Results& r) {
             std::to_string(r.node.pods) + " pods or 1 enrolled; diff = median over rounds of the p50 difference";
   t.head = {"variant", "n", "p50", "p90", "p99", "p99.9", "vs", "diff (µs)", "spread"};
   const std::string many = "node-" + std::to_string(r.node.pods) + "-pods";
-  const std::map<std::string, std::string> ref = {{many, "node-1-pod"}, {"unenrolled-node-on", "unenrolled-node-off"}};
+  const std::map<std::string, std::string> ref = {{many, "node-1-pod"},
+                                                  {"unenrolled-node-on", "unenrolled-node-off"},
+                                                  {"unenrolled-empty-programs", "unenrolled-node-off"}};
   for (const auto& v : r.variants) {
     const Cell* c = r.cell("node", "connect", v.name, 0);
     if (v.view != "node" || !c) continue;
