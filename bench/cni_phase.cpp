@@ -47,10 +47,6 @@ const char* const kNodeInAgent = "node data path, the agent's own time";
 const char* const kIptInAgent = "iptables in the namespace, the agent's own time";
 const char* const kRestore = "bare restore of istio's payload (process)";
 
-/// istio-cni's defaults for a sidecar pod, as the plugin applies them.
-const std::vector<std::string> kIstioFlags = {"-p", "15001", "-z", "15006", "-u", "1337", "-g", "1337", "-m", "REDIRECT",
-                                              "-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020"};
-
 std::string conf(bool iptables) {
   return std::string(R"({"cniVersion":"1.0.0","name":"pods","type":"meshcap-cni")") +
          (iptables ? R"(,"mode":"iptables")" : "") +
@@ -144,7 +140,7 @@ class CniPhase {
   pid_t agent_ = -1;
   std::string agent_log_;                   // the agent's stderr (debug: its time per request)
   std::map<std::string, const char*> way_;  // container ID -> the agent's-own-time row of its ADD
-  const std::string payload_ = istio_payload_for(kIstioFlags);
+  const std::string payload_ = istio_payload_for(istio_sidecar_flags());  // as the plugin's defaults apply it
 };
 
 void CniPhase::add(const char* key, bool iptables) {
@@ -177,12 +173,9 @@ void CniPhase::time_pairs(const char* node_key, const char* ipt_key) {
 void CniPhase::time_restore() {
   netns_.push_back(std::make_unique<Netns>());
   // The node phase's reference: legacy, unless the run leaves legacy out.
-  const std::string restore = b_.profile().legacy && test::have_binary("iptables-legacy-restore")
-                                  ? "iptables-legacy-restore"
-                                  : "iptables-nft-restore";
-  std::vector<std::string> argv = {restore, "--noflush"};
-  if (restore == "iptables-legacy-restore") argv.push_back("--wait=30");
-  const Timed t = run_timed(argv, payload_, netns_.back()->path);
+  const bool legacy = b_.profile().legacy && test::have_binary("iptables-legacy-restore");
+  const std::string restore = legacy ? "iptables-legacy-restore" : "iptables-nft-restore";
+  const Timed t = bare_restore(legacy, payload_, netns_.back()->path);
   if (!t.ok()) throw std::runtime_error(restore + ": " + t.output);
   if (fig_.seconds[kRestore].empty()) b_.res.notes.push_back("cni phase: the bare restore is " + restore + " --noflush");
   fig_.seconds[kRestore].push_back(t.seconds);

@@ -16,7 +16,6 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <random>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -43,10 +42,9 @@ using Clock = std::chrono::steady_clock;
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-/// istio-init's arguments (the sidecar injector's defaults), for every
-/// enrolment and restore timed here and for the memory comparison.
-const std::vector<std::string> kIstioFlags = {"-p", "15001", "-z", "15006", "-u", "1337", "-g", "1337", "-m", "REDIRECT",
-                                              "-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020"};
+/// istio-init's arguments, for every enrolment and restore timed here and
+/// for the memory comparison.
+const std::vector<std::string>& kIstioFlags = istio_sidecar_flags();
 
 const char* const kOnePod = "node-1-pod";
 const char* const kUnenrolledOff = "unenrolled-node-off";
@@ -87,14 +85,7 @@ class EmptyPrograms {
 EmptyPrograms::EmptyPrograms(const std::string& node_dir) {
   test::detail::install_cleanup_handlers();
   group_ = test::detail::new_group();
-  std::random_device rd;
-  for (int attempt = 0; attempt < 32 && cgroup_.empty(); attempt++) {
-    char buf[8];
-    std::snprintf(buf, sizeof buf, "%06x", rd() & 0xffffff);
-    const std::string cg = test::cgroup2_mount() + "/mcfloor-" + buf;
-    if (::mkdir(cg.c_str(), 0755) == 0) cgroup_ = cg;
-  }
-  if (cgroup_.empty()) throw std::runtime_error(std::string("mkdir a cgroup for the empty programs: ") + std::strerror(errno));
+  cgroup_ = test::make_unique_cgroup("mcfloor").path;
   slot_ = test::detail::register_resource(test::detail::Resource::cgroup, group_, cgroup_);
   try {
     attach(node_dir);
@@ -299,9 +290,7 @@ void NodePhase::time_enrolment_job(const std::string& kind, size_t ns) {
     add_time("meshcap cleanup", c.seconds, "meshcap cleanup --name N (process)");
     return;
   }
-  std::vector<std::string> argv = {kind, "--noflush"};
-  if (kind == "iptables-legacy-restore") argv.push_back("--wait=30");
-  const Timed t = run_timed(argv, istio_payload_for(kIstioFlags), path);
+  const Timed t = bare_restore(kind == "iptables-legacy-restore", istio_payload_for(kIstioFlags), path);
   if (!t.ok()) throw std::runtime_error(kind + ": " + t.output);
   add_time(kind, t.seconds, kind + " --noflush of istio's payload, in a fresh namespace (process)");
 }

@@ -209,6 +209,17 @@ std::vector<std::string> capture_flags(const std::vector<std::string>& exclusion
   return f;
 }
 
+const std::vector<std::string>& istio_sidecar_flags() {
+  static const std::vector<std::string> flags = {"-p", "15001", "-z", "15006", "-u", "1337", "-g", "1337", "-m",
+                                                 "REDIRECT", "-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020"};
+  return flags;
+}
+
+Timed bare_restore(bool legacy, const std::string& payload, const std::string& netns_path) {
+  return restore_families(
+      legacy ? Capture::legacy : Capture::nft, false, true, [&](bool) { return payload; }, netns_path);
+}
+
 std::string istio_payload_for(const std::vector<std::string>& flags, bool ipv6) {
   const EnvLookup no_env = [](const std::string&) { return std::optional<std::string>{}; };
   const CaptureConfig cfg = parse_capture_args(flags, no_env);

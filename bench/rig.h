@@ -59,6 +59,11 @@ Timed run_timed(const std::vector<std::string>& argv, const std::string& input =
                 const std::string& netns_path = {},
                 std::chrono::milliseconds timeout = std::chrono::milliseconds(120000));
 
+/// A bare `iptables-{legacy,nft}-restore --noflush` of the IPv4 `payload`
+/// (legacy: `--wait=30` too), as a process in the namespace at
+/// `netns_path`: the reference of the node goals.
+Timed bare_restore(bool legacy, const std::string& payload, const std::string& netns_path);
+
 /// `n` distinct IPv4 /16 prefixes that contain neither the pods' 10.211/16
 /// nor loopback (the worst case for capture: the destination matches none),
 /// shortest spelling first so 10,000 of them fit one command-line argument.
@@ -77,6 +82,9 @@ std::string istio_payload(const std::vector<std::string>& exclusions);
 /// The same for any istio-iptables flags; `ipv6`: the ip6tables payload (as
 /// for a pod with a global IPv6 address).
 std::string istio_payload_for(const std::vector<std::string>& flags, bool ipv6 = false);
+/// istio-init's arguments for a sidecar pod (the injector's defaults, which
+/// istio-cni applies too): what the node and CNI phases enrol and restore.
+const std::vector<std::string>& istio_sidecar_flags();
 
 /// Settings shared by every rig.
 struct RigOptions {

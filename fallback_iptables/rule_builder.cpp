@@ -64,7 +64,7 @@ std::vector<std::string> Rule::spec() const {
 
 bool Rule::is_insert() const { return !command.empty() && command[0] == "-I"; }
 
-std::string Rule::trailing_jump() const {
+std::string_view Rule::trailing_jump() const {
   if (command.size() >= 2 && command[command.size() - 2] == "-j") return command.back();
   return "";
 }
@@ -180,10 +180,9 @@ RestorePayload render_restore_payload(const std::vector<Rule>& rules) {
   // ...then chains that are only jumped to.
   last = nullptr;  // now: the last rule whose target was declared
   for (const auto& r : rules) {
-    const size_t n = r.command.size();
-    if (n >= 2 && r.command[n - 2] == "-j" && (last == nullptr || last->table != r.table ||
-                                                last->command.back() != r.command.back())) {
-      declare(r.table, r.command.back());
+    const std::string_view target = r.trailing_jump();
+    if (!target.empty() && (last == nullptr || last->table != r.table || last->trailing_jump() != target)) {
+      declare(r.table, r.command.back());  // what `target` views
       last = &r;
     }
   }

@@ -34,8 +34,9 @@ struct Rule {
   std::vector<std::string> spec() const;
   /// True for `-I` rules.
   bool is_insert() const;
-  /// The jump target (`-j X` as the last two arguments), or "" when none.
-  std::string trailing_jump() const;
+  /// The jump target (`-j X` as the last two arguments), or "" when none;
+  /// a view into `command`.
+  std::string_view trailing_jump() const;
   /// The command arguments joined with single spaces, as in a restore file.
   std::string text() const;
 };

@@ -133,10 +133,11 @@ Cidr parse_cidr(const std::string& text, const std::string& what) {
   }
   if (inet_pton(c.family, address.c_str(), c.addr.data()) != 1) bad(what, text, "not a valid IP address");
   const unsigned max_bits = c.family == AF_INET ? 32 : 128;
-  unsigned prefix = 0;  // at most 3 digits: no overflow
+  const auto bad_prefix = [&] { bad(what, text, "prefix length must be 0-" + std::to_string(max_bits)); };
+  if (!all_digits(bits) || bits.size() > 3 || (bits.size() > 1 && bits[0] == '0')) bad_prefix();
+  unsigned prefix = 0;  // 1-3 digits: no overflow
   for (char d : bits) prefix = prefix * 10 + static_cast<unsigned>(d - '0');
-  if (!all_digits(bits) || bits.size() > 3 || (bits.size() > 1 && bits[0] == '0') || prefix > max_bits)
-    bad(what, text, "prefix length must be 0-" + std::to_string(max_bits));
+  if (prefix > max_bits) bad_prefix();
   c.prefix_len = static_cast<uint8_t>(prefix);
   return c;
 }

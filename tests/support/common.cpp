@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <random>
 #include <sstream>
 
 extern char** environ;
@@ -229,6 +230,18 @@ std::string cgroup2_mount() {
     if (!mount_point.empty()) return unescape_mountinfo(mount_point);
   }
   throw TestSupportError("find the cgroup2 mount in /proc/self/mountinfo", ENOENT);
+}
+
+NewCgroup make_unique_cgroup(const std::string& prefix) {
+  std::random_device rd;
+  const std::string root = cgroup2_mount();
+  for (int attempt = 0; attempt < 32; attempt++) {
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "%06x", rd() & 0xffffff);
+    const std::string cg = root + "/" + prefix + "-" + buf;
+    if (::mkdir(cg.c_str(), 0755) == 0) return {cg, buf};
+  }
+  throw TestSupportError("mkdir a cgroup " + root + "/" + prefix + "-*", errno);
 }
 
 std::string read_text_file(const std::string& path) {

@@ -72,6 +72,15 @@ void run_command_checked(const std::vector<std::string>& argv);
 /// Throws when no cgroup2 file system is mounted.
 std::string cgroup2_mount();
 
+/// A new cgroup v2 directory <cgroup2>/<prefix>-XXXXXX (six random hex
+/// digits, tried until one is free): its path and suffix. Throws
+/// TestSupportError. The caller registers it for removal.
+struct NewCgroup {
+  std::string path;
+  std::string suffix;
+};
+NewCgroup make_unique_cgroup(const std::string& prefix);
+
 /// Whole contents of a file; throws TestSupportError on failure.
 std::string read_text_file(const std::string& path);
 

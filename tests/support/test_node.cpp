@@ -1,10 +1,6 @@
 #include "support/test_node.h"
 
-#include <sys/stat.h>
 #include <unistd.h>
-
-#include <cerrno>
-#include <random>
 
 #include "support/cleanup.h"
 #include "support/test_pod.h"
@@ -14,16 +10,9 @@ namespace meshcap::test {
 TestNode::TestNode(std::string meshcap) : meshcap_(std::move(meshcap)) {
   detail::install_cleanup_handlers();
   group_ = detail::new_group();
-  std::random_device rd;
-  for (int attempt = 0; attempt < 32 && cgroup_.empty(); attempt++) {
-    char buf[8];
-    std::snprintf(buf, sizeof buf, "%06x", rd() & 0xffffff);
-    const std::string cg = cgroup2_mount() + "/mcnode-" + buf;
-    if (::mkdir(cg.c_str(), 0755) != 0) continue;
-    suffix_ = buf;
-    cgroup_ = cg;
-  }
-  if (cgroup_.empty()) throw TestSupportError("mkdir a node cgroup", errno);
+  NewCgroup cg = make_unique_cgroup("mcnode");
+  cgroup_ = std::move(cg.path);
+  suffix_ = std::move(cg.suffix);
   slots_[0] = detail::register_resource(detail::Resource::cgroup, group_, cgroup_);
   pins_ = "/sys/fs/bpf/mcnode-" + suffix_;
   state_ = "/run/mcnode-" + suffix_;
