@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <csignal>
 #include <unistd.h>
 
@@ -203,23 +204,93 @@ bool NodeView::not_ready() const {
 
 bool node_not_ready() { return NodeView::read().not_ready(); }
 
-EbpfHost find_ebpf_host(const PodTarget& t, const std::optional<NodeView>& node) {
+namespace {
+
+// Whether cgroup directory `dir` is `ancestor` or below it.
+bool cgroup_within(const std::string& dir, const std::string& ancestor) {
+  struct stat a {};
+  if (stat(ancestor.c_str(), &a)) return false;
+  // By identity, directory by directory up to the mount's root: the two
+  // paths may name the hierarchy through different mounts.
+  for (fs::path p = dir;; p = p.parent_path()) {
+    struct stat here {};
+    if (stat(p.c_str(), &here) || here.st_dev != a.st_dev) return false;
+    if (here.st_ino == a.st_ino) return true;
+    if (!p.has_relative_path()) return false;
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> processes_outside(uint64_t netns_ino, const std::string& cgroup_dir) {
+  const auto mount = cgroup2_mount();
+  std::vector<std::string> out;
+  if (!mount || cgroup_dir.empty() || netns_ino == 0) return out;
+  const std::string self = std::to_string(getpid());
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/proc", ec)) {
+    const std::string pid = e.path().filename();
+    if (pid == self || pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    struct stat ns {};
+    if (stat(("/proc/" + pid + "/ns/net").c_str(), &ns) || ns.st_ino != netns_ino) continue;
+    std::ifstream in("/proc/" + pid + "/cgroup");
+    std::string line, path;
+    while (std::getline(in, line))
+      if (line.rfind("0::", 0) == 0) path = *mount + (line.substr(3) == "/" ? "" : line.substr(3));
+    struct stat cg {};
+    if (path.empty() || stat(path.c_str(), &cg)) continue;  // a kernel thread, gone, or not seen from here
+    if (!cgroup_within(path, cgroup_dir)) out.push_back(pid + " in cgroup " + path);
+  }
+  return out;
+}
+
+EbpfHost find_ebpf_host(const PodTarget& t, const std::optional<NodeView>& node, bool check_processes) {
   EbpfHost h;
   const NodeView view = node ? *node : NodeView::read();
   const auto& record = view.record;
   const auto& links = view.links;
   const bool node_up = view.up();
-  if (node_up) {
+  // Whether the node's cgroup holds the pod, where that can be told: the
+  // node's cgroup seen from here (not from inside a cgroup namespace of
+  // this process's own, where the pod is enrolled as it always was).
+  struct stat node_cg {};
+  const bool visible = node_up && stat(record->cgroup.c_str(), &node_cg) == 0;
+  // A pod whose application cgroup is given and lies outside the node's:
+  // the node's programs never see its sockets, so enrolling it would
+  // capture its inbound and not its outbound. It gets its own programs.
+  const bool outside_node = visible && !t.cgroup_dir.empty() && !cgroup_within(t.cgroup_dir, record->cgroup);
+  // Without a cgroup given, the processes already in the pod's namespace
+  // (none yet for a CNI ADD); a node on the hierarchy's root holds them all.
+  const auto mount = cgroup2_mount();
+  const bool checkable = visible && check_processes && mount && !cgroup_within(*mount, record->cgroup);
+  if (!outside_node && checkable) {
+    // Processes already in the pod's namespace that the node's cgroup does
+    // not hold (a runtime that puts the pod's containers elsewhere): their
+    // connections would pass uncaptured while the pod is reported
+    // captured. Nowhere for eBPF, then; iptables holds the whole namespace.
+    if (const auto strays = processes_outside(t.netns.ino, record->cgroup); !strays.empty()) {
+      h.why_none = "a node data path is running (cgroup " + record->cgroup + "), but " +
+                   std::to_string(strays.size()) + " process" + (strays.size() == 1 ? "" : "es") +
+                   " in the pod's network namespace " + (strays.size() == 1 ? "is" : "are") +
+                   " outside it (pid " + strays.front() + "), whose connections its programs would not see";
+      return h;
+    }
+  }
+  if (node_up && !outside_node) {
     h.kind = EbpfHost::Kind::Node;
     h.datapath_dir = loader::node_dir();
     h.cgroup_dir = record->cgroup;
     h.node_spec = loader::pinned_spec(loader::node_dir()).value_or(record->spec);
     if (!t.cgroup_dir.empty())
-      spdlog::info("a node data path is running (cgroup {}): the pod is enrolled in it, --cgroup is not used",
-                   record->cgroup);
+      spdlog::info("a node data path is running (cgroup {}){} {}: the pod is enrolled in it", record->cgroup,
+                   visible ? " and holds" : ", not seen from here to tell whether it holds", t.cgroup_dir);
     return h;
   }
-  if (!links.empty() || record)
+  if (outside_node)
+    spdlog::info("a node data path is running (cgroup {}), but the pod's cgroup {} is not below it: the pod gets "
+                 "its own programs on its cgroup",
+                 record->cgroup, t.cgroup_dir);
+  else if (!links.empty() || record)
     spdlog::warn("the node data path is not whole (links detached or its record missing): run `meshcap node start` "
                  "to repair it; pods are not enrolled in it meanwhile");
   if (!t.cgroup_dir.empty()) {

@@ -60,10 +60,18 @@ struct EbpfHost {
   std::optional<loader::DataPathSpec> node_spec;  ///< Kind::Node: what it loaded
 };
 
+/// Processes in the network namespace `netns_ino`, this one aside, whose
+/// cgroup is not `cgroup_dir` or below it: programs attached there never
+/// see their sockets. Each as "PID in cgroup PATH".
+std::vector<std::string> processes_outside(uint64_t netns_ino, const std::string& cgroup_dir);
+
 /// The host for `t`: the node data path when it is running (attached and
-/// recorded), else the pod's cgroup when given, else none (with the reason).
+/// recorded) and holds the pod -- its cgroup when `t` names one, and with
+/// `check_processes` every process already in the pod's namespace -- else
+/// the pod's cgroup when given, else none (with the reason).
 /// `node`: the node as the caller already read it (else read here).
-EbpfHost find_ebpf_host(const PodTarget& t, const std::optional<NodeView>& node = std::nullopt);
+EbpfHost find_ebpf_host(const PodTarget& t, const std::optional<NodeView>& node = std::nullopt,
+                        bool check_processes = false);
 
 /// The kernel as the planner must see it for `host`: for the node data
 /// path, its program rows are what it loaded (nothing is loaded per pod);

@@ -48,28 +48,6 @@ struct EbpfView {
   size_t outside = 0;         // processes in the pod's namespace outside the programs' cgroup
 };
 
-// Processes in the namespace `ino` whose cgroup is not `cgroup_dir` or
-// below it: the programs attached there never see their sockets.
-size_t processes_outside(uint64_t ino, const std::string& cgroup_dir) {
-  const auto mount = cgroup2_mount();
-  if (!mount || cgroup_dir.empty() || ino == 0) return 0;
-  size_t n = 0;
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
-    const std::string pid = e.path().filename();
-    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
-    struct stat ns {};
-    if (stat(("/proc/" + pid + "/ns/net").c_str(), &ns) || ns.st_ino != ino) continue;
-    std::ifstream in("/proc/" + pid + "/cgroup");
-    std::string line, path;
-    while (std::getline(in, line))
-      if (line.rfind("0::", 0) == 0) path = *mount + (line.substr(3) == "/" ? "" : line.substr(3));
-    if (path.empty()) continue;  // a kernel thread, or gone
-    if (path != cgroup_dir && path.rfind(cgroup_dir + "/", 0) != 0) n++;
-  }
-  return n;
-}
-
 EbpfView ebpf_view(const std::string& name, const std::optional<PodState>& st) {
   EbpfView v;
   const std::string dir = st && st->ebpf ? st->ebpf->datapath_dir : loader::pin_dir(name);
@@ -98,7 +76,7 @@ EbpfView ebpf_view(const std::string& name, const std::optional<PodState>& st) {
       index = st->ebpf->index;
     } catch (const loader::LoaderError&) {
     }
-    v.outside = processes_outside(st->netns.ino, st->cgroup);
+    v.outside = processes_outside(st->netns.ino, st->cgroup).size();
   }
   v.j = {{"pins", dir},
          {"host", st && st->ebpf ? st->ebpf->host : "pod"},

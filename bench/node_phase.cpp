@@ -370,12 +370,16 @@ std::string NodePhase::unenrolled_cgroup(const std::string& variant) const {
   return outsider_->pod().cgroup_path();
 }
 
-// BPF run time of the node's programs, one extra job each, statistics on;
-// and of the empty programs, the floor under the unenrolled namespace's.
+// BPF run time of the node's programs, one extra job each, statistics on:
+// the enrolled pod alone and among the many pods (what the kernel's part of
+// node-connect-N-vs-1-pods is), the namespace that is not enrolled; and of
+// the empty programs, the floor under the unenrolled namespace's.
 void NodePhase::measure_bpf_stats() {
   const test::UniqueFd stats(bpf_enable_stats(BPF_STATS_RUN_TIME));
   if (!stats) return;
-  for (const std::string& name : {many_pods(p_.node_pods), std::string(kUnenrolledOn), std::string(kUnenrolledFloor)}) {
+  for (const std::string& name : {std::string(kOnePod), many_pods(p_.node_pods), std::string(kUnenrolledOn),
+                                  std::string(kUnenrolledFloor)}) {
+    set_state(name != kOnePod);
     const VariantDef& v = *b_.res.variant(name);
     Rig& rig = v.rig == "node-pod" ? *pod_ : *outsider_;
     ClientSpec s = spec_for(p_, v, rig, "connect", false);
@@ -397,7 +401,6 @@ void NodePhase::run() {
   set_state(true);
   time_enrolments();
   measure_connections();
-  set_state(true);
   measure_bpf_stats();
   fig_.pods = p_.node_pods;
   // The measured pod's capture goes with its rig (meshcap cleanup); the

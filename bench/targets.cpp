@@ -304,6 +304,26 @@ void Targets::node_connections() {
         goal_text, !figure && *d <= goal, figure);
   };
   diff("node-connect-" + std::to_string(r_.node.pods) + "-vs-1-pods", many, "node-1-pod", 0.5);
+  // Its kernel part: the node's programs' run time per connection, from the
+  // BPF statistics of one job in each state.
+  auto bpf_ns = [&](const std::string& variant) -> std::optional<double> {
+    double ns = 0;
+    bool any = false;
+    for (const auto& s : r_.prog_stats)
+      if (s.variant == variant && s.workload == "connect" && s.units > 0) {
+        ns += static_cast<double>(s.run_ns) / static_cast<double>(s.units);
+        any = true;
+      }
+    return any ? std::optional<double>(ns) : std::nullopt;
+  };
+  const std::string bpf_name = "node-connect-bpf-" + std::to_string(r_.node.pods) + "-vs-1-pods";
+  if (const auto a = bpf_ns(many), b = bpf_ns("node-1-pod"); a && b)
+    put(bpf_name,
+        fmt("%+.0f ns", *a - *b) + " [" + fmt("%.0f", *a) + " vs " + fmt("%.0f", *b) +
+            " ns of BPF run time per connection; kernel BPF statistics, one job each]",
+        "", false, true);
+  else
+    not_measured(bpf_name, "", true);
   diff("node-unenrolled-on-vs-off", "unenrolled-node-on", "unenrolled-node-off", 0.3);
   // Its floor: programs that only return 1, at the same hooks, against none
   // (the kernel's part), and the node data path above that floor (meshcap's).

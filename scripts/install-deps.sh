@@ -19,6 +19,9 @@ PACKAGES=(
   # with runc (crun refuses hybrid cgroups) and the CNI reference plugins.
   # --no-install-recommends keeps netavark out, so podman uses CNI.
   podman runc catatonit containernetworking-plugins
+  # the kernel matrix (scripts/kernel-matrix), part of the test command:
+  # Debian 11's 5.10 booted under qemu with a static busybox as its init
+  qemu-system-x86 busybox-static
   # benchmark plots (meshcap-bench)
   gnuplot-nox
   # fuzzing (scripts/fuzz.sh): clang's libFuzzer and sanitizer runtimes

@@ -47,7 +47,9 @@ const std::vector<std::string> kIstioInit = {"-p", "15001", "-z", "15006", "-u",
 
 // One pod under the node, with the proxy's two listeners and a peer server.
 struct NodePod {
-  explicit NodePod(const TestNode& node) : pod(options(node)) {
+  explicit NodePod(const TestNode& node) : NodePod(options(node)) {}
+  /// A pod wherever `o` puts its cgroup (outside the node's by default).
+  explicit NodePod(const TestPod::Options& o) : pod(o) {
     out4 = std::make_unique<RecordingListener>(Placement::pod_process(pod, Identity::proxy()), "0.0.0.0", 15001);
     in4 = std::make_unique<RecordingListener>(Placement::pod_process(pod, Identity::proxy()), "0.0.0.0", 15006);
     peer = std::make_unique<RecordingListener>(Placement::peer_thread(pod), pod.peer_ipv4(), 8080);
@@ -406,6 +408,64 @@ TEST_F(Node, StopRefusesWhilePodsAreEnrolledOrMovesThemToIptables) {
   expect_captured(a);
   node_->meshcap({"cleanup", "--name", a.name()});
   expect_direct(a);
+}
+
+// `--cgroup` names where the pod's application runs. Below the node's
+// cgroup the pod is enrolled; outside it the node's programs would never
+// see the application's sockets (only its inbound would be captured), so
+// the pod gets its own programs on that cgroup instead, and is captured
+// both ways.
+TEST_F(Node, InitWithTheApplicationsCgroupEnrolsOnlyWhatTheNodeHolds) {
+  ASSERT_EQ(node_->start().exit_code, 0);
+  NodePod inside(*node_);
+  NodePod outside{TestPod::Options{}};
+  auto init_with_cgroup = [&](NodePod& p) {
+    std::vector<std::string> args = {"init",     "--mode",           "ebpf",  "--name", p.name(),
+                                     "--cgroup", p.pod.cgroup_path(), "--netns", p.pod.pod_netns_path()};
+    args.insert(args.end(), kIstioInit.begin(), kIstioInit.end());
+    return node_->meshcap(args);
+  };
+  auto r = init_with_cgroup(inside);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(status(inside)["ebpf"]["host"], "node");
+  EXPECT_EQ(programs_attached(inside.pod.cgroup_path()), 0u);
+  r = init_with_cgroup(outside);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("is not below it"), std::string::npos) << r.output;
+  EXPECT_EQ(status(outside)["ebpf"]["host"], "pod");
+  EXPECT_GT(programs_attached(outside.pod.cgroup_path()), 0u);
+  EXPECT_EQ(node_status()["pods_enrolled"], 1);
+  expect_captured(inside);
+  expect_captured(outside);
+  for (NodePod* p : {&inside, &outside}) ASSERT_EQ(node_->meshcap({"cleanup", "--name", p->name()}).exit_code, 0);
+  EXPECT_EQ(programs_attached(outside.pod.cgroup_path()), 0u);
+  EXPECT_EQ(node_status()["pods_enrolled"], 0);
+  expect_direct(inside);
+  expect_direct(outside);
+}
+
+// Without --cgroup, the processes already in the pod's namespace say where
+// it runs: when they are outside the node's cgroup, enrolling would capture
+// none of their connections while reporting the pod captured. So auto
+// captures it with iptables and says why, and --mode ebpf fails at run time
+// (exit 1), changing nothing.
+TEST_F(Node, InitIntoTheNodeRefusesAPodWhoseProcessesAreOutsideIt) {
+  ASSERT_EQ(node_->start().exit_code, 0);
+  NodePod stray{TestPod::Options{}};  // its listeners run in a cgroup outside the node's
+  auto r = init(stray, kIstioInit, "ebpf");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("outside it (pid "), std::string::npos) << r.output;
+  EXPECT_EQ(node_status()["pods_enrolled"], 0);
+  EXPECT_FALSE(std::filesystem::exists(node_->state_dir() + "/pods/" + stray.name() + ".json"));
+  expect_direct(stray);
+  r = init(stray);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("outbound by iptables, inbound by iptables"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("outside it (pid "), std::string::npos) << r.output;
+  EXPECT_EQ(node_status()["pods_enrolled"], 0);
+  expect_captured(stray);
+  ASSERT_EQ(node_->meshcap({"cleanup", "--name", stray.name()}).exit_code, 0);
+  expect_direct(stray);
 }
 
 // A process of an enrolled pod that sits outside the node's cgroup is not
