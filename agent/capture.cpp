@@ -37,8 +37,9 @@ PlannedCapture plan_capture(const CaptureRequest& r, bool loading) {
   in.accelerate = r.accelerate;
   p.target = resolve_target(r.name, r.cgroup, r.netns);
   // A CNI ADD comes before the pod's containers start: no process to check
-  // yet (status reports any that later run outside the node's cgroup).
-  p.host = find_ebpf_host(p.target, r.node, r.origin.via != "cni");
+  // yet (status reports any that later run outside the node's cgroup). Nor
+  // does iptables, which holds the whole namespace, need the check.
+  p.host = find_ebpf_host(p.target, r.node, r.origin.via != "cni" && r.mode != Mode::Iptables);
   if (p.host.kind == EbpfHost::Kind::None) in.no_ebpf_host = p.host.why_none;
   p.pod = in.pod = loader::read_pod_network(p.target.netns_path);
   auto kernel = kernel_for(p.host, loading);

@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <map>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -370,26 +371,48 @@ std::string NodePhase::unenrolled_cgroup(const std::string& variant) const {
   return outsider_->pod().cgroup_path();
 }
 
-// BPF run time of the node's programs, one extra job each, statistics on:
-// the enrolled pod alone and among the many pods (what the kernel's part of
+// BPF run time of the node's programs, statistics on, in extra jobs: the
+// enrolled pod alone and among the many pods (what the kernel's part of
 // node-connect-N-vs-1-pods is), the namespace that is not enrolled; and of
-// the empty programs, the floor under the unenrolled namespace's.
+// the empty programs, the floor under the unenrolled namespace's. The two
+// states alternate over a few repetitions, in shuffled order, and each
+// variant's run time and connections are summed over them: one job each
+// would compare two moments of a machine whose speed drifts.
 void NodePhase::measure_bpf_stats() {
   const test::UniqueFd stats(bpf_enable_stats(BPF_STATS_RUN_TIME));
   if (!stats) return;
-  for (const std::string& name : {std::string(kOnePod), many_pods(p_.node_pods), std::string(kUnenrolledOn),
-                                  std::string(kUnenrolledFloor)}) {
-    set_state(name != kOnePod);
-    const VariantDef& v = *b_.res.variant(name);
-    Rig& rig = v.rig == "node-pod" ? *pod_ : *outsider_;
-    ClientSpec s = spec_for(p_, v, rig, "connect", false);
-    const bool floor = name == kUnenrolledFloor;
-    if (v.rig == "unenrolled") s.cgroup = unenrolled_cgroup(name);
-    const ProgramStats before = floor ? floor_->stats() : program_stats(loader::node_dir());
-    const ClientResult cr = rig.run_client(s);
-    add_prog_stats(b_.res, name, "connect", units_of(s, cr), before,
-                   floor ? floor_->stats() : program_stats(loader::node_dir()));
+  constexpr int kReps = 3;
+  std::map<std::string, std::pair<uint64_t, ProgramStats>> sum;  // variant -> connections, run counts and time
+  for (int rep = 0; rep < kReps; rep++) {
+    std::vector<bool> states = {false, true};
+    std::shuffle(states.begin(), states.end(), b_.rng);
+    for (bool many : states) {
+      set_state(many);
+      const std::vector<std::string> names =
+          many ? std::vector<std::string>{many_pods(p_.node_pods), kUnenrolledOn, kUnenrolledFloor}
+               : std::vector<std::string>{kOnePod};
+      for (const std::string& name : names) {
+        check_stop();
+        const VariantDef& v = *b_.res.variant(name);
+        Rig& rig = v.rig == "node-pod" ? *pod_ : *outsider_;
+        ClientSpec s = spec_for(p_, v, rig, "connect", false);
+        const bool floor = name == kUnenrolledFloor;
+        if (v.rig == "unenrolled") s.cgroup = unenrolled_cgroup(name);
+        const ProgramStats before = floor ? floor_->stats() : program_stats(loader::node_dir());
+        const ClientResult cr = rig.run_client(s);
+        const ProgramStats after = floor ? floor_->stats() : program_stats(loader::node_dir());
+        auto& [units, progs] = sum[name];
+        units += units_of(s, cr);
+        for (const auto& [prog, a] : after) {
+          const auto it = before.find(prog);
+          const auto b = it == before.end() ? std::pair<uint64_t, uint64_t>{0, 0} : it->second;
+          progs[prog].first += a.first - b.first;
+          progs[prog].second += a.second - b.second;
+        }
+      }
+    }
   }
+  for (const auto& [name, totals] : sum) add_prog_stats(b_.res, name, "connect", totals.first, {}, totals.second);
 }
 
 void NodePhase::run() {

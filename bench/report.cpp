@@ -204,8 +204,9 @@ std::optional<Table> init_table(const Results& r) {
 std::optional<Table> prog_stats_table(const Results& r) {
   if (r.prog_stats.empty()) return std::nullopt;
   Table t;
-  t.title = "diagnostic: BPF run time per connection (connect) or request (rr), kernel BPF statistics on for one "
-            "extra job each (not included in any other figure)";
+  t.title = "diagnostic: BPF run time per connection (connect) or request (rr), kernel BPF statistics on for "
+            "extra jobs: one each, the node phase's three each with its two states alternating (not included in any "
+            "other figure)";
   t.head = {"variant", "workload", "program", "runs/unit", "ns/run", "ns/unit"};
   std::map<std::pair<std::string, std::string>, double> total;
   for (const auto& s : r.prog_stats) {

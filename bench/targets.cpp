@@ -305,7 +305,7 @@ void Targets::node_connections() {
   };
   diff("node-connect-" + std::to_string(r_.node.pods) + "-vs-1-pods", many, "node-1-pod", 0.5);
   // Its kernel part: the node's programs' run time per connection, from the
-  // BPF statistics of one job in each state.
+  // BPF statistics of the jobs in each state.
   auto bpf_ns = [&](const std::string& variant) -> std::optional<double> {
     double ns = 0;
     bool any = false;
@@ -320,7 +320,7 @@ void Targets::node_connections() {
   if (const auto a = bpf_ns(many), b = bpf_ns("node-1-pod"); a && b)
     put(bpf_name,
         fmt("%+.0f ns", *a - *b) + " [" + fmt("%.0f", *a) + " vs " + fmt("%.0f", *b) +
-            " ns of BPF run time per connection; kernel BPF statistics, one job each]",
+            " ns of BPF run time per connection; kernel BPF statistics, three jobs each, the states alternating]",
         "", false, true);
   else
     not_measured(bpf_name, "", true);

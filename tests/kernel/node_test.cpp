@@ -466,6 +466,14 @@ TEST_F(Node, InitIntoTheNodeRefusesAPodWhoseProcessesAreOutsideIt) {
   expect_captured(stray);
   ASSERT_EQ(node_->meshcap({"cleanup", "--name", stray.name()}).exit_code, 0);
   expect_direct(stray);
+  // Asked for iptables (which holds the whole namespace), the pod gets it,
+  // with nothing said about the node's cgroup.
+  r = init(stray, kIstioInit, "iptables");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.find("outside it"), std::string::npos) << r.output;
+  expect_captured(stray);
+  ASSERT_EQ(node_->meshcap({"cleanup", "--name", stray.name()}).exit_code, 0);
+  expect_direct(stray);
 }
 
 // A process of an enrolled pod that sits outside the node's cgroup is not
