@@ -220,12 +220,10 @@ bool cgroup_within(const std::string& dir, const std::string& ancestor) {
   }
 }
 
-}  // namespace
-
-std::vector<std::string> processes_outside(uint64_t netns_ino, const std::string& cgroup_dir) {
-  const auto mount = cgroup2_mount();
+// processes_outside, with the cgroup2 mount already read.
+std::vector<std::string> strays(uint64_t netns_ino, const std::string& cgroup_dir, const std::string& mount) {
   std::vector<std::string> out;
-  if (!mount || cgroup_dir.empty() || netns_ino == 0) return out;
+  if (cgroup_dir.empty() || netns_ino == 0) return out;
   const std::string self = std::to_string(getpid());
   std::error_code ec;
   for (const auto& e : fs::directory_iterator("/proc", ec)) {
@@ -236,12 +234,19 @@ std::vector<std::string> processes_outside(uint64_t netns_ino, const std::string
     std::ifstream in("/proc/" + pid + "/cgroup");
     std::string line, path;
     while (std::getline(in, line))
-      if (line.rfind("0::", 0) == 0) path = *mount + (line.substr(3) == "/" ? "" : line.substr(3));
+      if (line.rfind("0::", 0) == 0) path = mount + (line.substr(3) == "/" ? "" : line.substr(3));
     struct stat cg {};
     if (path.empty() || stat(path.c_str(), &cg)) continue;  // a kernel thread, gone, or not seen from here
     if (!cgroup_within(path, cgroup_dir)) out.push_back(pid + " in cgroup " + path);
   }
   return out;
+}
+
+}  // namespace
+
+std::vector<std::string> processes_outside(uint64_t netns_ino, const std::string& cgroup_dir) {
+  const auto mount = cgroup2_mount();
+  return mount ? strays(netns_ino, cgroup_dir, *mount) : std::vector<std::string>{};
 }
 
 EbpfHost find_ebpf_host(const PodTarget& t, const std::optional<NodeView>& node, bool check_processes) {
@@ -261,18 +266,17 @@ EbpfHost find_ebpf_host(const PodTarget& t, const std::optional<NodeView>& node,
   const bool outside_node = visible && !t.cgroup_dir.empty() && !cgroup_within(t.cgroup_dir, record->cgroup);
   // Without a cgroup given, the processes already in the pod's namespace
   // (none yet for a CNI ADD); a node on the hierarchy's root holds them all.
-  const auto mount = cgroup2_mount();
-  const bool checkable = visible && check_processes && mount && !cgroup_within(*mount, record->cgroup);
-  if (!outside_node && checkable) {
-    // Processes already in the pod's namespace that the node's cgroup does
-    // not hold (a runtime that puts the pod's containers elsewhere): their
-    // connections would pass uncaptured while the pod is reported
-    // captured. Nowhere for eBPF, then; iptables holds the whole namespace.
-    if (const auto strays = processes_outside(t.netns.ino, record->cgroup); !strays.empty()) {
+  // Processes there that the node's cgroup does not hold (a runtime that
+  // puts the pod's containers elsewhere) would pass uncaptured while the
+  // pod is reported captured: nowhere for eBPF, then; iptables holds the
+  // whole namespace.
+  const auto mount = visible && check_processes && !outside_node ? cgroup2_mount() : std::nullopt;
+  if (mount && !cgroup_within(*mount, record->cgroup)) {
+    if (const auto found = strays(t.netns.ino, record->cgroup, *mount); !found.empty()) {
       h.why_none = "a node data path is running (cgroup " + record->cgroup + "), but " +
-                   std::to_string(strays.size()) + " process" + (strays.size() == 1 ? "" : "es") +
-                   " in the pod's network namespace " + (strays.size() == 1 ? "is" : "are") +
-                   " outside it (pid " + strays.front() + "), whose connections its programs would not see";
+                   std::to_string(found.size()) + " process" + (found.size() == 1 ? "" : "es") +
+                   " in the pod's network namespace " + (found.size() == 1 ? "is" : "are") +
+                   " outside it (pid " + found.front() + "), whose connections its programs would not see";
       return h;
     }
   }

@@ -403,12 +403,7 @@ void NodePhase::measure_bpf_stats() {
         const ProgramStats after = floor ? floor_->stats() : program_stats(loader::node_dir());
         auto& [units, progs] = sum[name];
         units += units_of(s, cr);
-        for (const auto& [prog, a] : after) {
-          const auto it = before.find(prog);
-          const auto b = it == before.end() ? std::pair<uint64_t, uint64_t>{0, 0} : it->second;
-          progs[prog].first += a.first - b.first;
-          progs[prog].second += a.second - b.second;
-        }
+        add_stats_delta(progs, before, after);
       }
     }
   }

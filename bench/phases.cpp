@@ -150,13 +150,21 @@ uint64_t units_of(const ClientSpec& s, const ClientResult& r) {
   return r.samples_ns.size() + warm;
 }
 
-void add_prog_stats(Results& res, const std::string& variant, const std::string& workload, uint64_t units,
-                    const ProgramStats& before, const ProgramStats& after) {
+void add_stats_delta(ProgramStats& into, const ProgramStats& before, const ProgramStats& after) {
   for (const auto& [prog, a] : after) {
     const auto it = before.find(prog);
     const auto b = it == before.end() ? std::pair<uint64_t, uint64_t>{0, 0} : it->second;
-    res.prog_stats.push_back({variant, workload, prog, units, a.first - b.first, a.second - b.second});
+    auto& sum = into[prog];
+    sum.first += a.first - b.first;
+    sum.second += a.second - b.second;
   }
+}
+
+void add_prog_stats(Results& res, const std::string& variant, const std::string& workload, uint64_t units,
+                    const ProgramStats& before, const ProgramStats& after) {
+  ProgramStats delta;
+  add_stats_delta(delta, before, after);
+  for (const auto& [prog, d] : delta) res.prog_stats.push_back({variant, workload, prog, units, d.first, d.second});
 }
 
 ClientSpec spec_for(const Profile& p, const VariantDef& v, Rig& rig, const std::string& workload, bool scaling) {

@@ -64,6 +64,9 @@ ClientSpec spec_for(const Profile& p, const VariantDef& v, Rig& rig, const std::
 /// Connections or requests a job made, warm-up included (what the BPF
 /// statistics count).
 uint64_t units_of(const ClientSpec& s, const ClientResult& r);
+/// Adds what each program ran between `before` and `after` (runs, run
+/// time) to `into`.
+void add_stats_delta(ProgramStats& into, const ProgramStats& before, const ProgramStats& after);
 /// Adds the BPF run time a job of `units` connections or requests cost
 /// (after - before) to the results.
 void add_prog_stats(Results& res, const std::string& variant, const std::string& workload, uint64_t units,

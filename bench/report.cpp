@@ -4,6 +4,7 @@
 #include <fstream>
 #include <limits>
 #include <optional>
+#include <set>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -208,16 +209,17 @@ std::optional<Table> prog_stats_table(const Results& r) {
             "extra jobs: one each, the node phase's three each with its two states alternating (not included in any "
             "other figure)";
   t.head = {"variant", "workload", "program", "runs/unit", "ns/run", "ns/unit"};
-  std::map<std::pair<std::string, std::string>, double> total;
+  std::set<std::pair<std::string, std::string>> jobs;
   for (const auto& s : r.prog_stats) {
     if (s.units == 0 || s.runs == 0) continue;
-    const double per_unit = static_cast<double>(s.run_ns) / static_cast<double>(s.units);
-    total[{s.variant, s.workload}] += per_unit;
+    jobs.insert({s.variant, s.workload});
     t.rows.push_back({s.variant, s.workload, s.program,
                       fmt("%.2f", static_cast<double>(s.runs) / static_cast<double>(s.units)),
-                      fmt("%.0f", static_cast<double>(s.run_ns) / static_cast<double>(s.runs)), fmt("%.0f", per_unit)});
+                      fmt("%.0f", static_cast<double>(s.run_ns) / static_cast<double>(s.runs)),
+                      fmt("%.0f", static_cast<double>(s.run_ns) / static_cast<double>(s.units))});
   }
-  for (const auto& [k, v] : total) t.rows.push_back({k.first, k.second, "(all)", "", "", fmt("%.0f", v)});
+  for (const auto& [variant, workload] : jobs)
+    t.rows.push_back({variant, workload, "(all)", "", "", fmt("%.0f", *r.bpf_ns_per_unit(variant, workload))});
   return t;
 }
 
@@ -416,6 +418,14 @@ const Cell* Results::cell(const std::string& phase, const std::string& workload,
                           size_t exclusions) const {
   auto it = cells.find(CellKey{phase, workload, variant, exclusions});
   return it == cells.end() || it->second.samples.empty() ? nullptr : &it->second;
+}
+
+std::optional<double> Results::bpf_ns_per_unit(const std::string& variant, const std::string& workload) const {
+  std::optional<double> ns;
+  for (const auto& s : prog_stats)
+    if (s.variant == variant && s.workload == workload && s.units > 0 && s.runs > 0)
+      ns = ns.value_or(0) + static_cast<double>(s.run_ns) / static_cast<double>(s.units);
+  return ns;
 }
 
 std::string render_text(const Results& r) {

@@ -5,6 +5,7 @@
 #include <compare>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -128,6 +129,9 @@ struct Results {
   const VariantDef* variant(const std::string& name) const;
   const Cell* cell(const std::string& phase, const std::string& workload, const std::string& variant,
                    size_t exclusions) const;
+  /// The BPF run time per connection or request of every program that ran
+  /// in a variant's statistics jobs, summed; nullopt when none ran.
+  std::optional<double> bpf_ns_per_unit(const std::string& variant, const std::string& workload) const;
 };
 
 /// Fills results.targets from the cells, init records and node figures:

@@ -306,18 +306,8 @@ void Targets::node_connections() {
   diff("node-connect-" + std::to_string(r_.node.pods) + "-vs-1-pods", many, "node-1-pod", 0.5);
   // Its kernel part: the node's programs' run time per connection, from the
   // BPF statistics of the jobs in each state.
-  auto bpf_ns = [&](const std::string& variant) -> std::optional<double> {
-    double ns = 0;
-    bool any = false;
-    for (const auto& s : r_.prog_stats)
-      if (s.variant == variant && s.workload == "connect" && s.units > 0) {
-        ns += static_cast<double>(s.run_ns) / static_cast<double>(s.units);
-        any = true;
-      }
-    return any ? std::optional<double>(ns) : std::nullopt;
-  };
   const std::string bpf_name = "node-connect-bpf-" + std::to_string(r_.node.pods) + "-vs-1-pods";
-  if (const auto a = bpf_ns(many), b = bpf_ns("node-1-pod"); a && b)
+  if (const auto a = r_.bpf_ns_per_unit(many, "connect"), b = r_.bpf_ns_per_unit("node-1-pod", "connect"); a && b)
     put(bpf_name,
         fmt("%+.0f ns", *a - *b) + " [" + fmt("%.0f", *a) + " vs " + fmt("%.0f", *b) +
             " ns of BPF run time per connection; kernel BPF statistics, three jobs each, the states alternating]",
