@@ -20,6 +20,9 @@ struct InitOptions {
   bool dry_run = false;
   bool accelerate = false;  // sk_msg between app and proxy sockets (eBPF outbound)
   IstioFlagValues istio;
+  /// istio's environment variables: the process's own when empty (the node
+  /// agent passes those of the `meshcap init` it answers for).
+  EnvLookup env;
 };
 
 struct CleanupOptions {

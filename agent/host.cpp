@@ -16,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include "pod_state.h"
+#include "process_netns.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -220,17 +221,42 @@ bool cgroup_within(const std::string& dir, const std::string& ancestor) {
   }
 }
 
+// The task iterator, when this process loaded one (read_namespaces_with_bpf).
+std::unique_ptr<loader::ProcessNamespaces> task_iterator;
+std::mutex task_iterator_mutex;
+
+// The processes in namespace `netns_ino`, but this one.
+std::vector<std::string> processes_in(uint64_t netns_ino) {
+  std::vector<std::string> out;
+  const pid_t self = getpid();
+  {
+    std::lock_guard<std::mutex> hold(task_iterator_mutex);
+    if (task_iterator) {
+      try {
+        for (const pid_t pid : task_iterator->in_netns(netns_ino))
+          if (pid != self) out.push_back(std::to_string(pid));
+        return out;
+      } catch (const loader::LoaderError& e) {
+        spdlog::warn("{}: walking /proc instead", e.what());
+      }
+    }
+  }
+  const std::string own = std::to_string(self);
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/proc", ec)) {
+    const std::string pid = e.path().filename();
+    if (pid == own || pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    struct stat ns {};
+    if (stat(("/proc/" + pid + "/ns/net").c_str(), &ns) == 0 && ns.st_ino == netns_ino) out.push_back(pid);
+  }
+  return out;
+}
+
 // processes_outside, with the cgroup2 mount already read.
 std::vector<std::string> strays(uint64_t netns_ino, const std::string& cgroup_dir, const std::string& mount) {
   std::vector<std::string> out;
   if (cgroup_dir.empty() || netns_ino == 0) return out;
-  const std::string self = std::to_string(getpid());
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator("/proc", ec)) {
-    const std::string pid = e.path().filename();
-    if (pid == self || pid.find_first_not_of("0123456789") != std::string::npos) continue;
-    struct stat ns {};
-    if (stat(("/proc/" + pid + "/ns/net").c_str(), &ns) || ns.st_ino != netns_ino) continue;
+  for (const std::string& pid : processes_in(netns_ino)) {
     std::ifstream in("/proc/" + pid + "/cgroup");
     std::string line, path;
     while (std::getline(in, line))
@@ -247,6 +273,18 @@ std::vector<std::string> strays(uint64_t netns_ino, const std::string& cgroup_di
 std::vector<std::string> processes_outside(uint64_t netns_ino, const std::string& cgroup_dir) {
   const auto mount = cgroup2_mount();
   return mount ? strays(netns_ino, cgroup_dir, *mount) : std::vector<std::string>{};
+}
+
+bool read_namespaces_with_bpf(std::string& why) {
+  try {
+    auto it = std::make_unique<loader::ProcessNamespaces>();
+    std::lock_guard<std::mutex> hold(task_iterator_mutex);
+    task_iterator = std::move(it);
+    return true;
+  } catch (const loader::LoaderError& e) {
+    why = e.what();
+    return false;
+  }
 }
 
 EbpfHost find_ebpf_host(const PodTarget& t, const std::optional<NodeView>& node, bool check_processes) {
@@ -316,7 +354,9 @@ std::unique_ptr<loader::KernelFeatures> kernel_for(const EbpfHost& host, bool lo
 }
 
 namespace {
-int lock_depth = 0;  // NodeLock nests within a process (flock would not)
+// NodeLock nests within a thread (flock would not); threads lock apart (the
+// agent answers requests on a thread of its own).
+thread_local int lock_depth = 0;
 }
 
 NodeLock::NodeLock() {

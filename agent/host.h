@@ -64,6 +64,12 @@ struct EbpfHost {
 /// cgroup is not `cgroup_dir` or below it: programs attached there never
 /// see their sockets. Each as "PID in cgroup PATH".
 std::vector<std::string> processes_outside(uint64_t netns_ino, const std::string& cgroup_dir);
+/// From now on, this process finds the processes in a namespace with a BPF
+/// task iterator loaded here once (loader/process_netns.h) instead of a
+/// walk of /proc: the node agent, which answers many `meshcap init`s.
+/// False, with the reason in `why`, when the kernel refuses it (the walk
+/// stays).
+bool read_namespaces_with_bpf(std::string& why);
 
 /// The host for `t`: the node data path when it is running (attached and
 /// recorded) and holds the pod -- its cgroup when `t` names one, and with

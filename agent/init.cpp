@@ -22,7 +22,7 @@ int run_init(InitOptions& o) {
   r.cgroup = o.cgroup;
   r.netns = o.netns;
   r.mode = *mode;
-  r.flags = FlagSet::resolve(o.istio, process_env());
+  r.flags = FlagSet::resolve(o.istio, o.env ? o.env : process_env());
   r.accelerate = o.accelerate;
   PlannedCapture p = plan_capture(r, !o.dry_run);
   if (o.dry_run) {

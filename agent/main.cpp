@@ -14,11 +14,14 @@
 #include <filesystem>
 #include <iostream>
 
-#include <spdlog/sinks/stdout_color_sinks.h>
+#include <nlohmann/json.hpp>
+
 #include <spdlog/spdlog.h>
 
 #include "agent_socket.h"
 #include "commands.h"
+#include "forward.h"
+#include "host.h"
 #include "istio_flags.h"
 
 namespace {
@@ -40,8 +43,7 @@ int libbpf_to_spdlog(enum libbpf_print_level level, const char* fmt, va_list arg
 
 // Logs go to stderr; stdout carries only what was asked for.
 void setup_logging(const std::string& level) {
-  auto logger = spdlog::stderr_color_mt("meshcap");
-  spdlog::set_default_logger(logger);
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>("meshcap", meshcap::stderr_sink()));
   spdlog::set_pattern("%^%l%$ %v");
   auto lvl = spdlog::level::from_str(level);
   if (lvl == spdlog::level::off && level != "off")
@@ -208,6 +210,24 @@ void add_node_commands(CLI::App& app, CommandLine& cl) {
 // Whether `cmd` was built (see main) and given.
 bool given(const CLI::App* cmd) { return cmd && cmd->parsed(); }
 
+// A `meshcap init` command line the node agent was handed (forward.h),
+// parsed as main parses it.
+std::optional<meshcap::ParsedInit> parse_forwarded_init(const std::vector<std::string>& args) {
+  CLI::App app{"meshcap"};
+  app.require_subcommand(1);
+  CommandLine cl;
+  add_log_level(&app, cl.log_level);
+  add_init_command(app, cl);
+  std::vector<std::string> reversed(args.rbegin(), args.rend());
+  try {
+    app.parse(reversed);
+  } catch (const CLI::Error&) {
+    return std::nullopt;
+  }
+  if (!given(cl.init_cmd)) return std::nullopt;
+  return meshcap::ParsedInit{cl.init, cl.log_level};
+}
+
 // Runs the sub-command that was given; errors become messages and exit codes.
 int run_command(CommandLine& cl) {
   using namespace meshcap;
@@ -221,7 +241,16 @@ int run_command(CommandLine& cl) {
     if (given(cl.node_stop_cmd)) return run_node_stop(cl.node_stop);
     if (given(cl.node_serve_cmd)) {
       cni::AgentSocket cni_socket;  // meshcap-cni's requests, answered in this process
-      cl.node_serve.on_serving = [&cni_socket] { cni_socket.start(cni::agent_socket_path()); };
+      cl.node_serve.on_serving = [&cni_socket] {
+        // The `meshcap init`s it answers look for processes in the pod's
+        // namespace many times: a task iterator, loaded once, does it.
+        std::string why;
+        if (!read_namespaces_with_bpf(why))
+          spdlog::info("processes in a pod's namespace are found by walking /proc: {}", why);
+        cni_socket.start(cni::agent_socket_path(), [](const nlohmann::json& request, int peer) {
+          return answer_init(request, peer, parse_forwarded_init);
+        });
+      };
       return run_node_serve(cl.node_serve);
     }
     if (given(cl.node_status_cmd)) return run_node_status(cl.node_status);
@@ -240,6 +269,10 @@ int run_command(CommandLine& cl) {
 int main(int argc, char** argv) {
   using namespace meshcap;
   if (std::filesystem::path(argv[0]).filename() == "istio-iptables") return istio_iptables_main(argc, argv);
+  // Into a running node, the node's agent answers when one listens
+  // (forward.h), before anything here is built.
+  if (argc > 1 && std::string_view(argv[1]) == "init")
+    if (const auto rc = forward_init(argc, argv)) return *rc;
 
   CLI::App app{"meshcap: sidecar traffic capture with eBPF, or istio-identical iptables"};
   app.require_subcommand(1);

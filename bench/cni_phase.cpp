@@ -182,38 +182,11 @@ void CniPhase::time_restore() {
 }
 
 void CniPhase::start_agent() {
-  std::vector<std::string> args = {b_.opt.meshcap_bin, "node", "serve", "--cgroup", node_->cgroup_path(),
-                                   "--max-pods", std::to_string(fig_.max_pods), "--log-level", "debug"};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
   agent_log_ = node_->state_dir() + "/bench-agent.log";
-  posix_spawn_file_actions_addopen(&fa, 2, agent_log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  const int rc = posix_spawn(&agent_, argv[0], &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) throw std::runtime_error("cannot start meshcap node serve");
-  b_.server_pids.push_back(agent_);
-  const std::string sock = node_->state_dir() + "/cni.sock";
-  for (int i = 0; i < 200; i++) {  // up to 10 s
-    if (const int s = cni::connect_agent(sock); s >= 0) {
-      close(s);
-      return;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  throw std::runtime_error("meshcap node serve did not open " + sock);
+  agent_ = start_node_agent(b_, node_->cgroup_path(), fig_.max_pods, node_->state_dir(), agent_log_);
 }
 
-void CniPhase::stop_agent() {
-  if (agent_ <= 0) return;
-  kill(agent_, SIGTERM);
-  int st = 0;
-  waitpid(agent_, &st, 0);
-  agent_ = -1;
-}
+void CniPhase::stop_agent() { stop_node_agent(agent_); }
 
 // The agent's own time per ADD (from the request's receipt to its reply,
 // as its debug log says), for the ADDs that went through it.

@@ -15,7 +15,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <thread>
 
@@ -51,6 +54,8 @@ const char* const kOnePod = "node-1-pod";
 const char* const kUnenrolledOff = "unenrolled-node-off";
 const char* const kUnenrolledOn = "unenrolled-node-on";
 const char* const kUnenrolledFloor = "unenrolled-empty-programs";
+const char* const kInitAgent = "meshcap init";
+const char* const kInitOwn = "meshcap init, own process";
 std::string many_pods(size_t n) { return "node-" + std::to_string(n) + "-pods"; }
 
 /// The floor under what the node data path costs a namespace it does not
@@ -157,6 +162,7 @@ class NodePhase {
   void build_pods();
   void time_enrolments();
   void time_enrolment_job(const std::string& kind, size_t ns);
+  void read_agent_times(const std::string& log);
   void measure_connections();
   void set_state(bool many);
   void measure_memory(const std::string& key);
@@ -224,7 +230,7 @@ void NodePhase::build_pods() {
   floor_ = std::make_unique<EmptyPrograms>(loader::node_dir());
   spdlog::info("node phase: {} empty programs on {}", floor_->size(), floor_->leaf());
   // The many pods, and fresh namespaces for every timed enrolment and restore.
-  const size_t fresh = 4 * static_cast<size_t>(p_.node_enrol_reps);
+  const size_t fresh = 5 * static_cast<size_t>(p_.node_enrol_reps);
   const auto t0 = Clock::now();
   fleet_ = std::make_unique<test::NetnsFleet>(p_.node_pods - 1 + fresh);
   add_time("create namespaces", since(t0) / static_cast<double>(fleet_->size()),
@@ -254,16 +260,43 @@ void NodePhase::unenroll_fleet_pod(size_t i) {
 
 // Every enrolment and restore on a namespace of its own, the kinds
 // shuffled together, with the many pods enrolled (the node's worst case).
+// `meshcap init` runs as a node runs it, with the node's agent (`meshcap
+// node serve`) answering, and in its own process (MESHCAP_NO_AGENT).
 void NodePhase::time_enrolments() {
   std::vector<std::string> jobs;
   for (int rep = 0; rep < p_.node_enrol_reps; rep++)
-    for (const char* kind : {"enroll", "meshcap init", "iptables-nft-restore", "iptables-legacy-restore"})
+    for (const char* kind :
+         {"enroll", kInitAgent, kInitOwn, "iptables-nft-restore", "iptables-legacy-restore"})
       if (p_.legacy || std::string(kind) != "iptables-legacy-restore") jobs.push_back(kind);
   std::shuffle(jobs.begin(), jobs.end(), b_.rng);
-  for (const auto& kind : jobs) {
-    check_stop();
-    time_enrolment_job(kind, next_fresh_++);
+  const std::string log = node_->state_dir() + "-bench-agent.log";
+  pid_t agent = start_node_agent(b_, node_->cgroup_path(), fig_.max_pods, node_->state_dir(), log);
+  try {
+    table_ = std::make_unique<loader::PodTable>(loader::node_dir());  // the agent's node start replaced it in place
+    for (const auto& kind : jobs) {
+      check_stop();
+      time_enrolment_job(kind, next_fresh_++);
+    }
+  } catch (...) {
+    stop_node_agent(agent);
+    std::filesystem::remove(log);
+    throw;
   }
+  stop_node_agent(agent);
+  read_agent_times(log);
+  std::filesystem::remove(log);
+}
+
+// The agent's own time per `meshcap init` it answered (its log: from the
+// request's receipt to the answer).
+void NodePhase::read_agent_times(const std::string& log) {
+  std::ifstream in(log);
+  std::string line;
+  const std::string mark = " answered: exit 0, ";
+  while (std::getline(in, line))
+    if (const size_t at = line.find(mark); at != std::string::npos && line.find("meshcap init of pid") != std::string::npos)
+      add_time("meshcap init: the agent's part", std::stod(line.substr(at + mark.size())) / 1e3,
+               "the agent's time per meshcap init it answered (its log)");
 }
 
 void NodePhase::time_enrolment_job(const std::string& kind, size_t ns) {
@@ -281,12 +314,16 @@ void NodePhase::time_enrolment_job(const std::string& kind, size_t ns) {
     add_time("unenroll in-process", since(t2), "loader::PodTable::unenroll");
     return;
   }
-  if (kind == "meshcap init") {
+  if (kind == kInitAgent || kind == kInitOwn) {
     std::vector<std::string> argv = {b_.opt.meshcap_bin, "init", "--name", name, "--netns", path};
     argv.insert(argv.end(), kIstioFlags.begin(), kIstioFlags.end());
+    if (kind == kInitOwn) ::setenv("MESHCAP_NO_AGENT", "1", 1);
     const Timed t = run_timed(argv);
+    ::unsetenv("MESHCAP_NO_AGENT");
     if (!t.ok()) throw std::runtime_error("meshcap init into the node: " + t.output);
-    add_time("meshcap init", t.seconds, "meshcap init --name N --netns PATH <istio-init's flags> (process)");
+    add_time(kind, t.seconds,
+             kind == kInitAgent ? "meshcap init --name N --netns PATH <istio-init's flags> (process; the node's agent answers)"
+                                : "the same with MESHCAP_NO_AGENT=1 (the enrolment in init's own process)");
     const Timed c = run_timed({b_.opt.meshcap_bin, "cleanup", "--name", name});
     add_time("meshcap cleanup", c.seconds, "meshcap cleanup --name N (process)");
     return;

@@ -1,7 +1,12 @@
 #include "phases.h"
 
 #include <bpf/bpf.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <algorithm>
 #include <chrono>
@@ -10,6 +15,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "agent_client.h"
 #include "run_control.h"
 
 namespace meshcap::bench {
@@ -230,6 +236,42 @@ void record(Cell& c, const std::string& workload, const ClientResult& r, Results
   c.round_p50_us.push_back(percentile(r.samples_ns, 50) / 1000.0);
   c.p50_by_round[round] = c.round_p50_us.back();
   if (r.elapsed_ns) c.round_rate.push_back(static_cast<double>(r.samples_ns.size()) / (r.elapsed_ns / 1e9));
+}
+
+pid_t start_node_agent(Bench& b, const std::string& cgroup, size_t max_pods, const std::string& state_dir,
+                       const std::string& log) {
+  std::vector<std::string> args = {b.opt.meshcap_bin, "node",     "serve", "--cgroup", cgroup, "--max-pods",
+                                   std::to_string(max_pods), "--log-level", "debug"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  pid_t pid = -1;
+  const int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) throw std::runtime_error("cannot start meshcap node serve");
+  b.server_pids.push_back(pid);
+  const std::string sock = state_dir + "/cni.sock";
+  for (int i = 0; i < 200; i++) {  // up to 10 s
+    if (const int s = cni::connect_agent(sock); s >= 0) {
+      close(s);
+      return pid;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  stop_node_agent(pid);
+  throw std::runtime_error("meshcap node serve did not open " + sock);
+}
+
+void stop_node_agent(pid_t& pid) {
+  if (pid <= 0) return;
+  kill(pid, SIGTERM);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  pid = -1;
 }
 
 }  // namespace meshcap::bench

@@ -36,6 +36,14 @@ struct Bench {
   void track(Rig& rig);
 };
 
+/// Starts `meshcap node serve` on `cgroup` (the node data path started
+/// there already is replaced in place) with its stderr in `log`, and waits
+/// until its socket (`state_dir`/cni.sock) answers; throws otherwise.
+pid_t start_node_agent(Bench& b, const std::string& cgroup, size_t max_pods, const std::string& state_dir,
+                       const std::string& log);
+/// SIGTERM and wait; `pid` becomes -1. Safe with -1.
+void stop_node_agent(pid_t& pid);
+
 /// The variants' pods (and whether `meshcap init --mode iptables` is the
 /// way to apply iptables, decided on the first one).
 void build_rigs(Bench& b, const std::vector<RigDef>& defs);

@@ -272,6 +272,16 @@ void Targets::node_enrolment() {
             fmt("%.2f ms", restore->first * 1e3) + "]",
         goal_text, q <= goal);
   }
+  // The same `meshcap init` with no agent answering: the enrolment in the
+  // command's own process.
+  if (auto it = r_.node.seconds.find("meshcap init, own process"); restore && it != r_.node.seconds.end() &&
+                                                                    !it->second.empty()) {
+    const double m = median(it->second);
+    put("node-init-own-process-vs-restore",
+        fmt("%.3fx", m / restore->first) + " [meshcap init with MESHCAP_NO_AGENT=1 p50 " + fmt("%.3f ms", m * 1e3) +
+            ", " + restore->second + " p50 " + fmt("%.2f ms", restore->first * 1e3) + "]",
+        "", false, true);
+  }
 }
 
 void Targets::node_memory() {

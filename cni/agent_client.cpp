@@ -89,25 +89,59 @@ bool write_message(int fd, const std::string& text) {
   return true;
 }
 
-std::optional<AgentReply> exchange(int fd, const std::map<std::string, std::string>& env,
-                                   const std::string& stdin_text, const std::string& pin_dir) {
-  const json request = {{"env", env}, {"stdin", stdin_text}, {"pin_dir", pin_dir}};
-  std::string answer;
-  std::optional<AgentReply> out;
+namespace {
+
+// Sends `request`, then reads the whole answer: false with `why` when
+// either fails. `fd` is closed.
+bool round_trip(int fd, const json& request, json& answer, std::string& why) {
+  std::string text;
+  bool ok = false;
   if (!write_message(fd, request.dump(-1, ' ', false, json::error_handler_t::replace)) || shutdown(fd, SHUT_WR) != 0) {
-    out = agent_failed(std::string("sending the request: ") + std::strerror(errno));
-  } else if (!read_message(fd, answer, kAgentTimeoutMs)) {
-    out = agent_failed("no complete answer from the agent");
+    why = std::string("sending the request: ") + std::strerror(errno);
+  } else if (!read_message(fd, text, kAgentTimeoutMs)) {
+    why = "no complete answer from the agent";
   } else {
     try {
-      const json j = json::parse(answer);
-      if (!j.value("local", false)) out = AgentReply{j.at("exit_code").get<int>(), j.at("stdout").get<std::string>()};
+      answer = json::parse(text);
+      ok = true;
     } catch (const json::exception& e) {
-      out = agent_failed(std::string("malformed answer: ") + e.what());
+      why = std::string("malformed answer: ") + e.what();
     }
   }
   ::close(fd);
-  return out;
+  return ok;
+}
+
+}  // namespace
+
+std::optional<AgentReply> exchange(int fd, const std::map<std::string, std::string>& env,
+                                   const std::string& stdin_text, const std::string& pin_dir) {
+  json j;
+  std::string why;
+  if (!round_trip(fd, {{"env", env}, {"stdin", stdin_text}, {"pin_dir", pin_dir}}, j, why)) return agent_failed(why);
+  try {
+    if (j.value("local", false)) return std::nullopt;
+    return AgentReply{j.at("exit_code").get<int>(), j.at("stdout").get<std::string>()};
+  } catch (const json::exception& e) {
+    return agent_failed(std::string("malformed answer: ") + e.what());
+  }
+}
+
+std::optional<InitReply> exchange_init(int fd, const std::vector<std::string>& args,
+                                       const std::map<std::string, std::string>& env, const std::string& pin_dir) {
+  json j;
+  std::string why;
+  if (round_trip(fd, {{"init", {{"argv", args}, {"env", env}}}, {"pin_dir", pin_dir}}, j, why)) {
+    try {
+      if (j.value("local", false)) return std::nullopt;
+      return InitReply{j.at("exit_code").get<int>(), j.value("stdout", ""), j.at("stderr").get<std::string>()};
+    } catch (const json::exception& e) {
+      why = std::string("malformed answer: ") + e.what();
+    }
+  }
+  return InitReply{1, "",
+                   "error the node agent took the request and did not answer (" + why +
+                       "); `meshcap status` shows what it did, `meshcap cleanup` removes it\n"};
 }
 
 }  // namespace meshcap::cni

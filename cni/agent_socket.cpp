@@ -33,7 +33,8 @@ constexpr int kRequestTimeoutMs = 10'000;  // how long the agent waits for a req
 
 std::string agent_socket_path() { return agent_socket_path(state_root()); }
 
-void AgentSocket::start(const std::string& socket_path) {
+void AgentSocket::start(const std::string& socket_path, InitHandler init) {
+  init_ = std::move(init);
   sockaddr_un sa{};
   sa.sun_family = AF_UNIX;
   if (socket_path.size() >= sizeof sa.sun_path) throw std::runtime_error("socket path too long: " + socket_path);
@@ -94,6 +95,9 @@ void AgentSocket::answer(int client) {
     const json req = json::parse(text);
     if (req.at("pin_dir").get<std::string>() != loader::pin_root()) {
       reply = {{"local", true}};  // another pin directory than the one this agent serves
+    } else if (req.contains("init")) {
+      reply = init_ ? init_(req.at("init"), peer.pid) : json{{"local", true}};
+      ++served_;
     } else {
       const auto env = req.at("env").get<std::map<std::string, std::string>>();
       auto getenv = [&env](const std::string& name) -> std::optional<std::string> {

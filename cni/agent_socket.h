@@ -6,13 +6,21 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <thread>
+
+#include <nlohmann/json_fwd.hpp>
 
 namespace meshcap::cni {
 
 /// `<state directory>/cni.sock`, for this process's state directory.
 std::string agent_socket_path();
+
+/// Answers a forwarded `meshcap init` (the request's "init" object) from
+/// process `peer`: {"exit_code", "stdout", "stderr"}, or {"local": true}
+/// for one the caller must run itself (agent/forward.h).
+using InitHandler = std::function<nlohmann::json(const nlohmann::json& request, int peer)>;
 
 class AgentSocket {
  public:
@@ -22,8 +30,9 @@ class AgentSocket {
   ~AgentSocket() { stop(); }
 
   /// Binds `socket_path` (root's alone; a stale socket file of an agent that
-  /// was killed is replaced) and starts answering; throws when it cannot.
-  void start(const std::string& socket_path);
+  /// was killed is replaced) and starts answering, `meshcap init` requests
+  /// with `init` (without it the caller runs them); throws when it cannot.
+  void start(const std::string& socket_path, InitHandler init = {});
   /// Stops answering and removes the socket file: plugins that come later
   /// run their commands themselves.
   void stop();
@@ -35,6 +44,7 @@ class AgentSocket {
   void answer(int client);
 
   std::string path_;
+  InitHandler init_;
   int listener_ = -1;
   std::atomic<bool> stopping_{false};
   std::atomic<uint64_t> served_{0};

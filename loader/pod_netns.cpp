@@ -1,5 +1,8 @@
 // Reads a pod network namespace's addresses from a helper thread that has
 // entered it (setns is per thread), so the caller's namespace is unchanged.
+// The thread comes back to its own namespace after each read and is kept
+// for the next one: the node agent reads a namespace per request, and
+// starting a thread cost about as much as the reading here.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
@@ -14,8 +17,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <exception>
 #include <fstream>
+#include <functional>
+#include <mutex>
 #include <sstream>
 #include <filesystem>
 #include <thread>
@@ -132,11 +139,57 @@ std::optional<std::set<uint16_t>> listening_ports_here() {
   return out;
 }
 
+namespace {
+
+// The namespace thread: one job at a time, back in its own namespace
+// after each. Never destroyed (it may be waiting when the process exits);
+// one that cannot come back is abandoned and the next read starts another.
+struct NamespaceThread {
+  std::mutex m;
+  std::condition_variable cv;
+  const std::function<void()>* job = nullptr;
+  std::exception_ptr failed;
+  bool dead = false;
+};
+
+void on_namespace_thread(const std::function<void()>& job) {
+  static std::mutex one_at_a_time;
+  static NamespaceThread* t = nullptr;
+  std::lock_guard<std::mutex> serial(one_at_a_time);
+  if (!t || t->dead) {
+    t = new NamespaceThread;
+    std::thread([w = t] {
+      const int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+      std::unique_lock<std::mutex> lock(w->m);
+      for (;;) {
+        w->cv.wait(lock, [w] { return w->job != nullptr; });
+        try {
+          (*w->job)();
+        } catch (...) {
+          w->failed = std::current_exception();
+        }
+        if (home < 0 || setns(home, CLONE_NEWNET) != 0) w->dead = true;
+        w->job = nullptr;
+        w->cv.notify_all();
+        if (w->dead) return;
+      }
+    }).detach();
+  }
+  std::unique_lock<std::mutex> lock(t->m);
+  t->failed = nullptr;
+  t->job = &job;
+  t->cv.notify_all();
+  t->cv.wait(lock, [&] { return t->job == nullptr; });
+  if (t->failed) std::rethrow_exception(t->failed);
+}
+
+}  // namespace
+
 PodNetwork read_pod_network(const std::string& netns_path) {
   PodNetwork out;
   int error = 0;
   std::string step;
-  std::thread worker([&] {
+  on_namespace_thread([&] {
     int fd = open(netns_path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
       error = errno;
@@ -210,7 +263,6 @@ PodNetwork read_pod_network(const std::string& netns_path) {
     if (!out.source4) out.source4 = any4;
     if (!out.source6) out.source6 = any6;
   });
-  worker.join();
   if (error) throw LoaderError(step, error);
   return out;
 }

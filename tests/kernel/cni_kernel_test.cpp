@@ -182,69 +182,12 @@ TEST_F(Cni, AddIntoARunningNodeEnrolsAndDelTakesItOut) {
   expect_direct();
 }
 
-// `meshcap node serve` of the test's node, its log in a file; SIGKILLed
-// with the test's resources on any path.
-class Agent {
- public:
-  explicit Agent(const TestNode& node) : socket_(node.state_dir() + "/cni.sock") {
-    log_ = node.state_dir() + "-agent.log";
-    std::vector<std::string> argv = {MESHCAP_BIN, "node", "serve", "--cgroup", node.cgroup_path()};
-    std::vector<std::string> env = node.env();
-    env.push_back("PATH=/usr/sbin:/usr/bin:/sbin:/bin");
-    pid_ = fork();
-    if (pid_ == 0) {
-      detail::reset_signals_in_child();
-      const int fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-      dup2(fd, 1), dup2(fd, 2);
-      std::vector<char*> a, e;
-      for (auto& x : argv) a.push_back(x.data());
-      for (auto& x : env) e.push_back(x.data());
-      a.push_back(nullptr), e.push_back(nullptr);
-      execve(a[0], a.data(), e.data());
-      _exit(127);
-    }
-    handle_ = detail::register_resource(detail::Resource::process, detail::new_group(), "", pid_);
-  }
-  ~Agent() {
-    stop(SIGKILL);
-    std::filesystem::remove(log_);
-  }
-  /// Whether the socket answers within 10 s.
-  bool listening() const {
-    for (int i = 0; i < 200; i++) {
-      if (const int s = cni::connect_agent(socket_); s >= 0) {
-        close(s);
-        return true;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return false;
-  }
-  void stop(int sig = SIGTERM) {
-    if (pid_ <= 0) return;
-    kill(pid_, sig);
-    waitpid(pid_, nullptr, 0);
-    detail::unregister_resource(handle_);
-    pid_ = -1;
-  }
-  std::string log() const {
-    std::ifstream in(log_);
-    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  }
-  const std::string& socket_path() const { return socket_; }
-
- private:
-  std::string socket_, log_;
-  pid_t pid_ = -1;
-  int handle_ = -1;
-};
-
 // With the node's agent running, meshcap-cni hands every command to it (the
 // agent's log has the pod's plan, the plugin's stderr has nothing), bad
 // input gets the same error from it, and once the agent stops (its socket
 // gone) the plugin does the work itself.
 TEST_F(Cni, TheAgentAnswersWhileItRunsAndThePluginWorksAloneAfter) {
-  Agent agent(*node_);
+  TestNodeAgent agent(*node_, MESHCAP_BIN);
   ASSERT_TRUE(agent.listening()) << agent.log();
   const json conf = config();
   auto r = cni("ADD", conf);

@@ -476,6 +476,84 @@ TEST_F(Node, InitIntoTheNodeRefusesAPodWhoseProcessesAreOutsideIt) {
   expect_direct(stray);
 }
 
+/// How many `meshcap init`s the agent has answered with exit code `exit`
+/// (its log), or with any when `exit` < 0.
+size_t answered(const TestNodeAgent& agent, int exit = -1) {
+  const std::string log = agent.log();
+  const std::string tail = exit < 0 ? " answered: exit " : " answered: exit " + std::to_string(exit) + ",";
+  size_t n = 0;
+  for (size_t at = log.find("meshcap init of pid "); at != std::string::npos;
+       at = log.find("meshcap init of pid ", at + 1))
+    if (const size_t a = log.find(" answered", at); a != std::string::npos && log.compare(a, tail.size(), tail) == 0)
+      n++;
+  return n;
+}
+
+// With the node's agent running (`meshcap node serve`), `meshcap init`
+// hands the command to it and prints its answer: the same capture, the same
+// log lines and exit codes, bad input refused with nothing changed, a pod
+// with processes outside the node's cgroup found (by the agent's task
+// iterator) and put on iptables. What depends on the caller's process runs
+// there: --dry-run, MESHCAP_NO_AGENT, and everything once the agent stops.
+TEST_F(Node, InitIsAnsweredByTheNodesAgentWithTheSameResult) {
+  TestNodeAgent agent(*node_, MESHCAP_BIN);
+  ASSERT_TRUE(agent.listening()) << agent.log();
+  EXPECT_EQ(agent.log().find("walking /proc"), std::string::npos) << agent.log();
+  NodePod a(*node_), b(*node_);
+  auto r = init(a);
+  ASSERT_EQ(r.exit_code, 0) << r.output << agent.log();
+  EXPECT_NE(r.output.find("info pod " + a.name() + ": outbound by ebpf, inbound by ebpf"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(answered(agent, 0), 1u) << agent.log();
+  EXPECT_EQ(node_status()["pods_enrolled"], 1);
+  EXPECT_EQ(status(a)["parts"]["outbound"]["engine"], "ebpf");
+  expect_captured(a);
+
+  // Bad input: one line naming the value, exit 2, nothing changed.
+  r = init(b, {"-p", "99999"});
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_EQ(r.output, "error -p: invalid value '99999': port out of range (1-65535)\n");
+  EXPECT_EQ(answered(agent, 2), 1u) << agent.log();
+  EXPECT_EQ(node_status()["pods_enrolled"], 1);
+  EXPECT_FALSE(std::filesystem::exists(node_->state_dir() + "/pods/" + b.name() + ".json"));
+  expect_direct(b);
+
+  // --dry-run and MESHCAP_NO_AGENT run in the caller's process.
+  const size_t before = answered(agent);
+  r = node_->meshcap({"init", "--dry-run", "--name", b.name(), "--netns", b.pod.pod_netns_path(), "-i", "*"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(node_status()["pods_enrolled"], 1);
+  r = init(b, kIstioInit, "auto", {"MESHCAP_NO_AGENT=1"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(answered(agent), before) << agent.log();
+  expect_captured(b);
+
+  // A process of the pod's namespace outside the node's cgroup.
+  NodePod stray{TestPod::Options{}};
+  r = init(stray, kIstioInit, "ebpf");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("outside it (pid "), std::string::npos) << r.output;
+  EXPECT_EQ(answered(agent, 1), 1u) << agent.log();
+  r = init(stray);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("outbound by iptables, inbound by iptables"), std::string::npos) << r.output;
+  EXPECT_EQ(answered(agent, 0), 2u) << agent.log();
+  expect_captured(stray);
+  EXPECT_EQ(node_status()["pods_enrolled"], 2);
+
+  for (NodePod* p : {&a, &b, &stray}) {
+    ASSERT_EQ(node_->meshcap({"cleanup", "--name", p->name()}).exit_code, 0);
+    expect_direct(*p);
+  }
+  // Once the agent stops (its socket gone), init does the work itself.
+  agent.stop();
+  EXPECT_FALSE(std::filesystem::exists(agent.socket_path()));
+  r = init(a);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  expect_captured(a);
+  ASSERT_EQ(node_->meshcap({"cleanup", "--name", a.name()}).exit_code, 0);
+}
+
 // A process of an enrolled pod that sits outside the node's cgroup is not
 // captured; status says so instead of "drift: none".
 TEST_F(Node, StatusReportsProcessesOutsideTheDataPathsCgroup) {

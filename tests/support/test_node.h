@@ -6,6 +6,9 @@
 // signals and at exit (cleanup.h).
 #pragma once
 
+#include <sys/types.h>
+
+#include <csignal>
 #include <string>
 #include <vector>
 
@@ -35,6 +38,30 @@ class TestNode {
   std::string meshcap_, suffix_, cgroup_, pins_, state_;
   int group_ = -1;
   int slots_[3] = {-1, -1, -1};
+};
+
+/// `meshcap node serve` of a TestNode (meshcap-cni's requests and the
+/// `meshcap init`s it answers), its output in a file beside the node's
+/// state directory; SIGKILLed with the test's resources on any path.
+class TestNodeAgent {
+ public:
+  TestNodeAgent(const TestNode& node, const std::string& meshcap);
+  ~TestNodeAgent();
+  TestNodeAgent(const TestNodeAgent&) = delete;
+  TestNodeAgent& operator=(const TestNodeAgent&) = delete;
+
+  /// Whether its socket answers within 10 s.
+  bool listening() const;
+  /// Signals it and waits; safe twice.
+  void stop(int sig = SIGTERM);
+  /// Everything it has printed so far.
+  std::string log() const;
+  const std::string& socket_path() const { return socket_; }
+
+ private:
+  std::string socket_, log_;
+  pid_t pid_ = -1;
+  int handle_ = -1;
 };
 
 }  // namespace meshcap::test
