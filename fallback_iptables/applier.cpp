@@ -164,7 +164,7 @@ void save_record(const std::string& path, const StateRecord& rec) {
   for (const auto& b : rec.backends) {
     // The payload goes beside the record, as text, written before it.
     const std::string file = fs::path(payload_path(path, b.family, b.legacy)).filename().string();
-    const std::string text = b.payload.text();
+    const std::string text = b.payload_text.empty() ? b.payload.text() : b.payload_text;
     const std::string tmp = payload_path(path, b.family, b.legacy) + ".tmp";
     {
       std::ofstream out(tmp, std::ios::trunc | std::ios::binary);
@@ -227,9 +227,20 @@ struct Step {
   bool unprobed = false;               // backend chosen without istio's probe rule
   RestorePayload previous;             // fast: what the step removes (the last apply's payload)
   RestorePayload added;                // fast: istio's payload the step adds (empty: removal only)
+  bool added_is_payload = false;       // fast: `added` is `payload` itself (not copied)
   std::set<std::string> done_tables;   // a failed restore's tables that were committed before it failed
 
   std::string name() const { return std::string(family_name(backend.family)) + " " + backend.binary; }
+  /// What the step adds (fast steps).
+  const RestorePayload& adds() const { return added_is_payload ? payload : added; }
+  /// payload.text(), made once (10,000 rules are 140 KB of text).
+  const std::string& text() const {
+    if (text_.empty() && !payload.empty()) text_ = payload.text();
+    return text_;
+  }
+
+ private:
+  mutable std::string text_;
 };
 
 Step make_step(const Backend& backend) {
@@ -497,8 +508,8 @@ Step fast_step(const Backend& backend, const RecordedBackend* previous, const Re
   s.fast = true;
   if (previous == nullptr && add != nullptr && in_table_order(*add)) {
     // Nothing to remove: the payload is `add` as it is (what by_table would make of it).
-    s.added = *add;
-    s.payload = s.added;
+    s.payload = *add;
+    s.added_is_payload = true;
     return s;
   }
   std::map<std::string, std::vector<std::string>> by_table;
@@ -517,7 +528,7 @@ Step fast_step(const Backend& backend, const RecordedBackend* previous, const Re
 // Undoes a fast step: removes what it added, puts back what it removed.
 RestorePayload fast_rollback_payload(const Step& s, const std::set<std::string>* only) {
   std::map<std::string, std::vector<std::string>> by_table;
-  add_removal(by_table, s.added, only);
+  add_removal(by_table, s.adds(), only);
   add_all(by_table, s.previous, only);
   return to_payload(by_table);
 }
@@ -884,9 +895,9 @@ void remove_new_tables(KernelTables* kernel, const Views& before,
 bool remove_recorded(Session& session, const Step& s, const std::string& binary, CleanupResult& res) {
   try {
     if (!s.payload.empty()) {
-      session.restore(s.backend, s.payload.text(), "cleanup " + s.name());
+      session.restore(s.backend, s.text(), "cleanup " + s.name());
       res.backends.push_back(s.name());
-      res.restored.push_back(s.payload.text());
+      res.restored.push_back(s.text());
     }
   } catch (const IptablesError& e) {
     spdlog::info("removing the recorded rules failed ({}); reading {} instead", e.what(), binary + "-save");
@@ -999,7 +1010,7 @@ class IptablesApplier::ApplyRun {
       }
       if (replayed(s)) {
         s.committed = true;
-        res_.replayed.push_back(s.payload.text());
+        res_.replayed.push_back(s.text());
         spdlog::info(
             "applied {} ({} tables, as iptables-restore made them of this payload before)",
             s.name(), s.payload.tables.size());
@@ -1007,7 +1018,7 @@ class IptablesApplier::ApplyRun {
       }
       auto image = image_before(s);
       try {
-        session_.restore(s.backend, s.payload.text(), "restore " + s.name());
+        session_.restore(s.backend, s.text(), "restore " + s.name());
       } catch (const IptablesError& e) {
         s.done_tables = committed_before_error(s.payload, session_.last_restore_error());
         std::string why;
@@ -1026,7 +1037,7 @@ class IptablesApplier::ApplyRun {
         throw IptablesError(e.step(), e.detail() + note, e.exit_code());
       }
       s.committed = true;
-      res_.restored.push_back(s.payload.text());
+      res_.restored.push_back(s.text());
       spdlog::info("applied {} ({} tables{})", s.name(), s.payload.tables.size(), s.fast ? "" : ", from -save");
       if (image) learn(s, *image);
     }
@@ -1036,14 +1047,14 @@ class IptablesApplier::ApplyRun {
   // A step images can stand for: only adds (planned from the tables), and
   // the kernel's tables readable here.
   bool imageable(const Step& s) const {
-    return kernel_ != nullptr && applier_.options_.images && s.fast && s.previous.empty() && !s.added.empty();
+    return kernel_ != nullptr && applier_.options_.images && s.fast && s.previous.empty() && !s.adds().empty();
   }
 
   // Applies `s` from a kept image of its payload; false when there is none
   // or the tables are not in the state it starts from (nothing changed).
   bool replayed(const Step& s) {
     if (!imageable(s)) return false;
-    const auto images = load_images(applier_.options_.state_dir, image_key(s.backend, s.added.text()));
+    const auto images = load_images(applier_.options_.state_dir, image_key(s.backend, added_text(s)));
     return images && kernel_->replay(s.backend.family, s.backend.legacy, *images);
   }
 
@@ -1051,14 +1062,17 @@ class IptablesApplier::ApplyRun {
   void learn(const Step& s, std::vector<TableImage>& image) {
     if (!kernel_->image_after(s.backend.family, s.backend.legacy, image)) {
       spdlog::debug("{}: no image kept (the tables cannot be replayed)", s.name());
-    } else if (!images_match_payload(image, s.backend.legacy, s.added)) {
+    } else if (!images_match_payload(image, s.backend.legacy, s.adds())) {
       spdlog::debug(
           "{}: no image kept (the tables hold more or less than the payload added)",
           s.name());
     } else {
-      save_images(applier_.options_.state_dir, image_key(s.backend, s.added.text()), image);
+      save_images(applier_.options_.state_dir, image_key(s.backend, added_text(s)), image);
     }
   }
+
+  // The text of what `s` adds: its payload's, made once, when that is it.
+  static std::string added_text(const Step& s) { return s.added_is_payload ? s.text() : s.added.text(); }
 
   // Before `s`'s restore: the tables' state, when an image can be taken.
   std::optional<std::vector<TableImage>> image_before(const Step& s) {
@@ -1218,6 +1232,8 @@ class IptablesApplier::ApplyRun {
       rb.binary = b.binary;
       rb.legacy = b.legacy;
       rb.payload = fam == Family::V4 ? res_.rules.ipv4 : res_.rules.ipv6;
+      for (const auto& s : steps_)  // its text, when a step made it already
+        if (s.added_is_payload && s.backend.family == fam && s.backend.legacy == b.legacy) rb.payload_text = s.text();
       if (!b.legacy) {
         const RecordedBackend* was = rec_.backend(fam, false);
         if (was != nullptr) rb.created = was->created;

@@ -40,6 +40,9 @@ class IstioRules {
                    "DNS capture disabled");
     }
 
+    // A rule per excluded range, and some fifty more.
+    b_.reserve(cfg_.outbound_ranges_exclude.v4.size() + cfg_.outbound_ranges_include.v4.size() + 64,
+               cfg_.outbound_ranges_exclude.v6.size() + cfg_.outbound_ranges_include.v6.size() + 64);
     exclude_interfaces();
     // Traffic arriving on the virtual interfaces is never inbound-captured.
     for (const auto& iface : cfg_.reroute_virtual_interfaces) {

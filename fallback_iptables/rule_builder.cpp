@@ -98,6 +98,11 @@ RuleBuilder::RuleBuilder(bool ipv6_enabled) : ipv6_enabled_(ipv6_enabled) {}
 
 std::vector<Rule>& RuleBuilder::list(Family family) { return family == Family::V4 ? v4_ : v6_; }
 
+void RuleBuilder::reserve(size_t v4, size_t v6) {
+  v4_.reserve(v4_.size() + v4);
+  if (ipv6_enabled_) v6_.reserve(v6_.size() + v6);
+}
+
 const std::vector<Rule>& RuleBuilder::rules(Family family) const { return family == Family::V4 ? v4_ : v6_; }
 
 RuleBuilder& RuleBuilder::append(const std::string& table, const std::string& chain, std::vector<std::string> spec) {

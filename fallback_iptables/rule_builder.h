@@ -83,6 +83,9 @@ class RuleBuilder {
   RuleBuilder& insert_v6(const std::string& table, const std::string& chain, int position,
                          std::vector<std::string> spec);
 
+  /// Room for `v4` and `v6` more rules (a long -x list), so the lists are
+  /// not moved as they grow.
+  void reserve(size_t v4, size_t v6);
   bool ipv6_enabled() const { return ipv6_enabled_; }
   /// The rules of one family, in the order they were added.
   const std::vector<Rule>& rules(Family family) const;
