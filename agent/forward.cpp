@@ -17,6 +17,7 @@
 #include "agent_client.h"
 #include "capture_config.h"
 #include "host.h"
+#include "target.h"
 
 namespace meshcap {
 
@@ -85,8 +86,8 @@ std::string why_local(const std::vector<std::string>& args, const std::map<std::
     return "--netns names the caller's own namespace";
   if (!o.cgroup.empty() && o.cgroup[0] != '/') return "a relative --cgroup";
   if (o.cgroup.empty() && !NodeRecord::read()) return "no node data path (a pod's own programs go on the caller's cgroup)";
-  const std::string path = netns.find('/') == std::string::npos ? "/run/netns/" + netns : netns;
-  if (same_file(path, proc + "/ns/net")) return "the caller is in the pod's namespace";
+  // As init resolves it (a bad one throws: the caller then prints the error).
+  if (same_file(resolve_netns(netns), proc + "/ns/net")) return "the caller is in the pod's namespace";
   if (spdlog::level::from_str(p.log_level) == spdlog::level::off && p.log_level != "off") return "--log-level";
   return "";
 }
