@@ -96,19 +96,14 @@ std::string why_local(const std::vector<std::string>& args, const std::map<std::
 
 std::shared_ptr<spdlog::sinks::sink> stderr_sink() { return std::make_shared<RoutedSink>(); }
 
-std::optional<int> forward_init(int argc, char** argv) {
+std::optional<int> forward_init(int argc, char** argv) noexcept {
   if (env_set("MESHCAP_NO_AGENT") || env_set("MESHCAP_FAULT_AT")) return std::nullopt;
   const std::vector<std::string> args(argv + 1, argv + argc);
   for (const auto& a : args)
     if (a == "-h" || a == "--help" || a == "-n" || a.rfind("--dry-run", 0) == 0) return std::nullopt;
   const int fd = cni::connect_agent(cni::agent_socket_path(cni::client_state_root()));
   if (fd < 0) return std::nullopt;
-  std::map<std::string, std::string> env;
-  for (char** e = environ; *e; ++e) {
-    const std::string kv = *e;
-    if (const auto eq = kv.find('='); eq != std::string::npos) env.emplace(kv.substr(0, eq), kv.substr(eq + 1));
-  }
-  const auto reply = cni::exchange_init(fd, args, env, cni::client_pin_root());
+  const auto reply = cni::exchange_init(fd, args, environ, cni::client_pin_root());
   if (!reply) return std::nullopt;
   std::fwrite(reply->stdout_text.data(), 1, reply->stdout_text.size(), stdout);
   std::fwrite(reply->stderr_text.data(), 1, reply->stderr_text.size(), stderr);

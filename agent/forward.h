@@ -33,8 +33,9 @@
 namespace meshcap {
 
 /// The caller's side: `argv` is the process's, "init" at argv[1]. The exit
-/// code when the agent answered, nullopt to run the command here.
-std::optional<int> forward_init(int argc, char** argv);
+/// code when the agent answered, nullopt to run the command here. Throws
+/// nothing (short of memory): it runs before the C++ runtime is set up.
+std::optional<int> forward_init(int argc, char** argv) noexcept;
 
 /// A forwarded command line, parsed as `meshcap init` parses it.
 struct ParsedInit {

@@ -3,6 +3,7 @@
 // the CNI plugin then enrol pods by network namespace (map updates, no
 // program load).
 #include <sys/statfs.h>
+#include <unistd.h>
 #include <linux/magic.h>
 
 #include <filesystem>
@@ -165,6 +166,7 @@ int run_node_stop(const NodeStopOptions& o) {
   const bool was = fs::exists(loader::node_dir(), ec);
   loader::remove_tree(loader::node_dir());
   loader::remove_dead_staging("node");
+  rmdir(loader::pin_root().c_str());  // only when empty: per-pod data paths pin there too
   NodeRecord::remove();
   mark_upgrade(false);
   spdlog::info("node data path {}", was ? "removed" : "was not running");

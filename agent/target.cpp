@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
 
 #include "capture_config.h"
 #include "pins.h"
@@ -20,7 +21,18 @@
 
 namespace meshcap {
 
-std::optional<std::string> cgroup2_mount() { return loader::find_cgroup2_mount(); }
+std::optional<std::string> cgroup2_mount() {
+  // Read from /proc/self/mountinfo once per process (the agent asks for
+  // every pod it answers: 0.1 ms each here), and checked at every ask to
+  // be a cgroup v2 mount still; read again when it is not.
+  static std::mutex mutex;
+  static std::optional<std::string> found;
+  std::lock_guard<std::mutex> lock(mutex);
+  struct statfs st {};
+  if (found && statfs(found->c_str(), &st) == 0 && st.f_type == CGROUP2_SUPER_MAGIC) return found;
+  found = loader::find_cgroup2_mount();
+  return found;
+}
 
 std::string resolve_netns(const std::string& given) {
   std::string path = given.empty() ? "/proc/self/ns/net"

@@ -18,7 +18,8 @@ struct PodTarget {
   NetnsId netns;           ///< what netns_path names now
 };
 
-/// The cgroup2 mount point from /proc/self/mountinfo, if any.
+/// The cgroup2 mount point from /proc/self/mountinfo, if any (read once per
+/// process while it stays a cgroup v2 mount).
 std::optional<std::string> cgroup2_mount();
 
 /// Resolves `--netns` (a path, or a name under /run/netns; empty = the

@@ -57,11 +57,13 @@ struct InitReply {
 };
 
 /// One `meshcap init` request over `fd` (closed here): `args` from "init"
-/// on, the caller's environment. nullopt when the agent asks the caller to
-/// run the command itself. An agent that accepted and then did not answer
-/// gives exit 1 and the reason, never a local re-run.
-std::optional<InitReply> exchange_init(int fd, const std::vector<std::string>& args,
-                                       const std::map<std::string, std::string>& env, const std::string& pin_dir);
+/// on, the caller's environment (`envp`, NAME=VALUE strings). nullopt when
+/// the agent asks the caller to run the command itself. An agent that
+/// accepted and then did not answer gives exit 1 and the reason, never a
+/// local re-run. Throws nothing (short of memory): it runs before the
+/// C++ runtime can unwind an exception (agent/main.cpp).
+std::optional<InitReply> exchange_init(int fd, const std::vector<std::string>& args, const char* const* envp,
+                                       const std::string& pin_dir) noexcept;
 
 /// Reads until the peer shuts its side down; false on error, after
 /// `timeout_ms` without data, or past the size limit.

@@ -7,11 +7,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <iostream>
-#include <iterator>
 #include <map>
 #include <string>
 
@@ -45,6 +44,21 @@ std::string local_plugin() {
   std::exit(1);
 }
 
+// All of stdin (the runtime's configuration), with read(2): without
+// iostreams the process never builds their locale facets.
+std::string read_stdin() {
+  std::string in;
+  char buf[16384];
+  for (;;) {
+    const ssize_t n = read(0, buf, sizeof buf);
+    if (n > 0) {
+      in.append(buf, static_cast<size_t>(n));
+    } else if (n == 0 || errno != EINTR) {
+      return in;
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -53,12 +67,13 @@ int main(int argc, char** argv) {
   if (argc > 1 || command == nullptr || std::strcmp(command, "VERSION") == 0) run_locally(argv, nullptr);
   const int fd = connect_agent(agent_socket_path(client_state_root()));
   if (fd < 0) run_locally(argv, nullptr);
-  const std::string in{std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>()};
+  const std::string in = read_stdin();
   std::map<std::string, std::string> env;
   for (const auto& name : forwarded_variables())
     if (const char* v = std::getenv(name.c_str())) env[name] = v;
   const auto reply = exchange(fd, env, in, client_pin_root());
   if (!reply) run_locally(argv, &in);
-  std::cout << reply->stdout_text << std::flush;
+  std::fwrite(reply->stdout_text.data(), 1, reply->stdout_text.size(), stdout);
+  std::fflush(stdout);
   return reply->exit_code;
 }

@@ -75,11 +75,21 @@ void make_pin_dirs(const std::string& dir) {
   // path's): one mkdir.
   if (mkdir(dir.c_str(), 0700) == 0 || errno == EEXIST) return;
   ensure_bpffs();
-  std::string path;
-  for (const auto& part : fs::path(dir)) {
-    path = (fs::path(path) / part).string();
-    if (path.size() <= std::strlen(kBpffs)) continue;
-    if (mkdir(path.c_str(), 0700) && errno != EEXIST) throw LoaderError("create " + path, errno);
+  // `node stop` removes the pin root when it is empty, without the lock a
+  // per-pod init does not take: a parent gone between two mkdirs is made again.
+  for (int attempt = 0;; ++attempt) {
+    std::string path;
+    int err = 0;
+    for (const auto& part : fs::path(dir)) {
+      path = (fs::path(path) / part).string();
+      if (path.size() <= std::strlen(kBpffs)) continue;
+      if (mkdir(path.c_str(), 0700) && errno != EEXIST) {
+        err = errno;
+        break;
+      }
+    }
+    if (err == 0) return;
+    if (err != ENOENT || attempt == 2) throw LoaderError("create " + path, err);
   }
 }
 

@@ -628,6 +628,7 @@ constexpr size_t kNumFields = sizeof(kFields) / sizeof(kFields[0]);
 struct Outcome {
   std::string v[kNumFields];
   const KnownDifference* excluded[kNumFields] = {};  ///< expected side only
+  std::string note;  ///< observed side, not compared: where a failed connection stopped
   std::string str() const {
     std::string s;
     for (size_t i = 0; i < kNumFields; ++i)
@@ -690,6 +691,7 @@ struct ClientResult {
   int error = -1;
   std::string local, peer;
   std::string reply_src;  ///< UDP: the answer's source, as recvfrom() gives it
+  std::string detail;     ///< TCP, on failure: the step that failed and the socket's state then
 };
 
 std::string port_of(const std::string& ep) { return ep.substr(ep.rfind(':') + 1); }
@@ -707,6 +709,7 @@ Outcome observed_outcome(const ClientResult& r, const std::vector<TagRecord>& re
   }
   if (recs.empty()) {
     o.v[0] = r.error ? "failed: " + errno_name(r.error) : "no listener recorded it";
+    o.note = r.detail;
     return o;
   }
   const TagRecord& rec = recs[0];
@@ -804,9 +807,12 @@ std::string run_batch(const std::vector<ClientSpec>& specs) {
       r.error = rt.error;
       r.local = rt.local;
       r.peer = rt.peer;
+      r.detail = rt.detail;
     }
     out += s.tag + " " + std::to_string(r.error) + " " + (r.local.empty() ? "-" : r.local) + " " +
-           (r.peer.empty() ? "-" : r.peer) + " " + (r.reply_src.empty() ? "-" : r.reply_src) + "\n";
+           (r.peer.empty() ? "-" : r.peer) + " " + (r.reply_src.empty() ? "-" : r.reply_src);
+    if (!r.detail.empty()) out += " " + r.detail;  // the rest of the line
+    out += "\n";
   }
   return out;
 }
@@ -820,6 +826,7 @@ std::map<std::string, ClientResult> parse_batch(const std::string& text) {
     std::string tag, local, peer, reply_src;
     ClientResult r;
     if (!(w >> tag >> r.error >> local >> peer >> reply_src)) continue;
+    std::getline(w >> std::ws, r.detail);
     r.local = local == "-" ? "" : local;
     r.peer = peer == "-" ? "" : peer;
     r.reply_src = reply_src == "-" ? "" : reply_src;
@@ -1237,6 +1244,7 @@ TEST_F(Equivalence, AllModesGiveIstiosOutcomeConnectionByConnection) {
           detail += std::string("\n    ") + kFields[k] + ": expected " + e.v[k];
           for (size_t mi : ran) {
             detail += "\n      " + modes[mi].name + ": " + observed[si][mi][i].v[k];
+            if (k == 0 && !observed[si][mi][i].note.empty()) detail += "   [in " + observed[si][mi][i].note + "]";
             if (modes[mi].name == "auto" && !plans[si][mi].empty()) detail += "   [auto plan: " + plans[si][mi] + "]";
           }
         }

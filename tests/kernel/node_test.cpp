@@ -5,10 +5,15 @@
 // not enrolled left alone, an in-place upgrade under load with no failed
 // connection, a full table that fails cleanly or falls back, kills at every
 // step, stale pods, and a stop that never leaves a pod uncaptured.
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -402,6 +407,8 @@ TEST_F(Node, StopRefusesWhilePodsAreEnrolledOrMovesThemToIptables) {
   r = node_->meshcap({"node", "stop", "--move-to-iptables"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(programs_attached(node_->cgroup_path()), 0u);
+  // No pod has pins of its own: nothing, not even an empty directory, is left on the BPF filesystem.
+  EXPECT_FALSE(std::filesystem::exists(node_->pin_dir())) << node_->pin_dir();
   auto st = status(a);
   EXPECT_EQ(st["parts"]["outbound"]["engine"], "iptables") << st.dump();
   EXPECT_TRUE(st["drift"].empty()) << st.dump();
@@ -552,6 +559,59 @@ TEST_F(Node, InitIsAnsweredByTheNodesAgentWithTheSameResult) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   expect_captured(a);
   ASSERT_EQ(node_->meshcap({"cleanup", "--name", a.name()}).exit_code, 0);
+}
+
+// The hand-over runs before the C++ runtime can unwind an exception
+// (agent/main.cpp): whatever an agent answers, `meshcap init` prints it or
+// says what was wrong, and never aborts. The agent here is a stand-in that
+// answers each connection with the next canned text.
+TEST_F(Node, InitsHandOverSaysWhatIsWrongWithAnAnswerAndNeverAborts) {
+  const std::vector<std::string> answers = {
+      R"({"exit_code":)", "[1,2]", R"({"exit_code":"0","stderr":""})",
+      R"({"exit_code":7,"stdout":"out\n","stderr":"error from the agent\n"})", R"({"local":true})"};
+  const std::string path = node_->state_dir() + "/cni.sock";
+  std::filesystem::create_directories(node_->state_dir());
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  ASSERT_LT(path.size(), sizeof sa.sun_path);
+  std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+  const int listener = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(listener, 0);
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0) << std::strerror(errno);
+  ASSERT_EQ(::listen(listener, 8), 0);
+  std::atomic<size_t> served{0};
+  std::thread agent([&] {
+    for (const auto& answer : answers) {
+      const int c = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) return;
+      char buf[4096];
+      while (::read(c, buf, sizeof buf) > 0) {
+      }
+      (void)!::write(c, answer.data(), answer.size());
+      ::close(c);
+      served++;
+    }
+  });
+  const std::string netns = "/run/netns/meshcap-none-" + std::to_string(getpid());
+  auto run = [&] { return node_->meshcap({"init", "--name", "handover", "--netns", netns, "-i", "*"}); };
+  for (const char* malformed : {"not a JSON object", "not a JSON object", "no exit_code and stderr"}) {
+    const auto r = run();
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find(std::string("did not answer (malformed answer (") + malformed + "))"), std::string::npos)
+        << r.output;
+  }
+  auto r = run();
+  EXPECT_EQ(r.exit_code, 7) << r.output;
+  // stdout and stderr as the agent gave them (in one pipe here, in no set order).
+  EXPECT_TRUE(r.output == "out\nerror from the agent\n" || r.output == "error from the agent\nout\n") << r.output;
+  r = run();  // {"local": true}: the command runs here, and names the missing namespace
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find(netns), std::string::npos) << r.output;
+  ::shutdown(listener, SHUT_RDWR);
+  agent.join();
+  ::close(listener);
+  std::filesystem::remove(path);
+  EXPECT_EQ(served.load(), answers.size());
 }
 
 // A process of an enrolled pod that sits outside the node's cgroup is not

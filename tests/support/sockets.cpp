@@ -1,6 +1,7 @@
 #include "support/sockets.h"
 
 #include <arpa/inet.h>
+#include <netinet/tcp.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -341,6 +342,7 @@ Connection connect_tcp(const std::string& ip, uint16_t port, Millis timeout,
     }
     if (!wait_fd(fd.get(), POLLOUT, deadline)) {
       c.error = errno;
+      c.detail = tcp_state_detail(fd.get());
       return c;
     }
     int err = 0;
@@ -348,12 +350,26 @@ Connection connect_tcp(const std::string& ip, uint16_t port, Millis timeout,
     ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &elen);
     if (err != 0) {
       c.error = err;
+      c.detail = tcp_state_detail(fd.get());
       return c;
     }
   }
   set_nonblocking(fd.get(), false);
   c.fd = std::move(fd);
   return c;
+}
+
+std::string tcp_state_detail(int fd) {
+  static const char* const kStates[] = {"?",         "ESTABLISHED", "SYN_SENT",   "SYN_RECV",
+                                        "FIN_WAIT1", "FIN_WAIT2",   "TIME_WAIT",  "CLOSE",
+                                        "CLOSE_WAIT", "LAST_ACK",   "LISTEN",     "CLOSING"};
+  std::string out = "from " + getsockname_str(fd);
+  tcp_info ti{};
+  socklen_t len = sizeof ti;
+  if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0) return out + ", no TCP_INFO (" + std::strerror(errno) + ")";
+  out += std::string(", ") + (ti.tcpi_state < std::size(kStates) ? kStates[ti.tcpi_state] : "?");
+  out += ", " + std::to_string(ti.tcpi_total_retrans) + " retransmits, rto " + std::to_string(ti.tcpi_rto / 1000) + " ms";
+  return out;
 }
 
 bool send_all(int fd, std::string_view data, Millis timeout) {
@@ -432,17 +448,20 @@ RoundTrip tcp_roundtrip(const std::string& ip, uint16_t port, std::string_view p
   Connection c = connect_tcp(ip, port, timeout, options);
   if (!c.ok()) {
     rt.error = c.error;
+    rt.detail = "connect" + (c.detail.empty() ? "" : ": " + c.detail);
     return rt;
   }
   rt.local = getsockname_str(c.fd.get());
   rt.peer = getpeername_str(c.fd.get());
   if (!send_all(c.fd.get(), payload, Millis(remaining_ms(deadline)))) {
     rt.error = errno != 0 ? errno : EIO;
+    rt.detail = "send: " + tcp_state_detail(c.fd.get());
     return rt;
   }
   int err = 0;
   rt.reply = recv_exact_err(c.fd.get(), payload.size(), Millis(remaining_ms(deadline)), &err);
   rt.error = err;
+  if (err != 0) rt.detail = "read (" + std::to_string(rt.reply.size()) + " bytes came back): " + tcp_state_detail(c.fd.get());
   if (err == 0 && rt.reply != payload) rt.error = EBADMSG;
   return rt;
 }

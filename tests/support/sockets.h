@@ -66,6 +66,7 @@ struct ConnectOptions {
 struct Connection {
   UniqueFd fd;    ///< connected, blocking socket when ok()
   int error = 0;  ///< errno of the failed step (ETIMEDOUT on timeout)
+  std::string detail;  ///< on a failed connect: the socket's address and TCP state then
   bool ok() const { return fd.valid(); }
 };
 
@@ -83,6 +84,9 @@ std::string recv_some(int fd, Millis timeout = kIoTimeout);
 /// Reads exactly one byte (of any file descriptor: a pipe too) within the
 /// timeout; -1 otherwise.
 int read_byte(int fd, Millis timeout);
+/// "from ADDR, STATE, N retransmits": a TCP socket's address and what
+/// TCP_INFO says of it (why a connect or a read timed out).
+std::string tcp_state_detail(int fd);
 /// SO_LINGER {1, 0}: close() resets instead of leaving TIME_WAIT.
 void set_linger_zero(int fd);
 
@@ -91,6 +95,7 @@ struct RoundTrip {
   std::string reply;   ///< what came back
   std::string local;   ///< client's getsockname
   std::string peer;    ///< client's getpeername (what the app sees)
+  std::string detail;  ///< on failure: the step that failed, the socket's TCP state then (not encoded)
   bool ok() const { return error == 0; }
   /// One line that crosses a fork ("error|reply|local|peer"), and back.
   std::string encode() const;

@@ -2,11 +2,13 @@
 // the CNI error JSON, exclusion, and the conflist installer on files in a
 // temporary directory. Every refusal here happens before anything is
 // touched, so these run unprivileged.
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <thread>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -319,4 +321,46 @@ TEST_F(AgentSocketTest, AnswersAsTheLocalRunWouldAndStopsCleanly) {
   agent.stop();
   EXPECT_FALSE(fs::exists(cni::agent_socket_path()));
   EXPECT_LT(connect_agent(agent_socket_path(client_state_root())), 0);
+}
+
+// `meshcap init`'s hand-over to the agent (agent/forward.h): the request
+// carries the command line and the environment as the agent reads them
+// (strings escaped, of a name set twice the first, entries without '='
+// left out), and the answer comes back as printed.
+TEST(AgentClient, AnInitRequestCarriesTheCommandLineAndEnvironmentAsTheAgentReadsThem) {
+  const std::vector<std::string> args = {"init", "--name", "a\"b\\c", "-i", "10.0.0.0/8,\n", "caf\xc3\xa9", "bad\xff"};
+  const char* envp[] = {"A=1", "B=two=parts", "A=shadowed", "NOEQUALS", "C=", "ISTIO_X=\t\"q\"", nullptr};
+  const auto exchange_with = [&](const std::string& answer, json* request) {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) throw std::runtime_error("socketpair");
+    std::string text;
+    std::thread agent([&] {
+      read_message(sv[1], text, 5000);
+      write_message(sv[1], answer);
+      ::close(sv[1]);
+    });
+    auto reply = exchange_init(sv[0], args, envp, "/sys/fs/bpf/p\"ins");
+    agent.join();
+    *request = json::parse(text);
+    return reply;
+  };
+  json request;
+  const auto reply = exchange_with(R"({"exit_code":3,"stdout":"out","stderr":"error x\n"})", &request);
+  ASSERT_TRUE(reply.has_value());
+  EXPECT_EQ(reply->exit_code, 3);
+  EXPECT_EQ(reply->stdout_text, "out");
+  EXPECT_EQ(reply->stderr_text, "error x\n");
+  std::vector<std::string> want_args = args;
+  want_args.back() = "bad\xef\xbf\xbd";  // not UTF-8: the replacement character, as every JSON the agent sends
+  EXPECT_EQ(request.at("init").at("argv").get<std::vector<std::string>>(), want_args);
+  const Vars want_env = {{"A", "1"}, {"B", "two=parts"}, {"C", ""}, {"ISTIO_X", "\t\"q\""}};
+  EXPECT_EQ(request.at("init").at("env").get<Vars>(), want_env);
+  EXPECT_EQ(request.at("pin_dir"), "/sys/fs/bpf/p\"ins");
+  EXPECT_EQ(request.size(), 2u);
+
+  EXPECT_FALSE(exchange_with(R"({"local":true})", &request).has_value());  // run it yourself
+  const auto broken = exchange_with("{\"exit_code\":", &request);
+  ASSERT_TRUE(broken.has_value());  // taken and not answered: an error, never a second run
+  EXPECT_EQ(broken->exit_code, 1);
+  EXPECT_NE(broken->stderr_text.find("did not answer"), std::string::npos) << broken->stderr_text;
 }
