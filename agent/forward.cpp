@@ -8,13 +8,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <string_view>
 
-#include <nlohmann/json.hpp>
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include "agent_client.h"
 #include "capture_config.h"
 #include "host.h"
 #include "target.h"
@@ -22,8 +21,6 @@
 namespace meshcap {
 
 namespace {
-
-using nlohmann::json;
 
 // The records of a forwarded init, on the thread that answers it.
 struct Capture {
@@ -96,30 +93,30 @@ std::string why_local(const std::vector<std::string>& args, const std::map<std::
 
 std::shared_ptr<spdlog::sinks::sink> stderr_sink() { return std::make_shared<RoutedSink>(); }
 
-std::optional<int> forward_init(int argc, char** argv) noexcept {
-  if (env_set("MESHCAP_NO_AGENT") || env_set("MESHCAP_FAULT_AT")) return std::nullopt;
-  const std::vector<std::string> args(argv + 1, argv + argc);
-  for (const auto& a : args)
-    if (a == "-h" || a == "--help" || a == "-n" || a.rfind("--dry-run", 0) == 0) return std::nullopt;
-  const int fd = cni::connect_agent(cni::agent_socket_path(cni::client_state_root()));
-  if (fd < 0) return std::nullopt;
-  const auto reply = cni::exchange_init(fd, args, environ, cni::client_pin_root());
-  if (!reply) return std::nullopt;
-  std::fwrite(reply->stdout_text.data(), 1, reply->stdout_text.size(), stdout);
-  std::fwrite(reply->stderr_text.data(), 1, reply->stderr_text.size(), stderr);
-  return reply->exit_code;
+int forward_init(int argc, char** argv, char** envp) noexcept {
+  if (env_set("MESHCAP_NO_AGENT") || env_set("MESHCAP_FAULT_AT")) return -1;
+  for (int i = 2; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    if (a == "-h" || a == "--help" || a == "-n" || a.substr(0, 9) == "--dry-run") return -1;
+  }
+  const char* state = std::getenv("MESHCAP_STATE_DIR");
+  const int fd = cni::connect_init_agent(state && *state ? state : "/run/meshcap");
+  if (fd < 0) return -1;
+  const char* pins = std::getenv("MESHCAP_PIN_DIR");
+  return cni::hand_over_init(fd, argc, argv, envp, pins && *pins ? pins : "/sys/fs/bpf/meshcap", STDOUT_FILENO,
+                             STDERR_FILENO);
 }
 
-json answer_init(const json& request, pid_t peer, const InitParser& parse) {
+cni::InitAnswer answer_init(const cni::InitRequest& request, pid_t peer, const InitParser& parse) {
   const std::string proc = "/proc/" + std::to_string(peer);
   auto local = [peer](const std::string& why) {
     spdlog::debug("meshcap init of pid {} runs in its own process: {}", peer, why);
-    return json{{"local", true}};
+    return cni::run_locally();
   };
   try {
     if (!same_file("/proc/self/ns/mnt", proc + "/ns/mnt")) return local("another mount namespace");
-    const auto args = request.at("argv").get<std::vector<std::string>>();
-    const auto env = request.at("env").get<std::map<std::string, std::string>>();
+    const auto& args = request.argv;
+    const auto& env = request.env;
     if (env.count("MESHCAP_NO_AGENT") || env.count("MESHCAP_FAULT_AT")) return local("asked to");
     auto parsed = parse(args);
     if (!parsed) return local("the command line does not parse");
@@ -152,7 +149,7 @@ json answer_init(const json& request, pid_t peer, const InitParser& parse) {
     t_capture = nullptr;
     spdlog::info("meshcap init of pid {} answered: exit {}, {:.2f} ms", peer, rc,
                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-    return {{"exit_code", rc}, {"stdout", ""}, {"stderr", text}};
+    return cni::InitAnswer{false, rc, "", text};
   } catch (const std::exception& e) {
     t_capture = nullptr;
     return local(e.what());

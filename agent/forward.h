@@ -25,17 +25,18 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json_fwd.hpp>
 #include <spdlog/sinks/sink.h>
 
 #include "commands.h"
+#include "init_handover.h"
 
 namespace meshcap {
 
-/// The caller's side: `argv` is the process's, "init" at argv[1]. The exit
-/// code when the agent answered, nullopt to run the command here. Throws
-/// nothing (short of memory): it runs before the C++ runtime is set up.
-std::optional<int> forward_init(int argc, char** argv) noexcept;
+/// The caller's side: `argv` and `envp` are the process's, "init" at
+/// argv[1]. The exit code when the agent answered (its stdout and stderr
+/// printed), -1 to run the command here. No heap, no exceptions: it runs
+/// before the C++ runtime is set up (cni/init_handover.h).
+int forward_init(int argc, char** argv, char** envp) noexcept;
 
 /// A forwarded command line, parsed as `meshcap init` parses it.
 struct ParsedInit {
@@ -46,9 +47,8 @@ struct ParsedInit {
 /// for help (the caller then runs the command and prints the error).
 using InitParser = std::function<std::optional<ParsedInit>(const std::vector<std::string>& args)>;
 
-/// The agent's side: one request ({"argv", "env"}) from process `peer`.
-/// Never throws.
-nlohmann::json answer_init(const nlohmann::json& request, pid_t peer, const InitParser& parse);
+/// The agent's side: one request from process `peer`. Never throws.
+cni::InitAnswer answer_init(const cni::InitRequest& request, pid_t peer, const InitParser& parse);
 
 /// The sink of meshcap's logger: stderr, except on a thread that answers a
 /// forwarded init, whose records go to that request's answer instead.

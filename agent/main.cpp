@@ -248,7 +248,7 @@ int run_command(CommandLine& cl) {
         std::string why;
         if (!read_namespaces_with_bpf(why))
           spdlog::info("processes in a pod's namespace are found by walking /proc: {}", why);
-        cni_socket.start(cni::agent_socket_path(), [](const nlohmann::json& request, int peer) {
+        cni_socket.start(cni::agent_socket_path(), [](const cni::InitRequest& request, int peer) {
           return answer_init(request, peer, parse_forwarded_init);
         });
       };
@@ -270,23 +270,18 @@ int run_command(CommandLine& cl) {
 // Into a running node, the node's agent answers `meshcap init` when one
 // listens (forward.h). The hand-over runs before the C++ runtime's own
 // static initialisers (the iostreams and their locale facets, CLI11's
-// validators): a command the agent answers never builds them. With the
-// request written in one buffer (cni/agent_client.cpp) that took a hand-over
-// from 74 to 42 page faults and from 3.20 to 2.55 ms p50 here
-// (docs/benchmarks.md, "Process start"). glibc passes argc, argv and envp
-// to initialisers; what forward_init uses is constant-initialised or its
-// own. It runs before frame_dummy registers the frame tables (this
+// validators): a command the agent answers never builds them, and it
+// touches no heap (cni/init_handover.h; docs/benchmarks.md, "The hand-over
+// before the C++ runtime starts"). glibc passes argc, argv and envp to
+// initialisers. It runs before frame_dummy registers the frame tables (this
 // executable is static), so nothing on its path may throw: an exception
-// here cannot unwind and aborts (the answer is parsed without exceptions).
-__attribute__((constructor(101))) static void hand_init_to_the_agent(int argc, char** argv, char**) {
+// here cannot unwind and aborts.
+__attribute__((constructor(101))) static void hand_init_to_the_agent(int argc, char** argv, char** envp) {
   if (argc < 2 || std::string_view(argv[1]) != "init") return;
   const char* slash = std::strrchr(argv[0], '/');
   if (std::string_view(slash ? slash + 1 : argv[0]) == "istio-iptables") return;
-  const std::optional<int> rc = meshcap::forward_init(argc, argv);
-  if (!rc) return;
-  std::fflush(stdout);
-  std::fflush(stderr);
-  _exit(*rc);
+  const int rc = meshcap::forward_init(argc, argv, envp);
+  if (rc >= 0) _exit(rc);
 }
 
 int main(int argc, char** argv) {

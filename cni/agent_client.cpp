@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <string_view>
 
 #include <nlohmann/json.hpp>
 
@@ -94,64 +93,21 @@ namespace {
 
 // Sends `request`, then reads the whole answer: false with `why` when
 // either fails. `fd` is closed.
-bool round_trip(int fd, const std::string& request, json& answer, std::string& why) {
+bool round_trip(int fd, const json& request, json& answer, std::string& why) {
   std::string text;
   bool ok = false;
-  if (!write_message(fd, request) || shutdown(fd, SHUT_WR) != 0) {
+  if (!write_message(fd, request.dump(-1, ' ', false, json::error_handler_t::replace)) || shutdown(fd, SHUT_WR) != 0) {
     why = std::string("sending the request: ") + std::strerror(errno);
   } else if (!read_message(fd, text, kAgentTimeoutMs)) {
     why = "no complete answer from the agent";
   } else {
-    // Parsed without exceptions: `meshcap init` hands over before the C++
-    // runtime can unwind one (agent/main.cpp).
+    // Parsed without exceptions (the plugin's answers never throw).
     answer = json::parse(text, nullptr, false);
     ok = !answer.is_discarded() && answer.is_object();
     if (!ok) why = "malformed answer (not a JSON object)";
   }
   ::close(fd);
   return ok;
-}
-
-bool round_trip(int fd, const json& request, json& answer, std::string& why) {
-  return round_trip(fd, request.dump(-1, ' ', false, json::error_handler_t::replace), answer, why);
-}
-
-// {"init": {"argv": [...], "env": {...}}, "pin_dir": "..."}, written into one
-// buffer as it goes: every page of heap a short command touches first is a
-// page fault, and on this kind of machine faults are most of its time. The
-// strings are escaped by the JSON library. Of a name set twice in the
-// environment the first counts, as getenv() takes it.
-std::string init_request(const std::vector<std::string>& args, const char* const* envp, const std::string& pin_dir) {
-  std::string out;
-  out.reserve(8192);
-  const auto quoted = [&out](std::string_view s) {
-    out += json(s).dump(-1, ' ', false, json::error_handler_t::replace);
-  };
-  out += R"({"init":{"argv":[)";
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (i) out += ',';
-    quoted(args[i]);
-  }
-  out += R"(],"env":{)";
-  bool first = true;
-  for (const char* const* e = envp; *e; ++e) {
-    const std::string_view kv = *e;
-    const size_t eq = kv.find('=');
-    if (eq == std::string_view::npos) continue;
-    const std::string_view name = kv.substr(0, eq + 1);  // with its '='
-    bool earlier = false;
-    for (const char* const* p = envp; p != e && !earlier; ++p) earlier = std::string_view(*p).substr(0, name.size()) == name;
-    if (earlier) continue;
-    if (!first) out += ',';
-    first = false;
-    quoted(kv.substr(0, eq));
-    out += ':';
-    quoted(kv.substr(eq + 1));
-  }
-  out += R"(}},"pin_dir":)";
-  quoted(pin_dir);
-  out += '}';
-  return out;
 }
 
 }  // namespace
@@ -167,25 +123,6 @@ std::optional<AgentReply> exchange(int fd, const std::map<std::string, std::stri
   } catch (const json::exception& e) {
     return agent_failed(std::string("malformed answer: ") + e.what());
   }
-}
-
-std::optional<InitReply> exchange_init(int fd, const std::vector<std::string>& args, const char* const* envp,
-                                       const std::string& pin_dir) noexcept {
-  json j;
-  std::string why;
-  if (round_trip(fd, init_request(args, envp, pin_dir), j, why)) {
-    // Read without exceptions, as above.
-    if (const auto local = j.find("local"); local != j.end() && local->is_boolean() && local->get<bool>())
-      return std::nullopt;
-    const auto code = j.find("exit_code"), out = j.find("stdout"), err = j.find("stderr");
-    if (code != j.end() && code->is_number_integer() && err != j.end() && err->is_string() &&
-        (out == j.end() || out->is_string()))
-      return InitReply{code->get<int>(), out == j.end() ? "" : out->get<std::string>(), err->get<std::string>()};
-    why = "malformed answer (no exit_code and stderr)";
-  }
-  return InitReply{1, "",
-                   "error the node agent took the request and did not answer (" + why +
-                       "); `meshcap status` shows what it did, `meshcap cleanup` removes it\n"};
 }
 
 }  // namespace meshcap::cni

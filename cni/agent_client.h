@@ -11,9 +11,7 @@
 // its side down; the agent answers {"exit_code": N, "stdout": "..."}, or
 // {"local": true} when it serves another pin directory (the plugin then
 // runs the command itself), and closes. `meshcap init` uses the same socket
-// (agent/forward.h): {"init": {"argv": [...], "env": {...}}, "pin_dir": ...}
-// answered with {"exit_code": N, "stdout": "...", "stderr": "..."} or
-// {"local": true}.
+// in a form of its own (init_handover.h).
 #pragma once
 
 #include <map>
@@ -49,21 +47,6 @@ int connect_agent(const std::string& path);
 /// re-run of a command the agent may have half done.
 std::optional<AgentReply> exchange(int fd, const std::map<std::string, std::string>& env,
                                    const std::string& stdin_text, const std::string& pin_dir);
-
-/// What a forwarded `meshcap init` prints and exits with.
-struct InitReply {
-  int exit_code = 0;
-  std::string stdout_text, stderr_text;
-};
-
-/// One `meshcap init` request over `fd` (closed here): `args` from "init"
-/// on, the caller's environment (`envp`, NAME=VALUE strings). nullopt when
-/// the agent asks the caller to run the command itself. An agent that
-/// accepted and then did not answer gives exit 1 and the reason, never a
-/// local re-run. Throws nothing (short of memory): it runs before the
-/// C++ runtime can unwind an exception (agent/main.cpp).
-std::optional<InitReply> exchange_init(int fd, const std::vector<std::string>& args, const char* const* envp,
-                                       const std::string& pin_dir) noexcept;
 
 /// Reads until the peer shuts its side down; false on error, after
 /// `timeout_ms` without data, or past the size limit.

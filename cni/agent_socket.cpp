@@ -90,14 +90,27 @@ void AgentSocket::answer(int client) {
     spdlog::warn("meshcap-cni socket: incomplete request from pid {}", peer.pid);
     return;
   }
+  if (is_init_request(text)) {
+    const auto req = parse_init_request(text);
+    if (!req) {
+      spdlog::warn("meshcap-cni socket: malformed meshcap init request from pid {}", peer.pid);
+      return;
+    }
+    if (!write_message(client, init_answer_text(answer_init(*req, peer.pid))))
+      spdlog::warn("meshcap-cni socket: meshcap init (pid {}) went away before its answer", peer.pid);
+    return;
+  }
   json reply;
   try {
     const json req = json::parse(text);
     if (req.at("pin_dir").get<std::string>() != loader::pin_root()) {
       reply = {{"local", true}};  // another pin directory than the one this agent serves
-    } else if (req.contains("init")) {
-      reply = init_ ? init_(req.at("init"), peer.pid) : json{{"local", true}};
-      ++served_;
+    } else if (req.contains("init")) {  // the JSON form, from a `meshcap` older than this agent
+      const InitRequest r{req.at("init").at("argv").get<std::vector<std::string>>(),
+                          req.at("init").at("env").get<std::map<std::string, std::string>>(), loader::pin_root()};
+      const InitAnswer a = answer_init(r, peer.pid);
+      reply = a.local ? json{{"local", true}}
+                      : json{{"exit_code", a.exit_code}, {"stdout", a.stdout_text}, {"stderr", a.stderr_text}};
     } else {
       const auto env = req.at("env").get<std::map<std::string, std::string>>();
       auto getenv = [&env](const std::string& name) -> std::optional<std::string> {
@@ -120,6 +133,13 @@ void AgentSocket::answer(int client) {
   }
   if (!write_message(client, reply.dump(-1, ' ', false, json::error_handler_t::replace)))
     spdlog::warn("meshcap-cni socket: the plugin (pid {}) went away before its answer", peer.pid);
+}
+
+InitAnswer AgentSocket::answer_init(const InitRequest& request, int peer) {
+  // Another pin directory than the one this agent serves: the caller's own.
+  if (!init_ || request.pin_dir != loader::pin_root()) return run_locally();
+  ++served_;
+  return init_(request, peer);
 }
 
 }  // namespace meshcap::cni

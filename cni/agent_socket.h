@@ -10,17 +10,16 @@
 #include <string>
 #include <thread>
 
-#include <nlohmann/json_fwd.hpp>
+#include "init_handover.h"
 
 namespace meshcap::cni {
 
 /// `<state directory>/cni.sock`, for this process's state directory.
 std::string agent_socket_path();
 
-/// Answers a forwarded `meshcap init` (the request's "init" object) from
-/// process `peer`: {"exit_code", "stdout", "stderr"}, or {"local": true}
-/// for one the caller must run itself (agent/forward.h).
-using InitHandler = std::function<nlohmann::json(const nlohmann::json& request, int peer)>;
+/// Answers a forwarded `meshcap init` from process `peer`, or tells it to
+/// run the command itself (agent/forward.h).
+using InitHandler = std::function<InitAnswer(const InitRequest& request, int peer)>;
 
 class AgentSocket {
  public:
@@ -42,6 +41,7 @@ class AgentSocket {
  private:
   void loop();
   void answer(int client);
+  InitAnswer answer_init(const InitRequest& request, int peer);
 
   std::string path_;
   InitHandler init_;

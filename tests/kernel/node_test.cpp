@@ -566,9 +566,11 @@ TEST_F(Node, InitIsAnsweredByTheNodesAgentWithTheSameResult) {
 // says what was wrong, and never aborts. The agent here is a stand-in that
 // answers each connection with the next canned text.
 TEST_F(Node, InitsHandOverSaysWhatIsWrongWithAnAnswerAndNeverAborts) {
+  const std::string magic("meshcap-init/1\0", 15);  // cni/init_handover.h
   const std::vector<std::string> answers = {
-      R"({"exit_code":)", "[1,2]", R"({"exit_code":"0","stderr":""})",
-      R"({"exit_code":7,"stdout":"out\n","stderr":"error from the agent\n"})", R"({"local":true})"};
+      R"({"exit_code":0,"stderr":""})", magic + std::string("maybe\0", 6),
+      magic + std::string("exit\0" "0\0" "10\0", 10) + "abc",
+      magic + std::string("exit\0" "7\0" "4\0", 9) + "out\nerror from the agent\n", magic + std::string("local\0", 6)};
   const std::string path = node_->state_dir() + "/cni.sock";
   std::filesystem::create_directories(node_->state_dir());
   sockaddr_un sa{};
@@ -594,7 +596,7 @@ TEST_F(Node, InitsHandOverSaysWhatIsWrongWithAnAnswerAndNeverAborts) {
   });
   const std::string netns = "/run/netns/meshcap-none-" + std::to_string(getpid());
   auto run = [&] { return node_->meshcap({"init", "--name", "handover", "--netns", netns, "-i", "*"}); };
-  for (const char* malformed : {"not a JSON object", "not a JSON object", "no exit_code and stderr"}) {
+  for (const char* malformed : {"not meshcap-init/1", "neither local nor exit", "it ends before its stdout"}) {
     const auto r = run();
     EXPECT_EQ(r.exit_code, 1) << r.output;
     EXPECT_NE(r.output.find(std::string("did not answer (malformed answer (") + malformed + "))"), std::string::npos)
@@ -604,7 +606,7 @@ TEST_F(Node, InitsHandOverSaysWhatIsWrongWithAnAnswerAndNeverAborts) {
   EXPECT_EQ(r.exit_code, 7) << r.output;
   // stdout and stderr as the agent gave them (in one pipe here, in no set order).
   EXPECT_TRUE(r.output == "out\nerror from the agent\n" || r.output == "error from the agent\nout\n") << r.output;
-  r = run();  // {"local": true}: the command runs here, and names the missing namespace
+  r = run();  // "local": the command runs here, and names the missing namespace
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find(netns), std::string::npos) << r.output;
   ::shutdown(listener, SHUT_RDWR);

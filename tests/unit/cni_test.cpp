@@ -2,6 +2,7 @@
 // the CNI error JSON, exclusion, and the conflist installer on files in a
 // temporary directory. Every refusal here happens before anything is
 // touched, so these run unprivileged.
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -18,6 +19,7 @@
 #include "cni_config.h"
 #include "cni_plugin.h"
 #include "cni_conflist.h"
+#include "init_handover.h"
 #include "pins.h"
 #include "pod_state.h"
 
@@ -323,44 +325,133 @@ TEST_F(AgentSocketTest, AnswersAsTheLocalRunWouldAndStopsCleanly) {
   EXPECT_LT(connect_agent(agent_socket_path(client_state_root())), 0);
 }
 
-// `meshcap init`'s hand-over to the agent (agent/forward.h): the request
-// carries the command line and the environment as the agent reads them
-// (strings escaped, of a name set twice the first, entries without '='
-// left out), and the answer comes back as printed.
-TEST(AgentClient, AnInitRequestCarriesTheCommandLineAndEnvironmentAsTheAgentReadsThem) {
-  const std::vector<std::string> args = {"init", "--name", "a\"b\\c", "-i", "10.0.0.0/8,\n", "caf\xc3\xa9", "bad\xff"};
-  const char* envp[] = {"A=1", "B=two=parts", "A=shadowed", "NOEQUALS", "C=", "ISTIO_X=\t\"q\"", nullptr};
-  const auto exchange_with = [&](const std::string& answer, json* request) {
+// The agent answers `meshcap init` in the form the command sends and in the
+// JSON form of an older `meshcap`; a request for another pin directory, or
+// to an agent without an init handler, is sent back to run locally.
+TEST_F(AgentSocketTest, AnswersAHandedOverInitInBothForms) {
+  std::vector<InitRequest> seen;
+  AgentSocket agent;
+  agent.start(cni::agent_socket_path(), [&seen](const InitRequest& r, int peer) {
+    seen.push_back(r);
+    return InitAnswer{false, 4, "pid " + std::to_string(peer) + "\n", "error " + r.argv.at(1) + "\n"};
+  });
+  const char* argv[] = {"meshcap", "init", "--netns", "/run/netns/x"};
+  const char* envp[] = {"K=v", nullptr};
+  const auto hand_over = [&](const std::string& pins) {
+    const int fd = connect_init_agent(client_state_root().c_str());
+    if (fd < 0) throw std::runtime_error("no agent listening");
+    const int out = memfd_create("out", MFD_CLOEXEC);
+    const int rc = hand_over_init(fd, 4, argv, envp, pins.c_str(), out, out);
+    std::string text(256, '\0');
+    text.resize(static_cast<size_t>(std::max<ssize_t>(0, pread(out, text.data(), text.size(), 0))));
+    ::close(out);
+    return std::pair{rc, text};
+  };
+  const auto [rc, text] = hand_over(client_pin_root());
+  EXPECT_EQ(rc, 4);
+  EXPECT_EQ(text, "pid " + std::to_string(getpid()) + "\nerror --netns\n");
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].argv, (std::vector<std::string>{"init", "--netns", "/run/netns/x"}));
+  EXPECT_EQ(seen[0].env, (Vars{{"K", "v"}}));
+  EXPECT_EQ(hand_over("/sys/fs/bpf/another-node").first, -1);
+  EXPECT_EQ(seen.size(), 1u);
+
+  const int fd = connect_agent(agent_socket_path(client_state_root()));
+  ASSERT_GE(fd, 0);
+  const json old = {{"init", {{"argv", {"init", "--name", "old"}}, {"env", {{"K", "w"}}}}}, {"pin_dir", client_pin_root()}};
+  ASSERT_TRUE(write_message(fd, old.dump()));
+  ::shutdown(fd, SHUT_WR);
+  std::string answer;
+  ASSERT_TRUE(read_message(fd, answer, 5000));
+  ::close(fd);
+  const json got = json::parse(answer);
+  EXPECT_EQ(got.at("exit_code"), 4);
+  EXPECT_EQ(got.at("stderr"), "error --name\n");
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[1].env, (Vars{{"K", "w"}}));
+  agent.stop();
+  AgentSocket without_init;
+  without_init.start(cni::agent_socket_path());
+  EXPECT_EQ(hand_over(client_pin_root()).first, -1);
+}
+
+// `meshcap init`'s hand-over to the agent (agent/forward.h,
+// cni/init_handover.h): the request carries the command line and the
+// environment byte for byte as the agent reads them (of a name set twice
+// the first, entries without '=' left out), and the answer comes back as
+// printed, however it is cut; an answer that is not whole is an error.
+TEST(InitHandOver, CarriesTheCommandLineAndEnvironmentAndPrintsTheAnswer) {
+  const std::string big(100'000, 'v');
+  const std::string big_env = "BIG=" + big;
+  const char* argv[] = {"/usr/sbin/meshcap", "init", "--name", "a\"b\\c", "", "-i", "10.0.0.0/8,\n", "bad\xff"};
+  const int argc = sizeof argv / sizeof *argv;
+  const char* envp[] = {"A=1", "B=two=parts", "A=shadowed", "NOEQUALS", "C=", big_env.c_str(), nullptr};
+  struct Run {
+    int rc;
+    std::string out, err;
+    std::optional<InitRequest> request;
+  };
+  const auto hand_over = [&](const std::string& answer) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) throw std::runtime_error("socketpair");
-    std::string text;
+    Run r;
     std::thread agent([&] {
+      std::string text;
       read_message(sv[1], text, 5000);
+      r.request = parse_init_request(text);
       write_message(sv[1], answer);
       ::close(sv[1]);
     });
-    auto reply = exchange_init(sv[0], args, envp, "/sys/fs/bpf/p\"ins");
+    const int out = memfd_create("out", MFD_CLOEXEC), err = memfd_create("err", MFD_CLOEXEC);
+    r.rc = hand_over_init(sv[0], argc, argv, envp, "/sys/fs/bpf/p\"ins", out, err);
     agent.join();
-    *request = json::parse(text);
-    return reply;
+    for (auto [fd, text] : {std::pair{out, &r.out}, std::pair{err, &r.err}}) {
+      char buf[65536];
+      ssize_t n;
+      lseek(fd, 0, SEEK_SET);
+      while ((n = ::read(fd, buf, sizeof buf)) > 0) text->append(buf, static_cast<size_t>(n));
+      ::close(fd);
+    }
+    return r;
   };
-  json request;
-  const auto reply = exchange_with(R"({"exit_code":3,"stdout":"out","stderr":"error x\n"})", &request);
-  ASSERT_TRUE(reply.has_value());
-  EXPECT_EQ(reply->exit_code, 3);
-  EXPECT_EQ(reply->stdout_text, "out");
-  EXPECT_EQ(reply->stderr_text, "error x\n");
-  std::vector<std::string> want_args = args;
-  want_args.back() = "bad\xef\xbf\xbd";  // not UTF-8: the replacement character, as every JSON the agent sends
-  EXPECT_EQ(request.at("init").at("argv").get<std::vector<std::string>>(), want_args);
-  const Vars want_env = {{"A", "1"}, {"B", "two=parts"}, {"C", ""}, {"ISTIO_X", "\t\"q\""}};
-  EXPECT_EQ(request.at("init").at("env").get<Vars>(), want_env);
-  EXPECT_EQ(request.at("pin_dir"), "/sys/fs/bpf/p\"ins");
-  EXPECT_EQ(request.size(), 2u);
+  const std::string long_err(70'000, 'e');
+  auto r = hand_over(init_answer_text({false, 3, "out\n", "error x\n" + long_err}));
+  EXPECT_EQ(r.rc, 3);
+  EXPECT_EQ(r.out, "out\n");
+  EXPECT_EQ(r.err, "error x\n" + long_err);
+  ASSERT_TRUE(r.request.has_value());
+  EXPECT_EQ(r.request->argv, std::vector<std::string>(argv + 1, argv + argc));
+  const Vars want_env = {{"A", "1"}, {"B", "two=parts"}, {"C", ""}, {"BIG", big}};
+  EXPECT_EQ(r.request->env, want_env);
+  EXPECT_EQ(r.request->pin_dir, "/sys/fs/bpf/p\"ins");
 
-  EXPECT_FALSE(exchange_with(R"({"local":true})", &request).has_value());  // run it yourself
-  const auto broken = exchange_with("{\"exit_code\":", &request);
-  ASSERT_TRUE(broken.has_value());  // taken and not answered: an error, never a second run
-  EXPECT_EQ(broken->exit_code, 1);
-  EXPECT_NE(broken->stderr_text.find("did not answer"), std::string::npos) << broken->stderr_text;
+  r = hand_over(init_answer_text(run_locally()));  // run it yourself
+  EXPECT_EQ(r.rc, -1);
+  EXPECT_EQ(r.out + r.err, "");
+  // Taken and not answered in full: an error, never a second run.
+  const std::string magic("meshcap-init/1\0", 15);
+  const std::vector<std::pair<std::string, std::string>> broken = {
+      {"", "(no answer)"},
+      {R"({"exit_code":0})", "(malformed answer (not meshcap-init/1))"},
+      {magic + "exit", "(malformed answer (it ends in its header))"},
+      {magic + std::string("maybe\0", 6), "(malformed answer (neither local nor exit))"},
+      {magic + std::string("exit\0x\0" "0\0", 9), "(malformed answer (no exit code and stdout length))"},
+      {magic + std::string("exit\0" "256\0" "0\0", 11), "(malformed answer (no exit code and stdout length))"},
+      {magic + std::string("exit\0" "0\0" "10\0", 10) + "abc", "(malformed answer (it ends before its stdout))"},
+  };
+  for (const auto& [answer, why] : broken) {
+    r = hand_over(answer);
+    EXPECT_EQ(r.rc, 1) << why;
+    EXPECT_NE(r.err.find("did not answer " + why), std::string::npos) << r.err;
+  }
+}
+
+TEST(InitHandOver, TheAgentRefusesARequestThatIsNotWellFormed) {
+  const std::string magic("meshcap-init/1\0", 15);
+  EXPECT_TRUE(parse_init_request(magic + std::string("/p\0" "0\0", 5)).has_value());
+  EXPECT_FALSE(parse_init_request(magic + std::string("/p\0" "0", 4)).has_value());    // unterminated
+  EXPECT_FALSE(parse_init_request(magic + std::string("/p\0" "2\0a\0", 7)).has_value());  // fewer args than said
+  EXPECT_FALSE(parse_init_request(magic + std::string("/p\0" "-1\0", 6)).has_value());
+  EXPECT_FALSE(parse_init_request(std::string("meshcap-init/2\0/p\0" "0\0", 20)).has_value());
+  EXPECT_FALSE(parse_init_request("").has_value());
 }

@@ -1,0 +1,65 @@
+// `meshcap init` handed to the node's agent over meshcap-cni's socket
+// (agent/forward.h says when and why). The caller's side runs before the
+// C++ runtime of `meshcap` is set up (agent/main.cpp), so its wire form
+// needs no parser on that side: NUL-terminated fields, as /proc/PID/cmdline
+// and /proc/PID/environ are written.
+//
+//   request: "meshcap-init/1" pin_dir N arg_1 ... arg_N env_1 env_2 ...
+//            (each field followed by a NUL; args from "init" on; the
+//            caller's NAME=VALUE environment to the end; then the caller
+//            shuts its side down)
+//   answer:  "meshcap-init/1" "local"            (the caller runs it)
+//            "meshcap-init/1" "exit" CODE LEN    (each followed by a NUL)
+//            then LEN bytes for stdout and the rest, to the end, for stderr
+//
+// An agent also answers the earlier JSON form ({"init": {"argv", "env"},
+// "pin_dir"}, agent_client.h) for a `meshcap` older than it.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace meshcap::cni {
+
+/// A handed-over `meshcap init`, as the agent reads it.
+struct InitRequest {
+  std::vector<std::string> argv;           // from "init" on
+  std::map<std::string, std::string> env;  // of a name set twice the first, as getenv() takes it
+  std::string pin_dir;                     // the pin directory the caller would use
+};
+
+/// The agent's answer: run it yourself (`local`), or what to print and
+/// exit with.
+struct InitAnswer {
+  bool local = false;
+  int exit_code = 0;
+  std::string stdout_text, stderr_text;
+};
+/// The answer that sends a command back to its caller.
+inline InitAnswer run_locally() { return {true, 0, {}, {}}; }
+
+/// Whether `text` is a request in this form (not JSON).
+bool is_init_request(std::string_view text);
+/// The request in `text`; nullopt when it is not well formed.
+std::optional<InitRequest> parse_init_request(std::string_view text);
+/// The wire form of an answer.
+std::string init_answer_text(const InitAnswer& answer);
+
+/// The caller's side: connects to `<state_dir>/cni.sock`; -1 when no agent
+/// listens there.
+int connect_init_agent(const char* state_dir) noexcept;
+
+/// Sends `argv[1..argc)` (from "init" on) and `envp` over `fd` (closed
+/// here) and writes the answer's stdout to `out_fd` and its stderr to
+/// `err_fd` as it arrives. The exit code, or -1 when the agent asks the
+/// caller to run the command itself. An agent that took the request and did
+/// not answer it in full gives 1 and the reason on `err_fd`, never a second
+/// run. No heap, no exceptions: this runs before `meshcap` has set up its
+/// C++ runtime.
+int hand_over_init(int fd, int argc, const char* const* argv, const char* const* envp, const char* pin_dir,
+                   int out_fd, int err_fd) noexcept;
+
+}  // namespace meshcap::cni
