@@ -14,6 +14,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "agent_client.h"
 #include "capture_config.h"
 #include "host.h"
 #include "target.h"
@@ -99,12 +100,9 @@ int forward_init(int argc, char** argv, char** envp) noexcept {
     const std::string_view a = argv[i];
     if (a == "-h" || a == "--help" || a == "-n" || a.substr(0, 9) == "--dry-run") return -1;
   }
-  const char* state = std::getenv("MESHCAP_STATE_DIR");
-  const int fd = cni::connect_init_agent(state && *state ? state : "/run/meshcap");
+  const int fd = cni::connect_init_agent(cni::client_state_dir());
   if (fd < 0) return -1;
-  const char* pins = std::getenv("MESHCAP_PIN_DIR");
-  return cni::hand_over_init(fd, argc, argv, envp, pins && *pins ? pins : "/sys/fs/bpf/meshcap", STDOUT_FILENO,
-                             STDERR_FILENO);
+  return cni::hand_over_init(fd, argc, argv, envp, cni::client_pin_dir(), STDOUT_FILENO, STDERR_FILENO);
 }
 
 cni::InitAnswer answer_init(const cni::InitRequest& request, pid_t peer, const InitParser& parse) {

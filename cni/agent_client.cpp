@@ -20,7 +20,7 @@ using nlohmann::json;
 constexpr size_t kMaxMessage = 8u << 20;  // a configuration with a large prevResult fits
 constexpr int kAgentTimeoutMs = 120'000;  // how long an ADD waits for the agent's answer
 
-std::string env_or(const char* name, const char* fallback) {
+const char* env_or(const char* name, const char* fallback) noexcept {
   const char* v = std::getenv(name);
   return v && *v ? v : fallback;
 }
@@ -35,8 +35,10 @@ AgentReply agent_failed(const std::string& why) {
 
 }  // namespace
 
-std::string client_state_root() { return env_or("MESHCAP_STATE_DIR", "/run/meshcap"); }
-std::string client_pin_root() { return env_or("MESHCAP_PIN_DIR", "/sys/fs/bpf/meshcap"); }
+const char* client_state_dir() noexcept { return env_or("MESHCAP_STATE_DIR", "/run/meshcap"); }
+const char* client_pin_dir() noexcept { return env_or("MESHCAP_PIN_DIR", "/sys/fs/bpf/meshcap"); }
+std::string client_state_root() { return client_state_dir(); }
+std::string client_pin_root() { return client_pin_dir(); }
 std::string agent_socket_path(const std::string& state_root) { return state_root + "/cni.sock"; }
 
 const std::vector<std::string>& forwarded_variables() {
@@ -45,11 +47,14 @@ const std::vector<std::string>& forwarded_variables() {
   return vars;
 }
 
-int connect_agent(const std::string& path) {
+int connect_agent(const std::string& path) { return connect_agent(path.c_str()); }
+
+int connect_agent(const char* path) noexcept {
   sockaddr_un sa{};
   sa.sun_family = AF_UNIX;
-  if (path.size() >= sizeof sa.sun_path) return -1;
-  std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+  const size_t n = std::strlen(path);
+  if (n >= sizeof sa.sun_path) return -1;
+  std::memcpy(sa.sun_path, path, n + 1);
   const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
   // No socket file, or nobody listening on it (an agent that stopped).

@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "agent_client.h"
+
 namespace meshcap::cni {
 
 namespace {
@@ -154,21 +156,13 @@ std::string init_answer_text(const InitAnswer& a) {
 }
 
 int connect_init_agent(const char* state_dir) noexcept {
-  static constexpr char kName[] = "/cni.sock";
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
+  static constexpr char kName[] = "/cni.sock";  // agent_socket_path(), without the heap
+  char path[sizeof(sockaddr_un::sun_path)];
   const size_t n = std::strlen(state_dir);
-  if (n + sizeof kName > sizeof sa.sun_path) return -1;
-  std::memcpy(sa.sun_path, state_dir, n);
-  std::memcpy(sa.sun_path + n, kName, sizeof kName);
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  // No socket file, or nobody listening on it (an agent that stopped).
-  if (::connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof sa) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
+  if (n + sizeof kName > sizeof path) return -1;
+  std::memcpy(path, state_dir, n);
+  std::memcpy(path + n, kName, sizeof kName);
+  return connect_agent(path);
 }
 
 int hand_over_init(int fd, int argc, const char* const* argv, const char* const* envp, const char* pin_dir,
