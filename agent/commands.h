@@ -3,8 +3,10 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 
+#include "host.h"
 #include "istio_flags.h"
 
 namespace meshcap {
@@ -23,6 +25,9 @@ struct InitOptions {
   /// istio's environment variables: the process's own when empty (the node
   /// agent passes those of the `meshcap init` it answers for).
   EnvLookup env;
+  /// The node as the caller already read it for this command (the agent
+  /// does, to decide it can answer); else read when planning.
+  std::optional<NodeView> node;
 };
 
 struct CleanupOptions {

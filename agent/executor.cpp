@@ -29,8 +29,8 @@ PodState::Ebpf enroll_in_node(const Plan& plan, const PodTarget& t, const PodNet
     throw loader::LoaderError("enrol " + t.name, EAGAIN,
                               "an upgrade of the node data path was interrupted: run `meshcap node start` to finish it");
   const uint64_t cookie = loader::netns_cookie(pod.netns.cookie, t.netns_path, host.datapath_dir, host.cgroup_dir);
-  loader::PodTable table(host.datapath_dir);
-  const auto e = table.enroll(t.name, cookie, t.netns_path, settings_for(plan, pod));
+  const auto table = pod_table(host.datapath_dir);
+  const auto e = table->enroll(t.name, cookie, t.netns_path, settings_for(plan, pod));
   return {"node", host.datapath_dir, e.index, e.cookie};
 }
 
@@ -137,7 +137,7 @@ bool unenroll_from_node(const std::string& name, const PodState& st) {
   std::error_code ec;
   if (!st.ebpf || st.ebpf->host != "node" || !fs::exists(st.ebpf->datapath_dir, ec)) return false;
   NodeLock lock;
-  return loader::PodTable(st.ebpf->datapath_dir).unenroll(name, st.ebpf->cookie);
+  return pod_table(st.ebpf->datapath_dir)->unenroll(name, st.ebpf->cookie);
 }
 
 bool remove_own_data_path(const std::string& name) {

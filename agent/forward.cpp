@@ -65,8 +65,21 @@ bool same_file(const std::string& a, const std::string& b) {
   return stat(a.c_str(), &sa) == 0 && stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
+// Whether the process `proc` (/proc/PID) is in this process's mount
+// namespace, which does not change while the agent runs.
+bool in_own_mount_namespace(const std::string& proc) {
+  static const struct stat own = [] {
+    struct stat st {};
+    stat("/proc/self/ns/mnt", &st);
+    return st;
+  }();
+  struct stat theirs {};
+  return own.st_ino != 0 && stat((proc + "/ns/mnt").c_str(), &theirs) == 0 && theirs.st_dev == own.st_dev &&
+         theirs.st_ino == own.st_ino;
+}
+
 // Why the command must run in the caller's process, or "" when the agent
-// can answer it.
+// can answer it. `p.options.node`: the node as read for this request.
 std::string why_local(const std::vector<std::string>& args, const std::map<std::string, std::string>& env,
                       const ParsedInit& p, const std::string& proc) {
   const InitOptions& o = p.options;
@@ -83,7 +96,8 @@ std::string why_local(const std::vector<std::string>& args, const std::map<std::
   if (netns.rfind("/proc/self/", 0) == 0 || netns.rfind("/proc/thread-self/", 0) == 0)
     return "--netns names the caller's own namespace";
   if (!o.cgroup.empty() && o.cgroup[0] != '/') return "a relative --cgroup";
-  if (o.cgroup.empty() && !NodeRecord::read()) return "no node data path (a pod's own programs go on the caller's cgroup)";
+  if (o.cgroup.empty() && !(o.node && o.node->record))
+    return "no node data path (a pod's own programs go on the caller's cgroup)";
   // As init resolves it (a bad one throws: the caller then prints the error).
   if (same_file(resolve_netns(netns), proc + "/ns/net")) return "the caller is in the pod's namespace";
   if (spdlog::level::from_str(p.log_level) == spdlog::level::off && p.log_level != "off") return "--log-level";
@@ -112,12 +126,13 @@ cni::InitAnswer answer_init(const cni::InitRequest& request, pid_t peer, const I
     return cni::run_locally();
   };
   try {
-    if (!same_file("/proc/self/ns/mnt", proc + "/ns/mnt")) return local("another mount namespace");
+    if (!in_own_mount_namespace(proc)) return local("another mount namespace");
     const auto& args = request.argv;
     const auto& env = request.env;
     if (env.count("MESHCAP_NO_AGENT") || env.count("MESHCAP_FAULT_AT")) return local("asked to");
     auto parsed = parse(args);
     if (!parsed) return local("the command line does not parse");
+    parsed->options.node = NodeView::read();  // once for the request: to decide here, and to plan
     if (const std::string why = why_local(args, env, *parsed, proc); !why.empty()) return local(why);
     InitOptions& o = parsed->options;
     o.env = [&env](const std::string& name) -> std::optional<std::string> {

@@ -1,5 +1,6 @@
 #include "host.h"
 
+#include <bpf/bpf.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -186,7 +187,132 @@ void NodeRecord::write() const {
   fs::rename(tmp, node_record_path());
 }
 
-NodeView NodeView::read() { return {NodeRecord::read(), loader::pinned_links(loader::node_dir())}; }
+namespace {
+
+// The node's record file as stat sees it: a new `node start` writes a new
+// file (renamed into place, a new inode and time), `node stop` removes it.
+struct RecordVersion {
+  dev_t dev = 0;
+  ino_t ino = 0;
+  timespec mtime{};
+  off_t size = 0;
+  std::string dir;  // the pins it goes with
+  bool operator==(const RecordVersion& o) const {
+    return dev == o.dev && ino == o.ino && mtime.tv_sec == o.mtime.tv_sec && mtime.tv_nsec == o.mtime.tv_nsec &&
+           size == o.size && dir == o.dir;
+  }
+};
+
+std::optional<RecordVersion> record_version() {
+  struct stat st {};
+  if (stat(node_record_path().c_str(), &st)) return std::nullopt;
+  return RecordVersion{st.st_dev, st.st_ino, st.st_mtim, st.st_size, loader::node_dir()};
+}
+
+// What a process that keeps the node open holds (keep_node_open).
+struct KeptNode {
+  std::mutex m;
+  bool on = false;
+  std::optional<RecordVersion> version;  // of the view, links and spec below
+  NodeView view;
+  std::vector<int> link_fds;  // view.links' links, in the same order
+  std::optional<std::optional<loader::DataPathSpec>> spec;
+  std::optional<RecordVersion> table_version;
+  std::shared_ptr<loader::PodTable> table;
+
+  void forget_view() {
+    for (int fd : link_fds) close(fd);
+    link_fds.clear();
+    view = NodeView{};
+    spec.reset();
+    version.reset();
+  }
+};
+
+KeptNode& kept() {
+  static KeptNode* k = new KeptNode;  // never destroyed: the agent's threads may use it at exit
+  return *k;
+}
+
+NodeView read_node_view() { return {NodeRecord::read(), loader::pinned_links(loader::node_dir())}; }
+
+}  // namespace
+
+void keep_node_open() {
+  std::lock_guard<std::mutex> hold(kept().m);
+  kept().on = true;
+}
+
+void forget_changed_node() {
+  KeptNode& k = kept();
+  std::lock_guard<std::mutex> hold(k.m);
+  const auto now = record_version();
+  if (k.version && k.version != now) k.forget_view();
+  if (k.table_version && k.table_version != now) {
+    k.table.reset();
+    k.table_version.reset();
+  }
+}
+
+NodeView NodeView::read() {
+  KeptNode& k = kept();
+  std::lock_guard<std::mutex> hold(k.m);
+  if (!k.on) return read_node_view();
+  // The version is taken before the read: a record rewritten meanwhile
+  // differs from it next time, and is read again then.
+  const auto version = record_version();
+  if (k.version && k.version == version) {
+    bool whole = true;
+    for (size_t i = 0; i < k.link_fds.size(); i++) {
+      loader::read_link_state(k.link_fds[i], k.view.links[i]);
+      whole = whole && k.view.links[i].attached;
+    }
+    if (whole) return k.view;
+  }
+  k.forget_view();
+  NodeView v = read_node_view();
+  if (!version || !v.up()) return v;  // kept only when whole
+  std::vector<int> fds;
+  for (const auto& l : v.links) {
+    const int fd = bpf_obj_get((loader::node_dir() + "/" + l.pin).c_str());
+    if (fd < 0) {
+      for (int f : fds) close(f);
+      return v;
+    }
+    fds.push_back(fd);
+  }
+  k.view = v;
+  k.link_fds = std::move(fds);
+  k.version = version;
+  return v;
+}
+
+std::optional<loader::DataPathSpec> node_pinned_spec(const std::string& dir) {
+  KeptNode& k = kept();
+  std::lock_guard<std::mutex> hold(k.m);
+  if (!k.on || dir != loader::node_dir()) return loader::pinned_spec(dir);
+  const auto version = record_version();
+  if (k.spec && k.version && k.version == version) return *k.spec;
+  auto spec = loader::pinned_spec(dir);
+  if (k.version && k.version == version) k.spec = spec;
+  return spec;
+}
+
+std::shared_ptr<loader::PodTable> pod_table(const std::string& dir) {
+  KeptNode& k = kept();
+  std::lock_guard<std::mutex> hold(k.m);
+  if (!k.on || dir != loader::node_dir()) return std::make_shared<loader::PodTable>(dir);
+  const auto version = record_version();
+  if (k.table && version && k.table_version == version) return k.table;
+  k.table.reset();
+  k.table_version.reset();
+  auto t = std::make_shared<loader::PodTable>(dir);
+  if (version) {
+    k.table = t;
+    k.table_version = version;
+  }
+  return t;
+}
 
 bool NodeView::up() const {
   // Every program but DNS capture's, which a kernel may refuse.
@@ -322,7 +448,7 @@ EbpfHost find_ebpf_host(const PodTarget& t, const std::optional<NodeView>& node,
     h.kind = EbpfHost::Kind::Node;
     h.datapath_dir = loader::node_dir();
     h.cgroup_dir = record->cgroup;
-    h.node_spec = loader::pinned_spec(loader::node_dir()).value_or(record->spec);
+    h.node_spec = node_pinned_spec(loader::node_dir()).value_or(record->spec);
     if (!t.cgroup_dir.empty())
       spdlog::info("a node data path is running (cgroup {}){} {}: the pod is enrolled in it", record->cgroup,
                    visible ? " and holds" : ", not seen from here to tell whether it holds", t.cgroup_dir);

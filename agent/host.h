@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "datapath.h"
+#include "enrollment.h"
 #include "pins.h"
 #include "kernel_features.h"
 #include "target.h"
@@ -39,6 +40,9 @@ bool upgrade_interrupted();
 struct NodeView {
   std::optional<NodeRecord> record;
   std::vector<loader::PinnedLink> links;
+  /// Read now; or, in a process that keeps the node open
+  /// (keep_node_open), what it kept when the record is the one it read and
+  /// every link it holds is still attached.
   static NodeView read();
   /// Recorded, and every cgroup link pinned and attached.
   bool up() const;
@@ -51,6 +55,22 @@ struct NodeView {
 /// Pods must wait then rather than fall back (the CNI plugin's "try again
 /// later").
 bool node_not_ready();
+
+/// From now on this process (the node agent, which answers a request per
+/// pod) keeps what it read of the node data path between requests: the
+/// record, the links (held open; each request asks each one whether it is
+/// still attached), what its programs were loaded with, and its pod tables
+/// open. All of it is read again when the record changes -- every `node
+/// start`, an upgrade in place included, rewrites it under the node lock,
+/// and `node stop` removes it -- or a link it holds is detached.
+void keep_node_open();
+/// Lets go of what keep_node_open kept once the record changed, so that a
+/// stopped node's maps are not held alive by this process (the agent
+/// calls it when idle).
+void forget_changed_node();
+/// What the node data path pinned at `dir` was loaded with
+/// (loader::pinned_spec), kept as NodeView::read keeps the node.
+std::optional<loader::DataPathSpec> node_pinned_spec(const std::string& dir);
 
 struct EbpfHost {
   enum class Kind { None, Node, Pod } kind = Kind::None;
@@ -87,6 +107,12 @@ EbpfHost find_ebpf_host(const PodTarget& t, const std::optional<NodeView>& node 
 /// (Plan::fall_back_to_iptables). Otherwise (probe, dry run) the programs
 /// are loaded and discarded. Privileges and the rest are always probed.
 std::unique_ptr<loader::KernelFeatures> kernel_for(const EbpfHost& host, bool loading);
+
+/// The pod tables of the data path pinned at `dir` (loader::PodTable), the
+/// ones kept open when it is the node's and this process keeps the node
+/// (keep_node_open). The caller holds NodeLock: a node start, which
+/// replaces the tables, cannot run meanwhile.
+std::shared_ptr<loader::PodTable> pod_table(const std::string& dir);
 
 /// An exclusive lock on the node data path (enrolments, start, stop): held
 /// until destroyed. Across processes (flock on STATE/node.lock).

@@ -24,6 +24,7 @@ int run_init(InitOptions& o) {
   r.mode = *mode;
   r.flags = FlagSet::resolve(o.istio, o.env ? o.env : process_env());
   r.accelerate = o.accelerate;
+  r.node = o.node;
   PlannedCapture p = plan_capture(r, !o.dry_run);
   if (o.dry_run) {
     print_plan(std::cout, p.target, p.plan, p.pod, p.host);

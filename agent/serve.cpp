@@ -143,6 +143,7 @@ int run_node_serve(const NodeServeOptions& o) {
                                << std::endl;
   std::string last_error;  // said once, not every second
   while (!stop_requested) {
+    forget_changed_node();  // a node stopped or started elsewhere: its old maps are not kept alive here
     if (!cni.conf_dir.empty()) {
       try {
         if (auto f = cni::install_plugin(cni); !f.empty()) spdlog::info("meshcap-cni (re)added to {}", f);

@@ -134,6 +134,20 @@ bool remove_dead_staging(const std::string& base) {
   return removed;
 }
 
+void read_link_state(int fd, PinnedLink& l) {
+  bpf_link_info info{};
+  __u32 len = sizeof(info);
+  l.attached = false;
+  l.prog_id = 0;
+  l.netns_ino = l.cgroup_id = 0;
+  if (bpf_obj_get_info_by_fd(fd, &info, &len)) return;
+  l.prog_id = info.prog_id;
+  l.attached = (info.type == BPF_LINK_TYPE_CGROUP && info.cgroup.cgroup_id != 0) ||
+               (info.type == BPF_LINK_TYPE_NETNS && info.netns.netns_ino != 0);
+  if (info.type == BPF_LINK_TYPE_NETNS) l.netns_ino = info.netns.netns_ino;
+  if (info.type == BPF_LINK_TYPE_CGROUP) l.cgroup_id = info.cgroup.cgroup_id;
+}
+
 std::vector<PinnedLink> pinned_links(const std::string& dir) {
   std::vector<PinnedLink> out;
   std::error_code ec;
@@ -141,17 +155,11 @@ std::vector<PinnedLink> pinned_links(const std::string& dir) {
     const std::string pin = e.path().filename();
     if (pin.rfind("link_", 0) != 0) continue;
     PinnedLink l{pin};
-    int fd = bpf_obj_get(e.path().c_str());
-    bpf_link_info info{};
-    __u32 len = sizeof(info);
-    if (fd >= 0 && bpf_obj_get_info_by_fd(fd, &info, &len) == 0) {
-      l.prog_id = info.prog_id;
-      l.attached = (info.type == BPF_LINK_TYPE_CGROUP && info.cgroup.cgroup_id != 0) ||
-                   (info.type == BPF_LINK_TYPE_NETNS && info.netns.netns_ino != 0);
-      if (info.type == BPF_LINK_TYPE_NETNS) l.netns_ino = info.netns.netns_ino;
-      if (info.type == BPF_LINK_TYPE_CGROUP) l.cgroup_id = info.cgroup.cgroup_id;
+    const int fd = bpf_obj_get(e.path().c_str());
+    if (fd >= 0) {
+      read_link_state(fd, l);
+      close(fd);
     }
-    if (fd >= 0) close(fd);
     out.push_back(l);
   }
   std::sort(out.begin(), out.end(), [](const PinnedLink& a, const PinnedLink& b) { return a.pin < b.pin; });

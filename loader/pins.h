@@ -49,6 +49,10 @@ struct PinnedLink {
 };
 /// The link_* pins directly in `dir`, sorted.
 std::vector<PinnedLink> pinned_links(const std::string& dir);
+/// Updates `l` from what the link open at `fd` says now: attached (a
+/// detached link keeps its fd but loses its target), its program, its
+/// target.
+void read_link_state(int fd, PinnedLink& l);
 /// Names of the per-pod data paths.
 std::vector<std::string> pinned_pods();
 /// Names of the pods a data path directory has pins for (pods/NAME).

@@ -5,6 +5,7 @@
 // not enrolled left alone, an in-place upgrade under load with no failed
 // connection, a full table that fails cleanly or falls back, kills at every
 // step, stale pods, and a stop that never leaves a pod uncaptured.
+#include <bpf/bpf.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -15,6 +16,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -559,6 +561,68 @@ TEST_F(Node, InitIsAnsweredByTheNodesAgentWithTheSameResult) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   expect_captured(a);
   ASSERT_EQ(node_->meshcap({"cleanup", "--name", a.name()}).exit_code, 0);
+}
+
+// The agent keeps what it read of the node between requests (its record,
+// its links open, its pod tables open: host.h, keep_node_open). A node
+// start in place with other sizes replaces every map: the next pod the
+// agent enrolls must land in the new ones (captured for real), not in the
+// maps it held. A node link detached behind its back: the next request
+// sees it and enrolls nothing into a node that is not whole.
+TEST_F(Node, TheAgentKeepsTheNodeOpenAndSeesItChange) {
+  TestNodeAgent agent(*node_, MESHCAP_BIN);
+  ASSERT_TRUE(agent.listening()) << agent.log();
+  NodePod a(*node_), b(*node_), c(*node_);
+  // The agent parses with one kept parser: a flag one request gave is not
+  // left over for the next (b's plan and record carry no port 9999).
+  std::vector<std::string> with_exclusion = kIstioInit;
+  with_exclusion.insert(with_exclusion.end(), {"-o", "9999"});
+  auto r = init(a, with_exclusion);
+  ASSERT_EQ(r.exit_code, 0) << r.output << agent.log();
+  EXPECT_EQ(answered(agent, 0), 1u) << agent.log();
+  auto record = [&](const NodePod& p) {
+    std::ifstream in(node_->state_dir() + "/pods/" + p.name() + ".json");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  EXPECT_NE(record(a).find("9999"), std::string::npos) << record(a);
+  expect_captured(a);
+
+  auto pods_map_id = [&] {
+    const int fd = bpf_obj_get((node_->pin_dir() + "/node/map_pods").c_str());
+    bpf_map_info info{};
+    __u32 len = sizeof(info);
+    const bool ok = fd >= 0 && bpf_obj_get_info_by_fd(fd, &info, &len) == 0;
+    if (fd >= 0) close(fd);
+    return ok ? info.id : 0u;
+  };
+  const uint32_t before = pods_map_id();
+  ASSERT_NE(before, 0u);
+  auto up = node_->start({"--max-pods", "512", "--max-connections", "32768"});
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  EXPECT_EQ(node_status()["spec"]["max_pods"], 512);
+  ASSERT_NE(pods_map_id(), before) << "the pods map was not replaced: the test would show nothing";
+  r = init(b);
+  ASSERT_EQ(r.exit_code, 0) << r.output << agent.log();
+  EXPECT_EQ(answered(agent, 0), 2u) << agent.log();
+  EXPECT_NE(r.output.find("outbound by ebpf, inbound by ebpf"), std::string::npos) << r.output;
+  EXPECT_EQ(node_status()["pods_enrolled"], 2);
+  ASSERT_NE(record(b).find(b.name()), std::string::npos) << record(b);
+  EXPECT_EQ(record(b).find("9999"), std::string::npos) << record(b);
+  expect_captured(b);
+  expect_captured(a);
+
+  // A link of the node detached by hand (its pin stays).
+  const int link = bpf_obj_get((node_->pin_dir() + "/node/link_connect4").c_str());
+  ASSERT_GE(link, 0) << std::strerror(errno);
+  ASSERT_EQ(bpf_link_detach(link), 0) << std::strerror(errno);
+  close(link);
+  r = init(c);
+  ASSERT_EQ(r.exit_code, 0) << r.output << agent.log();
+  EXPECT_EQ(answered(agent, 0), 3u) << agent.log();
+  EXPECT_NE(r.output.find("not whole"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("outbound by iptables, inbound by iptables"), std::string::npos) << r.output;
+  EXPECT_EQ(status(c)["parts"]["outbound"]["engine"], "iptables");
+  for (NodePod* p : {&a, &b, &c}) node_->meshcap({"cleanup", "--name", p->name()});
 }
 
 // The hand-over runs before the C++ runtime can unwind an exception
