@@ -102,8 +102,16 @@ int run_node_start(const NodeStartOptions& o) {
     // In place: the pods stay enrolled, every link switches to the new
     // programs (BPF_LINK_UPDATE), no moment without capture.
     mark_upgrade(true);
-    dp.load(loader::node_dir());
-    dp.take_over(loader::node_dir(), next.cgroup);
+    try {
+      dp.load(loader::node_dir());
+      dp.take_over(loader::node_dir(), next.cgroup);
+    } catch (...) {
+      // Refused before it changed anything (the new programs did not load,
+      // or the old maps' entries do not fit the new maps): the running data
+      // path is whole as it was, and pods go on enrolling in it.
+      if (!dp.changed_pinned()) mark_upgrade(false);
+      throw;
+    }
     mark_upgrade(false);
     spdlog::info("node data path replaced in place ({} pods enrolled)", node_pods().size());
   } else {

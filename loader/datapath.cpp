@@ -113,7 +113,9 @@ void copy_entries(int from, int to, const std::string& what) {
     prev = key.data();
     if (bpf_map_lookup_elem(from, key.data(), value.data())) continue;
     if (bpf_map_update_elem(to, key.data(), value.data(), BPF_ANY))
-      throw LoaderError("copy map " + what, errno, "the new map is too small for what the old one holds");
+      throw LoaderError("copy map " + what, errno,
+                        "the new map is too small for what the old one holds (a smaller --max-pods than the "
+                        "running data path's is not done in place: stop and start it)");
   }
 }
 
@@ -327,6 +329,7 @@ void DataPath::take_over(const std::string& dir, const std::string& cgroup_dir) 
     }
   }
   // 2. Every pinned link switches to the new program.
+  changed_pinned_ = true;
   auto update = [&](const std::string& pin, int prog_fd) {
     Fd link(bpf_obj_get(pin.c_str()));
     if (link.fd < 0) throw LoaderError("open " + pin, errno);

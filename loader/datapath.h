@@ -99,6 +99,11 @@ class DataPath {
   /// data path did not have (DNS capture, added later) is attached to
   /// `cgroup_dir` and pinned; one the new spec leaves out is detached.
   void take_over(const std::string& dir, const std::string& cgroup_dir);
+  /// Whether take_over() has begun changing the pinned data path (its
+  /// links or pins). A take_over that throws before then -- the old maps'
+  /// entries do not fit the new maps -- leaves the running data path as it
+  /// was.
+  bool changed_pinned() const { return changed_pinned_; }
 
   const DataPathSpec& spec() const { return spec_; }
   /// The fd of one of the loaded programs or maps (by name); -1 when none.
@@ -115,6 +120,7 @@ class DataPath {
   std::vector<std::string> reused_;  // maps taken over from reuse_dir
   std::string reuse_dir_;
   DataPathSpec spec_;
+  bool changed_pinned_ = false;
   void detach_all();
 };
 

@@ -567,12 +567,14 @@ TEST_F(Node, InitIsAnsweredByTheNodesAgentWithTheSameResult) {
 // its links open, its pod tables open: host.h, keep_node_open). A node
 // start in place with other sizes replaces every map: the next pod the
 // agent enrolls must land in the new ones (captured for real), not in the
-// maps it held. A node link detached behind its back: the next request
-// sees it and enrolls nothing into a node that is not whole.
+// maps it held. A start refused before it changed anything (a smaller
+// table) leaves the node to enrol as before. A node link detached behind
+// its back: the next request sees it and enrolls nothing into a node that
+// is not whole.
 TEST_F(Node, TheAgentKeepsTheNodeOpenAndSeesItChange) {
   TestNodeAgent agent(*node_, MESHCAP_BIN);
   ASSERT_TRUE(agent.listening()) << agent.log();
-  NodePod a(*node_), b(*node_), c(*node_);
+  NodePod a(*node_), b(*node_), c(*node_), d(*node_);
   // The agent parses with one kept parser: a flag one request gave is not
   // left over for the next (b's plan and record carry no port 9999).
   std::vector<std::string> with_exclusion = kIstioInit;
@@ -611,6 +613,19 @@ TEST_F(Node, TheAgentKeepsTheNodeOpenAndSeesItChange) {
   expect_captured(b);
   expect_captured(a);
 
+  // A smaller table is not made in place: refused, and having changed
+  // nothing it leaves no upgrade marked as interrupted (pods go on
+  // enrolling by eBPF).
+  auto down = node_->start({"--max-pods", "256"});
+  EXPECT_NE(down.exit_code, 0) << down.output;
+  EXPECT_NE(down.output.find("not done in place"), std::string::npos) << down.output;
+  EXPECT_FALSE(std::filesystem::exists(node_->state_dir() + "/node.upgrading"));
+  EXPECT_EQ(node_status()["spec"]["max_pods"], 512);
+  r = init(d);
+  ASSERT_EQ(r.exit_code, 0) << r.output << agent.log();
+  EXPECT_NE(r.output.find("outbound by ebpf, inbound by ebpf"), std::string::npos) << r.output;
+  expect_captured(d);
+
   // A link of the node detached by hand (its pin stays).
   const int link = bpf_obj_get((node_->pin_dir() + "/node/link_connect4").c_str());
   ASSERT_GE(link, 0) << std::strerror(errno);
@@ -618,11 +633,56 @@ TEST_F(Node, TheAgentKeepsTheNodeOpenAndSeesItChange) {
   close(link);
   r = init(c);
   ASSERT_EQ(r.exit_code, 0) << r.output << agent.log();
-  EXPECT_EQ(answered(agent, 0), 3u) << agent.log();
+  EXPECT_EQ(answered(agent, 0), 4u) << agent.log();
   EXPECT_NE(r.output.find("not whole"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("outbound by iptables, inbound by iptables"), std::string::npos) << r.output;
   EXPECT_EQ(status(c)["parts"]["outbound"]["engine"], "iptables");
-  for (NodePod* p : {&a, &b, &c}) node_->meshcap({"cleanup", "--name", p->name()});
+  for (NodePod* p : {&a, &b, &c, &d}) node_->meshcap({"cleanup", "--name", p->name()});
+}
+
+// Pods enrolled through the agent while the node is replaced in place
+// again and again with other sizes (every map copied into new ones each
+// time): each `meshcap init` that exits 0 has its pod in the maps the node
+// runs with, never in maps a start replaced meanwhile (the agent takes
+// the pod tables it keeps under the node lock, by the record's version).
+TEST_F(Node, TheAgentEnrolsIntoTheCurrentMapsWhileTheNodeIsReplaced) {
+  TestNodeAgent agent(*node_, MESHCAP_BIN);
+  ASSERT_TRUE(agent.listening()) << agent.log();
+  std::vector<std::unique_ptr<NodePod>> pods;
+  for (int i = 0; i < 3; i++) pods.push_back(std::make_unique<NodePod>(*node_));
+  std::atomic<bool> starting{true};
+  std::vector<std::string> failed_starts;
+  std::thread starts([&] {
+    for (int k = 1; k <= 4; k++) {
+      auto r = node_->start({"--max-pods", std::to_string(256 + 128 * k), "--max-connections",
+                             std::to_string(16384 + 8192 * k)});
+      if (r.exit_code != 0) failed_starts.push_back(r.output);
+    }
+    starting = false;
+  });
+  // Each pod enrolled afresh (cleanup, then init) while the starts run,
+  // then once more after the last one.
+  size_t inits = 0;
+  for (bool last = false; !last;) {
+    last = !starting;
+    for (auto& p : pods) {
+      ASSERT_EQ(node_->meshcap({"cleanup", "--name", p->name()}).exit_code, 0);
+      auto r = init(*p);
+      ASSERT_EQ(r.exit_code, 0) << r.output << agent.log();
+      inits++;
+    }
+  }
+  starts.join();
+  EXPECT_TRUE(failed_starts.empty()) << (failed_starts.empty() ? "" : failed_starts.front());
+  EXPECT_GT(inits, 2 * pods.size()) << "no enrolment overlapped a start";
+  EXPECT_EQ(answered(agent, 0), inits) << agent.log();
+  EXPECT_EQ(node_status()["spec"]["max_pods"], 768);
+  EXPECT_EQ(node_status()["pods_enrolled"], pods.size());
+  for (auto& p : pods) {
+    EXPECT_EQ(status(*p)["parts"]["outbound"]["in_place"], true) << status(*p).dump();
+    expect_captured(*p);
+  }
+  for (auto& p : pods) node_->meshcap({"cleanup", "--name", p->name()});
 }
 
 // The hand-over runs before the C++ runtime can unwind an exception
