@@ -20,7 +20,6 @@
 #include <functional>
 #include <set>
 #include <sstream>
-#include <thread>
 #include <vector>
 
 #include <spdlog/spdlog.h>
@@ -146,17 +145,17 @@ std::map<unsigned long, uint16_t> listening_inodes(const std::string& net_dir, c
   return out;
 }
 
-// Whether anything in the namespace at `netns_path` listens on `ports`,
-// asked from a thread inside it (setns is per thread). A pod whose proxy
-// is not running yet -- every pod the CNI plugin adds -- then costs no walk
-// over every process of the node. True when it cannot tell.
+// The ports anything in the namespace at `netns_path` listens on, asked
+// from inside it. A pod whose proxy is not running yet -- every pod the CNI
+// plugin adds -- then costs no walk over every process of the node.
+// nullopt when it cannot tell.
 std::optional<std::set<uint16_t>> listening_in_netns(const std::string& netns_path) {
-  Fd ns(open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (ns.fd < 0) return std::nullopt;
   std::optional<std::set<uint16_t>> listening;
-  std::thread([&] {
-    if (setns(ns.fd, CLONE_NEWNET) == 0) listening = listening_ports_here();
-  }).join();
+  try {
+    in_network_namespace(netns_path, [&] { listening = listening_ports_here(); });
+  } catch (const LoaderError&) {
+    return std::nullopt;
+  }
   return listening;
 }
 

@@ -1,9 +1,9 @@
 // Reading a pod's network namespace: addresses, interfaces, routes and its
-// identity, from a helper thread that enters it (setns is per thread), so
-// the caller's namespace never changes.
+// identity, from the calling thread, which enters it and comes back (setns
+// is per thread), so the caller's namespace never changes.
 #pragma once
 
-#include <optional>
+#include <functional>
 #include <optional>
 #include <set>
 #include <string>
@@ -14,6 +14,14 @@ namespace meshcap::loader {
 
 /// Reads the namespace at `netns_path`. Throws LoaderError.
 PodNetwork read_pod_network(const std::string& netns_path);
+
+/// Runs `job` on the calling thread inside the network namespace at
+/// `netns_path` (a thread already there does not move) and brings the
+/// thread back before returning, also when `job` throws (rethrown then).
+/// A thread that cannot come back aborts the process rather than go on in
+/// the pod's namespace. Returns the namespace's identity (no cookie).
+/// Throws LoaderError when the namespace cannot be opened or entered.
+NetnsId in_network_namespace(const std::string& netns_path, const std::function<void()>& job);
 
 /// The TCP ports with a listening socket in the calling thread's network
 /// namespace: an inet_diag dump of listening sockets only (the kernel walks
