@@ -60,11 +60,6 @@ bool env_set(const char* name) {
   return v && *v;
 }
 
-bool same_file(const std::string& a, const std::string& b) {
-  struct stat sa {}, sb {};
-  return stat(a.c_str(), &sa) == 0 && stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
-}
-
 // Whether the process `proc` (/proc/PID) is in this process's mount
 // namespace, which does not change while the agent runs.
 bool in_own_mount_namespace(const std::string& proc) {
@@ -99,7 +94,12 @@ std::string why_local(const std::vector<std::string>& args, const std::map<std::
   if (o.cgroup.empty() && !(o.node && o.node->record))
     return "no node data path (a pod's own programs go on the caller's cgroup)";
   // As init resolves it (a bad one throws: the caller then prints the error).
-  if (same_file(resolve_netns(netns), proc + "/ns/net")) return "the caller is in the pod's namespace";
+  NetnsId pod;
+  resolve_netns(netns, &pod);
+  struct stat caller {};
+  if (stat((proc + "/ns/net").c_str(), &caller) == 0 && pod.dev == static_cast<uint64_t>(caller.st_dev) &&
+      pod.ino == static_cast<uint64_t>(caller.st_ino))
+    return "the caller is in the pod's namespace";
   if (spdlog::level::from_str(p.log_level) == spdlog::level::off && p.log_level != "off") return "--log-level";
   return "";
 }

@@ -34,7 +34,7 @@ std::optional<std::string> cgroup2_mount() {
   return found;
 }
 
-std::string resolve_netns(const std::string& given) {
+std::string resolve_netns(const std::string& given, NetnsId* id) {
   std::string path = given.empty() ? "/proc/self/ns/net"
                      : given.find('/') == std::string::npos ? "/run/netns/" + given
                                                             : given;
@@ -42,6 +42,9 @@ std::string resolve_netns(const std::string& given) {
   if (fd < 0)
     throw UsageError("--netns: invalid value '" + given + "': cannot open " + path + ": " + std::strerror(errno));
   int type = ioctl(fd, NS_GET_NSTYPE);
+  struct stat st {};
+  if (id && type == CLONE_NEWNET && fstat(fd, &st) == 0)
+    *id = NetnsId{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino), 0};
   close(fd);
   if (type != CLONE_NEWNET)
     throw UsageError("--netns: invalid value '" + given + "': " + path + " is not a network namespace");
@@ -64,8 +67,7 @@ std::string validate_cgroup(const std::string& dir) {
 
 PodTarget resolve_target(const std::string& name, const std::string& cgroup, const std::string& netns) {
   PodTarget t;
-  t.netns_path = resolve_netns(netns);
-  t.netns = loader::netns_identity(t.netns_path).value_or(NetnsId{});
+  t.netns_path = resolve_netns(netns, &t.netns);
   if (!cgroup.empty()) t.cgroup_dir = validate_cgroup(cgroup);
   if (!name.empty()) {
     loader::validate_pod_name(name);

@@ -23,8 +23,9 @@ struct PodTarget {
 std::optional<std::string> cgroup2_mount();
 
 /// Resolves `--netns` (a path, or a name under /run/netns; empty = the
-/// caller's) and checks it is a network namespace. Throws UsageError.
-std::string resolve_netns(const std::string& given);
+/// caller's) and checks it is a network namespace; `id`, when given, gets
+/// its identity (no cookie). Throws UsageError.
+std::string resolve_netns(const std::string& given, NetnsId* id = nullptr);
 /// Checks `dir` is a cgroup v2 directory that is not the root of the
 /// hierarchy (meshcap never attaches to a root cgroup). Throws UsageError.
 std::string validate_cgroup(const std::string& dir);

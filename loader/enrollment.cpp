@@ -301,6 +301,15 @@ std::optional<Journal> read_journal(const std::string& pin) {
   return j;
 }
 
+// Pins `fd` at `path`, in place of whatever a killed enrolment left there
+// (tried first as it usually is: nothing). False with errno set.
+bool pin_afresh(int fd, const std::string& path) {
+  if (bpf_obj_pin(fd, path.c_str()) == 0) return true;
+  if (errno != EEXIST) return false;
+  unlink(path.c_str());
+  return bpf_obj_pin(fd, path.c_str()) == 0;
+}
+
 // Puts the listening sockets of a proxy already running in the pod into
 // the listeners map under the pod's index (processes that listen later are
 // tagged at bind and filed by sockops). A proxy that listens but cannot be
@@ -586,8 +595,7 @@ struct PodTable::Fds {
     link = Fd(bpf_link_create(sk_lookup.fd, ns.fd, BPF_SK_LOOKUP, nullptr));
     if (link.fd < 0) throw LoaderError("attach sk_lookup to " + netns_path, errno, "", Part::Inbound);
     make_pin_dirs(pins);
-    unlink(new_link_pin.c_str());
-    if (bpf_obj_pin(link.fd, new_link_pin.c_str())) throw LoaderError("pin " + new_link_pin, errno, "", Part::Inbound);
+    if (!pin_afresh(link.fd, new_link_pin)) throw LoaderError("pin " + new_link_pin, errno, "", Part::Inbound);
   }
 };
 
@@ -687,9 +695,8 @@ Enrolment PodTable::enroll(const std::string& name, uint64_t cookie, const std::
       f.attach_sk_lookup(netns_path, pins, new_link_pin, link);
     }
     Fd rows = create_journal(journal);
-    make_pin_dirs(pins);
-    unlink(new_journal_pin.c_str());
-    if (bpf_obj_pin(rows.fd, new_journal_pin.c_str())) throw LoaderError("pin " + new_journal_pin, errno);
+    if (link.fd < 0) make_pin_dirs(pins);  // else made for the link
+    if (!pin_afresh(rows.fd, new_journal_pin)) throw LoaderError("pin " + new_journal_pin, errno);
     fault_point("enabled");
     // The commit: from here the pod is captured with these settings.
     if (bpf_map_update_elem(f.pods.fd, &cookie, &pod, BPF_ANY))

@@ -6,27 +6,29 @@
 // reads 5 ms apart, four interleaved runs of 150).
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <ifaddrs.h>
-#include <linux/if_packet.h>
+#include <linux/if_link.h>
+#include <linux/rtnetlink.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
 #include <netinet/in.h>
-#include <net/if.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
-#include <fstream>
 #include <functional>
 #include <memory>
-#include <sstream>
 #include <filesystem>
+#include <map>
+#include <mutex>
+#include <vector>
 
 #include <sys/socket.h>
 
@@ -37,48 +39,151 @@ namespace meshcap::loader {
 
 namespace {
 
-// The main table's routes (IPv4 and IPv6) of this thread's namespace, from
-// /proc/thread-self (which follows the thread's network namespace), each
-// file read once; and each family's default-route interface.
+// An rtnetlink socket in the calling thread's network namespace: its links,
+// addresses and routes, each one dump, and the namespace's cookie. One
+// socket replaces getifaddrs (a socket, a bind and two dumps of its own),
+// the two /proc route files (each an open through /proc/thread-self, the
+// dearest part of the read) and a socket made only to ask the cookie.
+class Rtnl {
+ public:
+  explicit Rtnl(const std::string& where) : fd_(socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE)) {
+    if (fd_ < 0) throw LoaderError("open a route socket in " + where, errno);
+  }
+  ~Rtnl() { close(fd_); }
+  Rtnl(const Rtnl&) = delete;
+  Rtnl& operator=(const Rtnl&) = delete;
+
+  /// The cookie BPF sees for this namespace (SO_NETNS_COOKIE, Linux 5.14;
+  /// any socket answers for the namespace it was made in); 0 when unknown.
+  uint64_t cookie() const {
+    constexpr int kSoNetnsCookie = 71;
+    uint64_t cookie = 0;
+    socklen_t len = sizeof(cookie);
+    return getsockopt(fd_, SOL_SOCKET, kSoNetnsCookie, &cookie, &len) == 0 ? cookie : 0;
+  }
+
+  /// Calls `each(header)` for every message a dump of `type` (RTM_GETLINK,
+  /// RTM_GETADDR, RTM_GETROUTE) for `family` answers. Throws LoaderError.
+  template <class Each>
+  void dump(uint16_t type, uint8_t family, const std::string& what, Each each) {
+    struct {
+      nlmsghdr h;
+      rtmsg m;  // the largest of the three requests' headers; the family comes first in each
+    } req{};
+    req.h.nlmsg_len = NLMSG_LENGTH(type == RTM_GETLINK ? sizeof(ifinfomsg) : type == RTM_GETADDR ? sizeof(ifaddrmsg) : sizeof(rtmsg));
+    req.h.nlmsg_type = type;
+    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.h.nlmsg_seq = ++seq_;
+    req.m.rtm_family = family;
+    if (send(fd_, &req, req.h.nlmsg_len, 0) != static_cast<ssize_t>(req.h.nlmsg_len))
+      throw LoaderError("list " + what, errno);
+    for (;;) {
+      // MSG_TRUNC: the length of the datagram, also when it did not fit.
+      const ssize_t got = recv(fd_, buf_, sizeof buf_, MSG_TRUNC);
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) throw LoaderError("list " + what, got < 0 ? errno : EPIPE);
+      if (static_cast<size_t>(got) > sizeof buf_) throw LoaderError("list " + what, EMSGSIZE);
+      int left = static_cast<int>(got);
+      for (auto* h = reinterpret_cast<const nlmsghdr*>(buf_); NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
+        if (h->nlmsg_seq != seq_) continue;
+        if (h->nlmsg_type == NLMSG_DONE) return;
+        if (h->nlmsg_type == NLMSG_ERROR) {
+          const auto* e = static_cast<const nlmsgerr*>(NLMSG_DATA(h));
+          throw LoaderError("list " + what, e->error ? -e->error : EPROTO);
+        }
+        if (h->nlmsg_type != type - 2) continue;  // RTM_GETx answers RTM_NEWx
+        each(h);
+      }
+    }
+  }
+
+ private:
+  int fd_;
+  uint32_t seq_ = 0;
+  // A dump's messages come in buffers of up to 32 KiB (the kernel sizes
+  // them by the reader's buffer, NLMSG_GOODSIZE at least).
+  alignas(nlmsghdr) char buf_[32768];
+};
+
+// Walks the attributes after a message's fixed header of `fixed` bytes.
+template <class Each>
+void attributes(const nlmsghdr* h, size_t fixed, Each each) {
+  const auto* a = reinterpret_cast<const rtattr*>(static_cast<const char*>(NLMSG_DATA(h)) + NLMSG_ALIGN(fixed));
+  int left = static_cast<int>(h->nlmsg_len) - static_cast<int>(NLMSG_LENGTH(fixed));
+  for (; left > 0 && RTA_OK(a, left); a = RTA_NEXT(a, left)) each(a);
+}
+
+// The main table's routes (IPv4 and IPv6) as /proc/net/route and
+// /proc/net/ipv6_route list them, and each family's default-route
+// interface: IPv4 from the main table (a route with no device is "*");
+// IPv6 from every table, without the routes through lo (local and
+// unreachable ones) or with no device; a multipath route once per next hop
+// for IPv6 and by its first for IPv4, as those files print them.
 struct Routes {
   std::vector<PodNetwork::Route> main;
   std::string default4, default6;
 };
 
-Routes read_routes() {
+Routes read_routes(Rtnl& nl, const std::map<uint32_t, std::string>& names) {
   Routes out;
-  std::ifstream in4("/proc/thread-self/net/route");
-  std::string line;
-  std::getline(in4, line);  // header
-  while (std::getline(in4, line)) {
-    std::istringstream w(line);
-    std::string iface, dst, gw, flags, ref, use, metric, mask;
-    if (!(w >> iface >> dst >> gw >> flags >> ref >> use >> metric >> mask)) continue;
-    // The kernel prints the network-order words as host integers.
-    uint32_t d = static_cast<uint32_t>(std::stoul(dst, nullptr, 16));
-    uint32_t m = static_cast<uint32_t>(std::stoul(mask, nullptr, 16));
-    if (d == 0 && m == 0 && out.default4.empty()) out.default4 = iface;
-    PodNetwork::Route r;
-    r.prefix.family = AF_INET;
-    std::memcpy(r.prefix.addr.data(), &d, 4);
-    r.prefix_len = static_cast<uint8_t>(__builtin_popcount(m));
-    r.interface = iface;
-    out.main.push_back(r);
-  }
-  std::ifstream in6("/proc/thread-self/net/ipv6_route");
-  while (std::getline(in6, line)) {
-    std::istringstream w(line);
-    // dst dst_len src src_len next_hop metric refcnt use flags iface
-    std::string dst, dst_len, src, src_len, hop, metric, ref, use, flags, iface;
-    if (!(w >> dst >> dst_len >> src >> src_len >> hop >> metric >> ref >> use >> flags >> iface)) continue;
-    if (dst.size() != 32 || iface == "lo") continue;  // lo: local and unreachable routes
-    if (dst == std::string(32, '0') && dst_len == "00" && out.default6.empty()) out.default6 = iface;
-    PodNetwork::Route r;
-    r.prefix.family = AF_INET6;
-    for (int i = 0; i < 16; i++) r.prefix.addr[i] = static_cast<uint8_t>(std::stoul(dst.substr(2 * i, 2), nullptr, 16));
-    r.prefix_len = static_cast<uint8_t>(std::stoul(dst_len, nullptr, 16));
-    r.interface = iface;
-    out.main.push_back(r);
+  auto name_of = [&](uint32_t index) {
+    const auto it = names.find(index);
+    return it == names.end() ? std::string() : it->second;
+  };
+  for (const uint8_t family : {AF_INET, AF_INET6}) {
+    nl.dump(RTM_GETROUTE, family, family == AF_INET ? "IPv4 routes" : "IPv6 routes", [&](const nlmsghdr* h) {
+      const auto* m = static_cast<const rtmsg*>(NLMSG_DATA(h));
+      if (m->rtm_family != family) return;
+      if (family == AF_INET && (m->rtm_type == RTN_BROADCAST || m->rtm_type == RTN_MULTICAST)) return;
+      uint32_t table = m->rtm_table;
+      PodNetwork::Route r;
+      r.prefix.family = family;
+      r.prefix_len = m->rtm_dst_len;
+      std::vector<uint32_t> devices;
+      attributes(h, sizeof(rtmsg), [&](const rtattr* a) {
+        const size_t len = RTA_PAYLOAD(a);
+        switch (a->rta_type) {
+          case RTA_TABLE:
+            if (len >= 4) std::memcpy(&table, RTA_DATA(a), 4);
+            break;
+          case RTA_DST:
+            if (len == (family == AF_INET ? 4u : 16u)) std::memcpy(r.prefix.addr.data(), RTA_DATA(a), len);
+            break;
+          case RTA_OIF:
+            if (len >= 4) {
+              uint32_t index = 0;
+              std::memcpy(&index, RTA_DATA(a), 4);
+              devices.insert(devices.begin(), index);
+            }
+            break;
+          case RTA_MULTIPATH: {
+            const auto* nh = static_cast<const rtnexthop*>(RTA_DATA(a));
+            for (int left = static_cast<int>(len); RTNH_OK(nh, left); left -= NLMSG_ALIGN(nh->rtnh_len), nh = RTNH_NEXT(nh))
+              devices.push_back(static_cast<uint32_t>(nh->rtnh_ifindex));
+            break;
+          }
+          default:
+            break;
+        }
+      });
+      const bool is_default = r.prefix_len == 0 && std::all_of(r.prefix.addr.begin(), r.prefix.addr.end(), [](uint8_t b) { return b == 0; });
+      if (family == AF_INET) {
+        if (table != RT_TABLE_MAIN) return;
+        static const std::string kNoDevice = "*";  // as /proc/net/route prints it
+        std::string dev = devices.empty() ? std::string() : name_of(devices.front());
+        r.interface = dev.empty() ? kNoDevice : std::move(dev);
+        if (is_default && out.default4.empty()) out.default4 = r.interface;
+        out.main.push_back(std::move(r));
+        return;
+      }
+      for (const uint32_t index : devices) {
+        PodNetwork::Route each = r;
+        each.interface = name_of(index);
+        if (each.interface.empty() || each.interface == "lo") continue;
+        if (is_default && out.default6.empty()) out.default6 = each.interface;
+        out.main.push_back(std::move(each));
+      }
+    });
   }
   return out;
 }
@@ -140,38 +245,104 @@ std::optional<std::set<uint16_t>> listening_ports_here() {
   return out;
 }
 
+namespace {
+
+void forget_home_in_child();
+
+// The calling thread's own network namespace, opened once per thread: the
+// open of /proc/thread-self/ns/net and its stat cost about half of entering
+// a pod's namespace. A thread keeps its namespace between reads
+// (in_network_namespace brings it back each time). A forked child lets go
+// of the copy it inherited (its thread may move elsewhere by other means).
+struct Home {
+  int fd = -1;
+  struct stat st {};
+  ~Home() { forget(); }
+  void forget() {
+    if (fd >= 0) close(fd);
+    fd = -1;
+  }
+  // Throws LoaderError when the namespace cannot be opened.
+  void open_once() {
+    if (fd >= 0) return;
+    static std::once_flag registered;
+    std::call_once(registered, [] { pthread_atfork(nullptr, nullptr, [] { forget_home_in_child(); }); });
+    fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st)) {
+      const int e = errno;
+      forget();
+      throw LoaderError("open /proc/thread-self/ns/net", e);
+    }
+  }
+};
+thread_local Home t_home;
+void forget_home_in_child() { t_home.forget(); }
+// How many in_network_namespace jobs the thread is inside.
+thread_local int t_depth = 0;
+
+}  // namespace
+
 NetnsId in_network_namespace(const std::string& netns_path, const std::function<void()>& job) {
   const int fd = open(netns_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw LoaderError("open network namespace " + netns_path, errno);
-  struct stat target {}, own {};
-  const bool same = fstat(fd, &target) == 0 && stat("/proc/thread-self/ns/net", &own) == 0 &&
-                    target.st_dev == own.st_dev && target.st_ino == own.st_ino;
-  const NetnsId id{static_cast<uint64_t>(target.st_dev), static_cast<uint64_t>(target.st_ino), 0};
-  if (same) {  // already there: no setns, which needs CAP_SYS_ADMIN even for one's own namespace
+  struct stat target {};
+  // Where the thread is and how it comes back: its own namespace, kept;
+  // inside another call's job (nested), wherever that job is.
+  int home = -1;
+  struct stat here {};
+  bool own_home = false;
+  try {
+    if (fstat(fd, &target)) throw LoaderError("open network namespace " + netns_path, errno);
+    if (t_depth == 0) {
+      t_home.open_once();
+      home = t_home.fd;
+      here = t_home.st;
+    } else {
+      home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+      own_home = home >= 0;
+      if (home < 0 || fstat(home, &here)) throw LoaderError("open /proc/thread-self/ns/net", errno);
+    }
+  } catch (...) {
     close(fd);
-    job();
+    if (own_home) close(home);
+    throw;
+  }
+  const NetnsId id{static_cast<uint64_t>(target.st_dev), static_cast<uint64_t>(target.st_ino), 0};
+  std::exception_ptr failed;
+  if (target.st_dev == here.st_dev && target.st_ino == here.st_ino) {
+    // Already there: no setns, which needs CAP_SYS_ADMIN even for one's own namespace.
+    close(fd);
+    if (own_home) close(home);
+    ++t_depth;
+    try {
+      job();
+    } catch (...) {
+      failed = std::current_exception();
+    }
+    --t_depth;
+    if (failed) std::rethrow_exception(failed);
     return id;
   }
-  const int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-  if (home < 0 || setns(fd, CLONE_NEWNET)) {
+  if (setns(fd, CLONE_NEWNET)) {
     const int e = errno;
-    if (home >= 0) close(home);
     close(fd);
-    throw LoaderError(home < 0 ? "open /proc/thread-self/ns/net" : "enter network namespace " + netns_path, e);
+    if (own_home) close(home);
+    throw LoaderError("enter network namespace " + netns_path, e);
   }
   close(fd);
-  std::exception_ptr failed;
+  ++t_depth;
   try {
     job();
   } catch (...) {
     failed = std::current_exception();
   }
+  --t_depth;
   // A thread that cannot come back must not go on in the pod's namespace.
   if (setns(home, CLONE_NEWNET)) {
     std::fprintf(stderr, "meshcap: cannot return to its own network namespace: %s\n", std::strerror(errno));
     std::abort();
   }
-  close(home);
+  if (own_home) close(home);
   if (failed) std::rethrow_exception(failed);
   return id;
 }
@@ -179,49 +350,59 @@ NetnsId in_network_namespace(const std::string& netns_path, const std::function<
 PodNetwork read_pod_network(const std::string& netns_path) {
   PodNetwork out;
   const NetnsId id = in_network_namespace(netns_path, [&] {
-    // The cookie BPF sees for this namespace (SO_NETNS_COOKIE, Linux 5.14).
-    constexpr int kSoNetnsCookie = 71;
-    if (int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0); s >= 0) {
-      uint64_t cookie = 0;
-      socklen_t len = sizeof(cookie);
-      if (getsockopt(s, SOL_SOCKET, kSoNetnsCookie, &cookie, &len) == 0) out.netns.cookie = cookie;
-      ::close(s);
-    }
-    struct ifaddrs* list = nullptr;
-    if (getifaddrs(&list)) {
-      const int e = errno;
-      throw LoaderError("list addresses in " + netns_path, e);
-    }
-    const std::unique_ptr<ifaddrs, void (*)(ifaddrs*)> hold(list, freeifaddrs);
-    Routes routes = read_routes();
-    const std::string& dev4 = routes.default4;
-    const std::string& dev6 = routes.default6;
-    std::optional<PodAddress> any4, any6;
-    for (auto* i = list; i; i = i->ifa_next) {
-      // Each interface has one AF_PACKET entry, with its index; one
-      // without a link-layer address (tun, wireguard) has none there.
-      if (!i->ifa_addr || i->ifa_addr->sa_family == AF_PACKET) {
-        if (out.interfaces.count(i->ifa_name)) continue;
-        const int index = i->ifa_addr ? reinterpret_cast<const sockaddr_ll*>(i->ifa_addr)->sll_ifindex
-                                      : static_cast<int>(if_nametoindex(i->ifa_name));
-        if (index > 0) out.interfaces[i->ifa_name] = index;
-        continue;
-      }
-      int fam = i->ifa_addr->sa_family;
-      if (fam != AF_INET && fam != AF_INET6) continue;
+    Rtnl nl(netns_path);
+    out.netns.cookie = nl.cookie();
+    // Its interfaces, then its addresses in the kernel's order (the order
+    // getifaddrs gives them), each by the interface it is on.
+    std::map<uint32_t, std::string> names;
+    nl.dump(RTM_GETLINK, AF_UNSPEC, "interfaces in " + netns_path, [&](const nlmsghdr* h) {
+      const auto* m = static_cast<const ifinfomsg*>(NLMSG_DATA(h));
+      attributes(h, sizeof(ifinfomsg), [&](const rtattr* a) {
+        if (a->rta_type != IFLA_IFNAME || m->ifi_index <= 0) return;
+        const char* name = static_cast<const char*>(RTA_DATA(a));
+        const std::string n(name, strnlen(name, RTA_PAYLOAD(a)));
+        names[static_cast<uint32_t>(m->ifi_index)] = n;
+        out.interfaces.emplace(n, static_cast<uint32_t>(m->ifi_index));
+      });
+    });
+    struct Address {
       PodAddress a;
-      a.family = fam;
-      const uint8_t* bytes =
-          fam == AF_INET ? reinterpret_cast<const uint8_t*>(&reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr)
-                         : reinterpret_cast<const uint8_t*>(&reinterpret_cast<sockaddr_in6*>(i->ifa_addr)->sin6_addr);
-      std::memcpy(a.addr.data(), bytes, fam == AF_INET ? 4 : 16);
+      uint32_t index;
+    };
+    std::vector<Address> addresses;
+    nl.dump(RTM_GETADDR, AF_UNSPEC, "addresses in " + netns_path, [&](const nlmsghdr* h) {
+      const auto* m = static_cast<const ifaddrmsg*>(NLMSG_DATA(h));
+      if (m->ifa_family != AF_INET && m->ifa_family != AF_INET6) return;
+      const size_t want = m->ifa_family == AF_INET ? 4 : 16;
+      const void* local = nullptr;
+      const void* address = nullptr;
+      attributes(h, sizeof(ifaddrmsg), [&](const rtattr* a) {
+        if (RTA_PAYLOAD(a) != want) return;
+        if (a->rta_type == IFA_LOCAL) local = RTA_DATA(a);
+        if (a->rta_type == IFA_ADDRESS) address = RTA_DATA(a);
+      });
+      // The local end when the kernel gives both (a point-to-point link's
+      // IFA_ADDRESS is its peer), as getifaddrs takes it.
+      const void* bytes = local ? local : address;
+      if (!bytes) return;
+      Address x{{}, m->ifa_index};
+      x.a.family = m->ifa_family;
+      std::memcpy(x.a.addr.data(), bytes, want);
+      addresses.push_back(x);
+    });
+    Routes routes = read_routes(nl, names);
+    std::optional<PodAddress> any4, any6;
+    for (const auto& [a, index] : addresses) {
       out.addresses.push_back(a);
-      if (!is_global(fam, bytes)) continue;
-      auto& any = fam == AF_INET ? any4 : any6;
-      auto& src = fam == AF_INET ? out.source4 : out.source6;
-      const std::string& dev = fam == AF_INET ? dev4 : dev6;
+      if (!is_global(a.family, a.addr.data())) continue;
+      auto& any = a.family == AF_INET ? any4 : any6;
+      auto& src = a.family == AF_INET ? out.source4 : out.source6;
+      const std::string& dev = a.family == AF_INET ? routes.default4 : routes.default6;
       if (!any) any = a;
-      if (!src && !dev.empty() && dev == i->ifa_name) src = a;
+      if (!src && !dev.empty()) {
+        const auto it = names.find(index);
+        if (it != names.end() && it->second == dev) src = a;
+      }
     }
     out.routes = std::move(routes.main);
     out.listening = listening_ports_here();

@@ -21,6 +21,9 @@ PodNetwork read_pod_network(const std::string& netns_path);
 /// A thread that cannot come back aborts the process rather than go on in
 /// the pod's namespace. Returns the namespace's identity (no cookie).
 /// Throws LoaderError when the namespace cannot be opened or entered.
+/// The thread's own namespace is opened once per thread and kept: a thread
+/// that changes its network namespace by other means must not call this
+/// afterwards (calls nested in `job` are fine: they come back to the job's).
 NetnsId in_network_namespace(const std::string& netns_path, const std::function<void()>& job);
 
 /// The TCP ports with a listening socket in the calling thread's network
