@@ -166,9 +166,11 @@ done
 [ -e "$STAGE/usr/sbin/modprobe" ] || ln -s ../bin/busybox "$STAGE/usr/sbin/modprobe"
 
 # --- kernel modules ---------------------------------------------------------------
-# Everything under netfilter (nft_compat loads xt_* on demand, by name) and
-# veth, with what they depend on; modules.dep comes from busybox depmod,
-# run once over the whole tree and once over the subset.
+# Everything under netfilter (nft_compat loads xt_* on demand, by name),
+# veth, and the socket-diagnostic modules meshcap asks for a namespace's
+# listening sockets (inet_diag, tcp_diag), with what they depend on;
+# modules.dep comes from busybox depmod, run once over the whole tree and
+# once over the subset.
 KMOD=$KROOT/lib/modules/$KVER
 [ -s "$KMOD/modules.dep" ] || "$BUSYBOX" depmod -b "$KROOT" "$KVER"
 declare -A want=()
@@ -180,7 +182,8 @@ add_module() {  # add_module REL_PATH: it and its dependencies
 }
 while read -r rel; do add_module "$rel"; done < <(
   cd "$KMOD" && find kernel/net/netfilter kernel/net/ipv4/netfilter kernel/net/ipv6/netfilter \
-    -name '*.ko*' 2>/dev/null; find kernel/drivers/net -maxdepth 1 -name 'veth.ko*')
+    -name '*.ko*' 2>/dev/null; find kernel/drivers/net -maxdepth 1 -name 'veth.ko*'
+  find kernel/net/ipv4 -maxdepth 1 \( -name 'inet_diag.ko*' -o -name 'tcp_diag.ko*' \))
 # Compressed modules (6.12 ships .ko.xz) are unpacked: busybox's modprobe
 # hands the file to the kernel as it is.
 GMOD=$STAGE/lib/modules/$KVER

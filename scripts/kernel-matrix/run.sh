@@ -40,6 +40,16 @@
 #   --no-install     do not apt-get install qemu/busybox-static when missing
 #   --guest-cmd CMD  a shell command the guest runs (and prints) before the
 #                    tests, for debugging
+#   --append ARGS    more on the guest kernel's command line (it boots with
+#                    "console=ttyS0 loglevel=5 panic=-1": warnings, and the
+#                    stack traces of lockup reports, reach the log)
+#   --lockup-retries N
+#                    a guest whose kernel reports a soft lockup three times
+#                    (a CPU stuck in the kernel for over a minute: it does
+#                    not come back) is stopped then, not at --timeout, its
+#                    log kept as <kernel>-<boot>.lockupK.log, and booted
+#                    again up to N times (default 1); every lockup is named
+#                    in the report and the summary
 #   --facts DIR      the full boot also records what the kernel offers
 #                    (guest/facts.sh: bpftool feature probe, meshcap probe
 #                    with istio-init's defaults, kfacts, meshcap's verifier
@@ -72,6 +82,9 @@ MEM=1024
 BUILD=$REPO/build
 INSTALL=1
 GUEST_CMD=""
+APPEND=""
+LOCKUP_RETRIES=1
+LOCKUP_REPORTS=3
 FACTS_DIR=""
 MIRROR=""
 SECURITY_MIRROR=""
@@ -100,6 +113,8 @@ while [ $# -gt 0 ]; do
     --work-dir) WORK_GIVEN=$(realpath -m "$2"); shift 2 ;;
     --no-install) INSTALL=0; shift ;;
     --guest-cmd) GUEST_CMD=$2; shift 2 ;;
+    --append) APPEND=$2; shift 2 ;;
+    --lockup-retries) LOCKUP_RETRIES=$2; shift 2 ;;
     -h|--help) usage ;;
     *) echo "kernel-matrix: unknown option $1" >&2; usage ;;
   esac
@@ -110,6 +125,7 @@ for b in ${BOOTS//,/ }; do
   case $b in full|nocgroup2|nobpf) ;; *) die "--boots: unknown boot '$b'" ;; esac
 done
 case $EXPECT in */*) ;; *) die "--expect: OUT/IN, e.g. ebpf/ebpf" ;; esac
+case $LOCKUP_RETRIES in ''|*[!0-9]*) die "--lockup-retries: a number, not '$LOCKUP_RETRIES'" ;; esac
 
 WORK=${WORK_GIVEN:-$BUILD/kernel-matrix}
 CACHE=$WORK/cache
@@ -288,27 +304,52 @@ for pkg in "${KERNELS[@]}"; do
     (cd "$SCRATCH/conf" && find . | busybox cpio -o -H newc 2>/dev/null) | gzip -1 > "$SCRATCH/conf.gz"
     cat "$SCRATCH/initramfs-$kver.gz" "$SCRATCH/conf.gz" > "$SCRATCH/boot.img"
     rm -rf "$SCRATCH/conf"
-    echo "kernel-matrix: booting $kver ($boot), log $log"
-    t0=$(date +%s)
-    : > "$log"
-    # -nodefaults: no NIC (the guest has no network at all), no disks, no VGA.
-    timeout -k 10 "$TIMEOUT" qemu-system-x86_64 \
-      -accel tcg,thread=multi -cpu max -smp "$SMP" -m "$MEM" \
-      -nodefaults -no-user-config -display none -no-reboot -monitor none -serial stdio \
-      -kernel "$vmlinuz" -initrd "$SCRATCH/boot.img" \
-      -append "console=ttyS0 quiet panic=-1" </dev/null > "$log" 2>&1 &
-    QEMU_PID=$!
-    # Progress: the guest's report lines as they come.
-    { tail -n +1 -f --pid="$QEMU_PID" "$log" 2>/dev/null | tr -d '\r' |
-        grep --line-buffered -a '^KM: \(BEGIN\|PLAN\|TEST \|CHECK \|RESULT\)' | sed -u 's/^/    /' || true; } &
-    TAIL_PID=$!
-    rc=0
-    wait "$QEMU_PID" || rc=$?
-    QEMU_PID=""
-    wait "$TAIL_PID" 2>/dev/null || true
-    TAIL_PID=""
+    lockups=""
+    attempt=1
+    while :; do
+      echo "kernel-matrix: booting $kver ($boot), log $log"
+      t0=$(date +%s)
+      : > "$log"
+      rm -f "$SCRATCH/lockup"
+      # -nodefaults: no NIC (the guest has no network at all), no disks, no VGA.
+      timeout -k 10 "$TIMEOUT" qemu-system-x86_64 \
+        -accel tcg,thread=multi -cpu max -smp "$SMP" -m "$MEM" \
+        -nodefaults -no-user-config -display none -no-reboot -monitor none -serial stdio \
+        -kernel "$vmlinuz" -initrd "$SCRATCH/boot.img" \
+        -append "console=ttyS0 loglevel=5 panic=-1${APPEND:+ $APPEND}" </dev/null > "$log" 2>&1 &
+      QEMU_PID=$!
+      # Progress: the guest's report lines as they come. A kernel that
+      # reports a soft lockup again and again has a CPU stuck in the kernel
+      # for good: qemu is stopped then rather than at the timeout.
+      { tail -n +1 -f --pid="$QEMU_PID" "$log" 2>/dev/null |
+          grep --line-buffered -a -e '^KM: \(BEGIN\|PLAN\|TEST \|CHECK \|RESULT\)' -e 'BUG: soft lockup' |
+          { seen=0
+            while IFS= read -r line; do
+              case $line in
+                *"BUG: soft lockup"*)
+                  seen=$(( seen + 1 ))
+                  [ "$seen" = "$LOCKUP_REPORTS" ] && { : > "$SCRATCH/lockup"; kill "$QEMU_PID" 2>/dev/null; } ;;
+                *) echo "    ${line%$'\r'}" ;;
+              esac
+            done; } || true; } &
+      TAIL_PID=$!
+      rc=0
+      wait "$QEMU_PID" || rc=$?
+      QEMU_PID=""
+      wait "$TAIL_PID" 2>/dev/null || true
+      TAIL_PID=""
+      [ "$rc" = 124 ] && echo "KM-HOST: qemu killed after ${TIMEOUT}s" >> "$log"
+      [ -f "$SCRATCH/lockup" ] || break
+      echo "KM-HOST: the guest kernel reported a soft lockup $LOCKUP_REPORTS times; qemu stopped" >> "$log"
+      kept=$LOGS/$kver-$boot.lockup$attempt.log
+      cp "$log" "$kept"
+      lockups="$lockups  the guest kernel locked up on boot $attempt (soft lockup, $(( $(date +%s) - t0 )) s; log $kept)"$'\n'
+      echo "kernel-matrix: $kver ($boot): the guest kernel locked up on boot $attempt (log $kept)"
+      # Out of retries: the report is this boot's (it did not reach its end).
+      [ "$attempt" -le "$LOCKUP_RETRIES" ] || break
+      attempt=$(( attempt + 1 ))
+    done
     secs=$(( $(date +%s) - t0 ))
-    [ "$rc" = 124 ] && echo "KM-HOST: qemu killed after ${TIMEOUT}s" >> "$log"
     # The probe output, for docs/kernels.md.
     tr -d '\r' < "$log" | sed -n '/^KM: PROBE-BEGIN/,/^KM: PROBE-END/p' | sed '1d;$d' > "$LOGS/$kver-$boot.probe.txt"
     tr -d '\r' < "$log" | sed -n '/^KM: PROBE-JSON-BEGIN/,/^KM: PROBE-JSON-END/p' | sed '1d;$d' > "$LOGS/$kver-$boot.probe.json"
@@ -318,6 +359,7 @@ for pkg in "${KERNELS[@]}"; do
       /^KM: PLAN-NODE-END/ || (b != "full" && /^KM: PLAN-POD-END/) { p = 0 }' > "$LOGS/$kver-$boot.plans.txt"
     {
       echo "$kver, boot $boot (${secs} s with qemu's start, log $log)"
+      printf '%s' "$lockups"
       "$HERE/parse-log.sh" "$log"
     } > "$SCRATCH/report" || overall=1
     cat "$SCRATCH/report" | tee -a "$summary" "$SCRATCH/kreport"
