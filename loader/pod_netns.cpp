@@ -68,13 +68,27 @@ class Rtnl {
   void dump(uint16_t type, uint8_t family, const std::string& what, Each each) {
     struct {
       nlmsghdr h;
-      rtmsg m;  // the largest of the three requests' headers; the family comes first in each
+      union {
+        ifinfomsg link;
+        ifaddrmsg addr;
+        rtmsg route;
+      } m;
     } req{};
-    req.h.nlmsg_len = NLMSG_LENGTH(type == RTM_GETLINK ? sizeof(ifinfomsg) : type == RTM_GETADDR ? sizeof(ifaddrmsg) : sizeof(rtmsg));
+    size_t header = sizeof(rtmsg);
+    if (type == RTM_GETLINK) {
+      req.m.link.ifi_family = family;
+      header = sizeof(ifinfomsg);
+    } else if (type == RTM_GETADDR) {
+      req.m.addr.ifa_family = family;
+      header = sizeof(ifaddrmsg);
+    } else {
+      req.m.route.rtm_family = family;
+    }
+    req.h.nlmsg_len = NLMSG_LENGTH(header);
     req.h.nlmsg_type = type;
     req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
     req.h.nlmsg_seq = ++seq_;
-    req.m.rtm_family = family;
+    static_assert(sizeof req >= NLMSG_LENGTH(sizeof(ifinfomsg)), "the request holds its largest header");
     if (send(fd_, &req, req.h.nlmsg_len, 0) != static_cast<ssize_t>(req.h.nlmsg_len))
       throw LoaderError("list " + what, errno);
     for (;;) {
