@@ -322,11 +322,9 @@ NetnsId in_network_namespace(const std::string& netns_path, const std::function<
     throw;
   }
   const NetnsId id{static_cast<uint64_t>(target.st_dev), static_cast<uint64_t>(target.st_ino), 0};
-  std::exception_ptr failed;
-  if (target.st_dev == here.st_dev && target.st_ino == here.st_ino) {
-    // Already there: no setns, which needs CAP_SYS_ADMIN even for one's own namespace.
-    close(fd);
-    if (own_home) close(home);
+  // The job, one level deeper; what it threw, to rethrow once back.
+  auto run_job = [&job]() -> std::exception_ptr {
+    std::exception_ptr failed;
     ++t_depth;
     try {
       job();
@@ -334,7 +332,13 @@ NetnsId in_network_namespace(const std::string& netns_path, const std::function<
       failed = std::current_exception();
     }
     --t_depth;
-    if (failed) std::rethrow_exception(failed);
+    return failed;
+  };
+  if (target.st_dev == here.st_dev && target.st_ino == here.st_ino) {
+    // Already there: no setns, which needs CAP_SYS_ADMIN even for one's own namespace.
+    close(fd);
+    if (own_home) close(home);
+    if (const auto failed = run_job()) std::rethrow_exception(failed);
     return id;
   }
   if (setns(fd, CLONE_NEWNET)) {
@@ -344,13 +348,7 @@ NetnsId in_network_namespace(const std::string& netns_path, const std::function<
     throw LoaderError("enter network namespace " + netns_path, e);
   }
   close(fd);
-  ++t_depth;
-  try {
-    job();
-  } catch (...) {
-    failed = std::current_exception();
-  }
-  --t_depth;
+  const std::exception_ptr failed = run_job();
   // A thread that cannot come back must not go on in the pod's namespace.
   if (setns(home, CLONE_NEWNET)) {
     std::fprintf(stderr, "meshcap: cannot return to its own network namespace: %s\n", std::strerror(errno));
