@@ -39,19 +39,20 @@ namespace meshcap::loader {
 
 namespace {
 
-// An rtnetlink socket in the calling thread's network namespace: its links,
-// addresses and routes, each one dump, and the namespace's cookie. One
-// socket replaces getifaddrs (a socket, a bind and two dumps of its own),
-// the two /proc route files (each an open through /proc/thread-self, the
-// dearest part of the read) and a socket made only to ask the cookie.
-class Rtnl {
+// A netlink socket in the calling thread's network namespace, for dumps:
+// one for the namespace's links, addresses, routes (NETLINK_ROUTE) and
+// cookie, which replaces getifaddrs (a socket, a bind and two dumps of its
+// own), the two /proc route files (each an open through /proc/thread-self,
+// the dearest part of the read) and a socket made only to ask the cookie;
+// one for its listening sockets (NETLINK_SOCK_DIAG).
+class Netlink {
  public:
-  explicit Rtnl(const std::string& where) : fd_(socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE)) {
-    if (fd_ < 0) throw LoaderError("open a route socket in " + where, errno);
+  Netlink(int protocol, const std::string& where) : fd_(socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol)) {
+    if (fd_ < 0) throw LoaderError("open a netlink socket in " + where, errno);
   }
-  ~Rtnl() { close(fd_); }
-  Rtnl(const Rtnl&) = delete;
-  Rtnl& operator=(const Rtnl&) = delete;
+  ~Netlink() { close(fd_); }
+  Netlink(const Netlink&) = delete;
+  Netlink& operator=(const Netlink&) = delete;
 
   /// The cookie BPF sees for this namespace (SO_NETNS_COOKIE, Linux 5.14;
   /// any socket answers for the namespace it was made in); 0 when unknown.
@@ -62,10 +63,38 @@ class Rtnl {
     return getsockopt(fd_, SOL_SOCKET, kSoNetnsCookie, &cookie, &len) == 0 ? cookie : 0;
   }
 
-  /// Calls `each(header)` for every message a dump of `type` (RTM_GETLINK,
-  /// RTM_GETADDR, RTM_GETROUTE) for `family` answers. Throws LoaderError.
+  /// Sends `req` (a request that starts with its nlmsghdr `h`, its length
+  /// and type set) as a dump and calls `each(header)` for every message of
+  /// type `answer` it brings. Throws LoaderError.
+  template <class Request, class Each>
+  void dump(Request& req, uint16_t answer, const std::string& what, Each each) {
+    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.h.nlmsg_seq = ++seq_;
+    if (send(fd_, &req, req.h.nlmsg_len, 0) != static_cast<ssize_t>(req.h.nlmsg_len))
+      throw LoaderError("list " + what, errno);
+    for (;;) {
+      // MSG_TRUNC: the length of the datagram, also when it did not fit.
+      const ssize_t got = recv(fd_, buf_, sizeof buf_, MSG_TRUNC);
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) throw LoaderError("list " + what, got < 0 ? errno : EPIPE);
+      if (static_cast<size_t>(got) > sizeof buf_) throw LoaderError("list " + what, EMSGSIZE);
+      int left = static_cast<int>(got);
+      for (auto* h = reinterpret_cast<const nlmsghdr*>(buf_); NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
+        if (h->nlmsg_seq != seq_) continue;
+        if (h->nlmsg_type == NLMSG_DONE) return;
+        if (h->nlmsg_type == NLMSG_ERROR) {
+          const auto* e = static_cast<const nlmsgerr*>(NLMSG_DATA(h));
+          throw LoaderError("list " + what, e->error ? -e->error : EPROTO);
+        }
+        if (h->nlmsg_type == answer) each(h);
+      }
+    }
+  }
+
+  /// A dump of `type` (RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE) for
+  /// `family` on a NETLINK_ROUTE socket.
   template <class Each>
-  void dump(uint16_t type, uint8_t family, const std::string& what, Each each) {
+  void dump_route(uint16_t type, uint8_t family, const std::string& what, Each each) {
     struct {
       nlmsghdr h;
       union {
@@ -84,31 +113,10 @@ class Rtnl {
     } else {
       req.m.route.rtm_family = family;
     }
+    static_assert(sizeof req >= NLMSG_LENGTH(sizeof(ifinfomsg)), "the request holds its largest header");
     req.h.nlmsg_len = NLMSG_LENGTH(header);
     req.h.nlmsg_type = type;
-    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-    req.h.nlmsg_seq = ++seq_;
-    static_assert(sizeof req >= NLMSG_LENGTH(sizeof(ifinfomsg)), "the request holds its largest header");
-    if (send(fd_, &req, req.h.nlmsg_len, 0) != static_cast<ssize_t>(req.h.nlmsg_len))
-      throw LoaderError("list " + what, errno);
-    for (;;) {
-      // MSG_TRUNC: the length of the datagram, also when it did not fit.
-      const ssize_t got = recv(fd_, buf_, sizeof buf_, MSG_TRUNC);
-      if (got < 0 && errno == EINTR) continue;
-      if (got <= 0) throw LoaderError("list " + what, got < 0 ? errno : EPIPE);
-      if (static_cast<size_t>(got) > sizeof buf_) throw LoaderError("list " + what, EMSGSIZE);
-      int left = static_cast<int>(got);
-      for (auto* h = reinterpret_cast<const nlmsghdr*>(buf_); NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
-        if (h->nlmsg_seq != seq_) continue;
-        if (h->nlmsg_type == NLMSG_DONE) return;
-        if (h->nlmsg_type == NLMSG_ERROR) {
-          const auto* e = static_cast<const nlmsgerr*>(NLMSG_DATA(h));
-          throw LoaderError("list " + what, e->error ? -e->error : EPROTO);
-        }
-        if (h->nlmsg_type != type - 2) continue;  // RTM_GETx answers RTM_NEWx
-        each(h);
-      }
-    }
+    dump(req, type - 2, what, each);  // RTM_GETx answers RTM_NEWx
   }
 
  private:
@@ -138,14 +146,14 @@ struct Routes {
   std::string default4, default6;
 };
 
-Routes read_routes(Rtnl& nl, const std::map<uint32_t, std::string>& names) {
+Routes read_routes(Netlink& nl, const std::map<uint32_t, std::string>& names) {
   Routes out;
   auto name_of = [&](uint32_t index) {
     const auto it = names.find(index);
     return it == names.end() ? std::string() : it->second;
   };
   for (const uint8_t family : {AF_INET, AF_INET6}) {
-    nl.dump(RTM_GETROUTE, family, family == AF_INET ? "IPv4 routes" : "IPv6 routes", [&](const nlmsghdr* h) {
+    nl.dump_route(RTM_GETROUTE, family, family == AF_INET ? "IPv4 routes" : "IPv6 routes", [&](const nlmsghdr* h) {
       const auto* m = static_cast<const rtmsg*>(NLMSG_DATA(h));
       if (m->rtm_family != family) return;
       if (family == AF_INET && (m->rtm_type == RTN_BROADCAST || m->rtm_type == RTN_MULTICAST)) return;
@@ -213,49 +221,26 @@ bool is_global(int family, const uint8_t* a) {
 }  // namespace
 
 std::optional<std::set<uint16_t>> listening_ports_here() {
-  const int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-  if (nl < 0) return std::nullopt;
   std::set<uint16_t> out;
-  bool ok = true;
-  for (const uint8_t family : {AF_INET, AF_INET6}) {
-    struct {
-      nlmsghdr h;
-      inet_diag_req_v2 r;
-    } req{};
-    req.h.nlmsg_len = sizeof req;
-    req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-    req.r.sdiag_family = family;
-    req.r.sdiag_protocol = IPPROTO_TCP;
-    req.r.idiag_states = 1u << 10;  // TCP_LISTEN
-    if (send(nl, &req, sizeof req, 0) != static_cast<ssize_t>(sizeof req)) {
-      ok = false;
-      break;
-    }
-    alignas(nlmsghdr) char buf[16384];
-    for (bool done = false; ok && !done;) {
-      const ssize_t got = recv(nl, buf, sizeof buf, 0);
-      if (got <= 0) {
-        ok = false;
-        break;
-      }
-      int left = static_cast<int>(got);
-      for (auto* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
-        if (h->nlmsg_type == NLMSG_DONE) {
-          done = true;
-          break;
-        }
-        if (h->nlmsg_type == NLMSG_ERROR) {
-          ok = false;
-          break;
-        }
+  try {
+    Netlink nl(NETLINK_SOCK_DIAG, "this namespace");
+    for (const uint8_t family : {AF_INET, AF_INET6}) {
+      struct {
+        nlmsghdr h;
+        inet_diag_req_v2 r;
+      } req{};
+      req.h.nlmsg_len = sizeof req;
+      req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+      req.r.sdiag_family = family;
+      req.r.sdiag_protocol = IPPROTO_TCP;
+      req.r.idiag_states = 1u << 10;  // TCP_LISTEN
+      nl.dump(req, SOCK_DIAG_BY_FAMILY, "listening sockets", [&](const nlmsghdr* h) {
         out.insert(ntohs(static_cast<const inet_diag_msg*>(NLMSG_DATA(h))->id.idiag_sport));
-      }
+      });
     }
-    if (!ok) break;
+  } catch (const LoaderError&) {
+    return std::nullopt;  // no socket diagnostics here (a kernel without inet_diag): it cannot tell
   }
-  close(nl);
-  if (!ok) return std::nullopt;
   return out;
 }
 
@@ -362,12 +347,12 @@ NetnsId in_network_namespace(const std::string& netns_path, const std::function<
 PodNetwork read_pod_network(const std::string& netns_path) {
   PodNetwork out;
   const NetnsId id = in_network_namespace(netns_path, [&] {
-    Rtnl nl(netns_path);
+    Netlink nl(NETLINK_ROUTE, netns_path);
     out.netns.cookie = nl.cookie();
     // Its interfaces, then its addresses in the kernel's order (the order
     // getifaddrs gives them), each by the interface it is on.
     std::map<uint32_t, std::string> names;
-    nl.dump(RTM_GETLINK, AF_UNSPEC, "interfaces in " + netns_path, [&](const nlmsghdr* h) {
+    nl.dump_route(RTM_GETLINK, AF_UNSPEC, "interfaces in " + netns_path, [&](const nlmsghdr* h) {
       const auto* m = static_cast<const ifinfomsg*>(NLMSG_DATA(h));
       attributes(h, sizeof(ifinfomsg), [&](const rtattr* a) {
         if (a->rta_type != IFLA_IFNAME || m->ifi_index <= 0) return;
@@ -382,7 +367,7 @@ PodNetwork read_pod_network(const std::string& netns_path) {
       uint32_t index;
     };
     std::vector<Address> addresses;
-    nl.dump(RTM_GETADDR, AF_UNSPEC, "addresses in " + netns_path, [&](const nlmsghdr* h) {
+    nl.dump_route(RTM_GETADDR, AF_UNSPEC, "addresses in " + netns_path, [&](const nlmsghdr* h) {
       const auto* m = static_cast<const ifaddrmsg*>(NLMSG_DATA(h));
       if (m->ifa_family != AF_INET && m->ifa_family != AF_INET6) return;
       const size_t want = m->ifa_family == AF_INET ? 4 : 16;

@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -181,6 +182,32 @@ TEST(PodNetns, ReadsWhatTheKernelsOwnViewsShow) {
   EXPECT_EQ(got.netns.cookie, want.cookie) << "0 on a kernel without SO_NETNS_COOKIE (before 5.14)";
   ASSERT_TRUE(got.listening.has_value());
   EXPECT_TRUE(got.listening->empty());
+  // A listener in each family shows; a socket bound but not listening does not.
+  const auto listener = [](int family, uint16_t port, bool listen_too) {
+    const int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in6 a6{};
+    sockaddr_in a4{};
+    a4.sin_family = AF_INET;
+    a4.sin_port = htons(port);
+    a6.sin6_family = AF_INET6;
+    a6.sin6_port = htons(port);
+    const int one = 1;
+    if (family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    const bool ok = family == AF_INET ? bind(fd, reinterpret_cast<sockaddr*>(&a4), sizeof a4) == 0
+                                      : bind(fd, reinterpret_cast<sockaddr*>(&a6), sizeof a6) == 0;
+    if (!ok || (listen_too && listen(fd, 1))) throw std::runtime_error("cannot bind or listen");
+    return UniqueFd(fd);
+  };
+  const std::vector<UniqueFd> sockets = call_in_netns(ns, [&] {
+    std::vector<UniqueFd> v;
+    v.push_back(listener(AF_INET, 15006, true));
+    v.push_back(listener(AF_INET6, 15001, true));
+    v.push_back(listener(AF_INET, 15090, false));
+    return v;
+  });
+  const PodNetwork again = loader::read_pod_network(ns);
+  ASSERT_TRUE(again.listening.has_value());
+  EXPECT_EQ(*again.listening, (std::set<uint16_t>{15001, 15006}));
 }
 
 TEST(PodNetns, EveryCallComesBackNestedOrThrowingAndAForkedChildKeepsItsOwn) {
