@@ -8,13 +8,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
-#include <string_view>
 
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include "agent_client.h"
 #include "capture_config.h"
 #include "host.h"
 #include "target.h"
@@ -54,11 +52,6 @@ class RoutedSink final : public spdlog::sinks::sink {
  private:
   std::shared_ptr<spdlog::sinks::sink> stderr_;
 };
-
-bool env_set(const char* name) {
-  const char* v = std::getenv(name);
-  return v && *v;
-}
 
 // Whether the process `proc` (/proc/PID) is in this process's mount
 // namespace, which does not change while the agent runs.
@@ -107,17 +100,6 @@ std::string why_local(const std::vector<std::string>& args, const std::map<std::
 }  // namespace
 
 std::shared_ptr<spdlog::sinks::sink> stderr_sink() { return std::make_shared<RoutedSink>(); }
-
-int forward_init(int argc, char** argv, char** envp) noexcept {
-  if (env_set("MESHCAP_NO_AGENT") || env_set("MESHCAP_FAULT_AT")) return -1;
-  for (int i = 2; i < argc; ++i) {
-    const std::string_view a = argv[i];
-    if (a == "-h" || a == "--help" || a == "-n" || a.substr(0, 9) == "--dry-run") return -1;
-  }
-  const int fd = cni::connect_init_agent(cni::client_state_dir());
-  if (fd < 0) return -1;
-  return cni::hand_over_init(fd, argc, argv, envp, cni::client_pin_dir(), STDOUT_FILENO, STDERR_FILENO);
-}
 
 cni::InitAnswer answer_init(const cni::InitRequest& request, pid_t peer, const InitParser& parse) {
   const std::string proc = "/proc/" + std::to_string(peer);

@@ -1,8 +1,9 @@
 // `meshcap init` answered by the node's agent. With `meshcap node serve`
 // running, a pod's enrolment needs no process of its own beyond the one
 // that asks: `meshcap init` hands its command line and environment to the
-// agent over meshcap-cni's socket (cni/agent_client.h) before it parses
-// anything, and prints what the agent answers. The agent runs the same
+// agent over meshcap-cni's socket (cni/init_handover.h) before it parses
+// anything -- on x86-64 before even the C library starts (start.cpp) --
+// and prints what the agent answers. The agent runs the same
 // run_init, with the node data path's state read and its kernel features
 // probed already, and sends back the exit code and the log lines the
 // command would have printed.
@@ -31,12 +32,6 @@
 #include "init_handover.h"
 
 namespace meshcap {
-
-/// The caller's side: `argv` and `envp` are the process's, "init" at
-/// argv[1]. The exit code when the agent answered (its stdout and stderr
-/// printed), -1 to run the command here. No heap, no exceptions: it runs
-/// before the C++ runtime is set up (cni/init_handover.h).
-int forward_init(int argc, char** argv, char** envp) noexcept;
 
 /// A forwarded command line, parsed as `meshcap init` parses it.
 struct ParsedInit {

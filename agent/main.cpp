@@ -285,19 +285,16 @@ int run_command(CommandLine& cl) {
 }  // namespace
 
 // Into a running node, the node's agent answers `meshcap init` when one
-// listens (forward.h). The hand-over runs before the C++ runtime's own
-// static initialisers (the iostreams and their locale facets, CLI11's
-// validators): a command the agent answers never builds them, and it
-// touches no heap (cni/init_handover.h; docs/benchmarks.md, "The hand-over
-// before the C++ runtime starts"). glibc passes argc, argv and envp to
-// initialisers. It runs before frame_dummy registers the frame tables (this
-// executable is static), so nothing on its path may throw: an exception
-// here cannot unwind and aborts.
+// listens (forward.h). On x86-64 the command is handed over at the entry
+// point, before the C library starts (start.cpp); where that entry point is
+// not linked, here, before the C++ runtime's own static initialisers (the
+// iostreams and their locale facets, CLI11's validators): a command the
+// agent answers never builds them. glibc passes argc, argv and envp to
+// initialisers. This runs before frame_dummy registers the frame tables
+// (this executable is static), so nothing on its path may throw. When the
+// entry point asked already, this returns at once.
 __attribute__((constructor(101))) static void hand_init_to_the_agent(int argc, char** argv, char** envp) {
-  if (argc < 2 || std::string_view(argv[1]) != "init") return;
-  const char* slash = std::strrchr(argv[0], '/');
-  if (std::string_view(slash ? slash + 1 : argv[0]) == "istio-iptables") return;
-  const int rc = meshcap::forward_init(argc, argv, envp);
+  const int rc = meshcap::cni::hand_over_if_asked(argc, argv, envp);
   if (rc >= 0) _exit(rc);
 }
 

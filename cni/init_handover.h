@@ -1,6 +1,6 @@
 // `meshcap init` handed to the node's agent over meshcap-cni's socket
 // (agent/forward.h says when and why). The caller's side runs before the
-// C++ runtime of `meshcap` is set up (agent/main.cpp), so its wire form
+// C library of `meshcap` has started (agent/start.cpp), so its wire form
 // needs no parser on that side: NUL-terminated fields, as /proc/PID/cmdline
 // and /proc/PID/environ are written.
 //
@@ -23,6 +23,9 @@
 #include <vector>
 
 namespace meshcap::cni {
+
+/// The first field of a request and of an answer (sent with its NUL).
+inline constexpr char kInitMagic[] = "meshcap-init/1";
 
 /// A handed-over `meshcap init`, as the agent reads it.
 struct InitRequest {
@@ -48,8 +51,22 @@ std::optional<InitRequest> parse_init_request(std::string_view text);
 /// The wire form of an answer.
 std::string init_answer_text(const InitAnswer& answer);
 
-/// The caller's side: connects to `<state_dir>/cni.sock`; -1 when no agent
-/// listens there.
+// The caller's side (init_handover_client.cpp) makes its system calls
+// itself and uses nothing of the C library: on x86-64 it runs at the entry
+// point of `meshcap`, before the C library has started (agent/start.cpp).
+
+/// `meshcap init` handed to the agent when this process is one, as
+/// `meshcap`'s entry point (or, where there is none of ours, its first
+/// initialiser) calls it with the process's arguments and environment:
+/// argv[1] is "init", argv[0] is not the istio-iptables personality, none
+/// of -h, --help, -n, --dry-run is given, MESHCAP_NO_AGENT and
+/// MESHCAP_FAULT_AT are unset, and an agent listens at
+/// `$MESHCAP_STATE_DIR/cni.sock` (default /run/meshcap). The exit code when
+/// the agent answered (its stdout and stderr printed), -1 to run the
+/// command here. Asks at most once per process: later calls give -1.
+int hand_over_if_asked(int argc, const char* const* argv, const char* const* envp) noexcept;
+
+/// Connects to `<state_dir>/cni.sock`; -1 when no agent listens there.
 int connect_init_agent(const char* state_dir) noexcept;
 
 /// Sends `argv[1..argc)` (from "init" on) and `envp` over `fd` (closed
@@ -57,8 +74,7 @@ int connect_init_agent(const char* state_dir) noexcept;
 /// `err_fd` as it arrives. The exit code, or -1 when the agent asks the
 /// caller to run the command itself. An agent that took the request and did
 /// not answer it in full gives 1 and the reason on `err_fd`, never a second
-/// run. No heap, no exceptions: this runs before `meshcap` has set up its
-/// C++ runtime.
+/// run.
 int hand_over_init(int fd, int argc, const char* const* argv, const char* const* envp, const char* pin_dir,
                    int out_fd, int err_fd) noexcept;
 

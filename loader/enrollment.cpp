@@ -642,6 +642,10 @@ std::map<uint64_t, uint32_t> PodTable::enrolled() const {
 }
 
 uint32_t PodTable::take_index(const std::string& name, bool enrolled_before) {
+  // The index after the last one this table took is usually free (a table
+  // the agent keeps open enrols pod after pod): one lookup, where reading
+  // every slot of a large node costs tens of microseconds.
+  if (next_index_ < capacity_ && fds_->slot(next_index_).cookie == 0) return next_index_++;
   for (int attempt = 0; attempt < 2; attempt++) {
     const auto slots = fds_->all_slots(capacity_);
     size_t taken = 0;
@@ -651,7 +655,10 @@ uint32_t PodTable::take_index(const std::string& name, bool enrolled_before) {
       else if (!free) free = i;
     }
     // A pod enrolled again needs a second index while it switches.
-    if (free && (enrolled_before || taken < capacity_)) return *free;
+    if (free && (enrolled_before || taken < capacity_)) {
+      next_index_ = *free + 1;
+      return *free;
+    }
     if (attempt == 0) repair();  // indices that removals killed half-way still hold
   }
   throw LoaderError("enrol " + name, ENOSPC,

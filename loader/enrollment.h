@@ -71,6 +71,7 @@ class PodTable {
   std::string dir_;
   std::unique_ptr<Fds> fds_;
   uint32_t capacity_ = 0;
+  uint32_t next_index_ = 0;  // the index after the last one taken: usually free
   uint32_t take_index(const std::string& name, bool enrolled_before);
 };
 

@@ -686,10 +686,14 @@ TEST_F(Node, TheAgentEnrolsIntoTheCurrentMapsWhileTheNodeIsReplaced) {
   for (auto& p : pods) node_->meshcap({"cleanup", "--name", p->name()});
 }
 
-// The hand-over runs before the C++ runtime can unwind an exception
-// (agent/main.cpp): whatever an agent answers, `meshcap init` prints it or
-// says what was wrong, and never aborts. The agent here is a stand-in that
-// answers each connection with the next canned text.
+// The hand-over runs before the C++ runtime can unwind an exception, on
+// x86-64 before the C library has even started (agent/start.cpp): whatever
+// an agent answers, `meshcap init` prints it or says what was wrong, and
+// never aborts; an init sent back ("local") runs in its own process and asks
+// no second time. The agent here is a stand-in that answers each connection
+// with the next canned text, and looks at the caller while it waits: on
+// x86-64 it has no heap yet (the C library's start-up makes one for its
+// thread-local storage before anything else).
 TEST_F(Node, InitsHandOverSaysWhatIsWrongWithAnAnswerAndNeverAborts) {
   const std::string magic("meshcap-init/1\0", 15);  // cni/init_handover.h
   const std::vector<std::string> answers = {
@@ -707,6 +711,7 @@ TEST_F(Node, InitsHandOverSaysWhatIsWrongWithAnAnswerAndNeverAborts) {
   ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0) << std::strerror(errno);
   ASSERT_EQ(::listen(listener, 8), 0);
   std::atomic<size_t> served{0};
+  std::vector<std::string> heaps;  // per request: the caller's [heap] line, or "" (none)
   std::thread agent([&] {
     for (const auto& answer : answers) {
       const int c = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
@@ -714,6 +719,16 @@ TEST_F(Node, InitsHandOverSaysWhatIsWrongWithAnAnswerAndNeverAborts) {
       char buf[4096];
       while (::read(c, buf, sizeof buf) > 0) {
       }
+      ucred peer{};
+      socklen_t len = sizeof peer;
+      std::string heap = "(no peer)";
+      if (::getsockopt(c, SOL_SOCKET, SO_PEERCRED, &peer, &len) == 0) {
+        std::ifstream maps("/proc/" + std::to_string(peer.pid) + "/maps");
+        heap.clear();
+        for (std::string line; std::getline(maps, line);)
+          if (line.find("[heap]") != std::string::npos) heap = line;
+      }
+      heaps.push_back(heap);
       (void)!::write(c, answer.data(), answer.size());
       ::close(c);
       served++;
@@ -739,6 +754,9 @@ TEST_F(Node, InitsHandOverSaysWhatIsWrongWithAnAnswerAndNeverAborts) {
   ::close(listener);
   std::filesystem::remove(path);
   EXPECT_EQ(served.load(), answers.size());
+#if defined(__x86_64__)
+  for (const auto& heap : heaps) EXPECT_EQ(heap, "") << "the caller's C library had started";
+#endif
 }
 
 // A process of an enrolled pod that sits outside the node's cgroup is not
