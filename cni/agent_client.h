@@ -1,17 +1,19 @@
-// The client side of meshcap-cni's agent socket, for the small plugin
-// binary the runtime executes (cni/shim.cpp): no meshcap library, no
-// logging library, only the C++ runtime and the JSON parser, so the binary
-// links statically and starts in about the time of /bin/true.
+// The client side of meshcap-cni's agent socket in its JSON form, and the
+// names both ends share.
 //
 // `meshcap node serve` listens on `<state directory>/cni.sock` and runs the
 // plugin's commands in its own process, where the node data path's maps
 // are open already (cni/agent_socket.h); istio-cni's plugin talks to its
-// node agent the same way. One request per connection: the client sends
-// {"env": {CNI_COMMAND, ...}, "stdin": "...", "pin_dir": "..."} and shuts
-// its side down; the agent answers {"exit_code": N, "stdout": "..."}, or
-// {"local": true} when it serves another pin directory (the plugin then
-// runs the command itself), and closes. `meshcap init` uses the same socket
-// in a form of its own (init_handover.h).
+// node agent the same way. One request per connection. The plugin sends
+// its command in a form with no parser on its side (init_handover.h, from
+// its entry point, before its C library starts). The JSON form here is
+// what a meshcap-cni older than the agent sends, and the agent still
+// answers it: the client sends {"env": {CNI_COMMAND, ...}, "stdin": "...",
+// "pin_dir": "..."} and shuts its side down; the agent answers
+// {"exit_code": N, "stdout": "..."}, or {"local": true} when it serves
+// another pin directory (the plugin then runs the command itself), and
+// closes. `meshcap init` uses the same socket in a form of its own
+// (init_handover.h).
 #pragma once
 
 #include <map>

@@ -100,6 +100,21 @@ void AgentSocket::answer(int client) {
       spdlog::warn("meshcap-cni socket: meshcap init (pid {}) went away before its answer", peer.pid);
     return;
   }
+  if (is_cni_request(text)) {
+    const auto req = parse_cni_request(text);
+    if (!req) {
+      spdlog::warn("meshcap-cni socket: malformed request from pid {}", peer.pid);
+      return;
+    }
+    InitAnswer a = run_locally();  // another pin directory than the one this agent serves
+    if (req->pin_dir == loader::pin_root()) {
+      const Reply r = run_cni(req->env, req->stdin_text);
+      a = InitAnswer{false, r.exit_code, r.stdout_text, ""};
+    }
+    if (!write_message(client, init_answer_text(a, kCniMagic)))
+      spdlog::warn("meshcap-cni socket: the plugin (pid {}) went away before its answer", peer.pid);
+    return;
+  }
   json reply;
   try {
     const json req = json::parse(text);
@@ -111,21 +126,9 @@ void AgentSocket::answer(int client) {
       const InitAnswer a = answer_init(r, peer.pid);
       reply = a.local ? json{{"local", true}}
                       : json{{"exit_code", a.exit_code}, {"stdout", a.stdout_text}, {"stderr", a.stderr_text}};
-    } else {
-      const auto env = req.at("env").get<std::map<std::string, std::string>>();
-      auto getenv = [&env](const std::string& name) -> std::optional<std::string> {
-        const auto it = env.find(name);
-        return it == env.end() ? std::nullopt : std::optional<std::string>(it->second);
-      };
-      const auto level = spdlog::get_level();  // a configuration's log level is for its request only
-      const auto t0 = std::chrono::steady_clock::now();
-      const Reply r = run(getenv, req.at("stdin").get<std::string>());
-      spdlog::set_level(level);
-      spdlog::debug("meshcap-cni {} for {} answered in {:.2f} ms (exit {})", env.count("CNI_COMMAND") ? env.at("CNI_COMMAND") : "?",
-                    env.count("CNI_CONTAINERID") ? env.at("CNI_CONTAINERID") : "?",
-                    std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(), r.exit_code);
+    } else {  // the JSON form, from a meshcap-cni older than this agent
+      const Reply r = run_cni(req.at("env").get<std::map<std::string, std::string>>(), req.at("stdin").get<std::string>());
       reply = {{"exit_code", r.exit_code}, {"stdout", r.stdout_text}};
-      ++served_;
     }
   } catch (const json::exception& e) {
     spdlog::warn("meshcap-cni socket: malformed request from pid {}: {}", peer.pid, e.what());
@@ -133,6 +136,22 @@ void AgentSocket::answer(int client) {
   }
   if (!write_message(client, reply.dump(-1, ' ', false, json::error_handler_t::replace)))
     spdlog::warn("meshcap-cni socket: the plugin (pid {}) went away before its answer", peer.pid);
+}
+
+Reply AgentSocket::run_cni(const std::map<std::string, std::string>& env, const std::string& stdin_text) {
+  auto getenv = [&env](const std::string& name) -> std::optional<std::string> {
+    const auto it = env.find(name);
+    return it == env.end() ? std::nullopt : std::optional<std::string>(it->second);
+  };
+  const auto level = spdlog::get_level();  // a configuration's log level is for its request only
+  const auto t0 = std::chrono::steady_clock::now();
+  const Reply r = run(getenv, stdin_text);
+  spdlog::set_level(level);
+  spdlog::debug("meshcap-cni {} for {} answered in {:.2f} ms (exit {})", env.count("CNI_COMMAND") ? env.at("CNI_COMMAND") : "?",
+                env.count("CNI_CONTAINERID") ? env.at("CNI_CONTAINERID") : "?",
+                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(), r.exit_code);
+  ++served_;
+  return r;
 }
 
 InitAnswer AgentSocket::answer_init(const InitRequest& request, int peer) {

@@ -7,9 +7,11 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <thread>
 
+#include "cni_plugin.h"
 #include "init_handover.h"
 
 namespace meshcap::cni {
@@ -42,6 +44,8 @@ class AgentSocket {
   void loop();
   void answer(int client);
   InitAnswer answer_init(const InitRequest& request, int peer);
+  /// One CNI command, as cni_plugin.h's `run` runs it, in this process.
+  Reply run_cni(const std::map<std::string, std::string>& env, const std::string& stdin_text);
 
   std::string path_;
   InitHandler init_;

@@ -43,8 +43,40 @@ std::optional<InitRequest> parse_init_request(std::string_view text) {
   return r;
 }
 
-std::string init_answer_text(const InitAnswer& a) {
-  std::string out(kInitMagic, sizeof kInitMagic);
+bool is_cni_request(std::string_view text) {
+  return text.substr(0, sizeof kCniMagic) == std::string_view(kCniMagic, sizeof kCniMagic);
+}
+
+std::optional<CniRequest> parse_cni_request(std::string_view text) {
+  if (!is_cni_request(text)) return std::nullopt;
+  // The header's fields: magic, pin_dir, N; then N variables; the rest is stdin.
+  size_t at = 0;
+  const auto next = [&](std::string_view& field) {
+    const size_t end = text.find('\0', at);
+    if (end == std::string_view::npos) return false;
+    field = text.substr(at, end - at);
+    at = end + 1;
+    return true;
+  };
+  std::string_view magic, pin_dir, count;
+  unsigned long n = 0;
+  if (!next(magic) || !next(pin_dir) || !next(count) || !parse_decimal(count, 64, n)) return std::nullopt;
+  CniRequest r;
+  r.pin_dir = pin_dir;
+  for (unsigned long i = 0; i < n; ++i) {
+    std::string_view var;
+    if (!next(var)) return std::nullopt;
+    const size_t eq = var.find('=');
+    if (eq == std::string_view::npos) return std::nullopt;
+    r.env.emplace(var.substr(0, eq), var.substr(eq + 1));  // the first stays
+  }
+  r.stdin_text = text.substr(at);
+  return r;
+}
+
+std::string init_answer_text(const InitAnswer& a, const char* magic) {
+  const std::string_view m(magic);
+  std::string out(m.data(), m.size() + 1);
   if (a.local) return out.append("local", sizeof "local");
   out.append("exit", sizeof "exit");
   out += std::to_string(a.exit_code);

@@ -26,6 +26,8 @@ namespace meshcap::cni {
 
 /// The first field of a request and of an answer (sent with its NUL).
 inline constexpr char kInitMagic[] = "meshcap-init/1";
+/// The same for a CNI command handed over by `meshcap-cni` (below).
+inline constexpr char kCniMagic[] = "meshcap-cni/1";
 
 /// A handed-over `meshcap init`, as the agent reads it.
 struct InitRequest {
@@ -48,8 +50,28 @@ inline InitAnswer run_locally() { return {true, 0, {}, {}}; }
 bool is_init_request(std::string_view text);
 /// The request in `text`; nullopt when it is not well formed.
 std::optional<InitRequest> parse_init_request(std::string_view text);
-/// The wire form of an answer.
-std::string init_answer_text(const InitAnswer& answer);
+/// The wire form of an answer (to a request of form `magic`).
+std::string init_answer_text(const InitAnswer& answer, const char* magic = kInitMagic);
+
+// A CNI command handed over by `meshcap-cni` (cni/shim.cpp) in the same
+// way, from its entry point on x86-64 (cni/shim_start.cpp):
+//
+//   request: "meshcap-cni/1" pin_dir N env_1 ... env_N (each followed by a
+//            NUL; the CNI_* variables of agent_client.h's
+//            forwarded_variables() the caller has, NAME=VALUE), then the
+//            runtime's configuration (the plugin's stdin) to the end
+//   answer:  as meshcap init's, with "meshcap-cni/1" first; stderr is empty
+
+/// A handed-over CNI command, as the agent reads it.
+struct CniRequest {
+  std::map<std::string, std::string> env;
+  std::string stdin_text;
+  std::string pin_dir;
+};
+/// Whether `text` is a request of that form.
+bool is_cni_request(std::string_view text);
+/// The request in `text`; nullopt when it is not well formed.
+std::optional<CniRequest> parse_cni_request(std::string_view text);
 
 // The caller's side (init_handover_client.cpp) makes its system calls
 // itself and uses nothing of the C library: on x86-64 it runs at the entry
@@ -68,6 +90,24 @@ int hand_over_if_asked(int argc, const char* const* argv, const char* const* env
 
 /// Connects to `<state_dir>/cni.sock`; -1 when no agent listens there.
 int connect_init_agent(const char* state_dir) noexcept;
+
+/// The plugin's side: sends the CNI_* variables of `envp` and the
+/// configuration `in` (`in_len` bytes) over `fd` (closed here) and writes
+/// the answer's stdout to `out_fd`. The exit code, or -1 when the agent
+/// asks the plugin to run the command itself. An agent that took the
+/// request and did not answer it in full gives 1 and a CNI error (code 11,
+/// try again later) on `out_fd`, never a local re-run.
+int hand_over_cni(int fd, const char* const* envp, const char* in, size_t in_len, const char* pin_dir,
+                  int out_fd) noexcept;
+
+/// `meshcap-cni` as the runtime executes it, from its entry point: a
+/// command (CNI_COMMAND set, not VERSION, no arguments) is handed to the
+/// agent listening at `$MESHCAP_STATE_DIR/cni.sock` and the process exits
+/// with its answer; one the agent sends back runs in meshcap-cni-local
+/// beside this binary, the configuration passed on as its stdin. -1, with
+/// stdin untouched, when there is nothing to hand over or no agent listens
+/// (the plugin's main() then does what it always did).
+int hand_cni_over_if_asked(int argc, const char* const* argv, const char* const* envp) noexcept;
 
 /// Sends `argv[1..argc)` (from "init" on) and `envp` over `fd` (closed
 /// here) and writes the answer's stdout to `out_fd` and its stderr to

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -24,6 +25,10 @@ namespace {
 
 constexpr int kAnswerTimeoutMs = 120'000;    // as an ADD waits for its answer (agent_client.cpp)
 constexpr unsigned long kMaxStdout = 8ul << 20;
+// The CNI_* variables a plugin's request carries (agent_client.cpp's
+// forwarded_variables(); a unit test holds the two together).
+constexpr const char* kForwarded[] = {"CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS",
+                                      "CNI_IFNAME",  "CNI_ARGS",        "CNI_PATH"};
 
 // ---- system calls: the result, or -errno ----
 
@@ -98,6 +103,8 @@ const char* error_text(long err, char* room) noexcept {
     case ETIMEDOUT: return "Connection timed out";
     case ENOMEM: return "Cannot allocate memory";
     case ENOBUFS: return "No buffer space available";
+    case ENOENT: return "No such file or directory";
+    case EACCES: return "Permission denied";
     default: break;
   }
   static constexpr char kPrefix[] = "error ";
@@ -219,15 +226,107 @@ long receive(int fd, char* p, size_t n, const char*& why, char* room) noexcept {
 
 // The caller's error when the agent took the request and did not answer it
 // in full: exit 1, never a second run of what the agent may have half done.
-int not_answered(int fd, int err_fd, const char* why, const char* detail = "") noexcept {
+// `meshcap init` says so on stderr; meshcap-cni gives the runtime a CNI
+// error on stdout (code 11, try again later), as agent_client.cpp does.
+using NotAnswered = int (*)(int fd, int out_fd, int err_fd, const char* why, const char* detail) noexcept;
+
+// Closes `fd` and writes head, why, detail and tail to `to`: 1.
+int say_not_answered(int fd, int to, const char* head, const char* why, const char* detail, const char* tail) noexcept {
   sys_close(fd);
-  static constexpr char kHead[] = "error the node agent took the request and did not answer (";
-  static constexpr char kTail[] = "); `meshcap status` shows what it did, `meshcap cleanup` removes it\n";
-  write_all(err_fd, kHead, sizeof kHead - 1, false);
-  write_all(err_fd, why, length(why), false);
-  write_all(err_fd, detail, length(detail), false);
-  write_all(err_fd, kTail, sizeof kTail - 1, false);
+  for (const char* part : {head, why, detail, tail}) write_all(to, part, length(part), false);
   return 1;
+}
+
+int init_not_answered(int fd, int, int err_fd, const char* why, const char* detail) noexcept {
+  return say_not_answered(fd, err_fd, "error the node agent took the request and did not answer (", why, detail,
+                          "); `meshcap status` shows what it did, `meshcap cleanup` removes it\n");
+}
+
+int cni_not_answered(int fd, int out_fd, int, const char* why, const char* detail) noexcept {
+  // The reasons are this file's own words and error_text's: nothing to escape.
+  return say_not_answered(fd, out_fd, "{\"cniVersion\":\"1.1.0\",\"code\":11,\"details\":\"", why, detail,
+                          "\",\"msg\":\"the node agent did not answer\"}\n");
+}
+
+// Reads the answer to a request of form `magic` from `fd` (closed here):
+// "local" gives -1; "exit" passes stdout's bytes to `out_fd` and the rest to
+// `err_fd` and gives the code; anything else `failed`. Stdout goes on as it
+// comes, or with `whole` only once all of it came (a runtime reads a
+// plugin's stdout as one JSON document: a cut answer must leave only the
+// error there), held meanwhile in pages of its own.
+int read_answer(int fd, const char* magic, int out_fd, int err_fd, NotAnswered failed, bool whole) noexcept {
+  char room[32];  // an error's text
+  char buf[4096];
+  size_t have = 0, header = 0;
+  unsigned long code = 0, out_left = 0;
+  const auto fail = [&](const char* why, const char* detail = "") { return failed(fd, out_fd, err_fd, why, detail); };
+  const char* const not_ours =
+      magic == kCniMagic ? "malformed answer (not meshcap-cni/1)" : "malformed answer (not meshcap-init/1)";
+  // The header: magic and kind, then for "exit" the code and stdout's length.
+  while (header == 0) {
+    Field fields[4];
+    size_t nfields = 0, at = 0;
+    while (nfields < 4) {
+      size_t end = at;
+      while (end < have && buf[end] != '\0') ++end;
+      if (end == have) break;
+      fields[nfields++] = Field{buf + at, end - at};
+      at = end + 1;
+    }
+    if (nfields >= 1 && !fields[0].is(magic)) return fail(not_ours);
+    if (nfields == 0 && have > length(magic)) return fail(not_ours);
+    if (nfields >= 2 && fields[1].is("local")) {
+      sys_close(fd);
+      return -1;
+    }
+    if (nfields >= 2 && !fields[1].is("exit")) return fail("malformed answer (neither local nor exit)");
+    if (nfields == 4) {
+      if (!parse_decimal(fields[2], 255, code) || !parse_decimal(fields[3], kMaxStdout, out_left))
+        return fail("malformed answer (no exit code and stdout length)");
+      header = at;
+      break;
+    }
+    if (have == sizeof buf) return fail("malformed answer (no end to its header)");
+    const char* why = nullptr;
+    const long r = receive(fd, buf + have, sizeof buf - have, why, room);
+    if (r < 0) return fail(why);
+    if (r == 0) return fail(have == 0 ? "no answer" : "malformed answer (it ends in its header)");
+    have += static_cast<size_t>(r);
+  }
+
+  // The rest: stdout's bytes first, stderr's to the end.
+  char* held = nullptr;  // with `whole`: stdout, until all of it came
+  const size_t out_len = out_left;
+  if (whole && out_len > 0) {
+    const long mem = sys(SYS_mmap, 0, static_cast<long>(out_len), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem < 0 && mem > -4096) return fail("no memory for the answer");
+    held = reinterpret_cast<char*>(mem);
+  }
+  const auto pass_on = [&](const char* p, size_t n) {
+    const size_t k = n < out_left ? n : out_left;
+    if (held)
+      copy(held + (out_len - out_left), p, k);
+    else
+      write_all(out_fd, p, k, false);
+    out_left -= k;
+    write_all(err_fd, p + k, n - k, false);
+  };
+  const auto unhold = [&] {
+    if (held) sys(SYS_munmap, reinterpret_cast<long>(held), static_cast<long>(out_len));
+  };
+  pass_on(buf + header, have - header);
+  for (;;) {
+    const char* why = nullptr;
+    const long r = receive(fd, buf, sizeof buf, why, room);
+    if (r < 0) return unhold(), fail(why);
+    if (r == 0) break;
+    pass_on(buf, static_cast<size_t>(r));
+  }
+  if (out_left > 0) return unhold(), fail("malformed answer (it ends before its stdout)");
+  if (held) write_all(out_fd, held, out_len, false);
+  unhold();
+  sys_close(fd);
+  return static_cast<int>(code);
 }
 
 bool g_asked = false;  // hand_over_if_asked ran once in this process
@@ -256,73 +355,47 @@ int connect_init_agent(const char* state_dir) noexcept {
 
 int hand_over_init(int fd, int argc, const char* const* argv, const char* const* envp, const char* pin_dir,
                    int out_fd, int err_fd) noexcept {
-  char room[32];  // an error's text
-  {
-    Sender s(fd);
-    s.put(kInitMagic, sizeof kInitMagic);
-    s.field(pin_dir);
-    char count[21];
-    decimal(static_cast<unsigned long>(argc > 1 ? argc - 1 : 0), count);
-    s.field(count);
-    for (int i = 1; i < argc; ++i) s.field(argv[i]);
-    for (const char* const* e = envp; *e; ++e) s.field(*e);
-    if (const long err = s.finish(); err != 0)
-      return not_answered(fd, err_fd, "sending the request: ", error_text(err, room));
+  Sender s(fd);
+  s.put(kInitMagic, sizeof kInitMagic);
+  s.field(pin_dir);
+  char count[21];
+  decimal(static_cast<unsigned long>(argc > 1 ? argc - 1 : 0), count);
+  s.field(count);
+  for (int i = 1; i < argc; ++i) s.field(argv[i]);
+  for (const char* const* e = envp; *e; ++e) s.field(*e);
+  if (const long err = s.finish(); err != 0) {
+    char room[32];
+    return init_not_answered(fd, out_fd, err_fd, "sending the request: ", error_text(err, room));
   }
+  return read_answer(fd, kInitMagic, out_fd, err_fd, init_not_answered, false);
+}
 
-  // The header: magic and kind, then for "exit" the code and stdout's length.
-  char buf[4096];
-  size_t have = 0, header = 0;
-  unsigned long code = 0, out_left = 0;
-  while (header == 0) {
-    Field fields[4];
-    size_t nfields = 0, at = 0;
-    while (nfields < 4) {
-      size_t end = at;
-      while (end < have && buf[end] != '\0') ++end;
-      if (end == have) break;
-      fields[nfields++] = Field{buf + at, end - at};
-      at = end + 1;
-    }
-    if (nfields >= 1 && !fields[0].is(kInitMagic)) return not_answered(fd, err_fd, "malformed answer (not meshcap-init/1)");
-    if (nfields == 0 && have >= sizeof kInitMagic) return not_answered(fd, err_fd, "malformed answer (not meshcap-init/1)");
-    if (nfields >= 2 && fields[1].is("local")) {
-      sys_close(fd);
-      return -1;
-    }
-    if (nfields >= 2 && !fields[1].is("exit")) return not_answered(fd, err_fd, "malformed answer (neither local nor exit)");
-    if (nfields == 4) {
-      if (!parse_decimal(fields[2], 255, code) || !parse_decimal(fields[3], kMaxStdout, out_left))
-        return not_answered(fd, err_fd, "malformed answer (no exit code and stdout length)");
-      header = at;
-      break;
-    }
-    if (have == sizeof buf) return not_answered(fd, err_fd, "malformed answer (no end to its header)");
-    const char* why = nullptr;
-    const long r = receive(fd, buf + have, sizeof buf - have, why, room);
-    if (r < 0) return not_answered(fd, err_fd, why);
-    if (r == 0) return not_answered(fd, err_fd, have == 0 ? "no answer" : "malformed answer (it ends in its header)");
-    have += static_cast<size_t>(r);
+int hand_over_cni(int fd, const char* const* envp, const char* in, size_t in_len, const char* pin_dir,
+                  int out_fd) noexcept {
+  Sender s(fd);
+  s.put(kCniMagic, sizeof kCniMagic);
+  s.field(pin_dir);
+  // The forwarded variables the caller has (agent_client.cpp's list), each
+  // as getenv would find it.
+  const char* values[sizeof kForwarded / sizeof *kForwarded];
+  unsigned long n = 0;
+  for (size_t i = 0; i < sizeof kForwarded / sizeof *kForwarded; ++i)
+    if ((values[i] = env_value(envp, kForwarded[i])) != nullptr) ++n;
+  char count[21];
+  decimal(n, count);
+  s.field(count);
+  for (size_t i = 0; i < sizeof kForwarded / sizeof *kForwarded; ++i) {
+    if (!values[i]) continue;
+    s.put(kForwarded[i], length(kForwarded[i]));
+    s.put("=", 1);
+    s.field(values[i]);
   }
-
-  // The rest as it comes: stdout's bytes first, stderr's to the end.
-  const auto pass_on = [&](const char* p, size_t n) {
-    const size_t k = n < out_left ? n : out_left;
-    write_all(out_fd, p, k, false);
-    out_left -= k;
-    write_all(err_fd, p + k, n - k, false);
-  };
-  pass_on(buf + header, have - header);
-  for (;;) {
-    const char* why = nullptr;
-    const long r = receive(fd, buf, sizeof buf, why, room);
-    if (r < 0) return not_answered(fd, err_fd, why);
-    if (r == 0) break;
-    pass_on(buf, static_cast<size_t>(r));
+  s.put(in, in_len);
+  if (const long err = s.finish(); err != 0) {
+    char room[32];
+    return cni_not_answered(fd, out_fd, STDERR_FILENO, "sending the request: ", error_text(err, room));
   }
-  if (out_left > 0) return not_answered(fd, err_fd, "malformed answer (it ends before its stdout)");
-  sys_close(fd);
-  return static_cast<int>(code);
+  return read_answer(fd, kCniMagic, out_fd, STDERR_FILENO, cni_not_answered, true);
 }
 
 int hand_over_if_asked(int argc, const char* const* argv, const char* const* envp) noexcept {
@@ -344,6 +417,71 @@ int hand_over_if_asked(int argc, const char* const* argv, const char* const* env
   if (fd < 0) return -1;
   return hand_over_init(fd, argc, argv, envp, env_or(envp, "MESHCAP_PIN_DIR", "/sys/fs/bpf/meshcap"), STDOUT_FILENO,
                         STDERR_FILENO);
+}
+
+int hand_cni_over_if_asked(int argc, const char* const* argv, const char* const* envp) noexcept {
+  if (g_asked) return -1;
+  g_asked = true;
+  // The installer's commands and VERSION are meshcap-cni-local's (shim.cpp).
+  const char* command = env_value(envp, "CNI_COMMAND");
+  if (argc > 1 || !command || equal(command, "VERSION")) return -1;
+  const int fd = connect_init_agent(env_or(envp, "MESHCAP_STATE_DIR", "/run/meshcap"));
+  if (fd < 0) return -1;
+  // The runtime's configuration, whole, in pages of its own (no heap yet).
+  constexpr size_t kMaxConfig = 8ul << 20;  // what the agent reads at most (agent_client.cpp)
+  size_t cap = 64 << 10, len = 0;
+  long mem = sys(SYS_mmap, 0, static_cast<long>(cap), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem < 0 && mem > -4096) return cni_not_answered(fd, STDOUT_FILENO, STDERR_FILENO, "reading the configuration: ", "no memory");
+  for (;;) {
+    if (len == cap) {
+      if (cap >= kMaxConfig)
+        return cni_not_answered(fd, STDOUT_FILENO, STDERR_FILENO, "the configuration is larger than 8 MiB", "");
+      const long grown = sys(SYS_mremap, mem, static_cast<long>(cap), static_cast<long>(cap * 2), MREMAP_MAYMOVE);
+      if (grown < 0 && grown > -4096)
+        return cni_not_answered(fd, STDOUT_FILENO, STDERR_FILENO, "reading the configuration: ", "no memory");
+      mem = grown;
+      cap *= 2;
+    }
+    const long r = sys(SYS_read, STDIN_FILENO, mem + static_cast<long>(len), static_cast<long>(cap - len));
+    if (r == -EINTR) continue;
+    if (r <= 0) break;  // its end (or an error: what was read, as shim.cpp's read_stdin)
+    len += static_cast<size_t>(r);
+  }
+  const char* in = reinterpret_cast<const char*>(mem);
+  const int rc = hand_over_cni(fd, envp, in, len, env_or(envp, "MESHCAP_PIN_DIR", "/sys/fs/bpf/meshcap"), STDOUT_FILENO);
+  if (rc >= 0) return rc;
+
+  // The agent sent it back: meshcap-cni-local beside this binary runs it,
+  // the configuration as its stdin (shim.cpp's run_locally).
+  char room[32];
+  const long memfd = sys(SYS_memfd_create, reinterpret_cast<long>("meshcap-cni-stdin"), 0);
+  if (memfd < 0 || !write_all(static_cast<int>(memfd), in, len, false) || sys(SYS_lseek, memfd, 0, SEEK_SET) != 0 ||
+      sys(SYS_dup3, memfd, STDIN_FILENO, 0) != STDIN_FILENO) {
+    static constexpr char kWhy[] = "meshcap-cni: passing stdin on: ";
+    write_all(STDERR_FILENO, kWhy, sizeof kWhy - 1, false);
+    const char* what = error_text(memfd < 0 ? -memfd : EIO, room);
+    write_all(STDERR_FILENO, what, length(what), false);
+    write_all(STDERR_FILENO, "\n", 1, false);
+    return 1;
+  }
+  sys_close(static_cast<int>(memfd));
+  static constexpr char kLocal[] = "meshcap-cni-local";
+  char path[4096 + sizeof kLocal];
+  const long n = sys(SYS_readlinkat, AT_FDCWD, reinterpret_cast<long>("/proc/self/exe"), reinterpret_cast<long>(path),
+                     4096);
+  size_t dir = 0;  // the length of this binary's directory, its '/' included
+  for (long i = 0; i < n; ++i)
+    if (path[i] == '/') dir = static_cast<size_t>(i) + 1;
+  copy(path + dir, kLocal, sizeof kLocal);
+  const long err = sys(SYS_execve, reinterpret_cast<long>(path), reinterpret_cast<long>(argv), reinterpret_cast<long>(envp));
+  static constexpr char kCannot[] = "meshcap-cni: cannot execute ";
+  write_all(STDERR_FILENO, kCannot, sizeof kCannot - 1, false);
+  write_all(STDERR_FILENO, path, length(path), false);
+  write_all(STDERR_FILENO, ": ", 2, false);
+  const char* what = error_text(-err, room);
+  write_all(STDERR_FILENO, what, length(what), false);
+  write_all(STDERR_FILENO, "\n", 1, false);
+  return 1;
 }
 
 }  // namespace meshcap::cni

@@ -5,6 +5,7 @@
 // rules in the pod's namespace otherwise), DEL removes it, CHECK sees it,
 // and every refusal changes nothing.
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "agent_client.h"
+#include "init_handover.h"
 #include "capture_fixture.h"
 #include "support/cleanup.h"
 #include "support/test_node.h"
@@ -274,6 +276,72 @@ TEST_F(Cni, BadInputIsAnErrorAndChangesNothing) {
   EXPECT_NE(r.exit_code, 0);
   EXPECT_TRUE(json::accept(r.out)) << "stdout must hold only the error JSON: " << r.out;
   expect_direct();
+}
+
+// meshcap-cni hands its command over from its entry point, before its C
+// library starts (cni/shim_start.cpp). A stand-in agent answers each
+// connection with the next canned text and looks at what came and at the
+// caller while it waits: the CNI_* variables and the configuration whole
+// (large enough to need more than its first pages), and, on x86-64, no heap
+// yet (the C library's start-up makes one first thing). The answer is
+// printed as given; a cut one is a CNI error (code 11) on stdout; "local"
+// runs meshcap-cni-local with the same configuration on its stdin.
+TEST_F(Cni, ThePluginHandsOverFromItsEntryPoint) {
+  const std::string magic(cni::kCniMagic, sizeof cni::kCniMagic);
+  const std::string printed = R"({"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],"ips":[]})";
+  const std::vector<std::string> answers = {magic + "exit" + '\0' + "0" + '\0' + std::to_string(printed.size()) + '\0' + printed,
+                                            magic + "exit" + '\0' + "0" + '\0' + "10" + '\0' + "cut",
+                                            magic + "local" + '\0'};
+  const std::string path = node_->state_dir() + "/cni.sock";
+  std::filesystem::create_directories(node_->state_dir());
+  const UniqueFd listening = listen_unix(path);
+  const int listener = listening.get();
+  struct Seen {
+    std::optional<cni::CniRequest> request;
+    std::string heap;
+  };
+  std::vector<Seen> seen;
+  std::thread agent([&] {
+    for (const auto& answer : answers) {
+      const int c = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) return;
+      Seen s;
+      s.heap = peer_heap(c);
+      std::string text;
+      cni::read_message(c, text, 5000);
+      s.request = cni::parse_cni_request(text);
+      seen.push_back(s);
+      cni::write_message(c, answer);
+      ::close(c);
+    }
+  });
+  const json big = config({{"pad", std::string(200'000, 'p')}});
+  std::vector<CniResult> r;
+  for (const json& conf : {big, config(), config({{"envoy-port", "notaport"}})}) r.push_back(cni("ADD", conf));
+  ::shutdown(listener, SHUT_RDWR);
+  agent.join();
+  std::filesystem::remove(path);
+  const auto error_code = [](const CniResult& c) {
+    const json j = json::parse(c.out, nullptr, false);
+    return j.is_object() ? j.value("code", 0) : -1;
+  };
+  EXPECT_EQ(r[0].exit_code, 0) << r[0].out << r[0].err;
+  EXPECT_EQ(r[0].out, printed);
+  EXPECT_EQ(r[1].exit_code, 1) << r[1].out << r[1].err;
+  EXPECT_EQ(error_code(r[1]), 11) << r[1].out;
+  // "local": meshcap-cni-local reads the same configuration and refuses it
+  EXPECT_NE(r[2].exit_code, 0) << r[2].out << r[2].err;
+  EXPECT_NE(r[2].out.find("notaport"), std::string::npos) << r[2].out << r[2].err;
+  ASSERT_EQ(seen.size(), answers.size());
+  ASSERT_TRUE(seen[0].request.has_value());
+  EXPECT_EQ(seen[0].request->stdin_text, big.dump());
+  EXPECT_EQ(seen[0].request->env.at("CNI_COMMAND"), "ADD");
+  EXPECT_EQ(seen[0].request->env.at("CNI_NETNS"), pod_->pod_netns_path());
+  EXPECT_EQ(seen[0].request->env.count("MESHCAP_STATE_DIR"), 0u);
+#if defined(__x86_64__)
+  for (const auto& s : seen) EXPECT_EQ(s.heap, "") << "the plugin's C library had started";
+#endif
+  EXPECT_TRUE(status().is_null());
 }
 
 TEST_F(Cni, ExcludedPodsStartUncapturedOnPurpose) {

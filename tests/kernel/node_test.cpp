@@ -702,33 +702,18 @@ TEST_F(Node, InitsHandOverSaysWhatIsWrongWithAnAnswerAndNeverAborts) {
       magic + std::string("exit\0" "7\0" "4\0", 9) + "out\nerror from the agent\n", magic + std::string("local\0", 6)};
   const std::string path = node_->state_dir() + "/cni.sock";
   std::filesystem::create_directories(node_->state_dir());
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  ASSERT_LT(path.size(), sizeof sa.sun_path);
-  std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
-  const int listener = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  ASSERT_GE(listener, 0);
-  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0) << std::strerror(errno);
-  ASSERT_EQ(::listen(listener, 8), 0);
+  const UniqueFd listening = listen_unix(path);
+  const int listener = listening.get();
   std::atomic<size_t> served{0};
   std::vector<std::string> heaps;  // per request: the caller's [heap] line, or "" (none)
   std::thread agent([&] {
     for (const auto& answer : answers) {
       const int c = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
       if (c < 0) return;
+      heaps.push_back(peer_heap(c));
       char buf[4096];
       while (::read(c, buf, sizeof buf) > 0) {
       }
-      ucred peer{};
-      socklen_t len = sizeof peer;
-      std::string heap = "(no peer)";
-      if (::getsockopt(c, SOL_SOCKET, SO_PEERCRED, &peer, &len) == 0) {
-        std::ifstream maps("/proc/" + std::to_string(peer.pid) + "/maps");
-        heap.clear();
-        for (std::string line; std::getline(maps, line);)
-          if (line.find("[heap]") != std::string::npos) heap = line;
-      }
-      heaps.push_back(heap);
       (void)!::write(c, answer.data(), answer.size());
       ::close(c);
       served++;
@@ -751,7 +736,6 @@ TEST_F(Node, InitsHandOverSaysWhatIsWrongWithAnAnswerAndNeverAborts) {
   EXPECT_NE(r.output.find(netns), std::string::npos) << r.output;
   ::shutdown(listener, SHUT_RDWR);
   agent.join();
-  ::close(listener);
   std::filesystem::remove(path);
   EXPECT_EQ(served.load(), answers.size());
 #if defined(__x86_64__)

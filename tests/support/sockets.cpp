@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <spdlog/spdlog.h>
@@ -14,6 +15,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <future>
 #include <sstream>
@@ -222,6 +224,29 @@ std::optional<AcceptRecord> parse_record(const std::string& line) {
 UniqueFd listen_tcp(const std::string& ip, uint16_t port, int backlog) {
   uint16_t bound = 0;
   return make_listener(ip, port, backlog, &bound);
+}
+
+UniqueFd listen_unix(const std::string& path, int backlog) {
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  if (path.size() >= sizeof sa.sun_path) throw TestSupportError("socket path too long: " + path, ENAMETOOLONG);
+  std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) throw TestSupportError("socket for " + path, errno);
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) throw TestSupportError("bind " + path, errno);
+  if (::listen(fd.get(), backlog) != 0) throw TestSupportError("listen on " + path, errno);
+  return fd;
+}
+
+std::string peer_heap(int fd) {
+  ucred peer{};
+  socklen_t len = sizeof peer;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) != 0) return "(no peer)";
+  std::ifstream maps("/proc/" + std::to_string(peer.pid) + "/maps");
+  if (!maps) return "(no peer)";
+  for (std::string line; std::getline(maps, line);)
+    if (line.find("[heap]") != std::string::npos) return line;
+  return "";
 }
 
 // ---- addresses ----

@@ -55,6 +55,13 @@ OriginalDst original_dst(int fd);
 /// TestSupportError if it cannot listen.
 UniqueFd listen_tcp(const std::string& ip, uint16_t port, int backlog = 16);
 
+/// A Unix stream socket listening at `path` (a stand-in for the node's
+/// agent: `<state dir>/cni.sock`); throws TestSupportError if it cannot.
+UniqueFd listen_unix(const std::string& path, int backlog = 8);
+/// The `[heap]` line of /proc/PID/maps of the process at the other end of
+/// Unix socket `fd`; "" when it has no heap; "(no peer)" when it cannot tell.
+std::string peer_heap(int fd);
+
 // ---- client ----
 
 struct ConnectOptions {

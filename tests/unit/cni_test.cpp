@@ -375,6 +375,88 @@ TEST_F(AgentSocketTest, AnswersAHandedOverInitInBothForms) {
   EXPECT_EQ(hand_over(client_pin_root()).first, -1);
 }
 
+// meshcap-cni's own form (cni/init_handover.h, what the plugin sends from
+// its entry point): the agent answers it as it answers the JSON form and as
+// the plugin's local run would; only the CNI_* variables travel, and the
+// configuration whole; a request for another pin directory goes back to the
+// plugin; an answer that is cut is a CNI error (11, try again later) on
+// stdout, never a second run.
+TEST_F(AgentSocketTest, AnswersThePluginsOwnFormAsTheJsonForm) {
+  AgentSocket agent;
+  agent.start(cni::agent_socket_path());
+  struct Run {
+    int rc;
+    std::string out;
+  };
+  const auto envp_of = [](const Vars& vars, std::vector<std::string>& keep) {
+    keep = {"UNRELATED=1"};
+    for (const auto& [k, v] : vars) keep.push_back(k + "=" + v);
+    std::vector<const char*> envp;
+    for (const auto& e : keep) envp.push_back(e.c_str());
+    envp.push_back(nullptr);
+    return envp;
+  };
+  const auto hand_over = [&](int fd, const Vars& vars, const std::string& in, const std::string& pins) {
+    std::vector<std::string> keep;
+    const auto envp = envp_of(vars, keep);
+    const int out = memfd_create("out", MFD_CLOEXEC);
+    Run r{hand_over_cni(fd, envp.data(), in.data(), in.size(), pins.c_str(), out), std::string(4096, '\0')};
+    r.out.resize(static_cast<size_t>(std::max<ssize_t>(0, pread(out, r.out.data(), r.out.size(), 0))));
+    ::close(out);
+    return r;
+  };
+  const auto to_agent = [&](const Vars& vars, const std::string& in, const std::string& pins) {
+    const int fd = connect_init_agent(client_state_root().c_str());
+    if (fd < 0) throw std::runtime_error("no agent listening");
+    return hand_over(fd, vars, in, pins);
+  };
+  Vars version = {{"CNI_COMMAND", "VERSION"}};
+  const std::vector<std::pair<Vars, std::string>> cases = {
+      {version, conf()}, {add_env(), "{not json"}, {add_env(), conf({{"envoy-port", "notaport"}})}};
+  for (const auto& [vars, in] : cases) {
+    const Run got = to_agent(vars, in, client_pin_root());
+    const Reply want = run(lookup(vars), in);
+    EXPECT_EQ(got.rc, want.exit_code) << in;
+    EXPECT_EQ(got.out, want.stdout_text) << in;
+    EXPECT_EQ(got.out, ask(vars, in, client_pin_root())->stdout_text) << in;
+  }
+  EXPECT_EQ(agent.served(), 6u);
+  EXPECT_EQ(to_agent(version, conf(), "/sys/fs/bpf/another-node").rc, -1);
+  EXPECT_EQ(agent.served(), 6u);
+  agent.stop();
+
+  // What travels, and a cut answer, against a stand-in at the other end.
+  const std::string big = conf({{"pad", std::string(100'000, 'p')}});
+  Vars all = add_env();  // every variable agent_client.h forwards, and no other
+  all["CNI_PATH"] = "/opt/cni/bin";
+  ASSERT_EQ(all.size(), forwarded_variables().size());
+  for (const auto& name : forwarded_variables()) EXPECT_TRUE(all.count(name)) << name;
+  for (const std::string& answer : {std::string(kCniMagic, sizeof kCniMagic) + std::string("exit\0" "0\0" "10\0", 10) + "abc",
+                                   std::string(kCniMagic, sizeof kCniMagic) + std::string("exit\0", 5)}) {
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    std::optional<CniRequest> seen;
+    std::thread stand_in([&] {
+      std::string text;
+      read_message(sv[1], text, 5000);
+      seen = parse_cni_request(text);
+      write_message(sv[1], answer);
+      ::close(sv[1]);
+    });
+    const Run r = hand_over(sv[0], all, big, "/sys/fs/bpf/p");
+    stand_in.join();
+    EXPECT_EQ(r.rc, 1);
+    const json error = json::parse(r.out, nullptr, false);
+    ASSERT_TRUE(error.is_object()) << r.out;
+    EXPECT_EQ(error.value("code", 0), 11);
+    EXPECT_NE(error.value("details", "").find("malformed answer"), std::string::npos) << r.out;  // and nothing else
+    ASSERT_TRUE(seen.has_value());
+    EXPECT_EQ(seen->env, all);  // UNRELATED stays behind
+    EXPECT_EQ(seen->stdin_text, big);
+    EXPECT_EQ(seen->pin_dir, "/sys/fs/bpf/p");
+  }
+}
+
 // `meshcap init`'s hand-over to the agent (agent/forward.h,
 // cni/init_handover.h): the request carries the command line and the
 // environment byte for byte as the agent reads them (of a name set twice
@@ -454,4 +536,16 @@ TEST(InitHandOver, TheAgentRefusesARequestThatIsNotWellFormed) {
   EXPECT_FALSE(parse_init_request(magic + std::string("/p\0" "-1\0", 6)).has_value());
   EXPECT_FALSE(parse_init_request(std::string("meshcap-init/2\0/p\0" "0\0", 20)).has_value());
   EXPECT_FALSE(parse_init_request("").has_value());
+  // meshcap-cni's form: the configuration after the variables, whatever it holds.
+  const std::string cni(kCniMagic, sizeof kCniMagic);
+  const auto r = parse_cni_request(cni + std::string("/p\0" "1\0" "CNI_COMMAND=ADD\0" "{\0}", 24));
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->env, (Vars{{"CNI_COMMAND", "ADD"}}));
+  EXPECT_EQ(r->stdin_text, std::string("{\0}", 3));
+  EXPECT_TRUE(parse_cni_request(cni + std::string("/p\0" "0\0", 5)).has_value());  // no configuration
+  EXPECT_FALSE(parse_cni_request(cni + std::string("/p\0" "2\0" "CNI_COMMAND=ADD\0", 21)).has_value());  // fewer
+  EXPECT_FALSE(parse_cni_request(cni + std::string("/p\0" "1\0" "CNI_COMMAND\0", 17)).has_value());  // no '='
+  EXPECT_FALSE(parse_cni_request(cni + std::string("/p\0" "x\0", 5)).has_value());
+  EXPECT_FALSE(parse_cni_request(cni + std::string("/p", 2)).has_value());
+  EXPECT_FALSE(parse_cni_request(magic + std::string("/p\0" "0\0", 5)).has_value());  // meshcap init's
 }
