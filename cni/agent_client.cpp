@@ -35,17 +35,9 @@ AgentReply agent_failed(const std::string& why) {
 
 }  // namespace
 
-const char* client_state_dir() noexcept { return env_or("MESHCAP_STATE_DIR", "/run/meshcap"); }
-const char* client_pin_dir() noexcept { return env_or("MESHCAP_PIN_DIR", "/sys/fs/bpf/meshcap"); }
-std::string client_state_root() { return client_state_dir(); }
-std::string client_pin_root() { return client_pin_dir(); }
+std::string client_state_root() { return env_or("MESHCAP_STATE_DIR", "/run/meshcap"); }
+std::string client_pin_root() { return env_or("MESHCAP_PIN_DIR", "/sys/fs/bpf/meshcap"); }
 std::string agent_socket_path(const std::string& state_root) { return state_root + "/cni.sock"; }
-
-const std::vector<std::string>& forwarded_variables() {
-  static const std::vector<std::string> vars = {"CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS",
-                                                "CNI_IFNAME",  "CNI_ARGS",        "CNI_PATH"};
-  return vars;
-}
 
 int connect_agent(const std::string& path) { return connect_agent(path.c_str()); }
 

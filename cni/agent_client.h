@@ -34,15 +34,8 @@ struct AgentReply {
 std::string client_state_root();
 /// MESHCAP_PIN_DIR or /sys/fs/bpf/meshcap (loader/pins.h pin_root).
 std::string client_pin_root();
-/// The same two without the heap, for `meshcap init`'s hand-over
-/// (init_handover.h), which runs before the C++ runtime is set up.
-const char* client_state_dir() noexcept;
-const char* client_pin_dir() noexcept;
 /// `<state directory>/cni.sock`.
 std::string agent_socket_path(const std::string& state_root);
-
-/// The CNI_* variables a request carries.
-const std::vector<std::string>& forwarded_variables();
 
 /// A connected socket to the agent, or -1 when none listens at `path`.
 int connect_agent(const std::string& path);

@@ -28,6 +28,9 @@ namespace meshcap::cni {
 inline constexpr char kInitMagic[] = "meshcap-init/1";
 /// The same for a CNI command handed over by `meshcap-cni` (below).
 inline constexpr char kCniMagic[] = "meshcap-cni/1";
+/// The CNI_* variables a CNI command's request carries.
+inline constexpr const char* kCniForwarded[] = {"CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS",
+                                                "CNI_IFNAME",  "CNI_ARGS",        "CNI_PATH"};
 
 /// A handed-over `meshcap init`, as the agent reads it.
 struct InitRequest {
@@ -57,8 +60,8 @@ std::string init_answer_text(const InitAnswer& answer, const char* magic = kInit
 // way, from its entry point on x86-64 (cni/shim_start.cpp):
 //
 //   request: "meshcap-cni/1" pin_dir N env_1 ... env_N (each followed by a
-//            NUL; the CNI_* variables of agent_client.h's
-//            forwarded_variables() the caller has, NAME=VALUE), then the
+//            NUL; the variables of kCniForwarded the caller has,
+//            NAME=VALUE), then the
 //            runtime's configuration (the plugin's stdin) to the end
 //   answer:  as meshcap init's, with "meshcap-cni/1" first; stderr is empty
 

@@ -25,10 +25,6 @@ namespace {
 
 constexpr int kAnswerTimeoutMs = 120'000;    // as an ADD waits for its answer (agent_client.cpp)
 constexpr unsigned long kMaxStdout = 8ul << 20;
-// The CNI_* variables a plugin's request carries (agent_client.cpp's
-// forwarded_variables(); a unit test holds the two together).
-constexpr const char* kForwarded[] = {"CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS",
-                                      "CNI_IFNAME",  "CNI_ARGS",        "CNI_PATH"};
 
 // ---- system calls: the result, or -errno ----
 
@@ -375,18 +371,17 @@ int hand_over_cni(int fd, const char* const* envp, const char* in, size_t in_len
   Sender s(fd);
   s.put(kCniMagic, sizeof kCniMagic);
   s.field(pin_dir);
-  // The forwarded variables the caller has (agent_client.cpp's list), each
-  // as getenv would find it.
-  const char* values[sizeof kForwarded / sizeof *kForwarded];
+  // The forwarded variables the caller has, each as getenv would find it.
+  const char* values[sizeof kCniForwarded / sizeof *kCniForwarded];
   unsigned long n = 0;
-  for (size_t i = 0; i < sizeof kForwarded / sizeof *kForwarded; ++i)
-    if ((values[i] = env_value(envp, kForwarded[i])) != nullptr) ++n;
+  for (size_t i = 0; i < sizeof kCniForwarded / sizeof *kCniForwarded; ++i)
+    if ((values[i] = env_value(envp, kCniForwarded[i])) != nullptr) ++n;
   char count[21];
   decimal(n, count);
   s.field(count);
-  for (size_t i = 0; i < sizeof kForwarded / sizeof *kForwarded; ++i) {
+  for (size_t i = 0; i < sizeof kCniForwarded / sizeof *kCniForwarded; ++i) {
     if (!values[i]) continue;
-    s.put(kForwarded[i], length(kForwarded[i]));
+    s.put(kCniForwarded[i], length(kCniForwarded[i]));
     s.put("=", 1);
     s.field(values[i]);
   }
