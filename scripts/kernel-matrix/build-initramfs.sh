@@ -10,7 +10,7 @@
 # KERNEL_ROOT  a linux-image .deb unpacked with `dpkg-deb -x` (has boot/ and
 #              lib/modules/VERSION/)
 # BUILD_DIR    meshcap's build tree; its binaries are placed under
-#              /opt/meshcap in the guest (agent/, tests/, bpf/ as in the
+#              /opt/meshcap in the guest (agent/, cni/, tests/, bpf/ as in the
 #              tree), whatever and wherever BUILD_DIR is; its host path is
 #              written to /etc/kmatrix/host-build-dir, where guest/init
 #              links it to /opt/meshcap (the tests have meshcap's host path
@@ -88,6 +88,11 @@ strip_copy() {
 }
 strip_copy "$BUILD/agent/meshcap" agent/meshcap
 [ -L "$BUILD/agent/istio-iptables" ] && ln -s meshcap "$STAGE$GUEST_BUILD/agent/istio-iptables"
+# The CNI plugin (and the part it runs when no agent answers), for
+# cni_kernel_tests: at the build's layout, where the agent and tests look.
+for cni in meshcap-cni meshcap-cni-local; do
+  [ -x "$BUILD/cni/$cni" ] && strip_copy "$BUILD/cni/$cni" "cni/$cni"
+done
 ntests=0
 for t in "$BUILD"/tests/*_tests "$BUILD"/tests/test_pod_selftest; do
   [ -f "$t" ] && [ -x "$t" ] || continue

@@ -997,6 +997,35 @@ class Equivalence : public ::testing::Test {
   }
 
   /// Runs the cases (one child per identity, one in the peer) and returns
+  /// For a pod's TCP connection that failed ("from ADDR:PORT, ..."): what
+  /// the pod's namespace still holds for its source port, the conntrack
+  /// entries and the sockets (a TIME_WAIT twin, a NAT binding) that could
+  /// have answered or swallowed its SYN.
+  std::string kernel_view_of(const std::string& detail) {
+    const auto from = detail.find("from ");
+    const auto comma = detail.find(',', from);
+    if (from == std::string::npos || comma == std::string::npos) return "";
+    const std::string ep = detail.substr(from + 5, comma - from - 5);
+    const std::string port = port_of(ep);
+    if (port.empty() || port == "0") return "";
+    auto grep = [&](const std::vector<std::string>& argv, const std::vector<std::string>& needles) {
+      std::string out;
+      std::istringstream in(run_command(argv).output);
+      for (std::string line; std::getline(in, line);)
+        for (const auto& n : needles)
+          if (line.find(n) != std::string::npos) {
+            out += "\n        " + line;
+            break;
+          }
+      return out.empty() ? std::string("\n        (none)") : out;
+    };
+    const std::string ns = "--net=" + pod_->pod_netns_path();
+    return "\n      conntrack entries with port " + port + ":" +
+           grep({"nsenter", ns, "conntrack", "-L"}, {"sport=" + port + " ", "dport=" + port + " "}) +
+           "\n      sockets with port " + port + ":" +
+           grep({"nsenter", ns, "ss", "-tanoiH", "state", "all"}, {":" + port + " "});
+  }
+
   /// the observed outcome of each, by case index.
   std::map<size_t, Outcome> run_cases(const std::vector<Case>& cases, const std::vector<size_t>& which,
                                       const CaptureFlags* f) {
@@ -1009,7 +1038,7 @@ class Equivalence : public ::testing::Test {
       batches[c.from_peer ? "peer" : c.who->name].push_back({tag, c.udp, c.dst_ip, c.port, c.bind_ip, c.unconnected});
     }
     std::map<std::string, ClientResult> results;
-    for (const auto& [client, specs] : batches) {
+    auto run = [&](const std::string& client, const std::vector<ClientSpec>& specs) {
       const auto timeout = Millis(10000 + 2500 * static_cast<long>(specs.size()));
       std::string text;
       if (client == "peer") {
@@ -1018,7 +1047,42 @@ class Equivalence : public ::testing::Test {
         const Who* w = *std::find_if(kWhos.begin(), kWhos.end(), [&](const Who* x) { return client == x->name; });
         text = pod_->run_in_pod_capture([&specs] { return run_batch(specs); }, Identity::user(w->uid, w->gid), timeout);
       }
-      for (auto& [tag, r] : parse_batch(text)) results[tag] = r;
+      auto got = parse_batch(text);
+      for (auto& [tag, r] : got)
+        if (r.error != 0 && client != "peer") r.detail += kernel_view_of(r.detail);
+      return got;
+    };
+    for (const auto& [client, specs] : batches)
+      for (auto& [tag, r] : run(client, specs)) results[tag] = r;
+    // A TCP connection whose SYN went unanswered until the timeout (the
+    // client still in SYN_SENT) is tried once more on a new connection, and
+    // that one's outcome is compared: the stall is reported (stalls_) with
+    // what the pod's namespace held for its source port, not hidden; a
+    // second stall of the same case is a failure like any other.
+    stalls_.clear();
+    for (const auto& [client, specs] : batches) {
+      std::vector<ClientSpec> again;
+      std::map<std::string, std::string> first_tag;  // new tag -> stalled tag
+      for (const auto& spec : specs) {
+        const auto it = results.find(spec.tag);
+        if (spec.udp || it == results.end() || it->second.error != ETIMEDOUT ||
+            it->second.detail.find("SYN_SENT") == std::string::npos)
+          continue;
+        ClientSpec s = spec;
+        s.tag = "t" + std::to_string(++tag_counter_);
+        first_tag[s.tag] = spec.tag;
+        again.push_back(s);
+      }
+      if (again.empty()) continue;
+      for (auto& [tag, r] : run(client, again)) {
+        const std::string& stalled = first_tag[tag];
+        const size_t i = by_tag[stalled];
+        stalls_.push_back(cases[i].name + ": " + results[stalled].detail + "\n    tried again: " +
+                          (r.error == 0 ? std::string("connected") : errno_name(r.error) + " " + r.detail));
+        by_tag.erase(stalled);
+        by_tag[tag] = i;
+        results[tag] = r;
+      }
     }
     // Every echoed tag was recorded before the echo was sent: give the
     // readers a moment, then take what is there.
@@ -1042,6 +1106,7 @@ class Equivalence : public ::testing::Test {
   TagStore store_;
   std::unique_ptr<TaggedServer> proxy_, pod_app_, pod_dns_, peer_;
   uint64_t tag_counter_ = 0;
+  std::vector<std::string> stalls_;  ///< the last run_cases' connections tried again after a stall
 };
 
 TEST_F(Equivalence, AllModesGiveIstiosOutcomeConnectionByConnection) {
@@ -1102,6 +1167,14 @@ TEST_F(Equivalence, AllModesGiveIstiosOutcomeConnectionByConnection) {
   size_t direct_checks = 0, direct_failures = 0, init_failures = 0, refusals = 0;
   std::map<std::string, size_t> excluded_counts;  // comparisons skipped, per known difference
   std::vector<std::string> problems;              // init/cleanup/leftover/direct failures
+  std::vector<std::string> stalls;                // connections tried again after their SYN went unanswered
+  auto note_stalls = [&](const std::string& set, const std::string& mode, const std::string& when) {
+    for (const auto& st : stalls_) {
+      stalls.push_back("[" + set + "] " + mode + ": " + when + st);
+      std::printf("[equivalence] STALL %s\n", stalls.back().c_str());
+    }
+    std::fflush(stdout);
+  };
 
   // Mode-major: each mode runs every flag set in the same pod, one init per
   // flag set, many connections per init. The eBPF modes run before the
@@ -1165,6 +1238,7 @@ TEST_F(Equivalence, AllModesGiveIstiosOutcomeConnectionByConnection) {
       tp = Clock::now();
       if (m.ebpf_inbound_possible && step % 2 == 1) start_proxy();
       observed[si][mi] = run_cases(cases, all, &fs.flags);
+      note_stalls(fs.name, m.name, "");
       t_cases += secs(tp);
       if (accelerated) accel_redirected[m.name] += loader::pinned_counters(name_)["accel_redirected"];
 
@@ -1179,6 +1253,7 @@ TEST_F(Equivalence, AllModesGiveIstiosOutcomeConnectionByConnection) {
       // The same cases go direct again.
       tp = Clock::now();
       auto direct = run_cases(cases, sample, nullptr);
+      note_stalls(fs.name, m.name, "after cleanup ");
       t_direct += secs(tp);
       for (const auto& [i, o] : direct) {
         direct_checks++;
@@ -1273,11 +1348,11 @@ TEST_F(Equivalence, AllModesGiveIstiosOutcomeConnectionByConnection) {
   std::printf(
       "[equivalence] SUMMARY: %zu cases (%zu flag sets x %zu traffic cases) x %zu modes = %zu connections; "
       "%zu mismatched cases (%zu where the modes disagree, %zu where they agree but not with the model); "
-      "%zu direct-after-cleanup checks, %zu failed; %zu init failures; %zu refusals by design; known differences "
-      "excluded by name: %s; "
+      "%zu direct-after-cleanup checks, %zu failed; %zu init failures; %zu refusals by design; %zu connections "
+      "stalled in SYN_SENT and tried again; known differences excluded by name: %s; "
       "seed %llu; %.1f s\n",
       compared, sets.size(), cases.size(), modes.size(), compared * modes.size(), mismatched_cases, disagreements,
-      model_only, direct_checks, direct_failures, init_failures, refusals, excluded.c_str(),
+      model_only, direct_checks, direct_failures, init_failures, refusals, stalls.size(), excluded.c_str(),
       static_cast<unsigned long long>(seed), std::chrono::duration<double>(Clock::now() - t0).count());
   std::fflush(stdout);
   for (const auto& [mode, n] : accel_redirected) {
@@ -1288,6 +1363,11 @@ TEST_F(Equivalence, AllModesGiveIstiosOutcomeConnectionByConnection) {
   if (env_or("MESHCAP_EQ_SETS", "").empty()) {
     EXPECT_GE(compared, 200u);
   }
+  // About one connection in a million has stalled here (docs/known-differences.md,
+  // "Not explained yet"); more than two in one run is a pattern, not chance.
+  std::string stall_list;
+  for (const auto& st : stalls) stall_list += "\n  " + st;
+  EXPECT_LE(stalls.size(), 2u) << "connections whose SYN went unanswered until the timeout:" << stall_list;
 }
 
 // Switching a pod from iptables to eBPF (`init` with the same name replaces
