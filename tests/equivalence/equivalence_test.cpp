@@ -1020,10 +1020,29 @@ class Equivalence : public ::testing::Test {
       return out.empty() ? std::string("\n        (none)") : out;
     };
     const std::string ns = "--net=" + pod_->pod_netns_path();
+    // conntrack's per-CPU statistics (insert_failed: a new entry that
+    // clashed and was dropped) and TCP's non-zero counters for SYNs a
+    // TIME_WAIT socket or a listener turned away, both since the namespace
+    // began; the tables that hold netfilter's hooks there.
+    std::string stats;
+    std::istringstream cpus(run_command({"nsenter", ns, "conntrack", "-S"}).output);
+    for (std::string line; std::getline(cpus, line);)
+      if (line.find("insert_failed=0") == std::string::npos || line.find("drop=0") == std::string::npos)
+        stats += "\n        " + line;
     return "\n      conntrack entries with port " + port + ":" +
            grep({"nsenter", ns, "conntrack", "-L"}, {"sport=" + port + " ", "dport=" + port + " "}) +
            "\n      sockets with port " + port + ":" +
-           grep({"nsenter", ns, "ss", "-tanoiH", "state", "all"}, {":" + port + " "});
+           grep({"nsenter", ns, "ss", "-tanoiH", "state", "all"}, {":" + port + " "}) +
+           "\n      conntrack statistics with an insert that failed or a drop:" +
+           (stats.empty() ? std::string("\n        (none)") : stats) + "\n      TCP counters:" +
+           grep({"nsenter", ns, "nstat", "-as"},
+                {"PAWS", "TimeWait", "TW", "Listen", "ChallengeACK", "ACKSkipped", "TCPReqQFull"}) +
+           // (the legacy tables from the kernel's lists: iptables-legacy-save
+           // would create a table it reads)
+           "\n      tables:" + grep({"nsenter", ns, "sh", "-c",
+                                       "for f in ip_tables_names ip6_tables_names; do sed \"s/^/$f: /\" "
+                                       "/proc/net/$f; done; nft list tables"},
+                                      {""});
   }
 
   /// the observed outcome of each, by case index.
