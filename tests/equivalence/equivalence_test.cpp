@@ -996,11 +996,10 @@ class Equivalence : public ::testing::Test {
     return s;
   }
 
-  /// Runs the cases (one child per identity, one in the peer) and returns
   /// For a pod's TCP connection that failed ("from ADDR:PORT, ..."): what
-  /// the pod's namespace still holds for its source port, the conntrack
-  /// entries and the sockets (a TIME_WAIT twin, a NAT binding) that could
-  /// have answered or swallowed its SYN.
+  /// the pod's namespace holds for its source port once the client's batch
+  /// is done, the conntrack entries and the sockets (a TIME_WAIT twin, a
+  /// NAT binding) that could have answered or swallowed its SYN.
   std::string kernel_view_of(const std::string& detail) {
     const auto from = detail.find("from ");
     const auto comma = detail.find(',', from);
@@ -1045,6 +1044,7 @@ class Equivalence : public ::testing::Test {
                                       {""});
   }
 
+  /// Runs the cases (one child per identity, one in the peer) and returns
   /// the observed outcome of each, by case index.
   std::map<size_t, Outcome> run_cases(const std::vector<Case>& cases, const std::vector<size_t>& which,
                                       const CaptureFlags* f) {
