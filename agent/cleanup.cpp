@@ -49,6 +49,7 @@ int run_cleanup(const CleanupOptions& o) {
     // Staging directories of any pod whose init was killed half-way and
     // never run again (their links hold nothing once the cgroup is gone).
     if (loader::remove_dead_staging("")) spdlog::info("removed what killed runs left in staging");
+    forget_gone_namespaces(std::nullopt);
     spdlog::info("{} stale pod(s) removed", removed);
     return kExitOk;
   }

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <set>
+#include <utility>
 
 #include <spdlog/spdlog.h>
 
@@ -10,6 +12,7 @@
 #include "command_runner.h"
 #include "datapath.h"
 #include "enrollment.h"
+#include "pod_netns.h"
 
 namespace fs = std::filesystem;
 
@@ -157,6 +160,21 @@ bool remove_ebpf(const std::string& name, const std::optional<PodState>& st) {
   return remove_own_data_path(name) || removed;
 }
 
+void forget_gone_namespaces(const std::optional<NetnsId>& only) {
+  std::set<std::pair<uint64_t, uint64_t>> named;
+  for (const auto& name : recorded_pods())
+    if (const auto st = read_pod_state(name, /*with_flags=*/false)) named.insert({st->netns.dev, st->netns.ino});
+  const std::string dir = iptables_state_dir();
+  const auto contexts = only ? std::vector<std::string>{iptables::netns_context_id(only->dev, only->ino)}
+                             : iptables::IptablesApplier::recorded_contexts(dir);
+  for (const auto& context : contexts) {
+    const auto id = iptables::parse_netns_context_id(context);
+    if (!id || named.count(*id) || loader::find_netns(NetnsId{id->first, id->second, 0})) continue;
+    if (iptables::IptablesApplier::forget(dir, context))
+      spdlog::info("forgot the iptables record of {}: that network namespace is gone", context);
+  }
+}
+
 bool remove_iptables(const std::string& netns_path, const CaptureConfig& cfg) {
   iptables::ProcessRunner runner(netns_path);
   iptables::IptablesApplier applier(runner, iptables::ApplierOptions{iptables_state_dir()});
@@ -184,6 +202,7 @@ bool remove_capture(const std::string& name, const std::optional<PodState>& st,
   if (!ns && st && st->iptables) ns = st->current_netns();
   if (ns && (netns_path || (st && st->iptables))) removed |= remove_iptables(*ns, st);
   removed |= remove_pod_state(name);
+  if (!ns && st && st->iptables) forget_gone_namespaces(st->netns);
   return removed;
 }
 

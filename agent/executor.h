@@ -41,10 +41,16 @@ bool remove_iptables(const std::string& netns_path, const CaptureConfig& cfg);
 /// The same for pod `st`'s capture, its configuration made only if needed.
 bool remove_iptables(const std::string& netns_path, const std::optional<PodState>& st);
 /// Removes everything of pod `name`: eBPF, iptables in `netns_path` when
-/// given (the record's namespace when it still exists otherwise), and its
-/// record. True when anything was removed.
+/// given (the record's namespace when it still exists otherwise; never a
+/// namespace made later with its inode number), and its record. True when
+/// anything was removed.
 bool remove_capture(const std::string& name, const std::optional<PodState>& st,
                     const std::optional<std::string>& netns_path);
+/// Forgets what the iptables engine kept of namespaces that are gone (of
+/// `only`, or of every namespace it keeps something of): their rules went
+/// with them. Kept while a pod's record names the device and inode, or a
+/// namespace with them can be found (the record is that one's then).
+void forget_gone_namespaces(const std::optional<NetnsId>& only);
 
 /// Where the iptables engine keeps what it applied per namespace.
 std::string iptables_state_dir();

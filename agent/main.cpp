@@ -157,15 +157,31 @@ void add_probe_command(CLI::App& app, CommandLine& cl) {
   cl.probe_cmd = probe_cmd;
 }
 
+// A size option: a whole number from 1 (leaving the option out gives the
+// default; 0 is no size).
+CLI::Validator positive_count() {
+  return CLI::Validator(
+      [](std::string& v) -> std::string {
+        if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos)
+          return "invalid value '" + v + "': expected a whole number";
+        if (v.find_first_not_of('0') == std::string::npos) return "invalid value '" + v + "': expected at least 1";
+        return {};
+      },
+      "", "positive count");
+}
+
 void add_node_start_command(CLI::App* node_cmd, CommandLine& cl) {
   meshcap::NodeStartOptions& node_start = cl.node_start;
   auto* node_start_cmd = node_cmd->add_subcommand(
       "start", "Load and attach the node data path, or replace a running one's programs in place");
   node_start_cmd->add_option("--cgroup", node_start.cgroup,
                              "cgroup v2 directory holding every pod (default: the kubelet's kubepods, else the root)");
-  node_start_cmd->add_option("--max-pods", node_start.max_pods, "Pods it takes (default 256)");
-  node_start_cmd->add_option("--max-connections", node_start.max_connections,
-                             "Connections the proxies have not asked about yet (default 16384)");
+  node_start_cmd->add_option("--max-pods", node_start.max_pods, "Pods it takes (default 256)")
+      ->check(positive_count());
+  node_start_cmd
+      ->add_option("--max-connections", node_start.max_connections,
+                   "Connections the proxies have not asked about yet (default 16384)")
+      ->check(positive_count());
   node_start_cmd->add_flag("--accelerate", node_start.accelerate, "Load sk_msg, so pods may ask --accelerate");
   node_start_cmd->add_flag("--no-dns", node_start.no_dns,
                            "Leave out DNS capture's sendmsg/recvmsg programs (pods asking --redirect-dns use iptables)");
@@ -178,8 +194,9 @@ void add_node_serve_command(CLI::App* node_cmd, CommandLine& cl) {
   auto* node_serve_cmd = node_cmd->add_subcommand(
       "serve", "node start, keep meshcap-cni installed, serve metrics; leaves everything in place on exit");
   node_serve_cmd->add_option("--cgroup", node_serve.start.cgroup, "As for node start");
-  node_serve_cmd->add_option("--max-pods", node_serve.start.max_pods, "As for node start");
-  node_serve_cmd->add_option("--max-connections", node_serve.start.max_connections, "As for node start");
+  node_serve_cmd->add_option("--max-pods", node_serve.start.max_pods, "As for node start")->check(positive_count());
+  node_serve_cmd->add_option("--max-connections", node_serve.start.max_connections, "As for node start")
+      ->check(positive_count());
   node_serve_cmd->add_flag("--accelerate", node_serve.start.accelerate, "As for node start");
   node_serve_cmd->add_flag("--no-dns", node_serve.start.no_dns, "As for node start");
   node_serve_cmd->add_option("--metrics-listen", node_serve.metrics_listen, "HOST:PORT for /metrics and /healthz");

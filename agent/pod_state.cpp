@@ -142,7 +142,13 @@ std::optional<PodState> PodState::from_json(const json& j) {
 }
 
 std::optional<std::string> PodState::current_netns() const {
-  if (auto id = loader::netns_identity(netns_path); id && id->same_namespace(netns)) return netns_path;
+  // Device and inode name one living namespace at a time: a recorded path
+  // that has them names the only candidate, which is this pod's namespace
+  // only when its cookie agrees (not a later one given the same number).
+  if (auto id = loader::netns_identity(netns_path); id && id->same_namespace(netns)) {
+    if (loader::names_namespace(netns_path, netns)) return netns_path;
+    return std::nullopt;
+  }
   return loader::find_netns(netns);
 }
 

@@ -56,7 +56,9 @@ struct PodState {
   static std::optional<PodState> from_json(const nlohmann::json& j);
 
   /// A path naming this pod's namespace now (the recorded path if it still
-  /// names it, else one found by identity); nullopt when it is gone.
+  /// names it, else one found by identity); nullopt when it is gone. A
+  /// namespace made later with the same inode number is not it when the
+  /// cookies tell them apart (loader::names_namespace).
   std::optional<std::string> current_netns() const;
   /// The tproxy mark and table the iptables cleanup needs.
   CaptureConfig config() const;

@@ -797,6 +797,26 @@ std::string IptablesApplier::state_path() const {
   return (fs::path(options_.state_dir) / (runner_.context_id() + ".json")).string();
 }
 
+bool IptablesApplier::forget(const std::string& state_dir, const std::string& context_id) {
+  const std::string path = (fs::path(state_dir) / (context_id + ".json")).string();
+  std::error_code ec;
+  const bool had = fs::exists(path, ec);
+  remove_record(path);
+  return had;
+}
+
+std::vector<std::string> IptablesApplier::recorded_contexts(const std::string& state_dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(state_dir, ec)) {
+    const std::string file = e.path().filename().string();
+    if (file.size() > 5 && file.compare(file.size() - 5, 5, ".json") == 0 && file != "binaries.json")
+      out.push_back(file.substr(0, file.size() - 5));
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 namespace {
 
 // The versions of the iptables binaries, kept in the state directory and

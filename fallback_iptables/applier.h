@@ -86,6 +86,11 @@ class IptablesApplier {
 
   /// The file that records what the last apply added here.
   std::string state_path() const;
+  /// Removes the record kept for context `context_id` (its namespace is
+  /// gone, and its rules with it); true when there was one.
+  static bool forget(const std::string& state_dir, const std::string& context_id);
+  /// The contexts with a record in `state_dir`.
+  static std::vector<std::string> recorded_contexts(const std::string& state_dir);
 
  private:
   class ApplyRun;  // the steps of one apply_with call (applier.cpp)

@@ -16,6 +16,7 @@
 #include <memory>
 #include <chrono>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <sstream>
 
@@ -25,6 +26,20 @@
 extern char** environ;
 
 namespace meshcap::iptables {
+
+std::string netns_context_id(uint64_t dev, uint64_t ino) {
+  return "netns-" + std::to_string(static_cast<unsigned long long>(dev)) + "-" +
+         std::to_string(static_cast<unsigned long long>(ino));
+}
+
+std::optional<std::pair<uint64_t, uint64_t>> parse_netns_context_id(const std::string& id) {
+  unsigned long long dev = 0, ino = 0;
+  int used = 0;
+  if (std::sscanf(id.c_str(), "netns-%llu-%llu%n", &dev, &ino, &used) != 2 || used != static_cast<int>(id.size()) ||
+      netns_context_id(dev, ino) != id)
+    return std::nullopt;
+  return std::pair<uint64_t, uint64_t>{dev, ino};
+}
 
 namespace {
 
@@ -60,8 +75,7 @@ std::string resolve_binary(const std::string& name) {
 }
 
 std::string stat_id(const struct stat& st) {
-  return "netns-" + std::to_string(static_cast<unsigned long long>(st.st_dev)) + "-" +
-         std::to_string(static_cast<unsigned long long>(st.st_ino));
+  return netns_context_id(static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino));
 }
 
 // What the child reports through the CLOEXEC error pipe before exec.

@@ -4,7 +4,9 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace meshcap::iptables {
@@ -23,6 +25,11 @@ struct CommandResult {
 /// Runs a command and returns its exit status and output. Implementations do
 /// not throw for a failing command, only when the command cannot be started
 /// in the intended place (e.g. the network namespace cannot be entered).
+/// The context_id() of a network namespace, by its device and inode.
+std::string netns_context_id(uint64_t dev, uint64_t ino);
+/// The device and inode in a context_id() of that form; nullopt otherwise.
+std::optional<std::pair<uint64_t, uint64_t>> parse_netns_context_id(const std::string& id);
+
 class CommandRunner {
  public:
   virtual ~CommandRunner() = default;

@@ -39,6 +39,16 @@ namespace meshcap::loader {
 
 namespace {
 
+// SO_NETNS_COOKIE (Linux 5.14): any socket answers with the cookie of the
+// namespace it was made in.
+constexpr int kSoNetnsCookie = 71;
+
+uint64_t socket_netns_cookie(int fd) {
+  uint64_t cookie = 0;
+  socklen_t len = sizeof(cookie);
+  return getsockopt(fd, SOL_SOCKET, kSoNetnsCookie, &cookie, &len) == 0 ? cookie : 0;
+}
+
 // A netlink socket in the calling thread's network namespace, for dumps:
 // one for the namespace's links, addresses, routes (NETLINK_ROUTE) and
 // cookie, which replaces getifaddrs (a socket, a bind and two dumps of its
@@ -56,12 +66,7 @@ class Netlink {
 
   /// The cookie BPF sees for this namespace (SO_NETNS_COOKIE, Linux 5.14;
   /// any socket answers for the namespace it was made in); 0 when unknown.
-  uint64_t cookie() const {
-    constexpr int kSoNetnsCookie = 71;
-    uint64_t cookie = 0;
-    socklen_t len = sizeof(cookie);
-    return getsockopt(fd_, SOL_SOCKET, kSoNetnsCookie, &cookie, &len) == 0 ? cookie : 0;
-  }
+  uint64_t cookie() const { return socket_netns_cookie(fd_); }
 
   /// Sends `req` (a request that starts with its nlmsghdr `h`, its length
   /// and type set) as a dump and calls `each(header)` for every message of
@@ -417,22 +422,57 @@ std::optional<NetnsId> netns_identity(const std::string& path) {
   return NetnsId{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino), 0};
 }
 
+uint64_t netns_cookie(const std::string& path) {
+  uint64_t cookie = 0;
+  try {
+    in_network_namespace(path, [&] {
+      const int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+      if (fd < 0) return;
+      cookie = socket_netns_cookie(fd);
+      close(fd);
+    });
+  } catch (const LoaderError&) {
+    return 0;
+  }
+  return cookie;
+}
+
+bool names_namespace(const std::string& path, const NetnsId& id) {
+  const auto got = netns_identity(path);
+  if (!got || !got->same_namespace(id)) return false;
+  if (id.cookie == 0) return true;
+  const uint64_t cookie = netns_cookie(path);
+  return cookie == 0 || cookie == id.cookie;
+}
+
 std::optional<std::string> find_netns(const NetnsId& id) {
   namespace fs = std::filesystem;
   std::error_code ec;
+  // Device and inode name one living namespace at a time: the first path
+  // with them is the only candidate, and its cookie says whether it is `id`
+  // or a later namespace that was given the same inode number.
   auto matches = [&](const std::string& p) {
     auto got = netns_identity(p);
     return got && got->same_namespace(id);
   };
+  std::optional<std::string> found;
   for (const auto& e : fs::directory_iterator("/run/netns", ec))
-    if (matches(e.path())) return e.path().string();
-  for (const auto& e : fs::directory_iterator("/proc", ec)) {
-    const std::string pid = e.path().filename();
-    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
-    const std::string p = "/proc/" + pid + "/ns/net";
-    if (matches(p)) return p;
-  }
-  return std::nullopt;
+    if (matches(e.path())) {
+      found = e.path().string();
+      break;
+    }
+  if (!found)
+    for (const auto& e : fs::directory_iterator("/proc", ec)) {
+      const std::string pid = e.path().filename();
+      if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+      const std::string p = "/proc/" + pid + "/ns/net";
+      if (matches(p)) {
+        found = p;
+        break;
+      }
+    }
+  if (found && !names_namespace(*found, id)) return std::nullopt;
+  return found;
 }
 
 }  // namespace meshcap::loader

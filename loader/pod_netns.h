@@ -34,9 +34,19 @@ std::optional<std::set<uint16_t>> listening_ports_here();
 /// The identity of the namespace at `path` (no cookie; nullopt when `path`
 /// is not there).
 std::optional<NetnsId> netns_identity(const std::string& path);
-/// A path that names the namespace `id` now, looked up in /run/netns and in
-/// /proc/*/ns/net; nullopt when none does (the namespace is gone, or held
-/// only by a bind mount elsewhere).
+/// The cookie of the namespace at `path` (SO_NETNS_COOKIE, from a socket
+/// made inside it); 0 when it cannot tell (a kernel before 5.14, or the
+/// namespace cannot be entered).
+uint64_t netns_cookie(const std::string& path);
+/// Whether `path` names the namespace `id`: the same device and inode and,
+/// when both cookies are known, the same cookie. A namespace's inode number
+/// goes to the next namespace made once it is gone (the kernel hands out
+/// the lowest free one); a cookie is never given twice. Without a cookie on
+/// either side, device and inode decide.
+bool names_namespace(const std::string& path, const NetnsId& id);
+/// A path that names the namespace `id` now (names_namespace), looked up in
+/// /run/netns and in /proc/*/ns/net; nullopt when none does (the namespace
+/// is gone, or held only by a bind mount elsewhere).
 std::optional<std::string> find_netns(const NetnsId& id);
 
 }  // namespace meshcap::loader

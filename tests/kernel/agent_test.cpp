@@ -1,16 +1,21 @@
 // The meshcap command for real on throwaway pods: auto, ebpf and iptables
 // modes, the capability-dropped fallback run from inside the pod, the
 // istio-iptables drop-in, validation, status and drift, stale cleanup, and a
-// corpus of bad input that must change nothing.
+// corpus of bad input that must change nothing; and pods whose namespace is
+// gone, never taken for a later namespace given the same inode number.
 #include <bpf/bpf.h>
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "capture_fixture.h"
+#include "pod_netns.h"
+#include "support/netns.h"
 
 namespace meshcap::test {
 namespace {
@@ -324,6 +329,148 @@ TEST_F(Agent, BadInputExitsTwoWithOneLineAndChangesNothing) {
     EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << shown << "\n" << r.output;
     EXPECT_EQ(kernel_state(), before) << shown;
   }
+}
+
+// Pods in namespaces held only by this test process's descriptors (no
+// TestPod: the test closes them to make them gone).
+class AgentNamespaces : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root: creates namespaces";
+    state_ = std::string(std::getenv("MESHCAP_STATE_DIR")) + "/iptables/";
+  }
+  void TearDown() override {
+    for (const auto& name : names_) meshcap({"cleanup", "--name", name});
+  }
+  static CommandResult meshcap(std::vector<std::string> args) {
+    args.insert(args.begin(), MESHCAP_BIN);
+    return run_command(args);
+  }
+  /// `meshcap init --mode iptables` of pod `name` in namespace `ns`.
+  CommandResult init(const std::string& name, const UniqueFd& ns) {
+    names_.push_back(name);
+    return meshcap({"init", "--mode", "iptables", "--name", name, "--netns", fd_path(ns), "-i", "*", "-b", "*"});
+  }
+  static json status(const std::string& name) {
+    const auto r = meshcap({"status", "--name", name, "--json"});
+    return json::parse(r.output.substr(r.output.find('['))).at(0);
+  }
+  /// iptables-save in namespace `ns`, without its timestamped comments.
+  static std::string rules(const UniqueFd& ns) {
+    std::string kept;
+    std::istringstream in(run_command({"nsenter", "--net=" + fd_path(ns), "iptables-save"}).output);
+    for (std::string line; std::getline(in, line);)
+      if (!line.empty() && line[0] != '#') kept += line + "\n";
+    return kept;
+  }
+  /// What the iptables engine keeps of the namespace with this identity.
+  std::string record(const NetnsId& id) const {
+    return state_ + "netns-" + std::to_string(id.dev) + "-" + std::to_string(id.ino) + ".json";
+  }
+
+  std::string state_;
+  std::vector<std::string> names_;
+};
+
+// The kernel gives a gone namespace's inode number to the next namespace
+// made. A pod captured with iptables whose namespace went away without a
+// cleanup is not the namespace that got its number: status says the pod's
+// namespace is gone, and neither its cleanup nor the stale sweep touches
+// that namespace's rules or what the iptables engine keeps of them. When
+// no new namespace gets the number in time here (other namespaces being
+// made and removed on the machine take it), the pod's record is given the
+// device, inode and path of a new namespace instead: what the kernel's
+// reuse leaves, the cookie aside.
+TEST_F(AgentNamespaces, APodsGoneNamespaceIsNotTheOneGivenItsNumber) {
+  UniqueFd gone = new_netns_fd();
+  const NetnsId id = loader::read_pod_network(fd_path(gone)).netns;
+  if (id.cookie == 0)
+    GTEST_SKIP() << "no namespace cookie for user space here (SO_NETNS_COOKIE, Linux 5.14): device and inode are "
+                    "all meshcap has (docs/kernels.md, 5.10)";
+  const std::string a = "gone-" + std::to_string(getpid()), b = "heir-" + std::to_string(getpid());
+  auto r = init(a, gone);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_TRUE(std::filesystem::exists(record(id)));
+  gone.reset();  // no cleanup: the namespace is simply gone
+  std::vector<UniqueFd> spares;
+  auto reused = netns_with_inode(id.ino, spares, std::chrono::seconds(10));
+  spares.clear();
+  UniqueFd heir = reused ? std::move(*reused) : new_netns_fd();
+  NetnsId heir_id = id;
+  if (!reused) {
+    std::printf("[ namespaces ] no new namespace was given inode %llu within 10 s: pod %s's record is given the "
+                "device, inode and path of another\n",
+                static_cast<unsigned long long>(id.ino), a.c_str());
+    const std::string file = std::string(std::getenv("MESHCAP_STATE_DIR")) + "/pods/" + a + ".json";
+    std::ifstream in(file);
+    json j = json::parse(in);
+    in.close();
+    heir_id.ino = netns_inode(heir);
+    j["netns"]["ino"] = heir_id.ino;
+    j["netns"]["path"] = fd_path(heir);
+    std::ofstream(file) << j.dump();
+  }
+  // A process in the heir, so that a search of /proc finds its namespace.
+  ProcessInNetns inside(heir);
+  ASSERT_TRUE(inside.entered());
+  r = init(b, heir);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string rules_b = rules(heir);
+  ASSERT_NE(rules_b.find("-j ISTIO_REDIRECT"), std::string::npos) << rules_b;
+
+  const json sa = status(a);
+  EXPECT_NE(sa["netns"].get<std::string>().find("(gone)"), std::string::npos) << sa.dump();
+  EXPECT_FALSE(sa.contains("iptables")) << sa.dump();
+  EXPECT_NE(sa["drift"].dump().find("network namespace is gone"), std::string::npos) << sa.dump();
+  EXPECT_TRUE(status(b)["drift"].empty()) << status(b).dump();
+
+  r = meshcap({"cleanup", "--name", a});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(rules(heir), rules_b);
+  EXPECT_TRUE(std::filesystem::exists(record(heir_id))) << "the heir's record";
+  EXPECT_TRUE(status(b)["drift"].empty()) << status(b).dump();
+
+  // A second pod whose namespace goes, through the stale sweep.
+  UniqueFd third = new_netns_fd();
+  const NetnsId id_c = loader::read_pod_network(fd_path(third)).netns;
+  const std::string c = "third-" + std::to_string(getpid());
+  r = init(c, third);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  third.reset();
+  r = meshcap({"cleanup", "--all-stale"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("pod " + c + ": stale"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("pod " + b + ": stale"), std::string::npos) << r.output;
+  EXPECT_EQ(rules(heir), rules_b);
+  EXPECT_TRUE(status(b)["drift"].empty()) << status(b).dump();
+  EXPECT_TRUE(std::filesystem::exists(record(heir_id))) << "the heir's record";
+  if (std::filesystem::exists(record(id_c)))
+    EXPECT_TRUE(loader::find_netns(NetnsId{id_c.dev, id_c.ino, 0}).has_value())
+        << "a gone namespace's record is kept only while a namespace has its number";
+}
+
+// What the iptables engine keeps of a namespace that is gone and that no
+// pod's record names (a run killed between its rules and its record) goes
+// with the stale sweep; a living pod's stays.
+TEST_F(AgentNamespaces, StaleSweepForgetsRecordsOfGoneNamespaces) {
+  UniqueFd ns = new_netns_fd();
+  const NetnsId id = loader::read_pod_network(fd_path(ns)).netns;
+  const std::string a = "kept-" + std::to_string(getpid());
+  auto r = init(a, ns);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_TRUE(std::filesystem::exists(record(id)));
+  // Inode 1 is never a namespace's (theirs start at 0xF0000000).
+  const std::string orphan = state_ + "netns-" + std::to_string(id.dev) + "-1.json";
+  std::filesystem::copy_file(record(id), orphan);
+  std::filesystem::copy_file(record(id) + ".ipv4-nft.payload", orphan + ".ipv4-nft.payload");
+  r = meshcap({"cleanup", "--all-stale"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(orphan)) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(orphan + ".ipv4-nft.payload")) << r.output;
+  EXPECT_NE(r.output.find("forgot the iptables record of netns-" + std::to_string(id.dev) + "-1:"), std::string::npos)
+      << r.output;
+  EXPECT_TRUE(std::filesystem::exists(record(id)));
+  EXPECT_TRUE(status(a)["drift"].empty()) << status(a).dump();
 }
 
 }  // namespace

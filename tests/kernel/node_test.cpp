@@ -211,6 +211,24 @@ TEST_F(Node, UnenrolledNamespacesAreLeftAloneAndSettingsNeverLeak) {
   for (auto* p : {&a, &b}) node_->meshcap({"cleanup", "--name", p->name()});
 }
 
+// Bad sizes: one line naming the value, exit 2, nothing attached or pinned
+// (0 is no size: leaving the option out gives the default).
+TEST_F(Node, StartRefusesBadSizesWithOneLineAndTakesNothing) {
+  const std::vector<std::vector<std::string>> corpus = {
+      {"--max-pods", "0"},         {"--max-pods", "abc"},         {"--max-pods", "-3"},
+      {"--max-pods", "99999999"},  {"--max-connections", "0"},    {"--max-connections", "10"},
+      {"--max-connections", "1e6"}};
+  for (const auto& args : corpus) {
+    const auto r = node_->start(args);
+    const std::string shown = args[0] + " " + args[1];
+    EXPECT_EQ(r.exit_code, 2) << shown << "\n" << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << shown << "\n" << r.output;
+    EXPECT_NE(r.output.find("'" + args[1] + "'"), std::string::npos) << shown << "\n" << r.output;
+    EXPECT_EQ(programs_attached(node_->cgroup_path()), 0u) << shown;
+    EXPECT_FALSE(std::filesystem::exists(node_->pin_dir() + "/node")) << shown;
+  }
+}
+
 TEST_F(Node, FullTableFailsCleanlyInEbpfModeAndFallsBackInAuto) {
   ASSERT_EQ(node_->start({"--max-pods", "1"}).exit_code, 0);
   NodePod a(*node_), b(*node_);

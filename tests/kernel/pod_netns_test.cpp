@@ -6,7 +6,9 @@
 // interface, an address with a label, IPv6, a blackhole, another table,
 // multipath routes in both families. And in_network_namespace, which keeps
 // the thread's own namespace open between calls, brings the thread back,
-// also from a nested call and from a job that throws. Label: kernel.
+// also from a nested call and from a job that throws; and a namespace's
+// identity: device, inode and, where the kernel tells it, cookie. Label:
+// kernel.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
@@ -265,6 +267,32 @@ TEST(PodNetns, EveryCallComesBackNestedOrThrowingAndAForkedChildKeepsItsOwn) {
   int status = 0;
   waitpid(child, &status, 0);
   EXPECT_EQ(ok, 'y');
+}
+
+// The kernel hands a new namespace the lowest free inode number, so a pod's
+// namespace that is gone soon has a successor with its device and inode;
+// its cookie is another (agent_test.cpp makes that happen for real). Here,
+// a living namespace against an identity with its device and inode and
+// another cookie: names_namespace and find_netns say that one is nowhere,
+// where device and inode alone find it.
+TEST(PodNetns, AnIdentityWithAnotherCookieIsAnotherNamespace) {
+  UniqueFd ns = new_netns_fd();
+  const std::string path = fd_path(ns);
+  const NetnsId id = loader::read_pod_network(path).netns;
+  if (id.cookie == 0) GTEST_SKIP() << "no namespace cookie for user space here (SO_NETNS_COOKIE, Linux 5.14)";
+  EXPECT_EQ(loader::netns_cookie(path), id.cookie);
+  const NetnsId by_number{id.dev, id.ino, 0}, other{id.dev, id.ino, id.cookie + 1};
+  EXPECT_TRUE(loader::names_namespace(path, id));
+  EXPECT_TRUE(loader::names_namespace(path, by_number));
+  EXPECT_FALSE(loader::names_namespace(path, other));
+  EXPECT_FALSE(loader::names_namespace("/proc/self/ns/net", id));
+  // Held only by a descriptor: no path a search finds.
+  EXPECT_EQ(loader::find_netns(id), std::nullopt);
+  ProcessInNetns inside(ns);
+  ASSERT_TRUE(inside.entered());
+  EXPECT_EQ(loader::find_netns(id), inside.ns_path());
+  EXPECT_EQ(loader::find_netns(by_number), inside.ns_path());
+  EXPECT_EQ(loader::find_netns(other), std::nullopt);
 }
 
 }  // namespace

@@ -8,12 +8,18 @@
 // (use TestPod::run_in_pod for that).
 #pragma once
 
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
 #include <functional>
 #include <future>
+#include <optional>
 #include <string>
 #include <thread>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "support/common.h"
 
@@ -48,5 +54,44 @@ auto call_in_netns(const std::string& netns_path, F&& fn) -> std::invoke_result_
   });
   return task.get();
 }
+
+/// A new network namespace (loopback only, down), made on a thread of its
+/// own and held only by the returned descriptor: the kernel removes it when
+/// the descriptor closes, however the process ends. Throws TestSupportError.
+UniqueFd new_netns_fd();
+/// "/proc/PID/fd/N": a path that opens `fd` for other processes.
+std::string fd_path(const UniqueFd& fd);
+/// The inode number of the namespace `fd` holds.
+uint64_t netns_inode(const UniqueFd& fd);
+/// A namespace given the inode number `ino` of one that is gone: the kernel
+/// hands a new namespace the lowest free number, the gone one's a moment
+/// after its last reference went. Namespaces are made until one has it, for
+/// at most `budget`; `spares` holds those made on the way while the search
+/// lasts (so none of their numbers is handed out again meanwhile). nullopt
+/// when none got it (another namespace or process took it, or this kernel
+/// does not reuse numbers).
+std::optional<UniqueFd> netns_with_inode(uint64_t ino, std::vector<UniqueFd>& spares,
+                                         std::chrono::milliseconds budget = std::chrono::seconds(20));
+
+/// A child process that waits in the namespace `fd` holds (so /proc/PID/ns/net
+/// names it for other processes) until destroyed, or until the test process
+/// ends (it dies with its parent).
+class ProcessInNetns {
+ public:
+  explicit ProcessInNetns(const UniqueFd& fd);
+  ~ProcessInNetns();
+  ProcessInNetns(const ProcessInNetns&) = delete;
+  ProcessInNetns& operator=(const ProcessInNetns&) = delete;
+
+  pid_t pid() const { return pid_; }
+  /// Whether it got into the namespace.
+  bool entered() const { return entered_; }
+  /// "/proc/PID/ns/net".
+  std::string ns_path() const { return "/proc/" + std::to_string(pid_) + "/ns/net"; }
+
+ private:
+  pid_t pid_ = -1;
+  bool entered_ = false;
+};
 
 }  // namespace meshcap::test

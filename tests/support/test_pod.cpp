@@ -22,6 +22,7 @@
 #include <cstring>
 #include <iostream>
 #include <mutex>
+#include <set>
 #include <random>
 #include <sstream>
 
@@ -46,9 +47,26 @@ std::string random_suffix() {
   return buf;
 }
 
-int random_subnet() {
+// The subnets of this process's living pods. Pods in one node data path
+// (TestNode) must not share an address: the node keys pods by address
+// too, and refuses a second pod with one (inbound then falls back to
+// iptables). Pods of other processes never share this process's node.
+std::mutex g_subnets_mu;
+std::set<int> g_subnets;
+
+int take_subnet() {
   static thread_local std::mt19937 rng{std::random_device{}()};
-  return std::uniform_int_distribution<int>(1, 250)(rng);
+  std::lock_guard lock(g_subnets_mu);
+  if (g_subnets.size() >= 250) throw TestSupportError("more than 250 test pods alive at once", EBUSY);
+  for (;;) {
+    const int n = std::uniform_int_distribution<int>(1, 250)(rng);
+    if (g_subnets.insert(n).second) return n;
+  }
+}
+
+void give_back_subnet(int n) {
+  std::lock_guard lock(g_subnets_mu);
+  g_subnets.erase(n);
 }
 
 bool exists(const std::string& path) {
@@ -228,7 +246,7 @@ void TestPod::build() {
     spdlog::warn("test-support: reaping stale pods failed: {}", e.what());
   }
   reserve_names();
-  subnet_ = random_subnet();
+  subnet_ = take_subnet();
   const std::string n = std::to_string(subnet_);
   pod_netns_ = kPodPrefix + suffix_;
   peer_netns_ = kPeerPrefix + suffix_;
@@ -371,6 +389,10 @@ void TestPod::cleanup() noexcept {
     detail::unregister_resource(lock_slot_);
     lock_fd_.reset();
     ::rmdir(kLockDir);  // fails while other pods exist; that is fine
+  }
+  if (subnet_ != 0) {
+    give_back_subnet(subnet_);
+    subnet_ = 0;
   }
 }
 
