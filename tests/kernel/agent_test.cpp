@@ -444,9 +444,10 @@ TEST_F(AgentNamespaces, APodsGoneNamespaceIsNotTheOneGivenItsNumber) {
   EXPECT_EQ(rules(heir), rules_b);
   EXPECT_TRUE(status(b)["drift"].empty()) << status(b).dump();
   EXPECT_TRUE(std::filesystem::exists(record(heir_id))) << "the heir's record";
-  if (std::filesystem::exists(record(id_c)))
+  if (std::filesystem::exists(record(id_c))) {
     EXPECT_TRUE(loader::find_netns(NetnsId{id_c.dev, id_c.ino, 0}).has_value())
         << "a gone namespace's record is kept only while a namespace has its number";
+  }
 }
 
 // What the iptables engine keeps of a namespace that is gone and that no

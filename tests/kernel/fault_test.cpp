@@ -68,7 +68,9 @@ TEST_P(InitFault, LeavesAllOrNothingAndIsRepairable) {
   const Fault& f = GetParam();
   auto r = init_with_fault(f.step + (f.kill ? ":kill" : ""));
   EXPECT_NE(r.exit_code, 0) << r.output;
-  if (f.kill) EXPECT_EQ(r.exit_code, 128 + SIGKILL) << r.output;
+  if (f.kill) {
+    EXPECT_EQ(r.exit_code, 128 + SIGKILL) << r.output;
+  }
   int state = captured();
   EXPECT_NE(state, -1) << "half captured after a fault at " << f.step;
   if (!f.kill) {
@@ -80,7 +82,9 @@ TEST_P(InitFault, LeavesAllOrNothingAndIsRepairable) {
   r = init_with_fault("");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(captured(), 1);
-  if (f.mode == "ebpf") EXPECT_EQ(programs_attached(pod_->cgroup_path()), kCapturePrograms);
+  if (f.mode == "ebpf") {
+    EXPECT_EQ(programs_attached(pod_->cgroup_path()), kCapturePrograms);
+  }
   // And cleanup removes everything, including what a killed init staged.
   EXPECT_EQ(meshcap({"cleanup", "--name", name_}).exit_code, 0);
   EXPECT_TRUE(nothing_left());
