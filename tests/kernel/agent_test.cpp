@@ -393,12 +393,12 @@ TEST_F(AgentNamespaces, APodsGoneNamespaceIsNotTheOneGivenItsNumber) {
   ASSERT_TRUE(std::filesystem::exists(record(id)));
   gone.reset();  // no cleanup: the namespace is simply gone
   std::vector<UniqueFd> spares;
-  auto reused = netns_with_inode(id.ino, spares, std::chrono::seconds(10));
+  auto reused = netns_with_inode(id.ino, spares);
   spares.clear();
   UniqueFd heir = reused ? std::move(*reused) : new_netns_fd();
   NetnsId heir_id = id;
   if (!reused) {
-    std::printf("[ namespaces ] no new namespace was given inode %llu within 10 s: pod %s's record is given the "
+    std::printf("[ namespaces ] no new namespace was given inode %llu within 5 s: pod %s's record is given the "
                 "device, inode and path of another\n",
                 static_cast<unsigned long long>(id.ino), a.c_str());
     const std::string file = std::string(std::getenv("MESHCAP_STATE_DIR")) + "/pods/" + a + ".json";

@@ -111,7 +111,7 @@ std::optional<UniqueFd> netns_with_inode(uint64_t ino, std::vector<UniqueFd>& sp
   while (std::chrono::steady_clock::now() < until) {
     spares.clear();
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    for (int i = 0; i < 150 && std::chrono::steady_clock::now() < until; i++) {
+    for (int i = 0; i < 40 && std::chrono::steady_clock::now() < until; i++) {
       UniqueFd ns = new_netns_fd();
       if (netns_inode(ns) == ino) return ns;
       spares.push_back(std::move(ns));

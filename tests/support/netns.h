@@ -65,13 +65,13 @@ std::string fd_path(const UniqueFd& fd);
 uint64_t netns_inode(const UniqueFd& fd);
 /// A namespace given the inode number `ino` of one that is gone: the kernel
 /// hands a new namespace the lowest free number, the gone one's a moment
-/// after its last reference went. Namespaces are made until one has it, for
-/// at most `budget`; `spares` holds those made on the way while the search
-/// lasts (so none of their numbers is handed out again meanwhile). nullopt
+/// after its last reference went. Namespaces are made until one has it, in
+/// rounds of 40, for at most `budget`; `spares` holds those of a round
+/// while it lasts (so none of their numbers is handed out again meanwhile). nullopt
 /// when none got it (another namespace or process took it, or this kernel
 /// does not reuse numbers).
 std::optional<UniqueFd> netns_with_inode(uint64_t ino, std::vector<UniqueFd>& spares,
-                                         std::chrono::milliseconds budget = std::chrono::seconds(20));
+                                         std::chrono::milliseconds budget = std::chrono::seconds(5));
 
 /// A child process that waits in the namespace `fd` holds (so /proc/PID/ns/net
 /// names it for other processes) until destroyed, or until the test process

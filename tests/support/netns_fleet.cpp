@@ -17,6 +17,8 @@
 #include <cstring>
 #include <thread>
 
+#include "support/netns.h"
+
 namespace meshcap::test {
 
 namespace {
@@ -219,13 +221,9 @@ NetnsFleet::NetnsFleet(size_t pods) {
   }
 }
 
-std::string NetnsFleet::path(size_t i) const {
-  return "/proc/" + std::to_string(::getpid()) + "/fd/" + std::to_string(fd(i));
-}
+std::string NetnsFleet::path(size_t i) const { return fd_path(pods_.at(i)); }
 
-std::string NetnsFleet::hub_path() const {
-  return "/proc/" + std::to_string(::getpid()) + "/fd/" + std::to_string(hub_.get());
-}
+std::string NetnsFleet::hub_path() const { return fd_path(hub_); }
 
 std::string NetnsFleet::pod_ipv4(size_t i) const { return ipv4(kBase + 4 * static_cast<uint32_t>(i) + 2); }
 std::string NetnsFleet::hub_ipv4(size_t i) const { return ipv4(kBase + 4 * static_cast<uint32_t>(i) + 1); }
